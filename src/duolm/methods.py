@@ -1,0 +1,169 @@
+"""AR, MDLM, SEDD, D3PM and Duo as compositions of process + schedule + parameterisation + loss.
+
+A method knows nothing of the trainer: it takes a backbone (any module called
+as ``backbone(tokens, sigma) -> logits``), clean tokens and times, and returns
+per-token losses. ``METHODS`` is the one name -> method table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from duolm import losses, parameterizations
+from duolm.processes import AbsorbingProcess, UniformProcess
+from duolm.schedules import LogLinear
+
+
+@dataclass
+class TokenLoss:
+    nll: torch.Tensor     # (B, L') per-token loss in nats
+    weight: torch.Tensor  # (B, L') 1 where the token counts
+
+    def mean(self) -> torch.Tensor:
+        return (self.nll * self.weight).sum() / self.weight.sum().clamp_min(1)
+
+
+@dataclass
+class Method:
+    """One discrete language-modelling method.
+
+    name: table key. process: forward process (None for AR). parameterization:
+    'ar' | 'subs' | 'mean' | 'score'. loss: 'ar' | 'mdlm' | 'd3pm' | 'uniform' | 'sedd'.
+    num_steps: T for discrete-time losses (0 = continuous time).
+    """
+
+    name: str
+    vocab_size: int
+    process: object | None
+    schedule: object = field(default_factory=LogLinear)
+    parameterization: str = "mean"
+    loss: str = "uniform"
+    time_conditioning: bool = True
+    num_steps: int = 0
+    loss_dtype: torch.dtype = torch.float32
+    sampling_eps: float = 1e-3
+
+    # --- the network's interface -------------------------------------------------
+    @property
+    def model_vocab_size(self) -> int:
+        """Width of the network's input and output layers."""
+        return self.vocab_size if self.process is None else self.process.num_states
+
+    @property
+    def causal(self) -> bool:
+        return self.process is None
+
+    @property
+    def mask_id(self) -> int | None:
+        return getattr(self.process, "mask_id", None)
+
+    def sigma(self, alpha: torch.Tensor) -> torch.Tensor | None:
+        """The conditioning the backbone receives, (B,): -log(alpha), or zeros without time conditioning."""
+        if self.process is None:
+            return None
+        alpha = alpha.reshape(alpha.shape[0], -1)[:, 0]
+        sigma = -torch.log(alpha)
+        return sigma if self.time_conditioning else torch.zeros_like(sigma)
+
+    def denoise(self, backbone, x_t, alpha, *, model_input=None, weights=None) -> torch.Tensor:
+        """log p(x_0 | x_t) (or SEDD's log score) for x_t (B, L) at signal level alpha (B,) or (B, 1).
+
+        model_input / weights let the Duo curricula feed soft or weighted inputs
+        in place of the tokens x_t, while x_t still defines the parameterisation.
+        """
+        sigma = self.sigma(alpha)
+        logits = backbone(x_t if model_input is None else model_input, sigma, weights=weights)
+        logits = logits.to(self.loss_dtype)
+        if self.parameterization == "subs":
+            return parameterizations.subs(logits, x_t, self.mask_id)
+        if self.parameterization == "mean":
+            return parameterizations.mean(logits, self.mask_id)
+        if self.parameterization == "score":
+            return parameterizations.log_score(logits, x_t, -torch.log(alpha.reshape(-1)))
+        raise ValueError(f"unknown parameterization {self.parameterization!r}")
+
+    # --- losses --------------------------------------------------------------------
+    def sample_times(self, n, *, generator=None, antithetic=True, index=None, total=None, device=None):
+        return losses.sample_times(n, generator=generator, antithetic=antithetic, eps=self.sampling_eps,
+                                   index=index, total=total, num_steps=self.num_steps, device=device)
+
+    def token_loss(self, backbone, x0: torch.Tensor, valid: torch.Tensor | None = None,
+                   t: torch.Tensor | None = None, generator=None) -> TokenLoss:
+        """Per-token training loss of clean tokens x0 (B, L); t (B,) is drawn when not given."""
+        if valid is None:
+            valid = torch.ones_like(x0, dtype=torch.float32)
+        valid = valid.float()
+        if self.process is None:
+            logits = backbone(x0[:, :-1], None)
+            return TokenLoss(losses.ar_nll(logits.to(self.loss_dtype), x0[:, 1:]), valid[:, 1:])
+        if t is None:
+            t = self.sample_times(x0.shape[0], generator=generator, device=x0.device)
+        t = t.to(x0.device).reshape(-1, 1)
+        sched = self.schedule(t.to(torch.float64) if self.loss_dtype == torch.float64 else t)
+        alpha, dalpha = sched.alpha.to(self.loss_dtype), sched.dalpha.to(self.loss_dtype)
+        x_t = self.process.sample_xt(x0, alpha, generator=generator)
+        out = self.denoise(backbone, x_t, alpha)
+        return TokenLoss(self.loss_from_output(out, x_t, x0, t, alpha, dalpha), valid)
+
+    def loss_from_output(self, out, x_t, x0, t, alpha, dalpha) -> torch.Tensor:
+        """The per-token loss given the parameterised network output at x_t; used by curricula too."""
+        if self.loss == "mdlm":
+            return losses.mdlm_nelbo(out, x_t, x0, alpha, dalpha, self.mask_id)
+        if self.loss == "sedd":
+            return losses.sedd_score_entropy(out, x_t, x0, alpha, dalpha, self.mask_id)
+        if self.loss == "uniform":
+            if self.num_steps > 0:
+                alpha_s = self._alpha_s(t)
+                return losses.uniform_nelbo_discrete(out, x_t, x0, alpha_s, alpha, self.num_steps, self.process)
+            return losses.uniform_nelbo(out, x_t, x0, alpha, dalpha)
+        if self.loss == "d3pm":
+            return losses.d3pm_absorbing_nelbo(out, x_t, x0, self._alpha_s(t), alpha, self.num_steps, self.mask_id)
+        raise ValueError(f"unknown loss {self.loss!r}")
+
+    def _alpha_s(self, t):
+        s = (t - 1.0 / self.num_steps).clamp_min(0.0)  # t >= 1/T by construction; s never below 0
+        return self.schedule(s.to(self.loss_dtype)).alpha
+
+    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
+        """The NELBO's prior term per token (B, L); zero for AR."""
+        if self.process is None:
+            return torch.zeros(x0.shape[0], x0.shape[1] - 1)
+        alpha_1 = self.schedule(torch.ones(x0.shape[0], 1, dtype=torch.float64)).alpha
+        return self.process.prior_kl(x0, alpha_1)
+
+
+ALGOS = ("ar", "mdlm", "sedd", "d3pm", "duo_base", "duo")
+
+
+def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | None = None,
+                 time_conditioning: bool | None = None, loss_dtype=torch.float32,
+                 sampling_eps: float = 1e-3) -> Method:
+    """The method table: returns the composition named by `name` for a tokenizer of vocab_size tokens."""
+    schedule = schedule or LogLinear()
+    common = dict(vocab_size=vocab_size, schedule=schedule, loss_dtype=loss_dtype, sampling_eps=sampling_eps)
+    if name == "ar":
+        m = Method("ar", process=None, parameterization="ar", loss="ar", time_conditioning=False, **common)
+    elif name == "mdlm":
+        m = Method("mdlm", process=AbsorbingProcess(vocab_size), parameterization="subs", loss="mdlm",
+                   time_conditioning=False, **common)
+    elif name == "sedd":
+        m = Method("sedd", process=AbsorbingProcess(vocab_size), parameterization="score", loss="sedd",
+                   time_conditioning=True, **common)
+    elif name == "d3pm":
+        m = Method("d3pm", process=AbsorbingProcess(vocab_size), parameterization="mean", loss="d3pm",
+                   time_conditioning=True, num_steps=1000, **common)
+    elif name in ("duo_base", "duo"):
+        m = Method(name, process=UniformProcess(vocab_size), parameterization="mean", loss="uniform",
+                   time_conditioning=True, **common)
+    else:
+        raise ValueError(f"algo.name must be one of {list(ALGOS)}, got {name!r}")
+    if num_steps is not None:
+        if m.loss == "d3pm" and num_steps < 1:
+            raise ValueError(f"algo.T must be >= 1 for d3pm (a discrete-time NELBO), got {num_steps}")
+        if m.loss in ("mdlm", "sedd", "ar") and num_steps != 0:
+            raise ValueError(f"algo.T must be 0 for {name} (a continuous-time loss), got {num_steps}")
+        m.num_steps = int(num_steps)
+    if time_conditioning is not None and m.process is not None:
+        m.time_conditioning = bool(time_conditioning)
+    return m

@@ -1,0 +1,54 @@
+"""Uniform-state diffusion: q(x_t | x_0) = Cat(alpha_t * onehot(x_0) + (1 - alpha_t) / K)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from duolm.processes.absorbing import _expand
+
+
+class UniformProcess:
+    kind = "uniform"
+
+    def __init__(self, vocab_size: int):
+        self.num_states = vocab_size
+
+    def sample_xt(self, x0: torch.Tensor, alpha: torch.Tensor, generator=None) -> torch.Tensor:
+        alpha = _expand(alpha, x0)
+        u = torch.rand(x0.shape, device=x0.device, generator=generator)
+        noise = torch.randint(0, self.num_states, x0.shape, device=x0.device, generator=generator)
+        return torch.where(u < 1.0 - alpha, noise, x0)
+
+    def marginal(self, p_x0: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        alpha = _expand(alpha, p_x0[..., 0])[..., None].to(p_x0.dtype)
+        return alpha * p_x0 + (1.0 - alpha) / self.num_states
+
+    def posterior(self, p_x0, x_t, alpha_s, alpha_t) -> torch.Tensor:
+        """q(x_s | x_t, x_0 ~ p_x0) proportional to q(x_t | x_s) * sum_x0 q(x_s | x_0) p(x_0).
+
+        For one-hot p_x0 this is Bayes' rule; for a predicted distribution it is
+        D3PM's and Duo's plug-in reverse step. Normalised explicitly, so it sums
+        to one in any precision.
+        """
+        K = self.num_states
+        a_s = _expand(alpha_s, x_t).to(p_x0.dtype)[..., None]
+        a_t = _expand(alpha_t, x_t).to(p_x0.dtype)[..., None]
+        a_ts = a_t / a_s
+        onehot_t = torch.nn.functional.one_hot(x_t, K).to(p_x0.dtype)
+        q_t_given_s = a_ts * onehot_t + (1.0 - a_ts) / K  # (..., K) as a function of x_s
+        q_s = a_s * p_x0 + (1.0 - a_s) / K
+        joint = q_t_given_s * q_s
+        return joint / joint.sum(-1, keepdim=True)
+
+    def prior_sample(self, shape, device=None, generator=None) -> torch.Tensor:
+        return torch.randint(0, self.num_states, shape, device=device, generator=generator)
+
+    def prior_kl(self, x0: torch.Tensor, alpha_1: torch.Tensor) -> torch.Tensor:
+        """KL(q(x_1 | x_0) || Uniform), per token; about K a^2 / 2 for small alpha(1) = a."""
+        K = self.num_states
+        a = _expand(alpha_1, x0).to(torch.float64).expand(x0.shape)
+        hi = a + (1 - a) / K
+        lo = (1 - a) / K
+        kl = torch.xlogy(hi, hi * K) + (K - 1) * torch.xlogy(lo, lo * K)
+        return kl.float()
