@@ -1,0 +1,226 @@
+"""The diffusion transformer (DiT) of the MDLM / SEDD / Duo papers, in plain PyTorch.
+
+It computes what the papers' DIT computes, parameter for parameter, so their
+checkpoints load by name (tests/test_dit.py checks the published logits):
+adaLN-modulated pre-norm blocks conditioned on sigma, rotary position
+embeddings (non-interleaved halves), untied input / output embeddings, and a
+causal variant without conditioning for AR. Attention goes through
+scaled_dot_product_attention, so it runs wherever PyTorch runs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class DiTConfig:
+    vocab_size: int
+    hidden_size: int = 768
+    cond_dim: int = 128
+    n_blocks: int = 12
+    n_heads: int = 12
+    dropout: float = 0.1
+    causal: bool = False  # AR: causal attention, no time conditioning
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LayerNorm(nn.Module):
+    """Scale-only LayerNorm, always normalised in float32 (the papers' choice under bf16)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.dim = dim
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            x = F.layer_norm(x.float(), [self.dim])
+        return x * self.weight[None, None, :]
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim: int, base: float = 10_000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        # not persistent: it is a function of the shape, and old checkpoints carry it anyway
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
+        freqs = torch.outer(t, self.inv_freq)  # (S, D/2)
+        return freqs.cos(), freqs.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate the two halves of the head dim: x (B, S, nh, D), cos / sin (S, D/2)."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos = cos[None, :, None, :].to(x.dtype)
+    sin = sin[None, :, None, :].to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of sigma (cos then sin, 256 of them) followed by a 2-layer MLP."""
+
+    def __init__(self, cond_dim: int, frequency_size: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(frequency_size, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+        self.frequency_size = frequency_size
+
+    def forward(self, sigma):
+        half = self.frequency_size // 2
+        freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
+        args = sigma[:, None].float() * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, n_heads: int, cond_dim: int | None, dropout: float, causal: bool):
+        super().__init__()
+        self.n_heads, self.causal, self.dropout = n_heads, causal, dropout
+        self.norm1 = LayerNorm(dim)
+        self.attn_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.attn_out = nn.Linear(dim, dim, bias=False)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
+        if cond_dim is not None:
+            # zero-initialised: every block starts as the identity plus a plain residual
+            self.adaLN_modulation = nn.Linear(cond_dim, 6 * dim)
+            nn.init.zeros_(self.adaLN_modulation.weight)
+            nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, x, rotary, c=None, kv_cache=None):
+        B, S, H = x.shape
+        adaln = c is not None
+        if adaln:
+            shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
+        h = self.norm1(x)
+        if adaln:
+            h = modulate(h, shift_a, scale_a)
+        qkv = self.attn_qkv(h).view(B, S, 3, self.n_heads, H // self.n_heads)  # (B, S, 3, nh, hd)
+        cos, sin = rotary
+        q = apply_rotary(qkv[:, :, 0], cos, sin)
+        k = apply_rotary(qkv[:, :, 1], cos, sin)
+        v = qkv[:, :, 2]
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, nh, S, hd)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)
+        causal = self.causal and q.shape[2] > 1 and kv_cache is None
+        if self.causal and kv_cache is not None and q.shape[2] > 1:
+            # a prompt appended to a cache: mask future positions of the new chunk only
+            L_all = k.shape[2]
+            mask = torch.ones(q.shape[2], L_all, dtype=torch.bool, device=x.device).tril(L_all - q.shape[2])
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        attn = attn.transpose(1, 2).reshape(B, S, H)
+        a = F.dropout(self.attn_out(attn), self.dropout, self.training)
+        x = x + (gate_a * a if adaln else a)
+        h = self.norm2(x)
+        if adaln:
+            h = modulate(h, shift_m, scale_m)
+        m = F.dropout(self.mlp(h), self.dropout, self.training)
+        return x + (gate_m * m if adaln else m)
+
+
+class EmbeddingLayer(nn.Module):
+    def __init__(self, dim: int, vocab_size: int):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.empty(vocab_size, dim))
+        nn.init.kaiming_uniform_(self.embedding, a=math.sqrt(5))
+
+    def forward(self, x, weights=None):
+        if weights is not None:
+            # weighted bag of token ids (the efficient curriculum): x (B, L, k) ids, weights (B, L, k)
+            B, L, k = x.shape
+            out = F.embedding_bag(x.reshape(-1, k), self.embedding.float(),
+                                  per_sample_weights=weights.reshape(-1, k).float(), mode="sum")
+            return out.view(B, L, -1)
+        if x.dtype in (torch.int64, torch.int32):
+            return self.embedding[x]
+        # soft input (the original curriculum): logits (B, L, V), softmax-weighted embedding
+        return torch.einsum("blv,vh->blh", x.float().softmax(-1), self.embedding.float()).to(x.dtype)
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out: int, cond_dim: int | None):
+        super().__init__()
+        self.norm_final = LayerNorm(dim)
+        self.linear = nn.Linear(dim, out)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        if cond_dim is not None:
+            self.adaLN_modulation = nn.Linear(cond_dim, 2 * dim)
+            nn.init.zeros_(self.adaLN_modulation.weight)
+            nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, x, c=None):
+        x = self.norm_final(x)
+        if c is not None:
+            shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+            x = modulate(x, shift, scale)
+        return self.linear(x)
+
+
+class DiT(nn.Module):
+    """backbone(x, sigma, weights=None) -> logits (B, L, vocab_size).
+
+    x: token ids (B, L), soft logits (B, L, V), or ids (B, L, k) with weights (B, L, k).
+    sigma: (B,) noise conditioning (ignored, and may be None, when causal).
+    """
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        if c.hidden_size % c.n_heads:
+            raise ValueError(f"model.hidden_size ({c.hidden_size}) must be divisible by model.n_heads ({c.n_heads})")
+        cond = None if c.causal else c.cond_dim
+        self.vocab_embed = EmbeddingLayer(c.hidden_size, c.vocab_size)
+        if not c.causal:
+            self.sigma_map = TimestepEmbedder(c.cond_dim)
+        self.rotary_emb = Rotary(c.hidden_size // c.n_heads)
+        self.blocks = nn.ModuleList(DiTBlock(c.hidden_size, c.n_heads, cond, c.dropout, c.causal)
+                                    for _ in range(c.n_blocks))
+        self.output_layer = FinalLayer(c.hidden_size, c.vocab_size, cond)
+
+    def forward(self, x, sigma=None, weights=None, kv_caches=None, position_offset: int = 0):
+        h = self.vocab_embed(x, weights)  # (B, L, H)
+        c = None if self.config.causal else F.silu(self.sigma_map(sigma))
+        L = h.shape[1]
+        cos, sin = self.rotary_emb(position_offset + L, h.device)
+        rotary = (cos[position_offset:], sin[position_offset:])
+        for i, block in enumerate(self.blocks):
+            h = block(h, rotary, c, None if kv_caches is None else kv_caches[i])
+        return self.output_layer(h, c)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.vocab_embed.embedding.numel()
+        return n
+
+
+class KVCache:
+    """Keys and values of one block for incremental causal decoding."""
+
+    def __init__(self):
+        self.k = None
+        self.v = None
+
+    def update(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
