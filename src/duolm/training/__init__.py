@@ -1,0 +1,1 @@
+"""The thin training layer on Lightning: no diffusion math lives here."""

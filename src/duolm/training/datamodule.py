@@ -1,0 +1,47 @@
+"""LightningDataModule over cached block tensors, with the resumable sampler."""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from duolm.data.pipeline import Split
+from duolm.data.sampler import ResumableSampler
+
+
+class BlockDataset(Dataset):
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        return self.split.ids[i], self.split.valid[i]
+
+
+class BlockDataModule(pl.LightningDataModule):
+    def __init__(self, train: Split, valid: Split, *, batch_size: int, eval_batch_size: int,
+                 global_batch_size: int, seed: int = 0, num_workers: int = 0, max_valid_batches: int | None = None):
+        super().__init__()
+        self.train, self.valid = train, valid
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.global_batch_size, self.seed, self.num_workers = global_batch_size, seed, num_workers
+        self.sampler = None
+
+    def train_dataloader(self):
+        tr = self.trainer
+        rank, world = (tr.global_rank, tr.world_size) if tr is not None else (0, 1)
+        self.sampler = ResumableSampler(len(self.train), seed=self.seed, rank=rank, world_size=world)
+        # the loop state (global_step) is restored before the loaders are built, so a resumed
+        # run starts exactly after the last example of its last optimizer step
+        self.sampler.start = (tr.global_step if tr is not None else 0) * self.global_batch_size
+        return DataLoader(BlockDataset(self.train), batch_size=self.batch_size, sampler=self.sampler,
+                          num_workers=self.num_workers, drop_last=True, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        tr = self.trainer
+        rank, world = (tr.global_rank, tr.world_size) if tr is not None else (0, 1)
+        idx = list(range(rank, len(self.valid), world))
+        sub = torch.utils.data.Subset(BlockDataset(self.valid), idx)
+        return DataLoader(sub, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)

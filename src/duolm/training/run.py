@@ -1,0 +1,155 @@
+"""Build everything a training run needs from a validated config, and run it on Lightning."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from duolm.checkpoints import method_from_config, save_pretrained
+from duolm.config import batch_plan
+from duolm.data.pipeline import build_splits, unigram_entropy_bits
+from duolm.data.tokenizers import load_tokenizer
+from duolm.models.dit import DiTConfig
+from duolm.training.datamodule import BlockDataModule
+from duolm.training.module import LitDiffusionLM
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to a temporary file, then rename: a killed run never leaves half a checkpoint."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def source_kwargs(data_cfg) -> dict:
+    keys = ("path", "format", "text_field", "valid_path", "valid_fraction", "data_files")
+    return {k: data_cfg[k] for k in keys if k in data_cfg and data_cfg[k] is not None}
+
+
+def load_data(cfg):
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    splits = build_splits(cfg.data.source, tokenizer, cfg.model.length, cfg.data.blocks,
+                          cfg.data.get("cache_dir"), **source_kwargs(cfg.data))
+    return tokenizer, splits
+
+
+def build_method_from_cfg(cfg, vocab_size: int):
+    algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
+    method = method_from_config(algo, dict(cfg.noise), vocab_size)
+    method.loss_dtype = torch.float64 if cfg.training.loss_precision == "float64" else torch.float32
+    method.sampling_eps = cfg.training.sampling_eps
+    return method, algo
+
+
+def dit_config(cfg, method) -> DiTConfig:
+    m = cfg.model
+    return DiTConfig(vocab_size=method.model_vocab_size, hidden_size=m.hidden_size, cond_dim=m.cond_dim,
+                     n_blocks=m.n_blocks, n_heads=m.n_heads, dropout=m.dropout, causal=method.causal)
+
+
+def _precision(cfg) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    return "bf16-mixed" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") \
+        else "32-true"
+
+
+def _loggers(cfg, run_dir: Path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    out = []
+    if cfg.logging.csv:
+        out.append(CSVLogger(run_dir, name="logs", version=""))
+    if cfg.logging.tensorboard:
+        out.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+    if cfg.logging.wandb:
+        out.append(WandbLogger(save_dir=str(run_dir), offline=True, project="duolm"))
+    return out or False
+
+
+def build_trainer(cfg, run_dir: Path, accumulate: int, callbacks=()):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", every_n_train_steps=
+                           cfg.run.checkpoint_every, save_last=True, save_top_k=1, monitor=None,
+                           auto_insert_metric_name=False)
+    t = cfg.trainer
+    max_time = {"minutes": t.max_minutes} if t.max_minutes else None
+    return pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=_precision(cfg), max_steps=t.max_steps, max_time=max_time,
+        val_check_interval=t.val_check_interval * accumulate, check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches, gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=accumulate, log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0, use_distributed_sampler=False,
+        logger=_loggers(cfg, run_dir), callbacks=[ckpt, *callbacks], plugins=[AtomicCheckpointIO()],
+        default_root_dir=run_dir, enable_model_summary=False)
+
+
+def train(cfg, *, log=print) -> dict:
+    """Train per cfg; returns the final report. Resumes from run.dir when a checkpoint is there."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    tokenizer, splits = load_data(cfg)  # bad data fails here, before anything is written
+    method, algo = build_method_from_cfg(cfg, tokenizer.vocab_size)
+    per_device, eval_bs, accum = batch_plan(cfg)
+    module = LitDiffusionLM(method, dit_config(cfg, method), lr=cfg.optim.lr,
+                            betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=cfg.optim.weight_decay,
+                            adam_eps=cfg.optim.eps, warmup_steps=cfg.optim.warmup_steps,
+                            lr_schedule=cfg.optim.schedule, max_steps=cfg.trainer.max_steps,
+                            ema_decay=cfg.training.ema, global_batch_size=cfg.loader.global_batch_size,
+                            antithetic=cfg.training.antithetic, eval_time_samples=cfg.eval.time_samples,
+                            export_config={"format": "duolm/1", "algo": algo, "noise": dict(cfg.noise),
+                                           "tokenizer": tokenizer.to_dict(), "length": cfg.model.length})
+    dm = BlockDataModule(splits["train"], splits["valid"], batch_size=per_device, eval_batch_size=eval_bs,
+                         global_batch_size=cfg.loader.global_batch_size, seed=cfg.seed,
+                         num_workers=cfg.loader.num_workers)
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if cfg.run.resume and last.exists() else None
+    n_params = module.backbone.num_parameters()
+    log(f"duolm: {method.name} | {n_params / 1e6:.2f}M parameters | vocab {tokenizer.vocab_size} | "
+        f"{len(splits['train'])} train / {len(splits['valid'])} valid blocks of {cfg.model.length} | "
+        f"global batch {cfg.loader.global_batch_size} = {per_device} x {accum} accumulation"
+        + (f" | resuming from {resume}" if resume else ""))
+    trainer = build_trainer(cfg, run_dir, accum)
+    t0 = time.perf_counter()
+    trainer.fit(module, dm, ckpt_path=resume)
+    train_seconds = time.perf_counter() - t0
+    trainer.save_checkpoint(last)
+    report = {"algo": method.name, "steps": trainer.global_step, "train_seconds": train_seconds,
+              "parameters": n_params, "run_dir": str(run_dir)}
+    if trainer.global_rank == 0:
+        model_dir = save_pretrained(run_dir / "model", module.ema_backbone(), algo=algo, noise=dict(cfg.noise),
+                                    tokenizer=tokenizer, length=cfg.model.length,
+                                    extra={"data": cfg.data.name, "steps": trainer.global_step})
+        report["model_dir"] = str(model_dir)
+        report["unigram_bits_per_token"] = unigram_entropy_bits(splits["valid"], tokenizer.vocab_size)
+    return report
+
+
+def perplexity_line(name: str, ev: dict, baseline_bits: float | None, unit: str = "token") -> str:
+    line = (f"{name}: {ev['nll']:.4f} +- {ev['nll_se']:.4f} nats/{unit} = {ev['bits_per_token']:.3f} bits/{unit}, "
+            f"perplexity {ev['ppl']:.2f}")
+    if baseline_bits is not None:
+        line += f" (token frequencies alone: {baseline_bits:.3f} bits/{unit})"
+    return line
+
+
+def exp_or_inf(x):
+    return math.exp(x) if x < 700 else float("inf")
