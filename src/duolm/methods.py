@@ -85,6 +85,7 @@ class Method:
 
     # --- losses --------------------------------------------------------------------
     def sample_times(self, n, *, generator=None, antithetic=True, index=None, total=None, device=None):
+        """Training times for n examples (see losses.sample_times)."""
         return losses.sample_times(n, generator=generator, antithetic=antithetic, eps=self.sampling_eps,
                                    index=index, total=total, num_steps=self.num_steps, device=device)
 

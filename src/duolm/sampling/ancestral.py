@@ -12,7 +12,8 @@ NOISE_REMOVAL = ("ancestral", "greedy", "none")
 def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
     """Draw one index per row of probs (..., S) via the Gumbel-max trick on log-probabilities."""
     u = torch.rand(probs.shape, dtype=probs.dtype, device=probs.device, generator=generator)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)).clamp_min(1e-300))
+    tiny = torch.finfo(probs.dtype).tiny
+    gumbel = -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
     return (probs.clamp_min(0).log() + gumbel).argmax(-1)
 
 

@@ -33,7 +33,7 @@ class LitDiffusionLM(pl.LightningModule):
                  weight_decay: float = 0.0, adam_eps: float = 1e-8, warmup_steps: int = 0,
                  lr_schedule: str = "constant", max_steps: int = 1000, ema_decay: float = 0.9999,
                  global_batch_size: int = 64, antithetic: bool = True, eval_time_samples: int = 1,
-                 export_config: dict | None = None):
+                 export_config: dict | None = None, seed: int = 0):
         super().__init__()
         self.method = method
         self.backbone = DiT(dit_config)
@@ -44,6 +44,7 @@ class LitDiffusionLM(pl.LightningModule):
         self.antithetic = antithetic
         self.eval_time_samples = eval_time_samples
         self._val = None
+        self.seed = seed
         self.export_config = export_config or {}  # what a loader needs to rebuild the model
 
     # --- training ----------------------------------------------------------------------
@@ -57,12 +58,18 @@ class LitDiffusionLM(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x0, valid = batch
-        t = None
+        t, g = None, None
         if self.method.process is not None:
+            # noise keyed by (seed, step, micro-batch, rank): a resumed run draws exactly what the
+            # uninterrupted run would have drawn
+            accum = self.trainer.accumulate_grad_batches
+            key = ((self.seed * 1_000_003 + self.global_step) * 1_009 + batch_idx % accum) * 65_537 \
+                + self.trainer.global_rank
+            g = torch.Generator(device=self.device).manual_seed(key % (2 ** 63))
             t = self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=self.device,
                                          index=self._global_index(batch_idx, x0.shape[0]),
-                                         total=self.global_batch_size)
-        loss = self.method.token_loss(self.backbone, x0, valid, t).mean()
+                                         total=self.global_batch_size, generator=g)
+        loss = self.method.token_loss(self.backbone, x0, valid, t, generator=g).mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss.item()} at step {self.global_step}; "
                                      f"training stopped and the last good checkpoint is kept")

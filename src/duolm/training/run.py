@@ -114,7 +114,8 @@ def train(cfg, *, log=print) -> dict:
                             ema_decay=cfg.training.ema, global_batch_size=cfg.loader.global_batch_size,
                             antithetic=cfg.training.antithetic, eval_time_samples=cfg.eval.time_samples,
                             export_config={"format": "duolm/1", "algo": algo, "noise": dict(cfg.noise),
-                                           "tokenizer": tokenizer.to_dict(), "length": cfg.model.length})
+                                           "tokenizer": tokenizer.to_dict(), "length": cfg.model.length},
+                            seed=cfg.seed)
     dm = BlockDataModule(splits["train"], splits["valid"], batch_size=per_device, eval_batch_size=eval_bs,
                          global_batch_size=cfg.loader.global_batch_size, seed=cfg.seed,
                          num_workers=cfg.loader.num_workers)

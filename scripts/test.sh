@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install duolm with its test extras into .venv (CPU PyTorch) and run the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+pip install --quiet torch==2.13.0
+pip install --quiet -e ".[test]"
+python -m pytest "$@"

@@ -1,0 +1,61 @@
+"""Every config preset composes, validates and instantiates; bad values get one clear sentence."""
+import pytest
+import torch
+
+from duolm.config import ConfigError, compose, group_options
+from duolm.methods import build_method
+from duolm.models.dit import DiT
+from duolm.training.run import build_method_from_cfg, dit_config
+
+VOCAB = {"char": 28, "gpt2": 50257, "bert-base-uncased": 30522}
+
+
+@pytest.mark.parametrize("group", ["algo", "model", "data", "noise", "sampling", "optim", "trainer", "loader"])
+def test_every_preset_instantiates(group):
+    for option in group_options(group):
+        extra = ["data.path=/somewhere"] if (group, option) == ("data", "local") else []
+        cfg = compose([f"{group}={option}", *extra])
+        method, _ = build_method_from_cfg(cfg, VOCAB.get(cfg.data.tokenizer, 100))
+        with torch.device("meta"):  # the papers' sizes, without allocating them
+            net = DiT(dit_config(cfg, method))
+        assert net.config.vocab_size == method.model_vocab_size
+
+
+def test_papers_overrides_work():
+    cfg = compose(["algo=duo", "model=small", "data=openwebtext-split", "loader.batch_size=32",
+                   "trainer.max_steps=1000"])
+    assert (cfg.model.n_blocks, cfg.model.hidden_size, cfg.model.n_heads) == (12, 768, 12)
+    assert cfg.data.tokenizer == "gpt2" and cfg.loader.batch_size == 32
+    cfg = compose(["algo=duo_base", "sampling.steps=8", "sampling.noise_removal=greedy",
+                   "eval.checkpoint_path=/x"])
+    assert cfg.sampling.steps == 8
+
+
+@pytest.mark.parametrize("override,message", [
+    ("algo=foo", "algo=foo is not a known algo; choose one of"),
+    ("data=nowhere", "data=nowhere is not a known data"),
+    ("noise.type=sqrt", "noise.type must be one of"),
+    ("sampling.noise_removal=maybe", "sampling.noise_removal must be one of"),
+    ("sampling.steps=0", "sampling.steps must be an integer >= 1"),
+    ("model.n_heads=5", "model.hidden_size (192) must be divisible by model.n_heads (5)"),
+    ("loader.batch_size=7", "loader.global_batch_size (512) must be a multiple"),
+    ("trainer.precision=fp8", "trainer.precision must be one of"),
+    ("algo=d3pm algo.T=0", "algo.T must be >= 1 for d3pm"),
+    ("optim.lr=-1", "optim.lr must be"),
+    ("nonsense.key=1", "bad override"),
+])
+def test_bad_values_get_one_sentence(override, message):
+    with pytest.raises(ConfigError) as err:
+        compose(override.split())
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_local_data_needs_a_path():
+    with pytest.raises(ConfigError, match="data.path must name"):
+        compose(["data=local"])
+
+
+def test_method_table_names_the_key():
+    with pytest.raises(ValueError, match="algo.name must be one of"):
+        build_method("gpt", 10)

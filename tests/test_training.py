@@ -1,0 +1,132 @@
+"""The training layer: resumption, NaN stops, DDP equivalence, and the CLI end to end."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from duolm.cli import main
+from duolm.config import compose
+from duolm.training.module import NonFiniteLossError
+from duolm.training.run import train
+
+TINY = ["model.hidden_size=32", "model.cond_dim=16", "model.n_blocks=1", "model.n_heads=2", "model.length=16",
+        "loader.global_batch_size=8", "optim.warmup_steps=0", "optim.lr=1e-3", "trainer.val_check_interval=1000",
+        "trainer.enable_progress_bar=false", "logging.csv=false", "trainer.limit_val_batches=1",
+        "training.ema=0.9", "sampling.num_samples=2", "sampling.steps=4", "eval.max_batches=1"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"{i}.txt").write_text(" ".join(f"word{j % 7} text{i}" for j in range(60)))
+    return folder
+
+
+def _cfg(tmp_path, corpus, *extra):
+    return compose(TINY + [f"data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
+                           f"run.dir={tmp_path / 'run'}", *extra])
+
+
+@pytest.mark.parametrize("algo", ["duo", "ar"])
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does(tmp_path, corpus, algo):
+    straight = train(_cfg(tmp_path / "a", corpus, f"algo={algo}", "trainer.max_steps=6"), log=lambda *_: None)
+    first = train(_cfg(tmp_path / "b", corpus, f"algo={algo}", "trainer.max_steps=3"), log=lambda *_: None)
+    assert first["steps"] == 3
+    resumed = train(_cfg(tmp_path / "b", corpus, f"algo={algo}", "trainer.max_steps=6"), log=lambda *_: None)
+    assert resumed["steps"] == 6
+    a = load_file(Path(straight["model_dir"]) / "model.safetensors")
+    b = load_file(Path(resumed["model_dir"]) / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch):
+    from duolm import methods
+
+    real = methods.Method.token_loss
+    calls = {"n": 0}
+
+    def poisoned(self, *a, **k):
+        out = real(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] > 2:
+            out.nll = out.nll * float("nan")
+        return out
+
+    monkeypatch.setattr(methods.Method, "token_loss", poisoned)
+    cfg = _cfg(tmp_path, corpus, "trainer.max_steps=10", "run.checkpoint_every=1")
+    with pytest.raises(NonFiniteLossError, match="became nan at step 2"):
+        train(cfg, log=lambda *_: None)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_cli_trains_samples_and_evaluates(tmp_path, corpus, capsys):
+    args = TINY + ["data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
+                   f"run.dir={tmp_path / 'run'}"]
+    assert main(["train", "trainer.max_steps=3", *args]) == 0
+    out = capsys.readouterr().out
+    assert "validation NELBO" in out and "bits/char" in out and "samples (4 steps" in out
+    samples = json.loads((tmp_path / "run" / "samples.json").read_text())
+    assert len(samples["samples"]) == 2 and samples["steps"] == 4 and samples["seconds"] > 0
+    model = tmp_path / "run" / "model"
+    assert main(["sample", f"eval.checkpoint_path={model}", "sampling.steps=2",
+                 f"sampling.output={tmp_path / 's.json'}", *args]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["steps"] == 2
+    assert main(["eval", f"eval.checkpoint_path={model}", *args]) == 0
+    ev = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert ev["nll"] > 0 and ev["tokens"] > 0
+    # a checkpoint of another algo than asked is refused with one sentence
+    assert main(["sample", f"eval.checkpoint_path={model}", "algo=mdlm", *args]) == 1
+    assert "holds a duo model, but algo=mdlm was asked" in capsys.readouterr().err
+    # the run's Lightning checkpoint loads too
+    assert main(["sample", f"eval.checkpoint_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+                 f"sampling.output={tmp_path / 's2.json'}", *args]) == 0
+
+
+def test_cli_bad_input_exits_nonzero_without_output(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = tmp_path / "run"
+    assert main(["train", "data=local", f"data.path={empty}", f"run.dir={run}", *TINY]) == 1
+    assert "holds no .txt files" in capsys.readouterr().err
+    assert not run.exists()
+    assert main(["train", "data=local", *TINY]) == 2
+    assert "data.path must name" in capsys.readouterr().err
+    (tmp_path / "x.txt").write_text("too short")
+    assert main(["train", "data=local", f"data.path={tmp_path / 'x.txt'}", f"run.dir={run}", *TINY]) == 1
+    assert "cannot fill one block of model.length=16" in capsys.readouterr().err
+    assert not run.exists()
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    assert main(["sample", f"eval.checkpoint_path={bad}", *TINY]) == 1
+    assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, corpus):
+    """Two gloo ranks with half the per-device batch end where one process with the same global batch does.
+
+    AR makes the loss deterministic, so the comparison is exact up to float reduction order.
+    """
+    results = {}
+    for devices in (1, 2):
+        run = tmp_path / f"run{devices}"
+        cmd = [sys.executable, "-m", "duolm.cli", "train", "algo=ar", "data=local", f"data.path={corpus}",
+               f"data.cache_dir={tmp_path / 'cache'}", f"run.dir={run}", "trainer.max_steps=4",
+               "trainer.accelerator=cpu", f"trainer.devices={devices}",
+               f"trainer.strategy={'ddp' if devices == 2 else 'auto'}", *TINY]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[devices] = load_file(run / "model" / "model.safetensors")
+    for k in results[1]:
+        torch.testing.assert_close(results[1][k], results[2][k], rtol=1e-4, atol=1e-5, msg=k)
