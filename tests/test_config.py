@@ -38,7 +38,7 @@ def test_papers_overrides_work():
     ("sampling.noise_removal=maybe", "sampling.noise_removal must be one of"),
     ("sampling.steps=0", "sampling.steps must be an integer >= 1"),
     ("model.n_heads=5", "model.hidden_size (192) must be divisible by model.n_heads (5)"),
-    ("loader.batch_size=7", "loader.global_batch_size (512) must be a multiple"),
+    ("loader.batch_size=7", "loader.global_batch_size (64) must be a multiple"),
     ("trainer.precision=fp8", "trainer.precision must be one of"),
     ("algo=d3pm algo.T=0", "algo.T must be >= 1 for d3pm"),
     ("optim.lr=-1", "optim.lr must be"),

@@ -37,6 +37,11 @@ def _load_for_eval(cfg, overrides):
     asked = [o.split("=", 1)[1] for o in overrides if o.startswith("algo=")]
     if asked and asked[-1] != pre.config["algo"]["name"]:
         raise ValueError(f"{path} holds a {pre.config['algo']['name']} model, but algo={asked[-1]} was asked")
+    asked_tok = [o.split("=", 1)[1] for o in overrides if o.startswith("data.tokenizer=")]
+    have_tok = pre.config["tokenizer"].get("name", pre.config["tokenizer"].get("type"))
+    if asked_tok and asked_tok[-1] != have_tok:
+        raise ValueError(f"{path} was trained with the {have_tok!r} tokenizer "
+                         f"({pre.tokenizer.vocab_size} tokens), but data.tokenizer={asked_tok[-1]} was asked")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pre.backbone.to(device)
     return pre, device

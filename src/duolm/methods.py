@@ -127,9 +127,17 @@ class Method:
         return self.schedule(s.to(self.loss_dtype)).alpha
 
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
-        """The NELBO's prior term per token (B, L); zero for AR."""
+        """The NELBO's prior term per token (B, L); zero for AR.
+
+        For absorbing processes the all-mask prior makes this term infinite
+        whenever alpha(1) > 0 (the default schedules end at alpha = eps); like
+        the papers we then report the NELBO without it, which is a bound on
+        the model that starts from q(x_1 | x_0)'s mask-or-keep marginal.
+        """
         if self.process is None:
             return torch.zeros(x0.shape[0], x0.shape[1] - 1)
+        if self.process.kind == "absorbing":
+            return torch.zeros(x0.shape, dtype=torch.float32)
         alpha_1 = self.schedule(torch.ones(x0.shape[0], 1, dtype=torch.float64)).alpha
         return self.process.prior_kl(x0, alpha_1)
 

@@ -62,7 +62,8 @@ def load_documents(source: str, **kwargs) -> tuple[dict, bool]:
             d = docs[0]
             cut = int(len(d) * (1 - 1 / every))
             return {"train": [d[:cut]], "valid": [d[cut:]]}, are_ids
-        return corpora.split_by_document(docs, every), are_ids
+        # a small corpus still gets a validation document: the last one
+        return corpora.split_by_document(docs, min(every, len(docs))), are_ids
     if source in corpora.HF_SOURCES:
         return corpora.HF_SOURCES[source](data_files=kwargs.get("data_files")), False
     raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
