@@ -66,6 +66,18 @@ def _positive(cfg, key, allow_none=False, integer=True, minimum=1):
 def validate(cfg: DictConfig) -> None:
     _choice(cfg, "algo.name", ALGOS)
     _positive(cfg, "algo.T", minimum=0)
+    if cfg.algo.get("curriculum") is not None:
+        from duolm.curriculum import CurriculumSchedule
+
+        c = cfg.algo.curriculum
+        if cfg.algo.name != "duo":
+            raise ConfigError(f"algo.curriculum is only for algo=duo, not {cfg.algo.name}")
+        try:
+            CurriculumSchedule(mode=c.mode, tau_log10_start=c.gumbel_tau_log10_start,
+                               tau_log10_end=c.gumbel_tau_log10_end, start=c.start, end=c.end,
+                               gamma_min=c.gamma_min, gamma_max=c.gamma_max, top_k=c.top_k)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if cfg.algo.name == "d3pm" and cfg.algo.T < 1:
         raise ConfigError(f"algo.T must be >= 1 for d3pm (a discrete-time NELBO), got {cfg.algo.T}")
     if cfg.algo.name in ("mdlm", "sedd", "ar") and cfg.algo.T != 0:

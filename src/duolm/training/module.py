@@ -33,7 +33,7 @@ class LitDiffusionLM(pl.LightningModule):
                  weight_decay: float = 0.0, adam_eps: float = 1e-8, warmup_steps: int = 0,
                  lr_schedule: str = "constant", max_steps: int = 1000, ema_decay: float = 0.9999,
                  global_batch_size: int = 64, antithetic: bool = True, eval_time_samples: int = 1,
-                 export_config: dict | None = None, seed: int = 0):
+                 export_config: dict | None = None, seed: int = 0, curriculum=None):
         super().__init__()
         self.method = method
         self.backbone = DiT(dit_config)
@@ -45,6 +45,7 @@ class LitDiffusionLM(pl.LightningModule):
         self.eval_time_samples = eval_time_samples
         self._val = None
         self.seed = seed
+        self.curriculum = curriculum  # duolm.curriculum.Curriculum or None (Duo's relaxed training inputs)
         self.export_config = export_config or {}  # what a loader needs to rebuild the model
 
     # --- training ----------------------------------------------------------------------
@@ -69,7 +70,18 @@ class LitDiffusionLM(pl.LightningModule):
             t = self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=self.device,
                                          index=self._global_index(batch_idx, x0.shape[0]),
                                          total=self.global_batch_size, generator=g)
-        loss = self.method.token_loss(self.backbone, x0, valid, t, generator=g).mean()
+        if self.curriculum is not None and self.curriculum.schedule.active(self.global_step):
+            s = self.curriculum.schedule
+            # the curriculum's t lives on its gamma band, so it is drawn on [0, 1] without eps
+            t = self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=self.device,
+                                         index=self._global_index(batch_idx, x0.shape[0]),
+                                         total=self.global_batch_size, generator=g)
+            t = (t - self.method.sampling_eps) / (1 - self.method.sampling_eps)
+            loss = self.curriculum.token_loss(self.method, self.backbone, x0, valid, self.global_step, t=t,
+                                              generator=g).mean()
+            self.log("train/tau", s.tau(self.global_step), on_step=True, on_epoch=False)
+        else:
+            loss = self.method.token_loss(self.backbone, x0, valid, t, generator=g).mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss.item()} at step {self.global_step}; "
                                      f"training stopped and the last good checkpoint is kept")

@@ -56,6 +56,19 @@ def build_method_from_cfg(cfg, vocab_size: int):
     return method, algo
 
 
+def build_curriculum(cfg, method):
+    """Duo's curriculum from algo.curriculum (algo=duo only); None when off."""
+    c = cfg.algo.get("curriculum")
+    if c is None or c.mode == "none":
+        return None
+    from duolm.curriculum import Curriculum, CurriculumSchedule
+
+    sched = CurriculumSchedule(mode=c.mode, tau_log10_start=c.gumbel_tau_log10_start,
+                               tau_log10_end=c.gumbel_tau_log10_end, start=c.start, end=c.end,
+                               gamma_min=c.gamma_min, gamma_max=c.gamma_max, top_k=c.top_k)
+    return Curriculum(sched, method.process.num_states)
+
+
 def dit_config(cfg, method) -> DiTConfig:
     m = cfg.model
     return DiTConfig(vocab_size=method.model_vocab_size, hidden_size=m.hidden_size, cond_dim=m.cond_dim,
@@ -115,7 +128,7 @@ def train(cfg, *, log=print) -> dict:
                             antithetic=cfg.training.antithetic, eval_time_samples=cfg.eval.time_samples,
                             export_config={"format": "duolm/1", "algo": algo, "noise": dict(cfg.noise),
                                            "tokenizer": tokenizer.to_dict(), "length": cfg.model.length},
-                            seed=cfg.seed)
+                            seed=cfg.seed, curriculum=build_curriculum(cfg, method))
     dm = BlockDataModule(splits["train"], splits["valid"], batch_size=per_device, eval_batch_size=eval_bs,
                          global_batch_size=cfg.loader.global_batch_size, seed=cfg.seed,
                          num_workers=cfg.loader.num_workers)
