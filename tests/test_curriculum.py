@@ -87,3 +87,32 @@ def test_schedule_tau_and_switch():
 def test_bad_schedules(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         CurriculumSchedule(**kwargs)
+
+
+@pytest.mark.parametrize("k,gamma", [(16, -0.5), (64, -2.0)])
+def test_true_token_weight_has_the_dense_distribution(k, gamma):
+    """x_0 is among the k ids as often as it ranks in the top k of the dense latents, and its
+    weight then follows the dense tempered softmax's (two-sample KS, p > 1e-3, K = 400)."""
+    K, tau, n = 400, 0.5, 5000
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randint(0, K, (n, 1), generator=g)
+    w = gaussian_latents(x0, torch.full((n, 1), gamma), K, generator=g).double()
+    dense = (w / tau).softmax(-1).gather(-1, x0[..., None]).reshape(-1)
+    in_dense_top = ((w > w.gather(-1, x0[..., None])).sum(-1) < k).reshape(-1)
+    ids, weights, _ = topk_relaxation(x0, torch.full((n, 1), gamma), K, k, tau, generator=g)
+    in_top = (ids == x0[..., None]).any(-1).reshape(-1)
+    fast = (weights.double() * (ids == x0[..., None])).sum(-1).reshape(-1)
+    p = in_dense_top.double().mean().item()
+    assert abs(in_top.double().mean().item() - p) < 5 * math.sqrt(2 * p * (1 - p) / n)
+    assert stats.ks_2samp(dense[in_dense_top].numpy(), fast[in_top].numpy()).pvalue > 1e-3
+
+
+def test_fits_follow_the_vocabulary_and_band():
+    """The papers cache fitted coefficients under the mode name only; ours are computed for (K, band)."""
+    from duolm.curriculum import Curriculum
+
+    a = Curriculum(CurriculumSchedule(mode="poly9", gamma_min=-3.5, gamma_max=-1.75), 28)
+    b = Curriculum(CurriculumSchedule(mode="poly9", gamma_min=-3.5, gamma_max=-1.75), 50257)
+    c = Curriculum(CurriculumSchedule(mode="poly9", gamma_min=-2.7, gamma_max=1.5), 28)
+    t = torch.tensor([0.5])
+    assert len({round(x.alpha(t)[0].item(), 6) for x in (a, b, c)}) == 3

@@ -1,5 +1,4 @@
 """Samplers with an oracle denoiser reproduce a tiny enumerable data distribution."""
-import math
 
 import pytest
 import torch

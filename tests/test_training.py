@@ -30,7 +30,7 @@ def corpus(tmp_path):
 
 
 def _cfg(tmp_path, corpus, *extra):
-    return compose(TINY + [f"data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
+    return compose(TINY + ["data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
                            f"run.dir={tmp_path / 'run'}", *extra])
 
 
@@ -119,7 +119,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
         return out
 
     monkeypatch.setattr(methods.Method, "token_loss", poisoned)
-    cfg = _cfg(tmp_path, corpus, "trainer.max_steps=10", "run.checkpoint_every=1")
+    cfg = _cfg(tmp_path, corpus, "algo=duo_base", "trainer.max_steps=10", "run.checkpoint_every=1")
     with pytest.raises(NonFiniteLossError, match="became nan at step 2"):
         train(cfg, log=lambda *_: None)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

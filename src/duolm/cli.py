@@ -35,7 +35,7 @@ def _load_for_eval(cfg, overrides):
                                 f"duolm model directory or a run's .ckpt)")
     pre = load_run_checkpoint(p) if p.is_file() else from_pretrained(p)
     asked = [o.split("=", 1)[1] for o in overrides if o.startswith("algo=")]
-    if asked and asked[-1] != pre.config["algo"]["name"]:
+    if asked and cfg.algo.name != pre.config["algo"]["name"]:
         raise ValueError(f"{path} holds a {pre.config['algo']['name']} model, but algo={asked[-1]} was asked")
     asked_tok = [o.split("=", 1)[1] for o in overrides if o.startswith("data.tokenizer=")]
     have_tok = pre.config["tokenizer"].get("name", pre.config["tokenizer"].get("type"))
@@ -52,7 +52,7 @@ def cmd_train(cfg, overrides):
 
     from duolm.checkpoints import from_pretrained
     from duolm.evaluation import evaluate_nelbo
-    from duolm.generate import generate, write_samples
+    from duolm.generate import write_samples
     from duolm.training.run import load_data, perplexity_line, train
 
     report = train(cfg)

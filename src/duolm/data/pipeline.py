@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from duolm.atomic import atomic_torch_save
 from duolm.data import blocks, corpora
 
 SOURCES = ("bigtxt", "local", "openwebtext", "lm1b", "wikitext103", "text8")
@@ -97,23 +96,9 @@ def build_splits(source: str, tokenizer, length: int, mode: str = "wrap", cache_
                                       tokenizer.vocab_size, name)
         out[split] = Split(x, v)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
         small = {k: {"ids": s.ids.to(torch.int32), "valid": s.valid} for k, s in out.items()}
         atomic_torch_save(small, cache)
     return out
-
-
-def atomic_torch_save(obj, path: Path):
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def unigram_entropy_bits(split: Split, vocab_size: int) -> float:

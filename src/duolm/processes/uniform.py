@@ -1,7 +1,6 @@
 """Uniform-state diffusion: q(x_t | x_0) = Cat(alpha_t * onehot(x_0) + (1 - alpha_t) / K)."""
 from __future__ import annotations
 
-import math
 
 import torch
 

@@ -1,9 +1,6 @@
 """Build everything a training run needs from a validated config, and run it on Lightning."""
 from __future__ import annotations
 
-import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -11,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from duolm.atomic import atomic_torch_save
 from duolm.checkpoints import method_from_config, save_pretrained
 from duolm.config import batch_plan
 from duolm.data.pipeline import build_splits, unigram_entropy_bits
@@ -24,16 +22,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to a temporary file, then rename: a killed run never leaves half a checkpoint."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_torch_save(checkpoint, path)
 
 
 def source_kwargs(data_cfg) -> dict:
@@ -163,7 +152,3 @@ def perplexity_line(name: str, ev: dict, baseline_bits: float | None, unit: str 
     if baseline_bits is not None:
         line += f" (token frequencies alone: {baseline_bits:.3f} bits/{unit})"
     return line
-
-
-def exp_or_inf(x):
-    return math.exp(x) if x < 700 else float("inf")
