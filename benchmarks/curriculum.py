@@ -3,25 +3,35 @@
     python benchmarks/curriculum.py [--vocab 50257] [--batch 4] [--length 128] [--ks 2 8 32]
 
 Each configuration runs in a fresh subprocess; peak memory is the growth of the
-process's peak resident set over the state right before the step (model and
-optimizer built, one warm-up step done for the allocator), measured for
+process's peak resident set over its resident set right before the first step
+(model and optimizer built), measured for
 (a) the input path alone (latents -> relaxed input -> input embedding, forward
 and backward) and (b) a whole training step of the tiny DiT.
 """
 from __future__ import annotations
 
-import argparse
+import sys
+
+if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
+    sys.path.pop(0)  # benchmarks/operator.py would shadow the stdlib's `operator`
+
+import argparse  # noqa: E402
 import json
 import resource
 import subprocess
-import sys
 import time
 
 import torch
 
 
 def _rss_mb():
+    """Peak resident set of this process so far, MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
 
 
 def one(kind: str, k: int, vocab: int, batch: int, length: int, what: str) -> dict:
@@ -59,8 +69,8 @@ def one(kind: str, k: int, vocab: int, batch: int, length: int, what: str) -> di
         opt.step()
 
     fn = input_path if what == "input" else full_step
-    fn()  # warm-up
-    before = _rss_mb()
+    before = _current_rss_mb()
+    fn()  # warm-up (counted in the peak: it is a real step)
     t0 = time.perf_counter()
     reps = 3
     for _ in range(reps):

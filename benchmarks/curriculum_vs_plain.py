@@ -8,10 +8,14 @@ algo.curriculum.mode=none), each in its own run directory under --out.
 """
 from __future__ import annotations
 
-import argparse
+import sys
+
+if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
+    sys.path.pop(0)  # benchmarks/operator.py would shadow the stdlib's `operator`
+
+import argparse  # noqa: E402
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 

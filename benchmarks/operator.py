@@ -8,7 +8,13 @@ against scipy's adaptive quadrature on `check` of those points.
 """
 from __future__ import annotations
 
-import argparse
+import sys
+
+# this file is named like the stdlib's `operator`: keep its folder off the import path
+if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
+    sys.path.pop(0)
+
+import argparse  # noqa: E402
 import json
 import math
 import time

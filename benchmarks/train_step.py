@@ -9,11 +9,15 @@ float32 matmul measured in the same run, which is the ceiling on this hardware.
 """
 from __future__ import annotations
 
-import argparse
+import sys
+
+if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
+    sys.path.pop(0)  # benchmarks/operator.py would shadow the stdlib's `operator`
+
+import argparse  # noqa: E402
 import json
 import resource
 import subprocess
-import sys
 import time
 
 import torch
