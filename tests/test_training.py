@@ -132,7 +132,7 @@ def test_cli_trains_samples_and_evaluates(tmp_path, corpus, capsys):
                    f"run.dir={tmp_path / 'run'}"]
     assert main(["train", "trainer.max_steps=3", *args]) == 0
     out = capsys.readouterr().out
-    assert "validation NELBO" in out and "bits/char" in out and "samples (4 steps" in out
+    assert "validation NELBO" in out and "bits/char" in out and "samples (ancestral, 4 steps" in out
     samples = json.loads((tmp_path / "run" / "samples.json").read_text())
     assert len(samples["samples"]) == 2 and samples["steps"] == 4 and samples["seconds"] > 0
     model = tmp_path / "run" / "model"
@@ -188,3 +188,48 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, corpus):
         results[devices] = load_file(run / "model" / "model.safetensors")
     for k in results[1]:
         torch.testing.assert_close(results[1][k], results[2][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("algo,extra", [
+    ("mdlm", ["sampling.predictor=ancestral_cache"]),
+    ("mdlm", ["sampling.predictor=psi", "sampling.psi.time_profile=linear-constant-linear",
+              "sampling.psi.middle_mode=max-capped-0.02", "sampling.p_nucleus=0.9"]),
+    ("duo_base", ["sampling.predictor=psi", "sampling.psi.middle_mode=constant-0.5", "sampling.prefix=word"]),
+    ("mdlm", ["sampling.total_length=40", "sampling.stride=8", "sampling.stop_at_eos=true"]),
+    ("sedd", []),
+    ("ar", []),
+])
+def test_every_predictor_samples_from_the_cli(tmp_path, corpus, algo, extra):
+    args = TINY + ["data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
+                   f"run.dir={tmp_path / 'run'}", f"algo={algo}", "sampling.steps=6", *extra]
+    assert main(["train", "trainer.max_steps=2", *args]) == 0
+    res = json.loads((tmp_path / "run" / "samples.json").read_text())
+    assert len(res["samples"]) == 2 and res["tokens_per_second"] > 0
+    if "sampling.prefix=word" in extra:
+        from duolm.data.tokenizers import CharTokenizer
+
+        tok = CharTokenizer()
+        assert all(s["ids"][:5] == [tok.bos_id] + tok.encode("word") for s in res["samples"])
+    if "sampling.total_length=40" in extra:
+        assert all(len(s["ids"]) <= 40 for s in res["samples"]) and res["length"] > 16
+    if "sampling.predictor=ancestral_cache" in extra:
+        assert res["cache"]["denoiser_calls"] + res["cache"]["cached_calls"] == 6
+
+
+@pytest.mark.parametrize("overrides,msg", [
+    (["algo=sedd", "sampling.noise_removal=greedy"], "noise_removal=greedy needs x_0 probabilities"),
+    (["algo=duo_base", "sampling.predictor=analytic"], "needs a score model"),
+    (["algo=duo_base", "sampling.predictor=ancestral_cache"], "only valid for a model without time"),
+    (["sampling.predictor=psi", "sampling.psi.middle_mode=constant-1.5"], "kappa must lie in [0, 1]"),
+    (["sampling.predictor=psi", "sampling.psi.time_profile=linear-constant-linear", "sampling.psi.plateau=2"],
+     "plateau must lie inside the grid"),
+    (["sampling.p_nucleus=0"], "sampling.p_nucleus must lie in (0, 1]"),
+    (["sampling.guidance=2.0"], "sampling.guidance needs a class-conditional model"),
+    (["sampling.total_length=10"], "sampling.total_length (10) must be >= model.length"),
+])
+def test_bad_sampler_settings_get_one_sentence(overrides, msg):
+    from duolm.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        compose(overrides)
+    assert msg in str(err.value)

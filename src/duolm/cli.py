@@ -75,16 +75,18 @@ def cmd_train(cfg, overrides):
 
 
 def _sample_and_print(cfg, pre, device):
-    from duolm.generate import generate, write_samples
+    from duolm.generate import generate, spec_from_config, write_samples
 
     s = cfg.sampling
-    res = generate(pre.method, pre.backbone, pre.tokenizer, length=pre.config["length"], num_samples=s.num_samples,
-                   batch_size=s.batch_size, steps=s.steps, noise_removal=s.noise_removal,
-                   use_float64=s.use_float64, seed=s.seed, device=device)
+    spec = spec_from_config(s, pre.config["algo"]["name"], pre.tokenizer, eps=cfg.training.sampling_eps)
+    res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
+                   num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device)
     out = s.output or str(Path(cfg.run.dir) / "samples.json")
     write_samples(res, out)
-    how = (f"{res['steps']} steps, last step {res['noise_removal']}" if pre.method.process is not None
-           else "autoregressive, KV cache")
+    how = (f"{spec.predictor}, {res['steps']} steps, last step {res['noise_removal']}"
+           if pre.method.process is not None else "autoregressive, KV cache")
+    if "cache" in res:
+        how += f", {res['cache']['cached_calls']} of {spec.steps * -(-s.num_samples // s.batch_size)} denoiser calls saved by the cache"
     print(f"\n{res['num_samples']} samples ({how}) in {res['seconds']:.2f} s = "
           f"{res['seconds_per_sample']:.3f} s/sample, {res['tokens_per_second']:.0f} tokens/s -> {out}")
     for i, smp in enumerate(res["samples"][: s.print]):

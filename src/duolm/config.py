@@ -100,8 +100,9 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "noise.type", tuple(SCHEDULES))
     if not 0.0 <= cfg.noise.eps < 1.0:
         raise ConfigError(f"noise.eps must lie in [0, 1), got {cfg.noise.eps}")
-    _choice(cfg, "sampling.noise_removal", NOISE_REMOVAL)
-    _choice(cfg, "sampling.predictor", ("ancestral", "ar"))
+    _choice(cfg, "sampling.noise_removal", ("auto", *NOISE_REMOVAL))
+    _choice(cfg, "sampling.predictor", ("auto", "ancestral", "ancestral_cache", "psi", "analytic", "ar"))
+    _check_sampling(cfg)
     _positive(cfg, "sampling.steps")
     _positive(cfg, "sampling.num_samples")
     _positive(cfg, "sampling.batch_size")
@@ -130,6 +131,65 @@ def validate(cfg: DictConfig) -> None:
     if cfg.loader.global_batch_size % (per_device * world):
         raise ConfigError(f"loader.global_batch_size ({cfg.loader.global_batch_size}) must be a multiple of "
                           f"loader.batch_size x devices x nodes ({per_device} x {world})")
+
+
+def resolve_predictor(predictor: str, algo: str) -> str:
+    if predictor != "auto":
+        return predictor
+    return {"sedd": "analytic", "ar": "ar"}.get(algo, "ancestral")
+
+
+def resolve_noise_removal(noise_removal: str, algo: str) -> str:
+    if noise_removal != "auto":
+        return noise_removal
+    return "ancestral" if algo == "sedd" else "greedy"
+
+
+def _check_sampling(cfg) -> None:
+    from duolm.sampling import KappaSchedule, parse_kappa
+
+    s, algo = cfg.sampling, cfg.algo.name
+    predictor = resolve_predictor(s.predictor, algo)
+    if s.get("guidance") is not None:
+        raise ConfigError("sampling.guidance needs a class-conditional model; the text models here are "
+                          "unconditional (use duolm.sampling.guided_denoiser with a conditional denoiser)")
+    if s.get("total_length") is not None:
+        if predictor == "ar":
+            raise ConfigError("sampling.total_length is for diffusion models; AR samples up to model.length here")
+        if s.total_length < cfg.model.length:
+            raise ConfigError(f"sampling.total_length ({s.total_length}) must be >= model.length ({cfg.model.length})")
+    if s.get("stride") is not None and not 1 <= s.stride <= cfg.model.length:
+        raise ConfigError(f"sampling.stride must lie in [1, model.length={cfg.model.length}], got {s.stride}")
+    if not 0.0 < s.p_nucleus <= 1.0:
+        raise ConfigError(f"sampling.p_nucleus must lie in (0, 1], got {s.p_nucleus}")
+    if predictor == "analytic" and algo != "sedd":
+        raise ConfigError(f"sampling.predictor=analytic needs a score model (algo=sedd), not algo={algo}")
+    if algo == "sedd" and predictor != "analytic":
+        raise ConfigError(f"algo=sedd samples with sampling.predictor=analytic (got {s.predictor})")
+    if (algo == "ar") != (predictor == "ar"):
+        raise ConfigError(f"sampling.predictor=ar is for algo=ar and algo=ar samples with it (got "
+                          f"sampling.predictor={s.predictor}, algo={algo})")
+    if predictor == "analytic" and s.noise_removal == "greedy":
+        raise ConfigError("sampling.noise_removal=greedy needs x_0 probabilities, which a score model (sedd) "
+                          "does not give; use ancestral or none")
+    if predictor == "ancestral_cache" and cfg.algo.time_conditioning:
+        raise ConfigError("sampling.predictor=ancestral_cache reuses the denoiser output, which is only valid "
+                          "for a model without time conditioning (algo=mdlm)")
+    if predictor == "psi":
+        _choice(cfg, "sampling.psi.time_profile", ("linear", "linear-constant-linear"))
+        _choice(cfg, "sampling.psi.plateau_in", ("t", "alpha"))
+        try:
+            KappaSchedule(parse_kappa(s.psi.high_mode), parse_kappa(s.psi.middle_mode), parse_kappa(s.psi.low_mode),
+                          s.psi.high_frac, s.psi.middle_frac)
+        except ValueError as err:
+            raise ConfigError(f"sampling.psi: {err}") from None
+        if s.psi.time_profile == "linear-constant-linear" and s.psi.plateau_in == "t" and \
+                not cfg.training.sampling_eps < s.psi.plateau < 1:
+            raise ConfigError(f"sampling.psi.plateau must lie inside the grid, t in ({cfg.training.sampling_eps}, 1); "
+                              f"got {s.psi.plateau}")
+        if s.psi.plateau_in == "alpha" and not 0 < s.psi.plateau < 1:
+            raise ConfigError(f"sampling.psi.plateau must be a signal level in (0, 1) with plateau_in=alpha, "
+                              f"got {s.psi.plateau}")
 
 
 def batch_plan(cfg) -> tuple[int, int, int]:

@@ -1,0 +1,98 @@
+"""Psi-samplers: each step mixes the posterior with a predictor-corrector step.
+
+    x_s ~ kappa * q(x_s | x_t, x0_hat) + (1 - kappa) * q(x_s | x_0 ~ q(x_0 | x_t, x0_hat))
+
+kappa = 1 everywhere is ancestral sampling (``ancestral_sample`` is this loop
+with kappa = 1). Also here: nucleus filtering of x0_hat, MDLM's cache of the
+denoiser output when no token changed, and positions held fixed.
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+NOISE_REMOVAL = ("ancestral", "greedy", "none")
+
+
+def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """Draw one index per row of probs (..., S) via the Gumbel-max trick (probs may be unnormalised)."""
+    u = torch.rand(probs.shape, dtype=probs.dtype, device=probs.device, generator=generator)
+    tiny = torch.finfo(probs.dtype).tiny
+    gumbel = -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
+    return (probs.clamp_min(0).log() + gumbel).argmax(-1)
+
+
+def nucleus(p: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of states whose mass reaches top_p (per row), renormalised."""
+    if top_p >= 1.0:
+        return p
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"sampling.p_nucleus must lie in (0, 1], got {top_p}")
+    srt, idx = p.sort(-1, descending=True)
+    before = srt.cumsum(-1) - srt  # mass strictly above each state
+    keep = (before < top_p).to(p.dtype)
+    kept = torch.zeros_like(p).scatter(-1, idx, srt * keep)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+@torch.no_grad()
+def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas: torch.Tensor | None = None,
+               noise_removal: str = "greedy", p_nucleus: float = 1.0, fixed: tuple | None = None,
+               cache: bool = False, generator=None, device=None, dtype=torch.float64,
+               disable_progress: bool = True, stats: dict | None = None, x_init: torch.Tensor | None = None):
+    """Run the sampler over `grid` (n + 1 times from 1 down; n denoiser calls at most).
+
+    kappas: (n,) mixing weights (None: all 1, ancestral). fixed: (mask (B, L) bool,
+    values (B, L)) positions held at given tokens throughout. cache: reuse the
+    denoiser output while x_t is unchanged (only valid when the denoiser ignores
+    alpha_t, as MDLM's does); `stats` receives the number of calls made and saved.
+    """
+    if noise_removal not in NOISE_REMOVAL:
+        raise ValueError(f"sampling.noise_removal must be one of {list(NOISE_REMOVAL)}, got {noise_removal!r}")
+    n = len(grid) - 1
+    if kappas is not None:
+        if len(kappas) != n:
+            raise ValueError(f"{len(kappas)} kappas for a grid of {n} steps")
+        if (kappas < 0).any() or (kappas > 1).any():
+            raise ValueError("every kappa must lie in [0, 1]")
+    B = shape[0]
+    if x_init is not None:
+        x = x_init.to(device)
+    elif process.kind == "absorbing":
+        x = process.prior_sample(shape, device=device)
+    else:
+        x = process.prior_sample(shape, device=device, generator=generator)
+    if fixed is not None:
+        fmask, fvals = fixed[0].to(device), fixed[1].to(device)
+        x = torch.where(fmask, fvals, x)
+    calls = saved = 0
+    p = prev_x = None
+    for i in tqdm(range(n), disable=disable_progress, desc="sampling"):
+        t, s = grid[i], grid[i + 1]
+        alpha_t = schedule(t.reshape(1)).alpha.expand(B).to(device)
+        if cache and p is not None and torch.equal(x, prev_x):
+            saved += 1
+        else:
+            p = nucleus(denoiser(x, alpha_t).to(dtype).exp(), p_nucleus)
+            calls += 1
+        prev_x = x
+        last = i == n - 1
+        if last and noise_removal == "greedy":
+            x_new = p.argmax(-1)
+            if process.kind == "absorbing":
+                x_new = torch.where(x == process.mask_id, x_new, x)
+        else:
+            alpha_s = torch.ones_like(alpha_t) if s == 0 else schedule(s.reshape(1)).alpha.expand(B).to(device)
+            a_s, a_t = alpha_s.to(dtype), alpha_t.to(dtype)
+            q = process.posterior(p, x, a_s, a_t)
+            kappa = 1.0 if kappas is None else float(kappas[i])
+            if kappa < 1.0:
+                q_x0 = process.posterior(p, x, torch.ones_like(a_s), a_t)
+                q = kappa * q + (1.0 - kappa) * process.marginal(q_x0, a_s)
+            x_new = sample_categorical(q, generator)
+        if fixed is not None:
+            x_new = torch.where(fmask, fvals, x_new)
+        x = x_new
+    if stats is not None:
+        stats.update(denoiser_calls=calls, cached_calls=saved)
+    return x

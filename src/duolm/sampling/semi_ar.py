@@ -1,0 +1,42 @@
+"""Semi-autoregressive generation: extend a sequence past the model's length window by window."""
+from __future__ import annotations
+
+import torch
+
+
+def semi_ar_sample(sample_window, batch: int, length: int, total_length: int, stride: int, *,
+                   prefix: list[int] | None = None, eos_id: int | None = None, stop_at_eos: bool = False):
+    """Generate total_length tokens with a model of window `length`.
+
+    sample_window(fixed) -> (batch, length) samples a window with fixed = (mask, values)
+    held (any sampler of this package with its `fixed` argument). Each new window keeps
+    the last length - stride tokens of the previous one fixed and generates `stride` new
+    tokens. With stop_at_eos, generation stops once every sequence holds an EOS after its
+    first token, and everything after a sequence's first EOS is replaced by EOS.
+    """
+    if not 0 < stride <= length:
+        raise ValueError(f"sampling.stride must lie in [1, model length {length}], got {stride}")
+    if total_length < length:
+        raise ValueError(f"sampling.total_length ({total_length}) must be >= the model length ({length})")
+    keep = length - stride
+    mask = torch.zeros(batch, length, dtype=torch.bool)
+    vals = torch.zeros(batch, length, dtype=torch.long)
+    if prefix:
+        mask[:, :len(prefix)] = True
+        vals[:, :len(prefix)] = torch.tensor(prefix)
+    out = sample_window((mask, vals)).cpu()
+    while out.shape[1] < total_length:
+        if stop_at_eos and eos_id is not None and (out[:, 1:] == eos_id).any(-1).all():
+            break
+        mask = torch.zeros(batch, length, dtype=torch.bool)
+        mask[:, :keep] = True
+        vals = torch.zeros(batch, length, dtype=torch.long)
+        vals[:, :keep] = out[:, out.shape[1] - keep:]
+        window = sample_window((mask, vals)).cpu()
+        out = torch.cat([out, window[:, keep:]], 1)
+    out = out[:, :total_length]
+    if stop_at_eos and eos_id is not None:
+        seen = torch.cumsum((out == eos_id) & (torch.arange(out.shape[1]) > 0), 1) > 0
+        after = torch.cat([torch.zeros(batch, 1, dtype=torch.bool), seen[:, :-1]], 1)
+        out = torch.where(after, torch.full_like(out, eos_id), out)
+    return out

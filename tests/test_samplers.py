@@ -1,0 +1,305 @@
+"""One suite every sampler must pass, with oracle denoisers on tiny enumerable distributions."""
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from duolm.processes import AbsorbingProcess, UniformProcess
+from duolm.sampling import (Kappa, KappaSchedule, analytic_sample, ancestral_sample, linear_constant_linear_grid,
+                            linear_grid, nucleus, parse_kappa, psi_sample, sample_categorical)
+from duolm.schedules import LogLinear
+from oracles import all_sequences, oracle_posterior_marginals, random_joint
+
+K = 3
+SCHED = LogLinear(eps=0.0)
+
+
+def oracle(process, joint, L):
+    """The exact denoiser: p(x_0^i | x_t) (absorbing) or p(x_0^i | x_t^{-i}) (uniform)."""
+    seqs = all_sequences(K, L)
+
+    def den(x_t, alpha_t):
+        post = oracle_posterior_marginals(process, seqs, joint, x_t, alpha_t.reshape(-1, 1).double(),
+                                          exclude_self=process.kind == "uniform")
+        return post.clamp_min(1e-300).log()
+
+    return den
+
+
+def score_oracle(process, joint, L):
+    """SEDD's exact concrete score on masked positions: alpha/(1 - alpha) p(x_0 = y | x_t)."""
+    den = oracle(process, joint, L)
+
+    def score(x_t, alpha_t):
+        a = alpha_t.reshape(-1, 1, 1).double()
+        out = den(x_t, alpha_t) + torch.log(a / (1 - a))
+        return out.scatter(-1, x_t[..., None], 0.0)  # the ratio p_t(x_t) / p_t(x_t) = 1, as SEDD parameterises
+
+    return score
+
+
+def empirical(samples, L):
+    idx = (samples * torch.tensor([K ** (L - 1 - i) for i in range(L)])).sum(-1)
+    return torch.bincount(idx, minlength=K ** L).double()
+
+
+def run(name, process, joint, L, n, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, L)
+    if name == "analytic":  # sigma = -log alpha must stay finite at t = 1, as in SEDD (alpha(1) = 1e-3)
+        return analytic_sample(score_oracle(process, joint, L), process, LogLinear(1e-3), shape, steps=steps,
+                               eps=1e-4, generator=g)
+    den = oracle(process, joint, L)
+    if name == "ancestral":
+        return ancestral_sample(den, process, SCHED, shape, steps=steps, noise_removal="ancestral", eps=1e-4,
+                                generator=g)
+    if name == "ancestral-cached":
+        return ancestral_sample(den, process, SCHED, shape, steps=steps, noise_removal="ancestral", eps=1e-4,
+                                generator=g, cache=True)
+    grid = linear_grid(steps, 1e-4)
+    alphas = SCHED(grid).alpha
+    kappa = {"psi-constant": KappaSchedule(Kappa("constant", 0.5), Kappa("constant", 0.5), Kappa("constant", 0.5)),
+             "psi-pc": KappaSchedule(Kappa("pc"), Kappa("pc"), Kappa("pc")),
+             "psi-max-capped": KappaSchedule(Kappa("max-capped", 0.05), Kappa("max-capped", 0.05),
+                                             Kappa("max-capped", 0.05)),
+             "psi-max-rescale": KappaSchedule(Kappa("posterior"), Kappa("max-rescale", 0.5), Kappa("posterior"))}[name]
+    return psi_sample(den, process, SCHED, shape, grid=grid, kappas=kappa.kappas(alphas), noise_removal="ancestral",
+                      generator=g)
+
+
+SAMPLERS = [("ancestral", "absorbing"), ("ancestral", "uniform"), ("ancestral-cached", "absorbing"),
+            ("psi-constant", "absorbing"), ("psi-constant", "uniform"), ("psi-pc", "uniform"),
+            ("psi-max-capped", "absorbing"), ("psi-max-rescale", "absorbing"), ("psi-max-rescale", "uniform"),
+            ("analytic", "absorbing")]
+
+
+def make(kind):
+    return AbsorbingProcess(K) if kind == "absorbing" else UniformProcess(K)
+
+
+@pytest.mark.parametrize("name,kind", SAMPLERS)
+@pytest.mark.parametrize("steps", [1, 8])
+def test_one_token_is_sampled_exactly_at_any_step_count(name, kind, steps):
+    """For one token every sampler's step keeps the exact marginal: chi-square, p > 1e-3, n = 6000."""
+    joint = random_joint(K, 1, seed=3)
+    n = 6000
+    x = run(name, make(kind), joint, 1, n, steps, seed=steps)
+    assert chisquare(empirical(x, 1).numpy(), (joint * n).numpy()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("name,kind", [s for s in SAMPLERS if s[0] in ("ancestral", "ancestral-cached", "analytic")])
+def test_a_correlated_pair_is_reproduced_with_many_steps(name, kind):
+    """Per-token updates of a correlated pair become exact as steps grow (one change at a time):
+    at 128 steps the total-variation distance is below 0.04 (n = 6000: noise ~ 0.015), and at one
+    step it is visibly larger, so the test can fail."""
+    joint = random_joint(K, 2, seed=4)
+    n = 6000
+    tv = 0.5 * (empirical(run(name, make(kind), joint, 2, n, 128, 0), 2) / n - joint).abs().sum().item()
+    tv1 = 0.5 * (empirical(run(name, make(kind), joint, 2, n, 1, 1), 2) / n - joint).abs().sum().item()
+    assert tv < 0.04 < tv1 or (tv < 0.04 and tv1 > 2 * tv)
+
+
+@pytest.mark.parametrize("kind", ["absorbing", "uniform"])
+def test_kappa_one_is_ancestral_sampling_draw_for_draw(kind):
+    process = make(kind)
+    joint = random_joint(K, 2, seed=5)
+    den = oracle(process, joint, 2)
+    a = ancestral_sample(den, process, SCHED, (500, 2), steps=6, noise_removal="ancestral", eps=1e-4,
+                         generator=torch.Generator().manual_seed(7))
+    grid = linear_grid(6, 1e-4)
+    b = psi_sample(den, process, SCHED, (500, 2), grid=grid, kappas=torch.ones(6), noise_removal="ancestral",
+                   generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_the_cache_saves_calls_and_changes_nothing():
+    process = AbsorbingProcess(K)
+    joint = random_joint(K, 2, seed=6)
+    stats = {}
+    # 4 sequences of 2 tokens: at most 8 steps change the batch, the other 56 reuse the output
+    ancestral_sample(oracle(process, joint, 2), process, SCHED, (4, 2), steps=64, noise_removal="ancestral",
+                     generator=torch.Generator().manual_seed(0), cache=True, stats=stats)
+    assert stats["denoiser_calls"] + stats["cached_calls"] == 64 and stats["cached_calls"] >= 55
+    n = 6000
+    a = empirical(run("ancestral", process, joint, 2, n, 16, 11), 2)
+    b = empirical(run("ancestral-cached", process, joint, 2, n, 16, 12), 2)
+    assert 0.5 * (a / n - b / n).abs().sum() < 0.04
+
+
+@pytest.mark.parametrize("kind", ["absorbing", "uniform"])
+def test_held_positions_never_change(kind):
+    process = make(kind)
+    joint = random_joint(K, 2, seed=7)
+    seen = []
+
+    def den(x_t, alpha_t):
+        seen.append(x_t[:, 0].clone())
+        return oracle(process, joint, 2)(x_t, alpha_t)
+
+    mask = torch.tensor([[True, False]]).expand(300, 2)
+    vals = torch.full((300, 2), 2)
+    # alpha(1) > 0, so a visible token has non-zero likelihood under q and the oracle is defined
+    x = ancestral_sample(den, process, LogLinear(1e-3), (300, 2), steps=5, noise_removal="ancestral", eps=1e-4,
+                         fixed=(mask, vals), generator=torch.Generator().manual_seed(0))
+    assert (x[:, 0] == 2).all() and all((s == 2).all() for s in seen)
+    # and the free token follows the conditional p(x_1 | x_0 = 2) of the data
+    cond = joint.reshape(K, K)[2] / joint.reshape(K, K)[2].sum()
+    counts = torch.bincount(x[:, 1], minlength=K).double()
+    assert (counts / 300 - cond).abs().max() < 0.1
+
+
+def test_greedy_tail_returns_the_argmax_and_keeps_unmasked_tokens():
+    proc = AbsorbingProcess(K)
+    target = torch.tensor([2, 0, 1])
+
+    def den(x_t, alpha_t):
+        out = torch.full((*x_t.shape, K + 1), -1e6, dtype=torch.float64)
+        out[..., :K] = torch.log(torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64))
+        out[:, torch.arange(3), target] = 0.0
+        return out.log_softmax(-1)
+
+    x = ancestral_sample(den, proc, LogLinear(), (5, 3), steps=1, noise_removal="greedy")
+    assert (x == target).all()
+
+
+def test_nucleus_keeps_the_top_mass_and_renormalises():
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05]], dtype=torch.float64)
+    torch.testing.assert_close(nucleus(p, 0.8), torch.tensor([[0.625, 0.375, 0.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(nucleus(p, 0.81), torch.tensor([[0.5, 0.3, 0.15, 0]], dtype=torch.float64) / 0.95)
+    torch.testing.assert_close(nucleus(p, 1.0), p)
+
+
+def test_sample_categorical_matches_its_probabilities():
+    p = torch.tensor([0.1, 0.6, 0.3], dtype=torch.float64)
+    x = sample_categorical(p.expand(60_000, 3), torch.Generator().manual_seed(0))
+    assert chisquare(torch.bincount(x, minlength=3).double().numpy(), (p * 60_000).numpy()).pvalue > 1e-3
+
+
+# --- kappa schedules and grids, with the reference's defects -------------------------------
+
+def test_parse_kappa_reads_the_reference_strings():
+    assert parse_kappa("pure-posterior") == Kappa("posterior")
+    assert parse_kappa("pure-pc") == Kappa("pc")
+    assert parse_kappa("max-capped-0.01") == Kappa("max-capped", 0.01)
+    assert parse_kappa("max-rescale-0.5") == Kappa("max-rescale", 0.5)
+    assert parse_kappa("constant-remdm-0.02") == Kappa("remdm-constant", 0.02)
+    assert parse_kappa("constant-0.7") == Kappa("constant", 0.7)
+    with pytest.raises(ValueError, match="kappa must lie in"):
+        parse_kappa("constant-1.5")
+    with pytest.raises(ValueError, match="expected one of"):
+        parse_kappa("sometimes")
+
+
+def test_max_rescale_uses_min_one_not_min_eta():
+    """ReMDM: sigma = eta * min(1, (1 - a_s)/a_t); the papers' code uses min(eta, .) * eta."""
+    a_t, a_s = torch.tensor([0.3]), torch.tensor([0.35])
+    eta = 0.5
+    ours = Kappa("max-rescale", eta)(a_t, a_s)
+    cap = (1 - a_s) / a_t
+    expect = 1 - eta * torch.clamp(cap, max=1.0) / (1 - a_s)
+    reference = 1 - eta * torch.clamp(cap, max=eta) / (1 - a_s)
+    torch.testing.assert_close(ours, expect.clamp(0, 1).double())
+    assert not torch.allclose(ours, reference.clamp(0, 1).double())
+
+
+def test_a_noise_dependent_segment_of_one_step_works():
+    """The papers' code crashes when a ReMDM segment covers a single step."""
+    sched = KappaSchedule(Kappa("posterior"), Kappa("max-capped", 0.1), Kappa("posterior"), high_frac=0.4,
+                          middle_frac=0.2)
+    alphas = SCHED(linear_grid(5, 1e-4)).alpha
+    k = sched.kappas(alphas)
+    assert len(k) == 5 and ((k >= 0) & (k <= 1)).all() and (k < 1).sum() == 1
+
+
+def _reference_grid(num_steps, c, high, mid, eps):
+    n = num_steps + 1
+    n_hi, n_mid = round(high * n), round(mid * n)
+    return torch.cat([torch.linspace(1, c, n_hi), torch.full((n_mid,), c), torch.linspace(c, eps, n - n_hi - n_mid)])
+
+
+def test_linear_constant_linear_grid_always_reaches_eps():
+    eps = 1e-3
+    bad = [s for s in range(1, 64) if abs(float(_reference_grid(s, 0.1, 0.2, 0.6, eps)[-1]) - eps) > 1e-9]
+    assert bad, "the reference grid ends at eps for every step count tried"
+    for steps in range(1, 64):
+        g = linear_constant_linear_grid(steps, 0.1, eps=eps, final_zero=False)
+        assert len(g) == steps + 1 and g[0] == 1.0 and abs(float(g[-1]) - eps) < 1e-12
+        assert (g[1:] <= g[:-1]).all()
+    ga = linear_constant_linear_grid(20, 0.5, plateau_in="alpha", schedule=LogLinear(), final_zero=False)
+    assert abs(float(LogLinear()(ga).alpha[10]) - 0.5) < 1e-9
+
+
+@pytest.mark.parametrize("kwargs,msg", [(dict(steps=0, plateau=0.5), "sampling.steps must be >= 1"),
+                                        (dict(steps=10, plateau=1.5), "plateau must lie inside the grid"),
+                                        (dict(steps=10, plateau=0.0005), "plateau must lie inside the grid")])
+def test_bad_grids(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        linear_constant_linear_grid(**kwargs)
+
+
+def test_bad_sampler_settings():
+    with pytest.raises(ValueError, match="sampling.steps must be >= 1"):
+        ancestral_sample(None, UniformProcess(3), LogLinear(), (1, 1), steps=0)
+    with pytest.raises(ValueError, match="sampling.noise_removal must be one of"):
+        ancestral_sample(None, UniformProcess(3), LogLinear(), (1, 1), steps=2, noise_removal="sometimes")
+    with pytest.raises(ValueError, match="not available for the analytic sampler"):
+        analytic_sample(None, AbsorbingProcess(3), LogLinear(), (1, 1), steps=2, noise_removal="greedy")
+    with pytest.raises(ValueError, match="every kappa must lie"):
+        psi_sample(None, UniformProcess(3), LogLinear(), (1, 1), grid=linear_grid(2), kappas=torch.tensor([0.5, 2.0]))
+
+
+# --- guidance and semi-autoregressive generation --------------------------------------------
+
+def test_guidance_weights_interpolate_and_extrapolate():
+    from duolm.sampling import guided_denoiser
+
+    pc = torch.tensor([[[0.7, 0.2, 0.1, 0.0]]], dtype=torch.float64)
+    pu = torch.tensor([[[0.3, 0.3, 0.4, 0.0]]], dtype=torch.float64)
+
+    def lg(p):
+        return torch.where(p > 0, p.clamp_min(1e-300).log(), torch.full_like(p, -1e6))
+
+    def c(x, a):
+        return lg(pc)
+
+    def u(x, a):
+        return lg(pu)
+
+    x, a = torch.zeros(1, 1, dtype=torch.long), torch.ones(1)
+    assert guided_denoiser(c, u, 1.0) is c and guided_denoiser(c, u, 0.0) is u
+    for w in (0.5, 2.0, 3.0):
+        p = guided_denoiser(c, u, w)(x, a).exp()
+        expect = pc[..., :3] ** w * pu[..., :3] ** (1 - w)
+        torch.testing.assert_close(p[..., :3], expect / expect.sum(-1, keepdim=True))
+        assert p[..., 3].item() == 0.0
+    assert guided_denoiser(c, u, 3.0)(x, a).exp()[0, 0, 0] > pc[0, 0, 0]  # sharper toward the class
+
+
+def test_semi_ar_extends_past_the_window_keeping_the_overlap_and_stops_at_eos():
+    from duolm.sampling import semi_ar_sample
+
+    calls = []
+    counter = iter(range(1, 1000))
+
+    def window(fixed):
+        mask, vals = fixed
+        calls.append(mask.clone())
+        new = torch.full(mask.shape, next(counter))
+        return torch.where(mask, vals, new)
+
+    out = semi_ar_sample(window, batch=2, length=8, total_length=20, stride=3, prefix=[9, 9])
+    assert out.shape == (2, 20)
+    assert out[0, :2].tolist() == [9, 9] and (out[:, 2:8] == 1).all()
+    assert out[0, 8:11].tolist() == [2, 2, 2] and out[0, 11:14].tolist() == [3, 3, 3]
+    assert all(m[:, :5].all() and not m[:, 5:].any() for m in calls[1:])  # 8 - 3 = 5 kept each time
+
+    def eos_window(fixed):
+        mask, vals = fixed
+        new = torch.full(mask.shape, 4)
+        new[:, 5] = 0  # EOS in the first window
+        return torch.where(mask, vals, new)
+
+    out = semi_ar_sample(eos_window, batch=2, length=8, total_length=40, stride=4, eos_id=0, stop_at_eos=True)
+    assert out.shape[1] == 8 and (out[:, 6:] == 0).all()
+    with pytest.raises(ValueError, match="sampling.stride"):
+        semi_ar_sample(window, batch=1, length=8, total_length=20, stride=9)
