@@ -34,11 +34,13 @@ class UniformProcess:
         a_s = _expand(alpha_s, x_t).to(p_x0.dtype)[..., None]
         a_t = _expand(alpha_t, x_t).to(p_x0.dtype)[..., None]
         a_ts = a_t / a_s
-        onehot_t = torch.nn.functional.one_hot(x_t, K).to(p_x0.dtype)
-        q_t_given_s = a_ts * onehot_t + (1.0 - a_ts) / K  # (..., K) as a function of x_s
+        # q(x_t | x_s) = a_ts [x_s = x_t] + (1 - a_ts)/K, so the joint is q_s * (1 - a_ts)/K plus
+        # a_ts * q_s(x_t) at x_s = x_t: three passes over the vocabulary instead of a one-hot product
         q_s = a_s * p_x0 + (1.0 - a_s) / K
-        joint = q_t_given_s * q_s
-        return joint / joint.sum(-1, keepdim=True)
+        base = (1.0 - a_ts) / K
+        q_s_xt = torch.gather(q_s, -1, x_t[..., None])
+        joint = (q_s * base).scatter_add(-1, x_t[..., None], a_ts * q_s_xt)
+        return joint / (base * q_s.sum(-1, keepdim=True) + a_ts * q_s_xt)
 
     def prior_sample(self, shape, device=None, generator=None) -> torch.Tensor:
         return torch.randint(0, self.num_states, shape, device=device, generator=generator)

@@ -15,11 +15,14 @@ NOISE_REMOVAL = ("ancestral", "greedy", "none")
 
 
 def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
-    """Draw one index per row of probs (..., S) via the Gumbel-max trick (probs may be unnormalised)."""
+    """Draw one index per row of probs (..., S); probs may be unnormalised.
+
+    An exponential race, argmax(p / E) with E ~ Exp(1), which is the Gumbel-max trick
+    without the two logarithms over the whole vocabulary (one log, of the noise).
+    """
     u = torch.rand(probs.shape, dtype=probs.dtype, device=probs.device, generator=generator)
-    tiny = torch.finfo(probs.dtype).tiny
-    gumbel = -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
-    return (probs.clamp_min(0).log() + gumbel).argmax(-1)
+    e = (-torch.log1p(-u)).clamp_min(torch.finfo(probs.dtype).tiny)  # Exp(1), never 0 (0/0 would be NaN)
+    return (probs.clamp_min(0) / e).argmax(-1)
 
 
 def nucleus(p: torch.Tensor, top_p: float) -> torch.Tensor:
