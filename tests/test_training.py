@@ -166,7 +166,7 @@ def test_cli_bad_input_exits_nonzero_without_output(tmp_path, capsys):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"PK\x03\x04 truncated")
     assert main(["sample", f"eval.checkpoint_path={bad}", *TINY]) == 1
-    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert "bad.ckpt: not a PyTorch checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.slow

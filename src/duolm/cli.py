@@ -11,12 +11,14 @@ import json
 import sys
 from pathlib import Path
 
-USAGE = """usage: duolm {train,sample,eval,config} [key=value ...]
+USAGE = """usage: duolm {train,sample,eval,convert,config} [key=value ...]
 
   train    train a model (default: a small Duo model on the built-in corpus, on the CPU),
            then report its validation NELBO and print samples
   sample   generate from eval.checkpoint_path (default: ${run.dir}/model)
   eval     validation NELBO / bits / perplexity of eval.checkpoint_path on data=...
+  convert  write eval.checkpoint_path (duolm, a run's .ckpt, the papers' .ckpt or Hugging Face
+           layouts) as a duolm directory: convert.output=<dir>
   config   print the composed config
 
 Config groups: algo, model, data, noise, sampling, optim, trainer, loader (see `duolm config`).
@@ -26,15 +28,18 @@ Config groups: algo, model, data, noise, sampling, optim, trainer, loader (see `
 def _load_for_eval(cfg, overrides):
     import torch
 
-    from duolm.checkpoints import from_pretrained, load_run_checkpoint
+    from duolm.reference_checkpoints import load_reference
 
     path = cfg.eval.checkpoint_path or str(Path(cfg.run.dir) / "model")
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"eval.checkpoint_path: {path} does not exist (train first, or point it at a "
-                                f"duolm model directory or a run's .ckpt)")
-    pre = load_run_checkpoint(p) if p.is_file() else from_pretrained(p)
+                                f"duolm model directory, a run's .ckpt, or the papers' checkpoints)")
     asked = [o.split("=", 1)[1] for o in overrides if o.startswith("algo=")]
+    sized = any(o.startswith(("model=", "model.n_heads=")) for o in overrides)
+    tok = [o.split("=", 1)[1] for o in overrides if o.startswith("data.tokenizer=")]
+    pre = load_reference(p, algo=cfg.algo.name if asked else None, use_ema=cfg.eval.use_ema,
+                         tokenizer=tok[-1] if tok else "gpt2", n_heads=cfg.model.n_heads if sized else None)
     if asked and cfg.algo.name != pre.config["algo"]["name"]:
         raise ValueError(f"{path} holds a {pre.config['algo']['name']} model, but algo={asked[-1]} was asked")
     asked_tok = [o.split("=", 1)[1] for o in overrides if o.startswith("data.tokenizer=")]
@@ -100,6 +105,20 @@ def cmd_sample(cfg, overrides):
     return 0
 
 
+def cmd_convert(cfg, overrides):
+    from duolm.checkpoints import save_pretrained
+
+    if not cfg.get("convert") or not cfg.convert.get("output"):
+        raise ValueError("duolm convert needs convert.output=<directory> (and eval.checkpoint_path=<input>)")
+    pre, _ = _load_for_eval(cfg, overrides)
+    out = save_pretrained(cfg.convert.output, pre.backbone.cpu(), algo=pre.config["algo"], noise=pre.config["noise"],
+                          tokenizer=pre.tokenizer, length=pre.config["length"],
+                          extra={"converted_from": str(cfg.eval.checkpoint_path)})
+    print(f"wrote {out} ({pre.config['algo']['name']}, {pre.backbone.num_parameters() / 1e6:.2f}M parameters, "
+          f"vocabulary {pre.backbone.config.vocab_size})")
+    return 0
+
+
 def cmd_eval(cfg, overrides):
     from duolm.data.pipeline import build_splits, unigram_entropy_bits
     from duolm.evaluation import evaluate_nelbo
@@ -127,7 +146,7 @@ def main(argv=None) -> int:
         print(USAGE)
         return 0
     command, overrides = argv[0], argv[1:]
-    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "config": None}
+    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "convert": cmd_convert, "config": None}
     if command not in commands:
         print(f"duolm: unknown command {command!r}; choose one of {sorted(commands)}", file=sys.stderr)
         return 2

@@ -94,7 +94,7 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
         fixed = (mask, vals)
     if spec.predictor == "ar":
         return ar_sample(backbone, batch, length, bos_id, generator=generator, device=device,
-                         disable_progress=not progress)
+                         disable_progress=not progress, vocab_size=method.vocab_size)
     if spec.predictor == "analytic":
         return analytic_sample(denoiser_from(method, backbone, spec.use_float64), method.process, method.schedule,
                                (batch, length), steps=spec.steps, noise_removal=spec.noise_removal, eps=spec.eps,

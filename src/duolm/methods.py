@@ -96,7 +96,8 @@ class Method:
             valid = torch.ones_like(x0, dtype=torch.float32)
         valid = valid.float()
         if self.process is None:
-            logits = backbone(x0[:, :-1], None)
+            # the papers' AR has one more output row (their mask token); it is never a target
+            logits = backbone(x0[:, :-1], None)[..., :self.vocab_size]
             return TokenLoss(losses.ar_nll(logits.to(self.loss_dtype), x0[:, 1:]), valid[:, 1:])
         if t is None:
             t = self.sample_times(x0.shape[0], generator=generator, device=x0.device)

@@ -1,0 +1,245 @@
+"""Load the papers' checkpoints without the papers' code, and without running pickled code.
+
+Recognised inputs (a file or a directory):
+- the raw Lightning ``.ckpt`` of s-sahoo/duo and kuleshov-group/mdlm (Duo, MDLM, SEDD, AR): the
+  DiT's state under ``backbone.``, the EMA as an unnamed ``shadow_params`` list in parameter
+  order (buffers excluded), and a pickled OmegaConf config and tokenizer. It is read with a
+  restricted unpickler: tensors and plain containers are rebuilt, every other class becomes an
+  inert record of its pickled state (never constructed, never called), and anything that would
+  call a function (``os.system`` and the like) is refused.
+- the Hugging Face layout of the Duo models (``s-sahoo/duo``, ``s-sahoo/duo-distilled``):
+  config.json with the DiT's ``config`` and ``vocab_size`` plus model.safetensors;
+- MDLM's Hugging Face model (``kuleshov-group/mdlm-owt``): config.json with ``model_type: mdlm``
+  plus weights whose keys start with ``backbone.``.
+Algo, size and vocabulary are read from the file and checked; ``algo`` overrides what the file
+does not say (the weights alone cannot tell MDLM from SEDD).
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from duolm.checkpoints import FORMAT, Pretrained, from_pretrained, method_from_config
+from duolm.data.tokenizers import load_tokenizer
+from duolm.models.dit import DiT, DiTConfig
+
+_SAFE_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "int", "float", "str", "bytes", "bytearray",
+                  "complex", "bool", "slice", "range", "object"}
+_CALLABLE_OK = {("collections", "OrderedDict"), ("collections", "defaultdict"), ("builtins", "set"),
+                ("builtins", "frozenset"), ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"),
+                ("builtins", "bytearray"), ("builtins", "complex"), ("builtins", "slice"), ("builtins", "range"),
+                ("_codecs", "encode"), ("copyreg", "_reconstructor"), ("builtins", "object")}
+
+
+class OpaqueObject:
+    """Stand-in for a pickled object of a class we do not import (OmegaConf nodes, tokenizers)."""
+
+    def __init__(self, *args, **kwargs):
+        self._args = args
+        self._state = None
+
+    def __setstate__(self, state):
+        self._state = state
+
+    def __repr__(self):
+        return f"<opaque {type(self).__qualname__}>"
+
+
+def _opaque_class(module: str, name: str):
+    return type(name, (OpaqueObject,), {"__module__": f"opaque.{module}", "__qualname__": f"{module}.{name}"})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        root = module.split(".")[0]
+        torch_ok = ((module in ("torch._utils", "torch._tensor") and name.startswith("_rebuild"))
+                    or (module == "torch" and (name.endswith("Storage") or name in ("Size", "device", "dtype")))
+                    or (module == "torch.nn.parameter" and name == "Parameter")
+                    or (module == "torch.storage" and name.endswith("Storage")))
+        numpy_ok = root == "numpy" and name in ("dtype", "ndarray", "_reconstruct", "scalar")
+        if torch_ok or numpy_ok or (module, name) in _CALLABLE_OK:
+            return super().find_class(module, name)
+        if root == "builtins" and name in _SAFE_BUILTINS:
+            return super().find_class(module, name)
+        if root in ("os", "subprocess", "sys", "posix", "nt", "shutil", "importlib", "runpy", "builtins", "pty",
+                    "socket", "code", "codeop", "pickle", "marshal", "types", "functools", "operator"):
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a checkpoint may not call it")
+        return _opaque_class(module, name)
+
+
+class _RestrictedPickleModule:
+    Unpickler = _RestrictedUnpickler
+    load = staticmethod(lambda f, **kw: _RestrictedUnpickler(f, **kw).load())
+    UnpicklingError = pickle.UnpicklingError
+
+
+def load_lightning_checkpoint(path) -> dict:
+    """torch.load of a Lightning checkpoint without executing pickled code (see module docstring)."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a PyTorch checkpoint (not a zip archive; truncated or another format)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - fall back to the restricted unpickler for pickled configs
+        pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from None
+
+
+def plain(obj):
+    """Turn OmegaConf's pickled node tree (as opaque records) and containers into plain Python."""
+    if isinstance(obj, OpaqueObject):
+        st = obj._state
+        if isinstance(st, dict):
+            if "_content" in st:
+                return plain(st["_content"])
+            if "_val" in st:
+                return plain(st["_val"])
+            return {k: plain(v) for k, v in st.items() if not k.startswith("_")}
+        return None
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def _dit_config_from_state(state: dict, n_heads: int | None, cond_dim_default: int = 128) -> DiTConfig:
+    try:
+        V, H = state["vocab_embed.embedding"].shape
+    except KeyError:
+        raise ValueError("the weights have no vocab_embed.embedding: not a DiT of the papers") from None
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+    causal = "sigma_map.mlp.0.weight" not in state
+    cond = cond_dim_default if causal else state["sigma_map.mlp.0.weight"].shape[0]
+    if n_heads is None:
+        n_heads = max(1, H // 64)  # the papers use 64-dimensional heads
+    return DiTConfig(vocab_size=V, hidden_size=H, cond_dim=cond, n_blocks=len(blocks), n_heads=n_heads,
+                     dropout=0.0, causal=causal)
+
+
+def _build(state: dict, *, algo: str, noise: dict, tokenizer_spec, n_heads: int | None, length: int,
+           source: str) -> Pretrained:
+    state = {k: v.float() for k, v in state.items() if k != "rotary_emb.inv_freq"}
+    cfg = _dit_config_from_state(state, n_heads)
+    tokenizer = load_tokenizer(tokenizer_spec)
+    algo_cfg = {"name": algo, "T": 1000 if algo == "d3pm" else 0, "time_conditioning": algo not in ("mdlm", "ar")}
+    method = method_from_config(algo_cfg, noise, tokenizer.vocab_size)
+    expected = method.model_vocab_size
+    if cfg.causal != method.causal:
+        raise ValueError(f"{source}: the weights are {'causal (AR)' if cfg.causal else 'a diffusion DiT'}, "
+                         f"but algo={algo} was given")
+    if cfg.vocab_size not in (expected, expected + (1 if algo == "ar" else 0)):
+        raise ValueError(f"{source}: the network has {cfg.vocab_size} outputs, but algo={algo} with the "
+                         f"{tokenizer_spec!r} tokenizer ({tokenizer.vocab_size} tokens) needs {expected}")
+    net = DiT(cfg)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source}: missing keys {sorted(missing)[:4]}, unexpected keys {sorted(unexpected)[:4]}")
+    config = {"format": FORMAT, "algo": algo_cfg, "model": cfg.to_dict(), "noise": noise,
+              "tokenizer": tokenizer.to_dict(), "length": length, "source": source}
+    return Pretrained(net.eval(), method, tokenizer, config)
+
+
+def _check_shapes(state: dict, shadow: list, names: list[str], source: str):
+    if len(shadow) != len(names):
+        raise ValueError(f"{source}: the EMA has {len(shadow)} tensors but the DiT has {len(names)} parameters")
+    for n, s in zip(names, shadow):
+        if tuple(s.shape) != tuple(state[n].shape):
+            raise ValueError(f"{source}: EMA tensor for {n} has shape {tuple(s.shape)}, expected "
+                             f"{tuple(state[n].shape)}")
+
+
+def load_reference(path, *, algo: str | None = None, use_ema: bool = True, tokenizer="gpt2", n_heads=None,
+                   length: int | None = None) -> Pretrained:
+    """Any supported checkpoint (see the module docstring) as a duolm Pretrained."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir():
+        return _load_directory(path, algo=algo, tokenizer=tokenizer, n_heads=n_heads, length=length)
+    ckpt = load_lightning_checkpoint(path)
+    if "duolm" in ckpt:
+        from duolm.checkpoints import load_run_checkpoint
+
+        return load_run_checkpoint(path, use_ema=use_ema)
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{path}: no 'state_dict' in the checkpoint")
+    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    if not state:
+        raise ValueError(f"{path}: no 'backbone.' weights in the state_dict")
+    hp = plain(ckpt.get("hyper_parameters", {})) or {}
+    conf = hp.get("config") or {}
+    file_algo = (conf.get("algo") or {}).get("name")
+    if file_algo == "distillation":
+        file_algo = "duo"
+    if algo and file_algo and algo != file_algo and not {algo, file_algo} <= {"duo", "duo_base"}:
+        raise ValueError(f"{path} holds a {file_algo} model, but algo={algo} was asked")
+    algo = algo or file_algo
+    if algo is None:
+        raise ValueError(f"{path}: the checkpoint does not say its algo; pass algo=duo|mdlm|sedd|ar")
+    model = conf.get("model") or {}
+    noise = {"type": (conf.get("noise") or {}).get("type", "log-linear"), "eps": 1e-3}
+    tok = ((conf.get("data") or {}).get("tokenizer_name_or_path")) or tokenizer
+    if use_ema and ckpt.get("ema") is not None:
+        shadow = ckpt["ema"]["shadow_params"]
+        probe = DiT(_dit_config_from_state({k: v for k, v in state.items()}, model.get("n_heads") or n_heads))
+        names = [n for n, _ in probe.named_parameters()]
+        _check_shapes(state, shadow, names, str(path))
+        state = dict(state)
+        for n, s in zip(names, shadow):
+            state[n] = s
+    return _build(state, algo=algo, noise=noise, tokenizer_spec=tok, n_heads=model.get("n_heads") or n_heads,
+                  length=length or model.get("length", 1024), source=str(path))
+
+
+def _read_weights(d: Path) -> dict:
+    from safetensors.torch import load_file
+
+    if (d / "model.safetensors").exists():
+        try:
+            return load_file(d / "model.safetensors")
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"{d / 'model.safetensors'}: cannot read the weights ({err})") from None
+    if (d / "pytorch_model.bin").exists():
+        return torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{d}: no model.safetensors or pytorch_model.bin")
+
+
+def _load_directory(d: Path, *, algo, tokenizer, n_heads, length) -> Pretrained:
+    cfg_path = d / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{d}: no config.json")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path}: not valid JSON ({err.msg})") from None
+    if config.get("format") == FORMAT:
+        return from_pretrained(d)
+    state = _read_weights(d)
+    if config.get("model_type") == "mdlm":  # kuleshov-group/mdlm-owt
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        a = algo or "mdlm"
+        noise = {"type": "log-linear", "eps": 1e-3}
+        return _build(state, algo=a, noise=noise, tokenizer_spec=tokenizer, n_heads=config.get("n_heads", n_heads),
+                      length=length or config.get("model_length", 1024), source=str(d))
+    if "config" in config and isinstance(config["config"], dict):  # s-sahoo/duo (PyTorchModelHubMixin DIT)
+        conf = config["config"]
+        file_algo = (conf.get("algo") or {}).get("name")
+        if file_algo == "distillation":
+            file_algo = "duo"
+        a = algo or file_algo or "duo"
+        model = conf.get("model") or {}
+        noise = {"type": (conf.get("noise") or {}).get("type", "log-linear"), "eps": 1e-3}
+        tok = (conf.get("data") or {}).get("tokenizer_name_or_path") or tokenizer
+        return _build(state, algo=a, noise=noise, tokenizer_spec=tok, n_heads=model.get("n_heads", n_heads),
+                      length=length or model.get("length", 1024), source=str(d))
+    raise ValueError(f"{cfg_path}: not a duolm, Duo (Hugging Face) or MDLM (Hugging Face) checkpoint")
