@@ -190,3 +190,9 @@ def test_convert_command_writes_a_duolm_directory(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["convert", f"eval.checkpoint_path={_hub_duo_dir(tmp_path / 'x')}"]) == 1
     assert "convert.output" in capsys.readouterr().err
+
+
+def test_an_unreachable_hub_id_is_one_sentence(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="neither a local path nor a reachable Hugging Face Hub model"):
+        load_reference("nobody-here/no-such-model")

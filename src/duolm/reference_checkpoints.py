@@ -162,6 +162,8 @@ def load_reference(path, *, algo: str | None = None, use_ema: bool = True, token
                    length: int | None = None) -> Pretrained:
     """Any supported checkpoint (see the module docstring) as a duolm Pretrained."""
     path = Path(path)
+    if not path.exists() and _looks_like_hub_id(str(path)):
+        path = _download(str(path))
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_dir():
@@ -199,6 +201,22 @@ def load_reference(path, *, algo: str | None = None, use_ema: bool = True, token
             state[n] = s
     return _build(state, algo=algo, noise=noise, tokenizer_spec=tok, n_heads=model.get("n_heads") or n_heads,
                   length=length or model.get("length", 1024), source=str(path))
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
+
+
+def _download(repo_id: str) -> Path:
+    """A Hugging Face Hub id (e.g. s-sahoo/duo) to a local snapshot, where the network allows."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated, ...
+        raise FileNotFoundError(f"{repo_id} is neither a local path nor a reachable Hugging Face Hub model "
+                                f"({type(err).__name__}); download it elsewhere and pass the folder") from None
 
 
 def _read_weights(d: Path) -> dict:
