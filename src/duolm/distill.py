@@ -1,0 +1,132 @@
+"""Discrete Consistency Distillation (DCD, Duo's Algorithm 1): the pieces, as pure functions.
+
+A student learns to jump along deterministic Gaussian trajectories mapped through argmax:
+with one shared eps, the student sees x_t = argmax(alpha~_t x + sigma~_t eps) and a frozen
+teacher sees x_s = argmax(alpha~_s x + sigma~_s eps) at s = t - delta, each conditioned on its
+own uniform-state alpha = T(gamma); the loss is a KL between their x_0 predictions. Every
+`update_every` steps the teacher is refreshed from the student and delta doubles (or grows
+linearly), so later rounds distil longer jumps.
+
+This module holds the mechanics; the Lightning recipe and the CLI come with the distillation
+issue's remaining work.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from duolm.methods import TokenLoss
+from duolm.operator import DiffusionTransform, gaussian_coefficients
+
+KL_KINDS = ("kl-bwd", "kl-fwd")
+
+
+@dataclass(frozen=True)
+class DeltaSchedule:
+    """delta, the teacher's step back, as a function of the training step.
+
+    'double': delta = 2**round / num_steps with round = step // update_every (capped at 1);
+    'linear': delta grows from linear_min to linear_max over max_steps.
+    """
+
+    num_steps: int = 64
+    update_every: int = 10_000
+    growth: str = "double"
+    linear_min: float = 1e-3
+    linear_max: float = 0.25
+    max_steps: int = 50_000
+
+    def __post_init__(self):
+        if self.growth not in ("double", "linear"):
+            raise ValueError(f"algo.delta_growth must be 'double' or 'linear', got {self.growth!r}")
+        if self.num_steps < 1 or self.update_every < 1:
+            raise ValueError("algo.T and algo.update_teacher_every must be >= 1")
+
+    def round(self, step: int) -> int:
+        return step // self.update_every
+
+    def delta(self, step: int) -> float:
+        if self.growth == "linear":
+            frac = min(1.0, step / max(1, self.max_steps))
+            return self.linear_min + frac * (self.linear_max - self.linear_min)
+        return min(1.0, 2.0 ** min(self.round(step), 60) / self.num_steps)
+
+
+def paired_gaussian_latents(x0: torch.Tensor, gamma_t: torch.Tensor, gamma_s: torch.Tensor, K: int,
+                            generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w_t, w_s), (B, L, K): the same eps at two log-SNRs; gamma_* are (B,) or (B, 1)."""
+    eps = torch.randn((*x0.shape, K), device=x0.device, generator=generator)
+    onehot = F.one_hot(x0, K).float()
+    out = []
+    for g in (gamma_t, gamma_s):
+        a, s = (c.float().reshape(-1, 1, 1) for c in gaussian_coefficients(g.double().reshape(-1)))
+        out.append(a * onehot + s * eps)
+    return out[0], out[1]
+
+
+class Teacher:
+    """A frozen copy of the student, refreshed at each new round (from the weights or their EMA)."""
+
+    def __init__(self, student: torch.nn.Module):
+        self.net = copy.deepcopy(student).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.round = 0
+
+    @torch.no_grad()
+    def refresh(self, student: torch.nn.Module, ema=None):
+        if ema is not None:
+            ema.copy_to(self.net)
+        else:
+            for t, s in zip(self.net.parameters(), student.parameters()):
+                t.copy_(s.detach())
+
+    def maybe_refresh(self, step: int, schedule: DeltaSchedule, student, ema=None) -> bool:
+        r = schedule.round(step)
+        if r != self.round:
+            self.refresh(student, ema)
+            self.round = r
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"round": self.round, "weights": self.net.state_dict()}
+
+    def load_state_dict(self, state: dict):
+        self.round = state["round"]
+        self.net.load_state_dict(state["weights"])
+
+
+def dcd_loss(method, student, teacher_net, x0: torch.Tensor, t: torch.Tensor, delta: float, *,
+             operator: DiffusionTransform, gamma_min: float = -4.0, gamma_max: float = -1.0, kind: str = "kl-bwd",
+             dtype=torch.float32, generator=None, valid=None) -> TokenLoss:
+    """Per-token DCD loss at times t (B,) in [0, 1] and step back delta.
+
+    t is shifted to t + delta (clipped to 1) so that s = t - delta stays in [0, 1];
+    'kl-bwd' is KL(student || teacher), 'kl-fwd' KL(teacher || student).
+    """
+    if kind not in KL_KINDS:
+        raise ValueError(f"algo.loss_type must be one of {list(KL_KINDS)}, got {kind!r}")
+    t = (t.to(x0.device).double() + delta).clamp(max=1.0)
+    s = (t - delta).clamp(min=0.0)
+    span = gamma_max - gamma_min
+    g_t, g_s = gamma_min + t * span, gamma_min + s * span
+    K = method.process.num_states
+    w_t, w_s = paired_gaussian_latents(x0, g_t, g_s, K, generator)
+    x_t, x_s = w_t.argmax(-1), w_s.argmax(-1)
+    a_t = operator(g_t).alpha.float().reshape(-1, 1)
+    a_s = operator(g_s).alpha.float().reshape(-1, 1)
+    # renormalised in `dtype`, so a float64 KL is a true KL (>= 0) of float32 network outputs
+    log_student = method.denoise(student, x_t, a_t).to(dtype).log_softmax(-1)
+    with torch.no_grad():
+        log_teacher = method.denoise(teacher_net, x_s, a_s).to(dtype).log_softmax(-1)
+    if kind == "kl-bwd":
+        kl = (log_student.exp() * (log_student - log_teacher)).sum(-1)
+    else:
+        kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
+    if valid is None:
+        valid = torch.ones_like(x0, dtype=torch.float32)
+    return TokenLoss(kl, valid.float())
