@@ -11,12 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-USAGE = """usage: duolm {train,sample,eval,convert,config} [key=value ...]
+USAGE = """usage: duolm {train,sample,eval,distill,convert,config} [key=value ...]
 
   train    train a model (default: a small Duo model on the built-in corpus, on the CPU),
            then report its validation NELBO and print samples
   sample   generate from eval.checkpoint_path (default: ${run.dir}/model)
   eval     validation NELBO / bits / perplexity of eval.checkpoint_path on data=...
+  distill  Discrete Consistency Distillation of the Duo model at eval.checkpoint_path (distill.*)
   convert  write eval.checkpoint_path (duolm, a run's .ckpt, the papers' .ckpt or Hugging Face
            layouts) as a duolm directory: convert.output=<dir>
   config   print the composed config
@@ -52,22 +53,24 @@ def _load_for_eval(cfg, overrides):
     return pre, device
 
 
-def cmd_train(cfg, overrides):
+def cmd_train(cfg, overrides, init=None):
     import torch
 
     from duolm.checkpoints import from_pretrained
+    from duolm.data.pipeline import build_splits
     from duolm.evaluation import evaluate_nelbo
     from duolm.generate import write_samples
-    from duolm.training.run import load_data, perplexity_line, train
+    from duolm.training.run import perplexity_line, source_kwargs, train
 
-    report = train(cfg)
+    report = train(cfg, init=init)
     if "model_dir" not in report:  # not rank 0
         return 0
     pre = from_pretrained(report["model_dir"])
-    _, splits = load_data(cfg)
+    splits = build_splits(cfg.data.source, pre.tokenizer, pre.config["length"], cfg.data.blocks,
+                          cfg.data.get("cache_dir"), **source_kwargs(cfg.data))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pre.backbone.to(device)
-    unit = "char" if cfg.data.tokenizer in ("char", "text8") else "token"
+    unit = "char" if pre.config["tokenizer"].get("type") == "char" else "token"
     ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"].ids, splits["valid"].valid,
                         batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
@@ -103,6 +106,18 @@ def cmd_sample(cfg, overrides):
     pre, device = _load_for_eval(cfg, overrides)
     _sample_and_print(cfg, pre, device)
     return 0
+
+
+def cmd_distill(cfg, overrides):
+    """Discrete Consistency Distillation of a trained Duo model (eval.checkpoint_path)."""
+    from omegaconf import OmegaConf
+
+    if not cfg.eval.checkpoint_path:
+        raise ValueError("duolm distill needs eval.checkpoint_path=<a trained Duo model>")
+    pre, _ = _load_for_eval(cfg, overrides)
+    pre.backbone.cpu().train()
+    OmegaConf.update(cfg, "distill.enabled", True)
+    return cmd_train(cfg, overrides, init=pre)
 
 
 def cmd_convert(cfg, overrides):
@@ -146,7 +161,8 @@ def main(argv=None) -> int:
         print(USAGE)
         return 0
     command, overrides = argv[0], argv[1:]
-    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "convert": cmd_convert, "config": None}
+    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill,
+                "convert": cmd_convert, "config": None}
     if command not in commands:
         print(f"duolm: unknown command {command!r}; choose one of {sorted(commands)}", file=sys.stderr)
         return 2

@@ -124,6 +124,15 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "loader.eval_batch_size", allow_none=True)
     _positive(cfg, "run.checkpoint_every")
     _choice(cfg, "training.loss_precision", ("float32", "float64"))
+    if cfg.get("distill") is not None:
+        _choice(cfg, "distill.delta_growth", ("double", "linear"))
+        _choice(cfg, "distill.loss_type", ("kl-bwd", "kl-fwd"))
+        _choice(cfg, "distill.teacher_from", ("weights", "ema"))
+        _positive(cfg, "distill.T")
+        _positive(cfg, "distill.update_teacher_every")
+        if not cfg.distill.gamma_min < cfg.distill.gamma_max:
+            raise ConfigError(f"distill.gamma_min ({cfg.distill.gamma_min}) must be below distill.gamma_max "
+                              f"({cfg.distill.gamma_max})")
     if not 0.0 <= cfg.training.ema < 1.0:
         raise ConfigError(f"training.ema must lie in [0, 1), got {cfg.training.ema}")
     world = cfg.trainer.devices * cfg.trainer.num_nodes

@@ -6,12 +6,28 @@ import math
 import lightning.pytorch as pl
 import torch
 
+from duolm.distill import DeltaSchedule, Teacher, dcd_loss
 from duolm.models.dit import DiT, DiTConfig
 from duolm.models.ema import EMA
+from duolm.operator import DiffusionTransform
 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class Distiller:
+    """DCD's state on the training side: the delta schedule, the operator and the frozen teacher."""
+
+    def __init__(self, student, vocab_size: int, *, schedule: DeltaSchedule, kind: str = "kl-bwd",
+                 gamma_min: float = -4.0, gamma_max: float = -1.0, teacher_from: str = "weights",
+                 dtype=torch.float32):
+        if teacher_from not in ("weights", "ema"):
+            raise ValueError(f"distill.teacher_from must be 'weights' or 'ema', got {teacher_from!r}")
+        self.schedule, self.kind, self.teacher_from, self.dtype = schedule, kind, teacher_from, dtype
+        self.gamma_min, self.gamma_max = gamma_min, gamma_max
+        self.operator = DiffusionTransform(vocab_size)
+        self.teacher = Teacher(student)
 
 
 def lr_lambda(warmup_steps: int, schedule: str, max_steps: int, min_ratio: float = 0.1):
@@ -33,7 +49,7 @@ class LitDiffusionLM(pl.LightningModule):
                  weight_decay: float = 0.0, adam_eps: float = 1e-8, warmup_steps: int = 0,
                  lr_schedule: str = "constant", max_steps: int = 1000, ema_decay: float = 0.9999,
                  global_batch_size: int = 64, antithetic: bool = True, eval_time_samples: int = 1,
-                 export_config: dict | None = None, seed: int = 0, curriculum=None):
+                 export_config: dict | None = None, seed: int = 0, curriculum=None, distiller=None):
         super().__init__()
         self.method = method
         self.backbone = DiT(dit_config)
@@ -46,6 +62,7 @@ class LitDiffusionLM(pl.LightningModule):
         self._val = None
         self.seed = seed
         self.curriculum = curriculum  # duolm.curriculum.Curriculum or None (Duo's relaxed training inputs)
+        self.distiller = distiller    # duolm.training.module.Distiller or None (DCD; the teacher is not a submodule)
         self.export_config = export_config or {}  # what a loader needs to rebuild the model
 
     # --- training ----------------------------------------------------------------------
@@ -70,7 +87,19 @@ class LitDiffusionLM(pl.LightningModule):
             t = self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=self.device,
                                          index=self._global_index(batch_idx, x0.shape[0]),
                                          total=self.global_batch_size, generator=g)
-        if self.curriculum is not None and self.curriculum.schedule.active(self.global_step):
+        if self.distiller is not None:
+            d = self.distiller
+            d.teacher.maybe_refresh(self.global_step, d.schedule, self.backbone,
+                                    self.ema if d.teacher_from == "ema" else None)
+            t = self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=self.device,
+                                         index=self._global_index(batch_idx, x0.shape[0]),
+                                         total=self.global_batch_size, generator=g)
+            delta = d.schedule.delta(self.global_step)
+            loss = dcd_loss(self.method, self.backbone, d.teacher.net, x0, t, delta, operator=d.operator,
+                            gamma_min=d.gamma_min, gamma_max=d.gamma_max, kind=d.kind, dtype=d.dtype,
+                            generator=g, valid=valid).mean()
+            self.log("train/delta", delta, on_step=True, on_epoch=False)
+        elif self.curriculum is not None and self.curriculum.schedule.active(self.global_step):
             s = self.curriculum.schedule
             # the curriculum's t lives on its gamma band, so it is drawn on [0, 1] without eps
             t = self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=self.device,
@@ -128,12 +157,16 @@ class LitDiffusionLM(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["duolm"] = {**self.export_config, "model": self.backbone.config.to_dict()}
+        if self.distiller is not None:  # the teacher and its round, for resumption (not a model weight)
+            checkpoint["distill"] = self.distiller.teacher.state_dict()
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint):
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
+        if self.distiller is not None and "distill" in checkpoint:
+            self.distiller.teacher.load_state_dict(checkpoint["distill"])
 
     def ema_backbone(self) -> DiT:
         """A copy of the backbone holding the EMA weights (the training weights without EMA)."""

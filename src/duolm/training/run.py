@@ -58,6 +58,20 @@ def build_curriculum(cfg, method):
     return Curriculum(sched, method.process.num_states)
 
 
+def build_distiller(cfg, student, method):
+    from duolm.distill import DeltaSchedule
+    from duolm.training.module import Distiller
+
+    if method.process is None or method.process.kind != "uniform":
+        raise ValueError(f"distillation needs a uniform-state (Duo) teacher, not {method.name}")
+    d = cfg.distill
+    sched = DeltaSchedule(num_steps=d.T, update_every=d.update_teacher_every, growth=d.delta_growth,
+                          linear_min=d.linear_min, linear_max=d.linear_max, max_steps=cfg.trainer.max_steps)
+    return Distiller(student, method.process.num_states, schedule=sched, kind=d.loss_type, gamma_min=d.gamma_min,
+                     gamma_max=d.gamma_max, teacher_from=d.teacher_from,
+                     dtype=torch.float64 if cfg.training.loss_precision == "float64" else torch.float32)
+
+
 def dit_config(cfg, method) -> DiTConfig:
     m = cfg.model
     return DiTConfig(vocab_size=method.model_vocab_size, hidden_size=m.hidden_size, cond_dim=m.cond_dim,
@@ -103,21 +117,42 @@ def build_trainer(cfg, run_dir: Path, accumulate: int, callbacks=()):
         default_root_dir=run_dir, enable_model_summary=False)
 
 
-def train(cfg, *, log=print) -> dict:
-    """Train per cfg; returns the final report. Resumes from run.dir when a checkpoint is there."""
+def train(cfg, *, log=print, init=None) -> dict:
+    """Train per cfg; returns the final report. Resumes from run.dir when a checkpoint is there.
+
+    init: a loaded model (duolm.checkpoints.Pretrained) to start from; with cfg.distill set, the
+    run is Discrete Consistency Distillation of that model (its tokenizer and length are used).
+    """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    tokenizer, splits = load_data(cfg)  # bad data fails here, before anything is written
-    method, algo = build_method_from_cfg(cfg, tokenizer.vocab_size)
+    if init is not None:
+        tokenizer = init.tokenizer
+        splits = build_splits(cfg.data.source, tokenizer, init.config["length"], cfg.data.blocks,
+                              cfg.data.get("cache_dir"), **source_kwargs(cfg.data))
+        method, algo, net_cfg = init.method, init.config["algo"], init.backbone.config
+        length = init.config["length"]
+        noise = init.config["noise"]
+    else:
+        tokenizer, splits = load_data(cfg)  # bad data fails here, before anything is written
+        method, algo = build_method_from_cfg(cfg, tokenizer.vocab_size)
+        net_cfg, length, noise = dit_config(cfg, method), cfg.model.length, dict(cfg.noise)
     per_device, eval_bs, accum = batch_plan(cfg)
-    module = LitDiffusionLM(method, dit_config(cfg, method), lr=cfg.optim.lr,
+    distiller = None
+    module = LitDiffusionLM(method, net_cfg, lr=cfg.optim.lr,
                             betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=cfg.optim.weight_decay,
                             adam_eps=cfg.optim.eps, warmup_steps=cfg.optim.warmup_steps,
                             lr_schedule=cfg.optim.schedule, max_steps=cfg.trainer.max_steps,
                             ema_decay=cfg.training.ema, global_batch_size=cfg.loader.global_batch_size,
                             antithetic=cfg.training.antithetic, eval_time_samples=cfg.eval.time_samples,
-                            export_config={"format": "duolm/1", "algo": algo, "noise": dict(cfg.noise),
-                                           "tokenizer": tokenizer.to_dict(), "length": cfg.model.length},
-                            seed=cfg.seed, curriculum=build_curriculum(cfg, method))
+                            export_config={"format": "duolm/1", "algo": algo, "noise": noise,
+                                           "tokenizer": tokenizer.to_dict(), "length": length},
+                            seed=cfg.seed, curriculum=None if init is not None else build_curriculum(cfg, method))
+    if init is not None:
+        module.backbone.load_state_dict(init.backbone.state_dict())
+        if module.ema is not None:
+            module.ema = type(module.ema)(module.backbone, cfg.training.ema)
+        if cfg.get("distill") is not None and cfg.distill.get("enabled", False):
+            distiller = build_distiller(cfg, module.backbone, method)
+            module.distiller = distiller
     dm = BlockDataModule(splits["train"], splits["valid"], batch_size=per_device, eval_batch_size=eval_bs,
                          global_batch_size=cfg.loader.global_batch_size, seed=cfg.seed,
                          num_workers=cfg.loader.num_workers)
@@ -127,7 +162,7 @@ def train(cfg, *, log=print) -> dict:
     resume = str(last) if cfg.run.resume and last.exists() else None
     n_params = module.backbone.num_parameters()
     log(f"duolm: {method.name} | {n_params / 1e6:.2f}M parameters | vocab {tokenizer.vocab_size} | "
-        f"{len(splits['train'])} train / {len(splits['valid'])} valid blocks of {cfg.model.length} | "
+        f"{len(splits['train'])} train / {len(splits['valid'])} valid blocks of {length} | "
         f"global batch {cfg.loader.global_batch_size} = {per_device} x {accum} accumulation"
         + (f" | resuming from {resume}" if resume else ""))
     trainer = build_trainer(cfg, run_dir, accum)
@@ -138,8 +173,8 @@ def train(cfg, *, log=print) -> dict:
     report = {"algo": method.name, "steps": trainer.global_step, "train_seconds": train_seconds,
               "parameters": n_params, "run_dir": str(run_dir)}
     if trainer.global_rank == 0:
-        model_dir = save_pretrained(run_dir / "model", module.ema_backbone(), algo=algo, noise=dict(cfg.noise),
-                                    tokenizer=tokenizer, length=cfg.model.length,
+        model_dir = save_pretrained(run_dir / "model", module.ema_backbone(), algo=algo, noise=noise,
+                                    tokenizer=tokenizer, length=length,
                                     extra={"data": cfg.data.name, "steps": trainer.global_step})
         report["model_dir"] = str(model_dir)
         report["unigram_bits_per_token"] = unigram_entropy_bits(splits["valid"], tokenizer.vocab_size)
