@@ -16,52 +16,17 @@ if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
 
 from duolm.distill import DeltaSchedule, Teacher, dcd_loss  # noqa: E402
+from duolm.evaluation.synthetic import (bigram_tv, diversity, entropy_rate, markov_chain, nll_per_token,  # noqa: E402
+                                       sample_chain)
 from duolm.methods import build_method  # noqa: E402
 from duolm.models.dit import DiT, DiTConfig  # noqa: E402
 from duolm.operator import DiffusionTransform  # noqa: E402
 from duolm.sampling import ancestral_sample, denoiser_from  # noqa: E402
-
-
-def markov_chain(K: int, seed: int, concentration: float = 0.2):
-    g = torch.Generator().manual_seed(seed)
-    P = torch.distributions.Dirichlet(torch.full((K,), concentration)).sample((K,))
-    # stationary distribution
-    evals, evecs = torch.linalg.eig(P.T.double())
-    pi = evecs[:, evals.real.argmax()].real.abs()
-    pi = (pi / pi.sum()).float()
-    del g
-    return pi, P
-
-
-def sample_chain(pi, P, n, L, g):
-    x = torch.empty(n, L, dtype=torch.long)
-    x[:, 0] = torch.multinomial(pi, n, replacement=True, generator=g)
-    for i in range(1, L):
-        x[:, i] = torch.multinomial(P[x[:, i - 1]], 1, generator=g)[:, 0]
-    return x
-
-
-def nll_per_token(x, pi, P):
-    lp = torch.log(pi[x[:, 0]]) + torch.log(P[x[:, :-1], x[:, 1:]]).sum(-1)
-    return float(-lp.mean() / x.shape[1])
-
-
-def diversity(x):
-    """Entropy of the samples' token frequencies (nats) and the share of distinct sequences:
-    a low NLL from collapsed samples shows up here."""
-    p = torch.bincount(x.reshape(-1)).double()
-    p = p / p.sum()
-    return float(-(torch.xlogy(p, p)).sum()), len({tuple(r) for r in x.tolist()}) / x.shape[0]
-
-
-def entropy_rate(pi, P):
-    return float(-(pi[:, None] * P * torch.log(P.clamp_min(1e-30))).sum())
 
 
 def evaluate(method, net, pi, P, L, steps_list, n=512, seed=0):
@@ -71,7 +36,8 @@ def evaluate(method, net, pi, P, L, steps_list, n=512, seed=0):
         x = ancestral_sample(den, method.process, method.schedule, (n, L), steps=steps, noise_removal="greedy",
                              generator=torch.Generator().manual_seed(seed + steps))
         ent, uniq = diversity(x)
-        out[steps] = {"nll": nll_per_token(x, pi, P), "token_entropy": ent, "distinct": uniq}
+        out[steps] = {"nll": nll_per_token(x, pi, P), "bigram_tv": bigram_tv(x, pi, P), "token_entropy": ent,
+                      "distinct": uniq}
     return out
 
 
@@ -129,7 +95,8 @@ def main():
                       "teacher_steps": args.teacher_steps, "teacher_seconds": teacher_seconds,
                       "distill_rounds": args.rounds, "round_steps": args.round_steps, "T": args.T,
                       "distill_seconds": distill_seconds, "teacher_256_steps": many,
-                      "data": {"nll": nll_per_token(data, pi, P), "token_entropy": data_ent, "distinct": data_uniq},
+                      "data": {"nll": nll_per_token(data, pi, P), "bigram_tv": bigram_tv(data, pi, P),
+                               "token_entropy": data_ent, "distinct": data_uniq},
                       "samples": {"teacher": before, "student": after}}, indent=1))
 
 

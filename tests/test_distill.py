@@ -116,3 +116,20 @@ def test_distill_command_trains_a_student_and_resumes_its_teacher(tmp_path):
     from duolm.checkpoints import from_pretrained
 
     assert from_pretrained(tmp_path / "student" / "model").method.name == "duo_base"
+
+
+def test_synthetic_chain_metrics_catch_collapse():
+    """The Markov-chain yardstick: data samples score the entropy rate and a small bigram TV;
+    samples collapsed onto one likely sequence score a low NLL but a large TV."""
+    from duolm.evaluation.synthetic import bigram_tv, diversity, entropy_rate, markov_chain, nll_per_token, sample_chain
+
+    pi, P = markov_chain(8, seed=0)
+    x = sample_chain(pi, P, 4000, 12, torch.Generator().manual_seed(0))
+    assert nll_per_token(x, pi, P) == pytest.approx(entropy_rate(pi, P), abs=0.1)
+    assert bigram_tv(x, pi, P) < 0.03 and diversity(x)[1] > 0.95
+    best = torch.tensor([int(pi.argmax())] * 12)
+    for i in range(1, 12):
+        best[i] = int(P[best[i - 1]].argmax())
+    collapsed = best.expand(4000, 12)
+    assert nll_per_token(collapsed, pi, P) < nll_per_token(x, pi, P)
+    assert bigram_tv(collapsed, pi, P) > 0.5 and diversity(collapsed)[1] < 0.01
