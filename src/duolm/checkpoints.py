@@ -102,7 +102,12 @@ def load_run_checkpoint(path, use_ema: bool = True, map_location="cpu") -> Pretr
         raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     if "duolm" not in ckpt:
         raise ValueError(f"{path}: not a duolm training checkpoint (no 'duolm' entry); the papers' "
-                         f"checkpoints need the converter")
+                         f"checkpoints load with duolm.reference_checkpoints.load_reference")
+    return pretrained_from_run(ckpt, use_ema)
+
+
+def pretrained_from_run(ckpt: dict, use_ema: bool = True) -> Pretrained:
+    """The model in an already-loaded `duolm train` checkpoint."""
     config = ckpt["duolm"]
     tokenizer = load_tokenizer(config["tokenizer"])
     method = method_from_config(config["algo"], config["noise"], tokenizer.vocab_size)

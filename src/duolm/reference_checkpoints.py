@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from duolm.checkpoints import FORMAT, Pretrained, from_pretrained, method_from_config
+from duolm.checkpoints import FORMAT, Pretrained, from_pretrained, method_from_config, pretrained_from_run
 from duolm.data.tokenizers import load_tokenizer
 from duolm.models.dit import DiT, DiTConfig
 
@@ -169,10 +169,8 @@ def load_reference(path, *, algo: str | None = None, use_ema: bool = True, token
     if path.is_dir():
         return _load_directory(path, algo=algo, tokenizer=tokenizer, n_heads=n_heads, length=length)
     ckpt = load_lightning_checkpoint(path)
-    if "duolm" in ckpt:
-        from duolm.checkpoints import load_run_checkpoint
-
-        return load_run_checkpoint(path, use_ema=use_ema)
+    if "duolm" in ckpt:  # a `duolm train` checkpoint: already loaded, no second read
+        return pretrained_from_run(ckpt, use_ema=use_ema)
     if "state_dict" not in ckpt:
         raise ValueError(f"{path}: no 'state_dict' in the checkpoint")
     state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
