@@ -91,9 +91,6 @@ class LitDiffusionLM(pl.LightningModule):
             d = self.distiller
             d.teacher.maybe_refresh(self.global_step, d.schedule, self.backbone,
                                     self.ema if d.teacher_from == "ema" else None)
-            t = self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=self.device,
-                                         index=self._global_index(batch_idx, x0.shape[0]),
-                                         total=self.global_batch_size, generator=g)
             delta = d.schedule.delta(self.global_step)
             loss = dcd_loss(self.method, self.backbone, d.teacher.net, x0, t, delta, operator=d.operator,
                             gamma_min=d.gamma_min, gamma_max=d.gamma_max, kind=d.kind, dtype=d.dtype,
@@ -101,10 +98,7 @@ class LitDiffusionLM(pl.LightningModule):
             self.log("train/delta", delta, on_step=True, on_epoch=False)
         elif self.curriculum is not None and self.curriculum.schedule.active(self.global_step):
             s = self.curriculum.schedule
-            # the curriculum's t lives on its gamma band, so it is drawn on [0, 1] without eps
-            t = self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=self.device,
-                                         index=self._global_index(batch_idx, x0.shape[0]),
-                                         total=self.global_batch_size, generator=g)
+            # the curriculum's t lives on its gamma band: stretch the drawn [eps, 1] back to [0, 1]
             t = (t - self.method.sampling_eps) / (1 - self.method.sampling_eps)
             loss = self.curriculum.token_loss(self.method, self.backbone, x0, valid, self.global_step, t=t,
                                               generator=g).mean()
