@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from duolm.sampling.semi_ar import held_positions
 from duolm.sampling import (KappaSchedule, analytic_sample, ancestral_sample, ar_sample, denoiser_from,
                             linear_constant_linear_grid, linear_grid, parse_kappa, psi_sample)
 
@@ -87,11 +88,7 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
     if fixed is None and spec.prefix:
         if len(spec.prefix) >= length:
             raise ValueError(f"sampling.prefix is {len(spec.prefix)} tokens; the model's length is {length}")
-        mask = torch.zeros(batch, length, dtype=torch.bool)
-        mask[:, :len(spec.prefix)] = True
-        vals = torch.zeros(batch, length, dtype=torch.long)
-        vals[:, :len(spec.prefix)] = torch.tensor(spec.prefix)
-        fixed = (mask, vals)
+        fixed = held_positions(batch, length, spec.prefix)
     if spec.predictor == "ar":
         return ar_sample(backbone, batch, length, bos_id, generator=generator, device=device,
                          disable_progress=not progress, vocab_size=method.vocab_size)

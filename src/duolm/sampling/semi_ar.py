@@ -4,6 +4,17 @@ from __future__ import annotations
 import torch
 
 
+def held_positions(batch: int, length: int, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, values) holding `tokens` fixed at the start of every sequence, the `fixed` argument
+    of the samplers."""
+    mask = torch.zeros(batch, length, dtype=torch.bool)
+    vals = torch.zeros(batch, length, dtype=torch.long)
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    mask[:, :tokens.shape[-1]] = True
+    vals[:, :tokens.shape[-1]] = tokens
+    return mask, vals
+
+
 def semi_ar_sample(sample_window, batch: int, length: int, total_length: int, stride: int, *,
                    prefix: list[int] | None = None, eos_id: int | None = None, stop_at_eos: bool = False):
     """Generate total_length tokens with a model of window `length`.
@@ -19,20 +30,11 @@ def semi_ar_sample(sample_window, batch: int, length: int, total_length: int, st
     if total_length < length:
         raise ValueError(f"sampling.total_length ({total_length}) must be >= the model length ({length})")
     keep = length - stride
-    mask = torch.zeros(batch, length, dtype=torch.bool)
-    vals = torch.zeros(batch, length, dtype=torch.long)
-    if prefix:
-        mask[:, :len(prefix)] = True
-        vals[:, :len(prefix)] = torch.tensor(prefix)
-    out = sample_window((mask, vals)).cpu()
+    out = sample_window(held_positions(batch, length, prefix or [])).cpu()
     while out.shape[1] < total_length:
         if stop_at_eos and eos_id is not None and (out[:, 1:] == eos_id).any(-1).all():
             break
-        mask = torch.zeros(batch, length, dtype=torch.bool)
-        mask[:, :keep] = True
-        vals = torch.zeros(batch, length, dtype=torch.long)
-        vals[:, :keep] = out[:, out.shape[1] - keep:]
-        window = sample_window((mask, vals)).cpu()
+        window = sample_window(held_positions(batch, length, out[:, out.shape[1] - keep:])).cpu()
         out = torch.cat([out, window[:, keep:]], 1)
     out = out[:, :total_length]
     if stop_at_eos and eos_id is not None:
