@@ -133,13 +133,13 @@ def test_hf_loaders_on_local_files_in_the_same_format(tmp_path, name, fn):
             (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps({"text": f"{split} sentence {i} ."})
                                                                for i in range(8)))
         out = fn(data_files={"train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl")})
-        assert out["valid"][0] == "test sentence 0 ."
+        assert out["valid"][0] == "test sentence 0."  # detokenized, as the papers do
     else:
         rows = [" = Alpha = \n", " text a \n", " = = Section = = \n", " more a \n", " = Beta = \n", " text b \n"]
         for split in ("train", "validation"):
             (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps({"text": r}) for r in rows))
         out = fn(data_files={"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "validation.jsonl")})
-        assert len(out["train"]) == 2 and "Section" in out["train"][0] and out["train"][1].startswith(" = Beta")
+        assert len(out["train"]) == 2 and "Section" in out["train"][0] and out["train"][1].startswith("= Beta")  # detokenized
 
 
 def test_text8_loader_splits_90_5_5(tmp_path):

@@ -2,7 +2,9 @@
 
     duolm train algo=duo model=small data=openwebtext-split loader.batch_size=32 trainer.max_steps=1000
     duolm sample sampling.steps=8 sampling.noise_removal=greedy eval.checkpoint_path=outputs/.../model
-    duolm eval eval.checkpoint_path=outputs/.../model
+    duolm eval eval.checkpoint_path=outputs/.../model data=wikitext2
+    duolm eval eval.samples=outputs/.../samples.json eval.judge=smollm2
+    duolm plot runs/*.eval.json plot.output=quality.png
     duolm config algo=mdlm           # print the composed, validated config
 """
 from __future__ import annotations
@@ -11,15 +13,19 @@ import json
 import sys
 from pathlib import Path
 
-USAGE = """usage: duolm {train,sample,eval,distill,convert,config} [key=value ...]
+USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,config} [key=value ...]
 
   train    train a model (default: a small Duo model on the built-in corpus, on the CPU),
            then report its validation NELBO and print samples
   sample   generate from eval.checkpoint_path (default: ${run.dir}/model)
-  eval     validation NELBO / bits / perplexity of eval.checkpoint_path on data=...
+  eval     validation NELBO / bits / perplexity of eval.checkpoint_path on data=... (also the
+           zero-shot sets: data=ptb|wikitext2|wikitext103|lm1b|lambada|ag_news|pubmed|arxiv);
+           with eval.samples=<samples.json>: generative perplexity (eval.judge), entropy, MAUVE
   distill  Discrete Consistency Distillation of the Duo model at eval.checkpoint_path (distill.*)
   convert  write eval.checkpoint_path (duolm, a run's .ckpt, the papers' .ckpt or Hugging Face
            layouts) as a duolm directory: convert.output=<dir>
+  plot     draw quality against sampling steps from results files: duolm plot a.json b.json
+           [plot.output=quality.png]
   config   print the composed config
 
 Config groups: algo, model, data, noise, sampling, optim, trainer, loader (see `duolm config`).
@@ -135,6 +141,8 @@ def cmd_convert(cfg, overrides):
 
 
 def cmd_eval(cfg, overrides):
+    if cfg.eval.get("samples"):
+        return cmd_eval_samples(cfg)
     from duolm.data.pipeline import build_splits, unigram_entropy_bits
     from duolm.evaluation import evaluate_nelbo
     from duolm.generate import write_samples
@@ -155,6 +163,36 @@ def cmd_eval(cfg, overrides):
     return 0
 
 
+def cmd_eval_samples(cfg):
+    """Generative perplexity under a judge LM, unigram entropy and (when installed) MAUVE of a samples file."""
+    import torch
+
+    from duolm.evaluation.samples import score_samples_file
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    res = score_samples_file(cfg.eval.samples, judge=cfg.eval.judge, judge_context=cfg.eval.judge_context,
+                             judge_batch_size=cfg.eval.judge_batch_size, mauve_reference=cfg.eval.mauve_reference,
+                             device=device)
+    out = cfg.eval.output or str(Path(cfg.eval.samples).with_suffix(".eval.json"))
+    from duolm.generate import write_samples
+
+    write_samples(res, out)
+    shown = {k: res[k] for k in ("algo", "steps", "gen_ppl", "entropy", "mauve", "judge") if k in res}
+    print(json.dumps(shown))
+    print(f"-> {out}")
+    return 0
+
+
+def cmd_plot(cfg, files):
+    from duolm.evaluation.plots import load_results, plot_quality_vs_steps
+
+    if not files:
+        raise ValueError("duolm plot needs results files: duolm plot a.eval.json b.eval.json [plot.output=x.png]")
+    out = plot_quality_vs_steps(load_results(files), cfg.plot.output, list(cfg.plot.metrics))
+    print(f"{len(files)} results -> {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -162,7 +200,11 @@ def main(argv=None) -> int:
         return 0
     command, overrides = argv[0], argv[1:]
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill,
-                "convert": cmd_convert, "config": None}
+                "convert": cmd_convert, "plot": cmd_plot, "config": None}
+    files = []
+    if command == "plot":  # bare arguments are results files
+        files = [a for a in overrides if "=" not in a]
+        overrides = [a for a in overrides if "=" in a]
     if command not in commands:
         print(f"duolm: unknown command {command!r}; choose one of {sorted(commands)}", file=sys.stderr)
         return 2
@@ -176,6 +218,8 @@ def main(argv=None) -> int:
 
             print(OmegaConf.to_yaml(cfg))
             return 0
+        if command == "plot":
+            return cmd_plot(cfg, files)
         return commands[command](cfg, overrides)
     except ConfigError as err:
         print(f"duolm: config error: {err}", file=sys.stderr)

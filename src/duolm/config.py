@@ -124,6 +124,12 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "loader.eval_batch_size", allow_none=True)
     _positive(cfg, "run.checkpoint_every")
     _choice(cfg, "training.loss_precision", ("float32", "float64"))
+    _positive(cfg, "eval.time_samples")
+    _positive(cfg, "eval.batch_size")
+    _positive(cfg, "eval.judge_batch_size")
+    _positive(cfg, "eval.judge_context", allow_none=True, minimum=2)
+    if cfg.eval.get("samples") and not Path(str(cfg.eval.samples)).is_file():
+        raise ConfigError(f"eval.samples: {cfg.eval.samples} is not a file (write one with duolm sample)")
     if cfg.get("distill") is not None:
         _choice(cfg, "distill.delta_growth", ("double", "linear"))
         _choice(cfg, "distill.loss_type", ("kl-bwd", "kl-fwd"))

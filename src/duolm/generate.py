@@ -125,7 +125,8 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
     seconds = time.perf_counter() - t0
     ids = torch.cat(out)
     texts = [tokenizer.decode([i for i in row.tolist() if i < tokenizer.vocab_size]) for row in ids]
-    return {"algo": method.name, "sampler": spec.describe(), "steps": spec.steps if spec.predictor != "ar"
+    markers = sorted({tokenizer.decode([tokenizer.eos_id]), tokenizer.decode([tokenizer.bos_id])})
+    return {"algo": method.name, "sampler": spec.describe(), "document_markers": markers, "steps": spec.steps if spec.predictor != "ar"
             else length - 1, "noise_removal": spec.noise_removal, "seed": seed, "num_samples": num_samples,
             "length": ids.shape[1], "seconds": seconds, "tokens_per_second": ids.numel() / seconds,
             "seconds_per_sample": seconds / num_samples, **({"cache": stats} if spec.predictor == "ancestral_cache"

@@ -127,7 +127,11 @@ def hf_lm1b(data_files=None) -> dict:
         ds = load_dataset("json", data_files=data_files)
     else:
         ds = load_dataset("lm1b", trust_remote_code=True)
-    return {"train": _texts(ds["train"]), "valid": _texts(ds["test"] if "test" in ds else ds["validation"])}
+    from duolm.data.zero_shot import lm1b_detokenize
+
+    valid = ds["test"] if "test" in ds else ds["validation"]
+    return {"train": [lm1b_detokenize(t) for t in _texts(ds["train"])],
+            "valid": [lm1b_detokenize(t) for t in _texts(valid)]}
 
 
 def hf_wikitext103(data_files=None) -> dict:
@@ -137,7 +141,10 @@ def hf_wikitext103(data_files=None) -> dict:
         ds = load_dataset("json", data_files=data_files)
     else:
         ds = load_dataset("wikitext", "wikitext-103-raw-v1")
-    return {"train": _join_wikitext(_texts(ds["train"])), "valid": _join_wikitext(_texts(ds["validation"]))}
+    from duolm.data.zero_shot import wikitext_detokenize
+
+    return {split: [wikitext_detokenize(d) for d in _join_wikitext(_texts(ds[hf]))]
+            for split, hf in (("train", "train"), ("valid", "validation"))}
 
 
 def _join_wikitext(lines: list[str]) -> list[str]:

@@ -65,7 +65,15 @@ def load_judge(spec: str, *, device=None, context: int | None = None, dtype=torc
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             tmp = cached.with_name(cached.name + ".tmp")
-            model.save_pretrained(tmp)
+            tmp.mkdir(parents=True, exist_ok=True)
+            # the weights are already dequantized to float32, but transformers still marks the
+            # model as GGUF-quantized and refuses save_pretrained: write config and weights directly
+            from safetensors.torch import save_model
+
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.config.save_pretrained(tmp)
+            save_model(model, str(tmp / "model.safetensors"))
             tok.save_pretrained(tmp)
             if cached.exists():
                 import shutil
@@ -84,31 +92,51 @@ def load_judge(spec: str, *, device=None, context: int | None = None, dtype=torc
     return Judge(model, tok, name, min(context or max_ctx, max_ctx), tok.eos_token_id)
 
 
-def retokenize(judge: Judge, texts: list[str]) -> list[list[int]]:
-    return [judge.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+def judge_ids(judge: Judge, text: str, markers=()) -> list[int]:
+    """The judge's token ids for one decoded sample. The sampling model's own document markers
+    (its EOS / BOS text, e.g. GPT-2's '<|endoftext|>', BERT's '[SEP]' and '[CLS]') become the
+    judge's EOS id, whatever the judge's vocabulary, so that ends of text are judged as such."""
+    import re
+
+    markers = [m for m in markers if m]
+    parts = re.split("|".join(re.escape(m) for m in markers), text) if markers else [text]
+    ids: list[int] = []
+    for k, part in enumerate(parts):
+        if k and judge.eos_id is not None:
+            ids.append(judge.eos_id)
+        if part:
+            ids += judge.tokenizer(part, add_special_tokens=False)["input_ids"]
+    return ids
 
 
-def scored_length(ids: list[int], eos_id: int | None) -> int:
-    """Tokens that count: everything up to and including the first EOS."""
-    if eos_id is not None and eos_id in ids:
-        return ids.index(eos_id) + 1
-    return len(ids)
+def scored_mask(ids: list[int], eos_id: int | None) -> list[bool]:
+    """Which tokens count, by the papers' rule: every non-EOS token, and the first EOS only
+    (a sample that opens with BOS = EOS, as GPT-2 samples do, is charged for none of its EOS)."""
+    if eos_id is None:
+        return [True] * len(ids)
+    seen, out = False, []
+    for t in ids:
+        out.append(t != eos_id or not seen)
+        seen = seen or t == eos_id
+    return out
 
 
 @torch.no_grad()
-def generative_perplexity(judge: Judge, texts: list[str], *, batch_size: int = 8, progress: bool = False) -> dict:
+def generative_perplexity(judge: Judge, texts: list[str], *, markers=(), batch_size: int = 8,
+                          progress: bool = False) -> dict:
     """Token-weighted perplexity of the texts under the judge, and the mean per-sample value.
 
     Each text is cut into chunks of judge.context tokens; in every chunk, each token after the
-    first is predicted from those before it within the chunk.
+    first is predicted from those before it within the chunk, and counts as scored_mask says.
     """
-    chunks = []  # (sample index, token ids)
-    for i, ids in enumerate(retokenize(judge, texts)):
-        ids = ids[: scored_length(ids, judge.eos_id)]
+    chunks = []  # (sample index, token ids, scored)
+    for i, text in enumerate(texts):
+        ids = judge_ids(judge, text, markers)
+        mask = scored_mask(ids, judge.eos_id)
         for start in range(0, len(ids), judge.context):
             piece = ids[start:start + judge.context]
             if len(piece) > 1:
-                chunks.append((i, piece))
+                chunks.append((i, piece, mask[start:start + judge.context]))
     if not chunks:
         raise ValueError("no sample has two or more judge tokens to score")
     nll = torch.zeros(len(texts), dtype=torch.float64)
@@ -117,18 +145,19 @@ def generative_perplexity(judge: Judge, texts: list[str], *, batch_size: int = 8
     pad = judge.eos_id if judge.eos_id is not None else 0
     for b in tqdm(range(0, len(chunks), batch_size), disable=not progress, desc="judging"):
         group = chunks[b:b + batch_size]
-        width = max(len(p) for _, p in group)
+        width = max(len(p) for _, p, _ in group)
         x = torch.full((len(group), width), pad, dtype=torch.long)
-        mask = torch.zeros(len(group), width, dtype=torch.long)
-        for r, (_, p) in enumerate(group):
+        attend = torch.zeros(len(group), width, dtype=torch.long)
+        scored = torch.zeros(len(group), width, dtype=torch.float64)
+        for r, (_, p, m) in enumerate(group):
             x[r, :len(p)] = torch.tensor(p)
-            mask[r, :len(p)] = 1
-        x, mask = x.to(judge.device), mask.to(judge.device)
-        logits = judge.model(input_ids=x, attention_mask=mask).logits.double()
-        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, x[:, 1:, None])[..., 0]
-        m = mask[:, 1:].double()
-        per_row, n_row = -(lp * m).sum(-1).cpu(), m.sum(-1).cpu()
-        for r, (i, _) in enumerate(group):
+            attend[r, :len(p)] = 1
+            scored[r, :len(p)] = torch.tensor(m, dtype=torch.float64)
+        logits = judge.model(input_ids=x.to(judge.device), attention_mask=attend.to(judge.device)).logits
+        lp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, x[:, 1:, None].to(judge.device))[..., 0]
+        w = scored[:, 1:]
+        per_row, n_row = -(lp.cpu() * w).sum(-1), w.sum(-1)
+        for r, (i, _, _) in enumerate(group):
             nll[i] += per_row[r]
             count[i] += n_row[r]
     keep = count > 0

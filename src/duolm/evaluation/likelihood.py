@@ -38,4 +38,4 @@ def evaluate_nelbo(method, backbone, ids: torch.Tensor, valid: torch.Tensor, *, 
     ratio = per_seq / tokens.clamp_min(1)
     se = float(ratio.std() / math.sqrt(max(1, len(ratio) - 1))) if len(ratio) > 1 else float("nan")
     return {"nll": nll, "nll_se": se, "bits_per_token": nll / math.log(2), "ppl": math.exp(min(nll, 50)),
-            "sequences": int(len(per_seq)), "tokens": int(tokens.sum()), "time_samples": time_samples}
+            "sequences": len(per_seq), "tokens": int(tokens.sum()), "time_samples": time_samples}

@@ -17,3 +17,73 @@ def unigram_entropy(x: torch.Tensor) -> torch.Tensor:
         p = counts / counts.sum()
         out[i] = -(p * p.log()).sum()
     return out
+
+
+def read_reference_texts(path) -> list[str]:
+    """Reference texts for MAUVE: a .jsonl of {"text": ...} or a .txt of blank-line-separated paragraphs."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"eval.mauve_reference: {path} is not a file")
+    if path.suffix == ".jsonl":
+        return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+    return [p.strip() for p in path.read_text().split("\n\n") if p.strip()]
+
+
+def _judge_features(judge, texts: list[str], max_tokens: int = 1024) -> torch.Tensor:
+    """(n, d) last-layer state at each text's last token: MAUVE's featurization, with the judge."""
+    feats = []
+    with torch.no_grad():
+        for t in texts:
+            ids = judge.tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] or [judge.eos_id or 0]
+            out = judge.model(input_ids=torch.tensor([ids], device=judge.device), output_hidden_states=True)
+            feats.append(out.hidden_states[-1][0, -1].float().cpu())
+    return torch.stack(feats)
+
+
+def mauve_score(judge, samples: list[str], reference: list[str], seed: int = 25) -> float:
+    try:
+        import mauve
+    except ImportError:
+        raise ImportError("eval.mauve_reference is set, but MAUVE needs the mauve-text package "
+                          "(pip install mauve-text)") from None
+    p = _judge_features(judge, reference).numpy()
+    q = _judge_features(judge, samples).numpy()
+    return float(mauve.compute_mauve(p_features=p, q_features=q, seed=seed, verbose=False).mauve)
+
+
+def score_samples_file(path, *, judge: str | None = "smollm2", judge_context: int | None = None,
+                       judge_batch_size: int = 8, mauve_reference=None, device=None, progress: bool = True) -> dict:
+    """The sample-quality record of one `duolm sample` output: its sampler settings, the mean
+    unigram entropy of the samples' token ids, generative perplexity under the judge, MAUVE."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        rows = data["samples"]
+        ids = [r["ids"] for r in rows]
+        texts = [r["text"] for r in rows]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"eval.samples: {path} is not a duolm samples file ({err!r})") from None
+    if not rows:
+        raise ValueError(f"eval.samples: {path} holds no samples")
+    lengths = {len(r) for r in ids}
+    ent = torch.cat([unigram_entropy(torch.tensor([r for r in ids if len(r) == n])) for n in sorted(lengths)])
+    out = {k: data[k] for k in ("algo", "steps", "sampler", "noise_removal", "seed", "num_samples", "length",
+                                "seconds_per_sample") if k in data}
+    out.update({"samples_file": str(path), "entropy": float(ent.mean()), "entropy_se":
+                float(ent.std() / len(ent) ** 0.5) if len(ent) > 1 else float("nan")})
+    if judge or mauve_reference:
+        from duolm.evaluation.judge import generative_perplexity, load_judge
+
+        j = load_judge(judge or "smollm2", device=device, context=judge_context)
+        if judge:
+            out.update(generative_perplexity(j, texts, markers=data.get("document_markers", ()),
+                                             batch_size=judge_batch_size, progress=progress))
+        if mauve_reference:
+            out["mauve"] = mauve_score(j, texts, read_reference_texts(mauve_reference))
+    return out

@@ -123,6 +123,11 @@ def train(cfg, *, log=print, init=None) -> dict:
     init: a loaded model (duolm.checkpoints.Pretrained) to start from; with cfg.distill set, the
     run is Discrete Consistency Distillation of that model (its tokenizer and length are used).
     """
+    from duolm.data.pipeline import EVAL_ONLY
+
+    if cfg.data.source in EVAL_ONLY:
+        raise ValueError(f"data={cfg.data.name} is an evaluation-only (zero-shot) set: train on another "
+                         f"corpus, then run duolm eval data={cfg.data.name}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if init is not None:
         tokenizer = init.tokenizer

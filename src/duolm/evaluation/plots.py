@@ -1,0 +1,67 @@
+"""Sample quality against sampling steps, drawn from several `duolm eval eval.samples=...` results."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+LABELS = {"gen_ppl": "generative perplexity (judge)", "entropy": "unigram entropy of samples (nats)",
+          "mauve": "MAUVE", "gen_nll": "judge NLL per token (nats)"}
+
+
+def series_label(result: dict) -> str:
+    """One line per model and sampler: 'duo psi (greedy tail)'; a 'label' field wins."""
+    if result.get("label"):
+        return str(result["label"])
+    sampler = result.get("sampler") or {}
+    predictor = sampler.get("predictor", "")
+    tail = result.get("noise_removal") or sampler.get("noise_removal")
+    text = f"{result.get('algo', '?')} {predictor}".strip()
+    return f"{text} ({tail} tail)" if tail and predictor != "ar" else text
+
+
+def load_results(paths) -> list[dict]:
+    out = []
+    for p in paths:
+        p = Path(p)
+        try:
+            r = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{p}: not a readable results JSON ({err})") from None
+        if "steps" not in r:
+            raise ValueError(f"{p}: no 'steps' field; plot the output of duolm eval eval.samples=...")
+        out.append({**r, "_path": str(p)})
+    return out
+
+
+def plot_quality_vs_steps(results: list[dict], output, metrics=("gen_ppl", "entropy")) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in metrics if any(m in r for r in results)]
+    if not metrics:
+        raise ValueError("none of the results holds the metrics to plot")
+    series = defaultdict(list)
+    for r in results:
+        series[series_label(r)].append(r)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for label, rows in sorted(series.items()):
+            rows = sorted((r for r in rows if metric in r), key=lambda r: r["steps"])
+            if rows:
+                ax.plot([r["steps"] for r in rows], [r[metric] for r in rows], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        if metric == "gen_ppl":
+            ax.set_yscale("log")
+        ax.set_xlabel("sampling steps")
+        ax.set_title(LABELS.get(metric, metric))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output
