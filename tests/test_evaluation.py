@@ -184,3 +184,17 @@ def test_cli_evaluates_a_model_zero_shot_and_refuses_to_train_on_an_eval_set(tmp
     assert ev["data"] == "ptb" and ev["time_samples"] == 2 and ev["nll"] > 0 and ev["nll_se"] > 0
     assert main(["train", "data=ptb", f"data.data_files={ptb}", f"run.dir={tmp_path / 'r2'}", *tiny]) == 1
     assert "evaluation-only (zero-shot) set" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("mauve"), reason="mauve-text not installed")
+def test_mauve_separates_matching_from_foreign_samples(judge, tmp_path):
+    from duolm.evaluation.samples import mauve_score, read_reference_texts
+
+    words = ["river", "stone", "cloud", "field", "house", "light", "storm", "green"]
+    ref = [" ".join(words[(i * 3 + j) % 8] for j in range(12)) for i in range(60)]
+    path = tmp_path / "ref.txt"
+    path.write_text("\n\n".join(ref))
+    assert read_reference_texts(path) == ref
+    same = mauve_score(judge, ref, ref)
+    foreign = mauve_score(judge, ["0 1 2 3 4 5 6 7 8 9 %d" % i for i in range(60)], ref)
+    assert same > 0.9 and foreign < 0.5 * same, (same, foreign)
