@@ -79,8 +79,9 @@ def test_eval_samples_command_writes_json_and_plot(tmp_path, judge, tiny_judge_d
                    "samples": [{"ids": ids, "text": text}, {"ids": ids[::-1], "text": text}]}
         p = tmp_path / f"s{steps}.json"
         p.write_text(json.dumps(samples))
-        assert main(["eval", f"eval.samples={p}", f"eval.judge={tiny_judge_dir}", "eval.judge_context=32"]) == 0
         files.append(tmp_path / f"s{steps}.eval.json")
+    both = f"eval.samples=[{tmp_path / 's4.json'},{tmp_path / 's16.json'}]"   # one judge load for both
+    assert main(["eval", both, f"eval.judge={tiny_judge_dir}", "eval.judge_context=32"]) == 0
     r = json.loads(files[0].read_text())
     assert r["steps"] == 4 and r["gen_ppl"] > 1 and r["entropy"] == pytest.approx(0.0)   # one repeated token
     assert json.loads(files[1].read_text())["entropy"] > 1.5

@@ -33,14 +33,17 @@ class Pretrained:
 
 
 def save_pretrained(directory, backbone: DiT, *, algo: dict, noise: dict, tokenizer, length: int,
-                    extra: dict | None = None):
+                    extra: dict | None = None, dtype: torch.dtype = torch.float32):
+    """Write the model directory atomically; dtype=float16 halves the file (weights are read
+    back into float32 models)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT, "algo": algo, "model": backbone.config.to_dict(), "noise": noise,
               "tokenizer": tokenizer.to_dict(), "length": length, **(extra or {})}
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
-        state = {k: v.detach().float().contiguous().cpu() for k, v in backbone.state_dict().items()}
+        state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
+                 for k, v in backbone.state_dict().items()}
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if directory.exists():
@@ -60,6 +63,27 @@ def method_from_config(algo: dict, noise: dict, vocab_size: int):
     return build_method(algo["name"], vocab_size, schedule=make_schedule(noise.get("type", "log-linear"),
                                                                          noise.get("eps", 1e-3)),
                         num_steps=algo.get("T"), time_conditioning=algo.get("time_conditioning"))
+
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def builtin_models() -> dict[str, Path]:
+    """Small models that ship inside the package (src/duolm/pretrained/<name>)."""
+    root = Path(__file__).parent / "pretrained"
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").exists()} if root.is_dir() else {}
+
+
+def resolve_builtin(path: str) -> str:
+    """'builtin:<name>' -> the shipped directory; any other path unchanged."""
+    if not str(path).startswith(BUILTIN_PREFIX):
+        return str(path)
+    name = str(path)[len(BUILTIN_PREFIX):]
+    models = builtin_models()
+    if name not in models:
+        raise FileNotFoundError(f"eval.checkpoint_path: no built-in model {name!r}; the built-in models are "
+                                f"{sorted(models)}")
+    return str(models[name])
 
 
 def from_pretrained(directory, map_location="cpu") -> Pretrained:

@@ -35,9 +35,10 @@ Config groups: algo, model, data, noise, sampling, optim, trainer, loader (see `
 def _load_for_eval(cfg, overrides):
     import torch
 
+    from duolm.checkpoints import resolve_builtin
     from duolm.reference_checkpoints import load_reference
 
-    path = cfg.eval.checkpoint_path or str(Path(cfg.run.dir) / "model")
+    path = resolve_builtin(cfg.eval.checkpoint_path or str(Path(cfg.run.dir) / "model"))
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"eval.checkpoint_path: {path} does not exist (train first, or point it at a "
@@ -132,9 +133,15 @@ def cmd_convert(cfg, overrides):
     if not cfg.get("convert") or not cfg.convert.get("output"):
         raise ValueError("duolm convert needs convert.output=<directory> (and eval.checkpoint_path=<input>)")
     pre, _ = _load_for_eval(cfg, overrides)
+    import torch
+
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if cfg.convert.get("dtype", "float32") not in dtypes:
+        raise ValueError(f"convert.dtype must be one of {list(dtypes)}, got {cfg.convert.dtype!r}")
     out = save_pretrained(cfg.convert.output, pre.backbone.cpu(), algo=pre.config["algo"], noise=pre.config["noise"],
                           tokenizer=pre.tokenizer, length=pre.config["length"],
-                          extra={"converted_from": str(cfg.eval.checkpoint_path)})
+                          extra={"converted_from": str(cfg.eval.checkpoint_path)},
+                          dtype=dtypes[cfg.convert.get("dtype", "float32")])
     print(f"wrote {out} ({pre.config['algo']['name']}, {pre.backbone.num_parameters() / 1e6:.2f}M parameters, "
           f"vocabulary {pre.backbone.config.vocab_size})")
     return 0
@@ -164,22 +171,29 @@ def cmd_eval(cfg, overrides):
 
 
 def cmd_eval_samples(cfg):
-    """Generative perplexity under a judge LM, unigram entropy and (when installed) MAUVE of a samples file."""
+    """Generative perplexity under a judge LM, unigram entropy and (when installed) MAUVE of
+    one samples file, or of several (eval.samples=[a.json,b.json]) with the judge loaded once."""
     import torch
 
+    from duolm.evaluation.judge import load_judge
     from duolm.evaluation.samples import score_samples_file
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    res = score_samples_file(cfg.eval.samples, judge=cfg.eval.judge, judge_context=cfg.eval.judge_context,
-                             judge_batch_size=cfg.eval.judge_batch_size, mauve_reference=cfg.eval.mauve_reference,
-                             device=device)
-    out = cfg.eval.output or str(Path(cfg.eval.samples).with_suffix(".eval.json"))
     from duolm.generate import write_samples
 
-    write_samples(res, out)
-    shown = {k: res[k] for k in ("algo", "steps", "gen_ppl", "entropy", "mauve", "judge") if k in res}
-    print(json.dumps(shown))
-    print(f"-> {out}")
+    paths = [str(p) for p in cfg.eval.samples] if not isinstance(cfg.eval.samples, str) else [cfg.eval.samples]
+    if cfg.eval.output and len(paths) > 1:
+        raise ValueError("eval.output names one file; with several eval.samples each result goes next to its samples")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    judge = None
+    if cfg.eval.judge or cfg.eval.mauve_reference:
+        judge = load_judge(cfg.eval.judge or "smollm2", device=device, context=cfg.eval.judge_context)
+    for path in paths:
+        res = score_samples_file(path, judge=cfg.eval.judge, judge_batch_size=cfg.eval.judge_batch_size,
+                                 mauve_reference=cfg.eval.mauve_reference, loaded_judge=judge)
+        out = cfg.eval.output or str(Path(path).with_suffix(".eval.json"))
+        write_samples(res, out)
+        shown = {k: res[k] for k in ("algo", "steps", "gen_ppl", "entropy", "mauve", "judge") if k in res}
+        print(json.dumps(shown))
+        print(f"-> {out}")
     return 0
 
 

@@ -128,8 +128,10 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "eval.batch_size")
     _positive(cfg, "eval.judge_batch_size")
     _positive(cfg, "eval.judge_context", allow_none=True, minimum=2)
-    if cfg.eval.get("samples") and not Path(str(cfg.eval.samples)).is_file():
-        raise ConfigError(f"eval.samples: {cfg.eval.samples} is not a file (write one with duolm sample)")
+    samples = cfg.eval.get("samples")
+    for p in ([samples] if isinstance(samples, str) else list(samples or [])):
+        if not Path(str(p)).is_file():
+            raise ConfigError(f"eval.samples: {p} is not a file (write one with duolm sample)")
     if cfg.get("distill") is not None:
         _choice(cfg, "distill.delta_growth", ("double", "linear"))
         _choice(cfg, "distill.loss_type", ("kl-bwd", "kl-fwd"))

@@ -55,9 +55,11 @@ def mauve_score(judge, samples: list[str], reference: list[str], seed: int = 25)
 
 
 def score_samples_file(path, *, judge: str | None = "smollm2", judge_context: int | None = None,
-                       judge_batch_size: int = 8, mauve_reference=None, device=None, progress: bool = True) -> dict:
+                       judge_batch_size: int = 8, mauve_reference=None, device=None, progress: bool = True,
+                       loaded_judge=None) -> dict:
     """The sample-quality record of one `duolm sample` output: its sampler settings, the mean
-    unigram entropy of the samples' token ids, generative perplexity under the judge, MAUVE."""
+    unigram entropy of the samples' token ids, generative perplexity under the judge, MAUVE.
+    loaded_judge: a duolm.evaluation.judge.Judge already loaded (scoring many files)."""
     import json
     from pathlib import Path
 
@@ -80,7 +82,7 @@ def score_samples_file(path, *, judge: str | None = "smollm2", judge_context: in
     if judge or mauve_reference:
         from duolm.evaluation.judge import generative_perplexity, load_judge
 
-        j = load_judge(judge or "smollm2", device=device, context=judge_context)
+        j = loaded_judge or load_judge(judge or "smollm2", device=device, context=judge_context)
         if judge:
             out.update(generative_perplexity(j, texts, markers=data.get("document_markers", ()),
                                              batch_size=judge_batch_size, progress=progress))
