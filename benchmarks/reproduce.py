@@ -49,7 +49,7 @@ PRESETS = {
     # minutes of training per model, DCD rounds x steps, samples per setting, step counts
     "full": dict(minutes={"ar": 10, "mdlm": 25, "duo": 35}, curriculum_steps=400, rounds=5, round_steps=100,
                  n_samples=256, steps=[4, 8, 16, 32, 64, 128, 256], hidden=128, blocks=3, batch=256, n_valid=1024),
-    "quick": dict(minutes={"ar": 1.0, "mdlm": 2.0, "duo": 2.5}, curriculum_steps=100, rounds=3, round_steps=60,
+    "quick": dict(minutes={"ar": 1.0, "mdlm": 1.5, "duo": 2.0}, curriculum_steps=100, rounds=3, round_steps=40,
                   n_samples=128, steps=[4, 16, 64], hidden=96, blocks=3, batch=128, n_valid=512),
     "smoke": dict(minutes={"ar": 0.02, "mdlm": 0.02, "duo": 0.02}, curriculum_steps=2, rounds=2, round_steps=2,
                   n_samples=8, steps=[2, 4], hidden=32, blocks=1, batch=16, n_valid=32),
