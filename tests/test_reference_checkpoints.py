@@ -196,3 +196,30 @@ def test_an_unreachable_hub_id_is_one_sentence(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="neither a local path nor a reachable Hugging Face Hub model"):
         load_reference("nobody-here/no-such-model")
+
+
+def test_float16_storage_halves_the_file_and_keeps_the_logits_close(tmp_path):
+    from duolm.cli import main
+
+    full, half = tmp_path / "f32", tmp_path / "f16"
+    assert main(["convert", f"eval.checkpoint_path={_hub_duo_dir(tmp_path)}", f"convert.output={full}"]) == 0
+    assert main(["convert", f"eval.checkpoint_path={full}", f"convert.output={half}", "convert.dtype=float16"]) == 0
+    ratio = (half / "model.safetensors").stat().st_size / (full / "model.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55
+    a, b = from_pretrained(full).backbone, from_pretrained(half).backbone
+    assert all(p.dtype == torch.float32 for p in b.parameters())   # read back as a float32 model
+    x = torch.randint(0, a.config.vocab_size, (2, 16))
+    sigma = torch.full((2,), 0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x, sigma), a(x, sigma), atol=2e-2, rtol=0)
+    assert main(["convert", f"eval.checkpoint_path={full}", f"convert.output={half}", "convert.dtype=int8"]) == 1
+
+
+def test_builtin_models_resolve_by_name():
+    from duolm.checkpoints import builtin_models, resolve_builtin
+
+    assert resolve_builtin("some/dir") == "some/dir"
+    with pytest.raises(FileNotFoundError, match="no built-in model 'nope'"):
+        resolve_builtin("builtin:nope")
+    for name, path in builtin_models().items():
+        assert resolve_builtin(f"builtin:{name}") == str(path)
