@@ -89,13 +89,14 @@ def cmd_train(cfg, overrides, init=None):
     return 0
 
 
-def _sample_and_print(cfg, pre, device):
+def _sample_and_print(cfg, pre, device, checkpoint=None):
     from duolm.generate import generate, spec_from_config, write_samples
 
     s = cfg.sampling
     spec = spec_from_config(s, pre.config["algo"]["name"], pre.tokenizer, eps=cfg.training.sampling_eps)
     res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
                    num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device)
+    res = {"checkpoint": str(checkpoint or cfg.eval.checkpoint_path or Path(cfg.run.dir) / "model"), **res}
     out = s.output or str(Path(cfg.run.dir) / "samples.json")
     write_samples(res, out)
     how = (f"{spec.predictor}, {res['steps']} steps, last step {res['noise_removal']}"

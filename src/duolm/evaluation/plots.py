@@ -44,8 +44,12 @@ def plot_quality_vs_steps(results: list[dict], output, metrics=("gen_ppl", "entr
     if not metrics:
         raise ValueError("none of the results holds the metrics to plot")
     series = defaultdict(list)
+    several = len({r.get("checkpoint") for r in results}) > 1
     for r in results:
-        series[series_label(r)].append(r)
+        label = series_label(r)
+        if several and r.get("checkpoint") and not r.get("label"):
+            label = f"{'/'.join(Path(r['checkpoint']).parts[-2:])}: {label}"   # which model, when several
+        series[label].append(r)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, rows in sorted(series.items()):

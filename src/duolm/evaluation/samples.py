@@ -75,7 +75,7 @@ def score_samples_file(path, *, judge: str | None = "smollm2", judge_context: in
         raise ValueError(f"eval.samples: {path} holds no samples")
     lengths = {len(r) for r in ids}
     ent = torch.cat([unigram_entropy(torch.tensor([r for r in ids if len(r) == n])) for n in sorted(lengths)])
-    out = {k: data[k] for k in ("algo", "steps", "sampler", "noise_removal", "seed", "num_samples", "length",
+    out = {k: data[k] for k in ("checkpoint", "algo", "steps", "sampler", "noise_removal", "seed", "num_samples", "length",
                                 "seconds_per_sample") if k in data}
     out.update({"samples_file": str(path), "entropy": float(ent.mean()), "entropy_se":
                 float(ent.std() / len(ent) ** 0.5) if len(ent) > 1 else float("nan")})
