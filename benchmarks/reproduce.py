@@ -47,7 +47,7 @@ from duolm.sampling import KappaSchedule, ar_sample, parse_kappa  # noqa: E402
 
 PRESETS = {
     # minutes of training per model, DCD rounds x steps, samples per setting, step counts
-    "full": dict(minutes={"ar": 10, "mdlm": 25, "duo": 35}, curriculum_steps=400, rounds=5, round_steps=100,
+    "full": dict(minutes={"ar": 10, "mdlm": 25, "duo": 30}, curriculum_steps=400, rounds=5, round_steps=60,
                  n_samples=256, steps=[4, 8, 16, 32, 64, 128, 256], hidden=128, blocks=3, batch=256, n_valid=1024),
     "quick": dict(minutes={"ar": 1.0, "mdlm": 1.5, "duo": 2.0}, curriculum_steps=100, rounds=3, round_steps=40,
                   n_samples=128, steps=[4, 16, 64], hidden=96, blocks=3, batch=128, n_valid=512),
@@ -259,10 +259,23 @@ def main(argv=None):
               "floor_nats": floor, "floor_se": floor_se, "data_entropy": float(unigram_entropy(data).mean()),
               "data_nll": float(hmm.nll_per_token(data).mean()), "training": {}, "validation": {}, "samples": {}}
     nets = {}
+    models = out / "models"   # trained weights: a rerun skips what is there (delete to retrain)
+    models.mkdir(exist_ok=True)
+
+    def save_partial():
+        (out / "reproduce.json").write_text(json.dumps({**result, "partial": True}, indent=1))
+
     for name, algo, vocab in (("ar", "ar", V + 1), ("mdlm", "mdlm", V), ("duo", "duo", V)):
         method = build_method(algo, vocab)
         torch.manual_seed(args.seed)
         net = make_model(method, preset["hidden"], preset["blocks"])
+        if (models / f"{name}.pt").exists():
+            saved = torch.load(models / f"{name}.pt", weights_only=True)
+            net.load_state_dict(saved["weights"])
+            result["training"][name] = json.loads(saved["record"])
+            nets[name] = (method, net)
+            log(f"{name}: loaded {models / f'{name}.pt'}")
+            continue
         cur = None
         if name == "duo":
             cs = CurriculumSchedule(mode="simple", tau_log10_start=-1.0, tau_log10_end=-2.0, start=0,
@@ -273,11 +286,21 @@ def main(argv=None):
             f"{preset['minutes'][name]} min)")
         result["training"][name] = train(name, method, net, hmm, args, preset, x_valid, floor, curriculum=cur,
                                          log=log)
+        torch.save({"weights": net.state_dict(), "record": json.dumps(result["training"][name])},
+                   models / f"{name}.pt")
         nets[name] = (method, net)
+        save_partial()
     method, teacher = nets["duo"]
     student = copy.deepcopy(teacher).train()
-    log("distilling duo (DCD)")
-    result["training"]["duo_dcd"] = {**distill(method, student, hmm, args, preset, log=log), "curve": []}
+    if (models / "duo_dcd.pt").exists():
+        saved = torch.load(models / "duo_dcd.pt", weights_only=True)
+        student.load_state_dict(saved["weights"])
+        result["training"]["duo_dcd"] = json.loads(saved["record"])
+    else:
+        log("distilling duo (DCD)")
+        result["training"]["duo_dcd"] = {**distill(method, student, hmm, args, preset, log=log), "curve": []}
+        torch.save({"weights": student.state_dict(), "record": json.dumps(result["training"]["duo_dcd"])},
+                   models / "duo_dcd.pt")
     nets["duo_dcd"] = (method, student)
     for name, (method, net) in nets.items():
         x = with_bos(x_valid, V) if method.process is None else x_valid
@@ -302,6 +325,7 @@ def main(argv=None):
                 result["samples"][name][kind][str(steps)] = q
                 log(f"  {name:8s} {kind:11s} {steps:4d} steps: NLL {q['nll']:.3f} +- {q['nll_se']:.3f}  "
                     f"entropy {q['entropy']:.3f}")
+            save_partial()
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "reproduce.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "reproduce.png")

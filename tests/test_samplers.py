@@ -107,7 +107,7 @@ def test_kappa_one_is_ancestral_sampling_draw_for_draw(kind):
     a = ancestral_sample(den, process, SCHED, (500, 2), steps=6, noise_removal="ancestral", eps=1e-4,
                          generator=torch.Generator().manual_seed(7))
     grid = linear_grid(6, 1e-4)
-    b = psi_sample(den, process, SCHED, (500, 2), grid=grid, kappas=torch.ones(6), noise_removal="ancestral",
+    b = psi_sample(den, process, SCHED, (500, 2), grid=grid, kappas=torch.ones(7), noise_removal="ancestral",
                    generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
 
@@ -116,10 +116,10 @@ def test_the_cache_saves_calls_and_changes_nothing():
     process = AbsorbingProcess(K)
     joint = random_joint(K, 2, seed=6)
     stats = {}
-    # 4 sequences of 2 tokens: at most 8 steps change the batch, the other 56 reuse the output
+    # 4 sequences of 2 tokens: at most 8 of the 64 updates (+ the noise-removal call) change the batch
     ancestral_sample(oracle(process, joint, 2), process, SCHED, (4, 2), steps=64, noise_removal="ancestral",
                      generator=torch.Generator().manual_seed(0), cache=True, stats=stats)
-    assert stats["denoiser_calls"] + stats["cached_calls"] == 64 and stats["cached_calls"] >= 55
+    assert stats["denoiser_calls"] + stats["cached_calls"] == 65 and stats["cached_calls"] >= 55
     n = 6000
     a = empirical(run("ancestral", process, joint, 2, n, 16, 11), 2)
     b = empirical(run("ancestral-cached", process, joint, 2, n, 16, 12), 2)
@@ -158,8 +158,19 @@ def test_greedy_tail_returns_the_argmax_and_keeps_unmasked_tokens():
         out[:, torch.arange(3), target] = 0.0
         return out.log_softmax(-1)
 
-    x = ancestral_sample(den, proc, LogLinear(), (5, 3), steps=1, noise_removal="greedy")
+    # a grid that is only the noise-removal call: every masked token becomes the argmax
+    x = psi_sample(den, proc, LogLinear(), (5, 3), grid=torch.tensor([1.0, 0.0], dtype=torch.float64),
+                   noise_removal="greedy")
     assert (x == target).all()
+    # tokens already unmasked stay as they are
+    start = torch.tensor([[1, K, K]] * 5)
+    x = psi_sample(den, proc, LogLinear(), (5, 3), grid=torch.tensor([0.5, 0.0], dtype=torch.float64),
+                   noise_removal="greedy", x_init=start)
+    assert (x == torch.tensor([1, 0, 1])).all()
+    # ancestral_sample counts the greedy call after its `steps` updates (the papers' count)
+    stats = {}
+    ancestral_sample(den, proc, LogLinear(), (5, 3), steps=3, noise_removal="greedy", stats=stats)
+    assert stats["denoiser_calls"] == 4
 
 
 def test_nucleus_keeps_the_top_mass_and_renormalises():
@@ -206,7 +217,7 @@ def test_a_noise_dependent_segment_of_one_step_works():
     """The papers' code crashes when a ReMDM segment covers a single step."""
     sched = KappaSchedule(Kappa("posterior"), Kappa("max-capped", 0.1), Kappa("posterior"), high_frac=0.4,
                           middle_frac=0.2)
-    alphas = SCHED(linear_grid(5, 1e-4)).alpha
+    alphas = SCHED(linear_grid(5, 1e-4, final_zero=False)).alpha
     k = sched.kappas(alphas)
     assert len(k) == 5 and ((k >= 0) & (k <= 1)).all() and (k < 1).sum() == 1
 
@@ -245,7 +256,7 @@ def test_bad_sampler_settings():
     with pytest.raises(ValueError, match="not available for the analytic sampler"):
         analytic_sample(None, AbsorbingProcess(3), LogLinear(), (1, 1), steps=2, noise_removal="greedy")
     with pytest.raises(ValueError, match="every kappa must lie"):
-        psi_sample(None, UniformProcess(3), LogLinear(), (1, 1), grid=linear_grid(2), kappas=torch.tensor([0.5, 2.0]))
+        psi_sample(None, UniformProcess(3), LogLinear(), (1, 1), grid=linear_grid(2), kappas=torch.tensor([0.5, 2.0, 1.0]))
 
 
 # --- guidance and semi-autoregressive generation --------------------------------------------

@@ -102,7 +102,7 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
     how = (f"{spec.predictor}, {res['steps']} steps, last step {res['noise_removal']}"
            if pre.method.process is not None else "autoregressive, KV cache")
     if "cache" in res:
-        how += f", {res['cache']['cached_calls']} of {spec.steps * -(-s.num_samples // s.batch_size)} denoiser calls saved by the cache"
+        how += f", {res['cache']['cached_calls']} of {res['cache']['cached_calls'] + res['cache']['denoiser_calls']} denoiser calls saved by the cache"
     print(f"\n{res['num_samples']} samples ({how}) in {res['seconds']:.2f} s = "
           f"{res['seconds_per_sample']:.3f} s/sample, {res['tokens_per_second']:.0f} tokens/s -> {out}")
     for i, smp in enumerate(res["samples"][: s.print]):

@@ -104,7 +104,10 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
                                 noise_removal=spec.noise_removal, eps=spec.eps,
                                 cache=spec.predictor == "ancestral_cache", **common)
     grid = _grid(spec, method.schedule)
-    kappas = spec.kappa.kappas(method.schedule(grid).alpha)
+    updates = grid[:-1] if spec.noise_removal != "none" else grid   # kappa applies to the `steps` updates
+    kappas = spec.kappa.kappas(method.schedule(updates).alpha)
+    if spec.noise_removal != "none":
+        kappas = torch.cat([kappas, torch.ones(1, dtype=kappas.dtype)])  # the noise-removal call: posterior only
     return psi_sample(den, method.process, method.schedule, (batch, length), grid=grid, kappas=kappas,
                       noise_removal=spec.noise_removal, **common)
 

@@ -25,9 +25,9 @@ def ancestral_sample(denoiser, process, schedule, shape, *, steps: int, noise_re
                      eps: float = 1e-3, **kwargs):
     """Ancestral sampling: x_s ~ q(x_s | x_t, x_0 = p(x_0 | x_t)) along a linear time grid.
 
-    steps denoiser calls in all; the last one goes to t = 0 by `noise_removal`:
-    'ancestral' samples q(x_0 | x_t, p), 'greedy' takes the argmax of p(x_0 | x_t)
-    (the greedy-tail sampler), 'none' stops at t = eps with one more ancestral step.
+    `steps` updates from t = 1 to eps, then one more call goes to t = 0 by `noise_removal`
+    (the papers' count): 'ancestral' samples q(x_0 | x_eps, p), 'greedy' takes the argmax
+    of p(x_0 | x_eps) (the greedy tail); 'none' stops at t = eps.
     Other keywords (p_nucleus, fixed, cache, generator, device, stats, ...) go to psi_sample.
     """
     if noise_removal not in NOISE_REMOVAL:

@@ -5,17 +5,18 @@ import torch
 
 
 def linear_grid(steps: int, eps: float = 1e-3, final_zero: bool = True) -> torch.Tensor:
-    """steps + 1 times from 1 down to eps, evenly spaced; the last is 0 when final_zero.
+    """steps + 1 times from 1 down to eps, evenly spaced; with final_zero, then 0.
 
-    With final_zero, the last of the `steps` denoiser calls is the noise-removal
-    step to t = 0, so `steps` is exactly the number of network evaluations.
+    As in the papers, `steps` updates take the sample from t = 1 to t = eps, and the
+    noise-removal call (greedy argmax or an ancestral step) goes from eps to 0: steps + 1
+    network evaluations. (Counting that call inside `steps` would make the last update a
+    jump from t = 1/steps straight to 0; with a greedy tail and few steps that jump
+    collapses the samples onto the most likely tokens.)
     """
     if steps < 1:
         raise ValueError(f"sampling.steps must be >= 1, got {steps}")
     t = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
-    if final_zero:
-        t[-1] = 0.0
-    return t
+    return torch.cat([t, torch.zeros(1, dtype=torch.float64)]) if final_zero else t
 
 
 def linear_constant_linear_grid(steps: int, plateau: float, *, high_frac: float = 0.2, middle_frac: float = 0.6,
@@ -48,6 +49,4 @@ def linear_constant_linear_grid(steps: int, plateau: float, *, high_frac: float 
                    torch.full((n_mid,), c, dtype=torch.float64),
                    torch.linspace(c, eps, n_lo, dtype=torch.float64) if n_lo > 1 else torch.full((1,), eps,
                                                                                                   dtype=torch.float64)])
-    if final_zero:
-        t[-1] = 0.0
-    return t
+    return torch.cat([t, torch.zeros(1, dtype=torch.float64)]) if final_zero else t
