@@ -8,6 +8,7 @@ OUT=src/duolm/pretrained/duo-bigtxt-dcd
 RES=benchmarks/results/builtin
 mkdir -p "$W" "$RES"
 
+if [ -z "${SKIP_TRAINING:-}" ]; then   # SKIP_TRAINING=1: only steps 3-4, on models already in $W
 # 1. Duo with the curriculum on the built-in corpus (the quick-start run, longer, cosine decay)
 duolm train run.dir="$W/base" trainer.max_steps=1400 trainer.max_minutes=55 optim.schedule=cosine \
     algo.curriculum.end=300 trainer.enable_progress_bar=false sampling.num_samples=4
@@ -17,6 +18,7 @@ duolm distill eval.checkpoint_path="$W/base/model" run.dir="$W/dcd" distill.T=64
     distill.update_teacher_every=60 trainer.max_steps=300 trainer.max_minutes=30 optim.lr=3e-4 \
     optim.warmup_steps=0 training.ema=0.99 distill.gamma_min=-3.5 distill.gamma_max=4.0 \
     trainer.val_check_interval=100 trainer.enable_progress_bar=false sampling.num_samples=4
+fi
 
 # 3. ship it in float16 (half the bytes; read back as float32)
 duolm convert eval.checkpoint_path="$W/dcd/model" convert.output="$OUT" convert.dtype=float16
