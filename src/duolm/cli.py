@@ -163,7 +163,8 @@ def cmd_eval(cfg, overrides):
                         batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
     base = unigram_entropy_bits(splits["valid"], pre.tokenizer.vocab_size)
-    print(perplexity_line(f"{pre.method.name} on {cfg.data.name}", ev, base))
+    unit = "char" if pre.config["tokenizer"].get("type") == "char" else "token"
+    print(perplexity_line(f"{pre.method.name} on {cfg.data.name}", ev, base, unit))
     out = Path(cfg.run.dir) / "eval.json"
     write_samples({**ev, "data": cfg.data.name, "algo": pre.method.name,
                    "unigram_bits_per_token": base}, out)
