@@ -185,6 +185,14 @@ def test_cli_evaluates_a_model_zero_shot_and_refuses_to_train_on_an_eval_set(tmp
     assert ev["data"] == "ptb" and ev["time_samples"] == 2 and ev["nll"] > 0 and ev["nll_se"] > 0
     assert main(["train", "data=ptb", f"data.data_files={ptb}", f"run.dir={tmp_path / 'r2'}", *tiny]) == 1
     assert "evaluation-only (zero-shot) set" in capsys.readouterr().err
+    # samples scored by a reference model (here the model itself): their NELBO under it
+    samples = tmp_path / "s.json"
+    assert main(["sample", f"eval.checkpoint_path={run / 'model'}", f"sampling.output={samples}", *tiny]) == 0
+    assert main(["eval", f"eval.samples={samples}", "eval.judge=null", f"eval.reference_model={run / 'model'}",
+                 *tiny]) == 0
+    scored = json.loads((tmp_path / "s.eval.json").read_text())
+    assert scored["reference_nelbo"] > 0 and scored["reference_time_samples"] == 1
+    assert scored["checkpoint"] == str(run / "model")
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("mauve"), reason="mauve-text not installed")

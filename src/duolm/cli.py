@@ -188,12 +188,23 @@ def cmd_eval_samples(cfg):
     judge = None
     if cfg.eval.judge or cfg.eval.mauve_reference:
         judge = load_judge(cfg.eval.judge or "smollm2", device=device, context=cfg.eval.judge_context)
+    reference = None
+    if cfg.eval.get("reference_model"):
+        from duolm.checkpoints import resolve_builtin
+        from duolm.reference_checkpoints import load_reference
+
+        reference = load_reference(resolve_builtin(cfg.eval.reference_model))
+        reference.backbone.to(device)
     for path in paths:
         res = score_samples_file(path, judge=cfg.eval.judge, judge_batch_size=cfg.eval.judge_batch_size,
-                                 mauve_reference=cfg.eval.mauve_reference, loaded_judge=judge)
+                                 mauve_reference=cfg.eval.mauve_reference, loaded_judge=judge, device=device,
+                                 reference=reference, reference_time_samples=cfg.eval.time_samples)
+        if reference is not None:
+            res["reference_model"] = str(cfg.eval.reference_model)
         out = cfg.eval.output or str(Path(path).with_suffix(".eval.json"))
         write_samples(res, out)
-        shown = {k: res[k] for k in ("algo", "steps", "gen_ppl", "entropy", "mauve", "judge") if k in res}
+        shown = {k: res[k] for k in ("algo", "steps", "gen_ppl", "entropy", "reference_nelbo", "mauve", "judge")
+                 if k in res}
         print(json.dumps(shown))
         print(f"-> {out}")
     return 0

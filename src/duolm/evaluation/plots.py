@@ -6,7 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 
 LABELS = {"gen_ppl": "generative perplexity (judge)", "entropy": "unigram entropy of samples (nats)",
-          "mauve": "MAUVE", "gen_nll": "judge NLL per token (nats)"}
+          "mauve": "MAUVE", "gen_nll": "judge NLL per token (nats)",
+          "reference_bits_per_token": "NELBO under the reference model (bits/token)"}
 
 
 def series_label(result: dict) -> str:

@@ -54,12 +54,35 @@ def mauve_score(judge, samples: list[str], reference: list[str], seed: int = 25)
     return float(mauve.compute_mauve(p_features=p, q_features=q, seed=seed, verbose=False).mauve)
 
 
+def reference_nelbo(reference, ids: list[list[int]], *, time_samples: int = 8, device=None) -> dict:
+    """The samples' NELBO per token under a reference model (a duolm Pretrained, e.g. the
+    teacher of a distilled model, sampled with many steps): an upper bound on their NLL under it,
+    a judge that shares the samples' tokenizer. Lower means more likely under the reference."""
+    import math
+
+    from duolm.evaluation.likelihood import evaluate_nelbo
+
+    lengths = {len(r) for r in ids}
+    if lengths != {reference.config["length"]}:
+        raise ValueError(f"eval.reference_model reads blocks of {reference.config['length']} tokens; the samples "
+                         f"have lengths {sorted(lengths)}")
+    x = torch.tensor(ids)
+    if int(x.max()) >= reference.tokenizer.vocab_size:
+        raise ValueError("eval.reference_model: the samples hold token ids outside its vocabulary "
+                         f"({reference.tokenizer.vocab_size}); it must share the samples' tokenizer")
+    ev = evaluate_nelbo(reference.method, reference.backbone, x, torch.ones_like(x, dtype=torch.float32),
+                        batch_size=64, time_samples=time_samples, device=device)
+    return {"reference_nelbo": ev["nll"], "reference_nelbo_se": ev["nll_se"],
+            "reference_bits_per_token": ev["nll"] / math.log(2), "reference_time_samples": time_samples}
+
+
 def score_samples_file(path, *, judge: str | None = "smollm2", judge_context: int | None = None,
                        judge_batch_size: int = 8, mauve_reference=None, device=None, progress: bool = True,
-                       loaded_judge=None) -> dict:
+                       loaded_judge=None, reference=None, reference_time_samples: int = 8) -> dict:
     """The sample-quality record of one `duolm sample` output: its sampler settings, the mean
     unigram entropy of the samples' token ids, generative perplexity under the judge, MAUVE.
-    loaded_judge: a duolm.evaluation.judge.Judge already loaded (scoring many files)."""
+    loaded_judge: a duolm.evaluation.judge.Judge already loaded (scoring many files);
+    reference: a duolm Pretrained whose NELBO of the samples is reported (reference_nelbo)."""
     import json
     from pathlib import Path
 
@@ -79,6 +102,8 @@ def score_samples_file(path, *, judge: str | None = "smollm2", judge_context: in
                                 "seconds_per_sample") if k in data}
     out.update({"samples_file": str(path), "entropy": float(ent.mean()), "entropy_se":
                 float(ent.std() / len(ent) ** 0.5) if len(ent) > 1 else float("nan")})
+    if reference is not None:
+        out.update(reference_nelbo(reference, ids, time_samples=reference_time_samples, device=device))
     if judge or mauve_reference:
         from duolm.evaluation.judge import generative_perplexity, load_judge
 
