@@ -212,6 +212,35 @@ def plot(result: dict, path: Path):
     plt.close(fig)
 
 
+def markdown(result: dict) -> str:
+    """The result as Markdown tables: validation NELBO per model, then sample NLL (entropy) per
+    model x sampler x steps."""
+    floor = result["floor_nats"]
+    lines = [f"True entropy of the process: {floor:.3f} nats/token (data samples: NLL "
+             f"{result['data_nll']:.3f}, unigram entropy {result['data_entropy']:.3f}).", "",
+             "| model | training | validation NELBO | gap to the floor |", "|---|---|---|---|"]
+    for name, v in result["validation"].items():
+        tr = result["training"].get(name, {})
+        lines.append(f"| {name} | {tr.get('steps', '?')} steps, {tr.get('seconds', 0) / 60:.1f} min | "
+                     f"{v['nelbo']:.3f} ± {v['se']:.3f} | {v['gap']:+.3f} |")
+    steps = sorted({int(k) for rows in result["samples"].values() for kind, per in rows.items() if kind != "ar"
+                    for k in per})
+    lines += ["", "Exact NLL per token of the samples (their mean unigram entropy):", "",
+              "| model | sampler | " + " | ".join(str(x) for x in steps) + " |",
+              "|---|---|" + "---|" * len(steps)]
+    for name, rows in result["samples"].items():
+        for kind, per in rows.items():
+            if kind == "ar":
+                q = per
+                lines.append(f"| {name} | ancestral, {result['config']['length']} steps | "
+                             f"{q['nll']:.3f} ({q['entropy']:.2f}) |" + " |" * (len(steps) - 1))
+                continue
+            cells = [f"{per[str(x)]['nll']:.3f} ({per[str(x)]['entropy']:.2f})" if str(x) in per else ""
+                     for x in steps]
+            lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group()
@@ -231,11 +260,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--dcd-gamma-min", type=float, default=-3.5)
     ap.add_argument("--dcd-gamma-max", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--table", metavar="JSON", help="print the Markdown tables of a finished run and exit")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return None
     preset_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     preset = PRESETS[preset_name]
     if args.threads:
@@ -329,6 +362,7 @@ def main(argv=None):
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "reproduce.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "reproduce.png")
+    (out / "reproduce.md").write_text(markdown(result))
     log(f"wrote {out / 'reproduce.json'} and {out / 'reproduce.png'} in {result['seconds'] / 60:.1f} min")
     return result
 

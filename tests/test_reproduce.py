@@ -85,6 +85,7 @@ def test_reproduce_smoke_writes_table_and_plot(tmp_path):
     res = mod.main(["--smoke", "--out", str(tmp_path), "--threads", "2"])
     data = json.loads((tmp_path / "reproduce.json").read_text())
     assert (tmp_path / "reproduce.png").stat().st_size > 10_000
+    assert "| duo_dcd | greedy_tail |" in (tmp_path / "reproduce.md").read_text()
     assert set(data["samples"]) == {"ar", "mdlm", "duo", "duo_dcd"}
     assert set(data["samples"]["duo"]) == set(mod.SAMPLERS)
     for model, rows in data["samples"].items():
