@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # the shared oracles module
+sys.path.insert(0, str(Path(__file__).parent))  # the shared oracles and tiny_run modules
+
+from tiny_run import write_corpus  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -18,3 +20,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A folder of small text documents for data=local runs."""
+    return write_corpus(tmp_path / "corpus")

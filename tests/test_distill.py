@@ -90,20 +90,13 @@ def test_loss_vanishes_when_the_teacher_is_the_student_and_delta_shrinks(kind):
     assert losses[0] > 1e-3  # not vacuous: a real step back costs something
 
 
-def test_distill_command_trains_a_student_and_resumes_its_teacher(tmp_path):
+def test_distill_command_trains_a_student_and_resumes_its_teacher(tmp_path, corpus):
     """`duolm distill` from a trained Duo model: the checkpoint holds the student's weights (no
     teacher keys) and the teacher's round, and a resumed run continues the round count."""
     from duolm.cli import main
+    from tiny_run import TINY
 
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for i in range(12):
-        (folder / f"{i}.txt").write_text(" ".join(f"word{j % 7} text{i}" for j in range(60)))
-    common = ["model.hidden_size=32", "model.cond_dim=16", "model.n_blocks=1", "model.n_heads=2", "model.length=16",
-              "loader.global_batch_size=8", "optim.warmup_steps=0", "trainer.val_check_interval=1000",
-              "trainer.enable_progress_bar=false", "logging.csv=false", "trainer.limit_val_batches=1",
-              "sampling.num_samples=2", "sampling.steps=4", "eval.max_batches=1", "data=local",
-              f"data.path={folder}", f"data.cache_dir={tmp_path / 'cache'}"]
+    common = [*TINY, "data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}"]
     assert main(["train", "algo=duo_base", "trainer.max_steps=3", f"run.dir={tmp_path / 'teacher'}", *common]) == 0
     student_args = ["distill", f"eval.checkpoint_path={tmp_path / 'teacher' / 'model'}", "distill.T=8",
                     "distill.update_teacher_every=2", f"run.dir={tmp_path / 'student'}", *common]

@@ -164,15 +164,10 @@ def test_zero_shot_sets_read_local_files_in_the_hub_format(tmp_path, name):
         load_zero_shot(name, str(wrong))
 
 
-def test_cli_evaluates_a_model_zero_shot_and_refuses_to_train_on_an_eval_set(tmp_path, capsys):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(6):
-        (corpus / f"{i}.txt").write_text(" ".join(f"word{j % 5} text{i}" for j in range(50)))
-    tiny = ["model.hidden_size=32", "model.cond_dim=16", "model.n_blocks=1", "model.n_heads=2", "model.length=16",
-            "loader.global_batch_size=8", "trainer.enable_progress_bar=false", "logging.csv=false",
-            "trainer.limit_val_batches=1", "sampling.num_samples=2", "sampling.steps=2", "eval.max_batches=2",
-            f"data.cache_dir={tmp_path / 'cache'}"]
+def test_cli_evaluates_a_model_zero_shot_and_refuses_to_train_on_an_eval_set(tmp_path, corpus, capsys):
+    from tiny_run import TINY
+
+    tiny = [*TINY, f"data.cache_dir={tmp_path / 'cache'}"]
     run = tmp_path / "run"
     assert main(["train", "data=local", f"data.path={corpus}", f"run.dir={run}", "trainer.max_steps=2", *tiny]) == 0
     ptb = tmp_path / "validation.jsonl"

@@ -13,21 +13,7 @@ from duolm.cli import main
 from duolm.config import compose
 from duolm.training.module import NonFiniteLossError
 from duolm.training.run import train
-
-TINY = ["model.hidden_size=32", "model.cond_dim=16", "model.n_blocks=1", "model.n_heads=2", "model.length=16",
-        "loader.global_batch_size=8", "optim.warmup_steps=0", "optim.lr=1e-3", "trainer.val_check_interval=1000",
-        "trainer.enable_progress_bar=false", "logging.csv=false", "trainer.limit_val_batches=1",
-        "training.ema=0.9", "sampling.num_samples=2", "sampling.steps=4", "eval.max_batches=1"]
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for i in range(12):
-        (folder / f"{i}.txt").write_text(" ".join(f"word{j % 7} text{i}" for j in range(60)))
-    return folder
-
+from tiny_run import TINY
 
 def _cfg(tmp_path, corpus, *extra):
     return compose(TINY + ["data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
