@@ -66,11 +66,16 @@ def with_bos(x: torch.Tensor, bos: int) -> torch.Tensor:
     return torch.cat([torch.full((x.shape[0], 1), bos, dtype=x.dtype), x], dim=1)
 
 
-def validate(method, net, ema, x_valid, bos, time_samples=1) -> dict:
+def nelbo(method, net, x_valid, bos, time_samples=1) -> dict:
+    """Validation NELBO per token (exact NLL for AR, whose sequences get a BOS in front)."""
     x = with_bos(x_valid, bos) if method.process is None else x_valid
+    return evaluate_nelbo(method, net, x, torch.ones_like(x, dtype=torch.float32), batch_size=256,
+                          time_samples=time_samples)
+
+
+def validate(method, net, ema, x_valid, bos) -> dict:
     with ema.swapped_in(net):
-        out = evaluate_nelbo(method, net, x, torch.ones_like(x, dtype=torch.float32), batch_size=256,
-                             time_samples=time_samples)
+        out = nelbo(method, net, x_valid, bos)
     net.train()
     return out
 
@@ -336,10 +341,7 @@ def main(argv=None):
                    models / "duo_dcd.pt")
     nets["duo_dcd"] = (method, student)
     for name, (method, net) in nets.items():
-        x = with_bos(x_valid, V) if method.process is None else x_valid
-        ts = 1 if method.process is None else 4
-        ev = evaluate_nelbo(method, net, x, torch.ones_like(x, dtype=torch.float32), batch_size=256,
-                            time_samples=ts)
+        ev = nelbo(method, net, x_valid, V, time_samples=1 if method.process is None else 4)
         result["validation"][name] = {"nelbo": ev["nll"], "se": ev["nll_se"], "gap": ev["nll"] - floor}
         log(f"{name}: validation NELBO {ev['nll']:.4f} +- {ev['nll_se']:.4f} (gap to floor {ev['nll'] - floor:+.4f})")
     for name, (method, net) in nets.items():

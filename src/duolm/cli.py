@@ -32,13 +32,18 @@ Config groups: algo, model, data, noise, sampling, optim, trainer, loader (see `
 """
 
 
+def _checkpoint(cfg) -> str:
+    """eval.checkpoint_path, or the model the run in run.dir wrote."""
+    return str(cfg.eval.checkpoint_path or Path(cfg.run.dir) / "model")
+
+
 def _load_for_eval(cfg, overrides):
     import torch
 
     from duolm.checkpoints import resolve_builtin
     from duolm.reference_checkpoints import load_reference
 
-    path = resolve_builtin(cfg.eval.checkpoint_path or str(Path(cfg.run.dir) / "model"))
+    path = resolve_builtin(_checkpoint(cfg))
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"eval.checkpoint_path: {path} does not exist (train first, or point it at a "
@@ -96,7 +101,7 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
     spec = spec_from_config(s, pre.config["algo"]["name"], pre.tokenizer, eps=cfg.training.sampling_eps)
     res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
                    num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device)
-    res = {"checkpoint": str(checkpoint or cfg.eval.checkpoint_path or Path(cfg.run.dir) / "model"), **res}
+    res = {"checkpoint": str(checkpoint or _checkpoint(cfg)), **res}
     out = s.output or str(Path(cfg.run.dir) / "samples.json")
     write_samples(res, out)
     how = (f"{spec.predictor}, {res['steps']} steps, last step {res['noise_removal']}"
