@@ -109,6 +109,11 @@ def test_distill_command_trains_a_student_and_resumes_its_teacher(tmp_path, corp
     from duolm.checkpoints import from_pretrained
 
     assert from_pretrained(tmp_path / "student" / "model").method.name == "duo_base"
+    # the samples printed after distillation are the student's, and say so
+    import json
+
+    samples = json.loads((tmp_path / "student" / "samples.json").read_text())
+    assert samples["checkpoint"] == str(tmp_path / "student" / "model")
 
 
 def test_synthetic_chain_metrics_catch_collapse():

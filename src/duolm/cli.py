@@ -89,7 +89,7 @@ def cmd_train(cfg, overrides, init=None):
     print(f"\ntrained {report['steps']} steps in {report['train_seconds'] / 60:.1f} min -> {report['model_dir']}")
     bound = "exact NLL" if pre.method.process is None else "NELBO (an upper bound on the NLL)"
     print(perplexity_line(f"validation {bound}", ev, report["unigram_bits_per_token"], unit))
-    res = _sample_and_print(cfg, pre, device)
+    res = _sample_and_print(cfg, pre, device, checkpoint=report["model_dir"])
     write_samples({**res, "validation": ev, "train": report}, Path(cfg.run.dir) / "report.json")
     return 0
 
