@@ -10,14 +10,10 @@ and backward) and (b) a whole training step of the tiny DiT.
 """
 from __future__ import annotations
 
-import sys
-
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)  # benchmarks/operator.py would shadow the stdlib's `operator`
-
-import argparse  # noqa: E402
+import argparse
 import json
 import resource
+import sys
 import subprocess
 import time
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import sys
 
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)  # benchmarks/operator.py would shadow the stdlib's `operator`
 
-import argparse  # noqa: E402
+import argparse
 import json
 import subprocess
 from pathlib import Path

@@ -14,36 +14,32 @@ but below the floor means lost diversity) and the mean per-sample unigram entrop
     python benchmarks/reproduce.py --quick          # under 10 minutes
     python benchmarks/reproduce.py --smoke          # seconds: the pipeline, not the result
 
-The training loop here is a plain loop over the library's losses (fresh data every step, no
-files), not the Lightning layer: it measures the math at the smallest possible overhead.
+The training loop here is a plain loop (fresh data every step, no files), not the Lightning layer,
+so it measures the math at the smallest possible overhead; each step is the library's training
+objective (duolm.objectives), the same call the Lightning module makes.
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
 
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)  # benchmarks/operator.py would shadow the stdlib's `operator`
+import torch
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from duolm.curriculum import Curriculum, CurriculumSchedule  # noqa: E402
-from duolm.distill import DeltaSchedule, Teacher, dcd_loss  # noqa: E402
-from duolm.evaluation import evaluate_nelbo  # noqa: E402
-from duolm.evaluation.hmm import random_hmm  # noqa: E402
-from duolm.evaluation.samples import unigram_entropy  # noqa: E402
-from duolm.generate import SamplerSpec, sample_batch  # noqa: E402
-from duolm.methods import build_method  # noqa: E402
-from duolm.models.dit import DiT, DiTConfig  # noqa: E402
-from duolm.models.ema import EMA  # noqa: E402
-from duolm.operator import DiffusionTransform  # noqa: E402
-from duolm.sampling import KappaSchedule, ar_sample, parse_kappa  # noqa: E402
+from duolm.curriculum import Curriculum, CurriculumSchedule
+from duolm.distill import DeltaSchedule
+from duolm.evaluation import evaluate_nelbo
+from duolm.evaluation.hmm import random_hmm
+from duolm.evaluation.samples import unigram_entropy
+from duolm.methods import build_method
+from duolm.models.dit import DiT, DiTConfig
+from duolm.models.ema import EMA
+from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
+from duolm.sampling import KappaSchedule, ar_sample, parse_kappa
+from duolm.sampling_job import SamplerSpec, sample_batch
 
 PRESETS = {
     # minutes of training per model, DCD rounds x steps, samples per setting, step counts
@@ -80,6 +76,11 @@ def validate(method, net, ema, x_valid, bos) -> dict:
     return out
 
 
+def training_loss(objective, net, x0, step: int, generator) -> torch.Tensor:
+    """One step's loss: the objective's token loss, averaged (what the Lightning module computes)."""
+    return objective.token_loss(net, x0, None, step=step, generator=generator).mean()
+
+
 def train(name, method, net, hmm, args, preset, x_valid, floor, *, curriculum=None, log=print):
     """Train until the validation NELBO is within stop_gap of the floor, or the minutes (or
     preset['max_steps'][name], when given: deterministic runs for tests) run out."""
@@ -93,6 +94,7 @@ def train(name, method, net, hmm, args, preset, x_valid, floor, *, curriculum=No
     max_steps = (preset.get("max_steps") or {}).get(name)
     curve, step, t0, next_val = [], 0, time.perf_counter(), 0.0
     val_every = max(budget / 12, 1e-3)
+    objective = CurriculumNelbo(method, curriculum) if curriculum is not None else Nelbo(method)
     while True:
         elapsed = time.perf_counter() - t0
         done = elapsed >= budget or (max_steps is not None and step >= max_steps)
@@ -105,12 +107,7 @@ def train(name, method, net, hmm, args, preset, x_valid, floor, *, curriculum=No
             if done or v["nll"] <= floor + args.stop_gap:
                 break
         x0 = hmm.sample(preset["batch"], L, g)
-        if method.process is None:
-            loss = method.token_loss(net, with_bos(x0, V), generator=g).mean()
-        elif curriculum is not None and curriculum.schedule.active(step):
-            loss = curriculum.token_loss(method, net, x0, None, step, generator=g).mean()
-        else:
-            loss = method.token_loss(net, x0, generator=g).mean()
+        loss = training_loss(objective, net, with_bos(x0, V) if method.process is None else x0, step, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -125,19 +122,17 @@ def train(name, method, net, hmm, args, preset, x_valid, floor, *, curriculum=No
 def distill(method, student, hmm, args, preset, *, log=print):
     """DCD: rounds of `round_steps`; the teacher is refreshed and delta doubles every round."""
     L = args.length
-    teacher = Teacher(student)
     ds = DeltaSchedule(num_steps=args.dcd_T, update_every=preset["round_steps"])
-    op = DiffusionTransform(hmm.vocab_size)
+    objective = Distillation(method, student, schedule=ds, kind=args.dcd_kind, gamma_min=args.dcd_gamma_min,
+                             gamma_max=args.dcd_gamma_max)
     opt = torch.optim.AdamW(student.parameters(), lr=args.dcd_lr)
     g = torch.Generator().manual_seed(args.seed + 29)
     t0, total = time.perf_counter(), preset["rounds"] * preset["round_steps"]
     for step in range(total):
-        if teacher.maybe_refresh(step, ds, student):
+        if step % ds.update_every == 0:
             log(f"  dcd round {ds.round(step)}: delta {ds.delta(step):.4f}")
         x0 = hmm.sample(preset["batch"], L, g)
-        t = torch.rand(x0.shape[0], generator=g)
-        loss = dcd_loss(method, student, teacher.net, x0, t, ds.delta(step), operator=op,
-                        gamma_min=args.dcd_gamma_min, gamma_max=args.dcd_gamma_max, kind=args.dcd_kind, generator=g).mean()
+        loss = training_loss(objective, student, x0, step, g)  # refreshes the teacher at each new round
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

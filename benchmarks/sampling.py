@@ -9,21 +9,15 @@ and AR sampling with and without its key-value cache.
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import time
 
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)  # benchmarks/operator.py would shadow the stdlib's `operator`
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-
-from duolm.config import compose  # noqa: E402
-from duolm.generate import SamplerSpec, sample_batch  # noqa: E402
-from duolm.models.dit import DiT  # noqa: E402
-from duolm.training.run import build_method_from_cfg, dit_config  # noqa: E402
+from duolm.config import compose_components
+from duolm.sampling_job import SamplerSpec, sample_batch
+from duolm.models.dit import DiT
 
 
 def timed(fn):
@@ -47,9 +41,9 @@ def main():
     for model in args.models:
         entry = {"model": model, "duo_ancestral": [], "mdlm": [], "ar": {}}
         for algo in ("duo", "mdlm", "ar"):
-            cfg = compose([f"model={model}", f"algo={algo}", f"model.length={args.length}", "model.dropout=0.0"])
-            method, _ = build_method_from_cfg(cfg, args.vocab)
-            net = DiT(dit_config(cfg, method)).eval()
+            cfg, parts = compose_components([f"model={model}", f"algo={algo}", f"model.length={args.length}", "model.dropout=0.0"])
+            method = parts.method(args.vocab)
+            net = DiT(parts.dit_config(method)).eval()
             entry["parameters"] = net.num_parameters()
             steps_list = [s for s in args.steps if model != "small" or s <= args.max_steps_small]
             if algo == "duo":

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import sys
 
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)  # benchmarks/operator.py would shadow the stdlib's `operator`
 
-import argparse  # noqa: E402
+import argparse
 import json
 import resource
 import subprocess
@@ -33,13 +31,12 @@ def matmul_flops(n: int = 2048, reps: int = 10) -> float:
 
 
 def one(model: str, algo: str, batch: int, length: int, vocab: int, steps: int) -> dict:
-    from duolm.config import compose
-    from duolm.training.run import build_method_from_cfg, dit_config
+    from duolm.config import compose_components
     from duolm.models.dit import DiT
 
-    cfg = compose([f"model={model}", f"algo={algo}", f"model.length={length}", "model.dropout=0.0"])
-    method, _ = build_method_from_cfg(cfg, vocab)
-    net = DiT(dit_config(cfg, method))
+    cfg, parts = compose_components([f"model={model}", f"algo={algo}", f"model.length={length}", "model.dropout=0.0"])
+    method = parts.method(vocab)
+    net = DiT(parts.dit_config(method))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     x0 = torch.randint(0, vocab, (batch, length))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

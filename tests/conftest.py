@@ -1,13 +1,9 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # the shared oracles and tiny_run modules
-
-from tiny_run import write_corpus  # noqa: E402
+from tiny_run import write_corpus  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -2,10 +2,9 @@
 import pytest
 import torch
 
-from duolm.config import ConfigError, compose, group_options
+from duolm.config import ConfigError, compose, compose_components, group_options
 from duolm.methods import build_method
 from duolm.models.dit import DiT
-from duolm.training.run import build_method_from_cfg, dit_config
 
 VOCAB = {"char": 28, "gpt2": 50257, "bert-base-uncased": 30522}
 
@@ -14,10 +13,10 @@ VOCAB = {"char": 28, "gpt2": 50257, "bert-base-uncased": 30522}
 def test_every_preset_instantiates(group):
     for option in group_options(group):
         extra = ["data.path=/somewhere"] if (group, option) == ("data", "local") else []
-        cfg = compose([f"{group}={option}", *extra])
-        method, _ = build_method_from_cfg(cfg, VOCAB.get(cfg.data.tokenizer, 100))
+        cfg, parts = compose_components([f"{group}={option}", *extra])
+        method = parts.method(VOCAB.get(cfg.data.tokenizer, 100))
         with torch.device("meta"):  # the papers' sizes, without allocating them
-            net = DiT(dit_config(cfg, method))
+            net = DiT(parts.dit_config(method))
         assert net.config.vocab_size == method.model_vocab_size
 
 

@@ -1,7 +1,6 @@
 """The exact yardstick (a hidden Markov model), the reproduction pipeline, and DCD's effect on it."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -23,10 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from benchmarks import reproduce
+
+    return reproduce
 
 
 def test_forward_algorithm_matches_enumerating_hidden_paths():

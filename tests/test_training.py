@@ -79,14 +79,15 @@ def test_each_curriculum_mode_trains_and_switches_to_plain_duo(tmp_path, corpus,
 
 
 def test_the_papers_owt_curriculum_is_expressible():
-    cfg = compose(["algo=duo", "algo.curriculum.mode=simple", "algo.curriculum.gumbel_tau_log10_start=-3",
-                   "algo.curriculum.gumbel_tau_log10_end=-3",
-                   "algo.curriculum.gamma_min=-3.55", "algo.curriculum.gamma_max=-1.85",
-                   "algo.curriculum.start=0", "algo.curriculum.end=500000"])
-    from duolm.training.run import build_curriculum, build_method_from_cfg
+    from duolm.config import compose_components
+    from duolm.training.run import build_objective
 
-    method, _ = build_method_from_cfg(cfg, 50257)
-    cur = build_curriculum(cfg, method)
+    cfg, parts = compose_components(["algo=duo", "algo.curriculum.mode=simple",
+                                     "algo.curriculum.gumbel_tau_log10_start=-3", "algo.curriculum.gumbel_tau_log10_end=-3",
+                                     "algo.curriculum.gamma_min=-3.55", "algo.curriculum.gamma_max=-1.85",
+                                     "algo.curriculum.start=0", "algo.curriculum.end=500000"])
+    method = parts.method(50257)
+    cur = build_objective(parts, method, None).curriculum
     assert cur.schedule.tau(123_456) == pytest.approx(1e-3) and cur.schedule.active(500_000)
     assert not cur.schedule.active(500_001)
 

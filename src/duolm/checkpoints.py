@@ -7,15 +7,13 @@ atomically (a temporary directory renamed into place).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from duolm.atomic import atomic_directory
 from duolm.data.tokenizers import load_tokenizer
 from duolm.methods import build_method
 from duolm.models.dit import DiT, DiTConfig
@@ -40,27 +38,11 @@ def save_pretrained(directory, backbone: DiT, *, algo: dict, noise: dict, tokeni
     directory.parent.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT, "algo": algo, "model": backbone.config.to_dict(), "noise": noise,
               "tokenizer": tokenizer.to_dict(), "length": length, **(extra or {})}
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
-        state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
-                 for k, v in backbone.state_dict().items()}
+    state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
+             for k, v in backbone.state_dict().items()}
+    with atomic_directory(directory) as tmp:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model directory is not
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 

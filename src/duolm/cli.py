@@ -71,7 +71,7 @@ def cmd_train(cfg, overrides, init=None):
     from duolm.checkpoints import from_pretrained
     from duolm.data.pipeline import build_splits
     from duolm.evaluation import evaluate_nelbo
-    from duolm.generate import write_samples
+    from duolm.sampling_job import write_samples
     from duolm.training.run import perplexity_line, source_kwargs, train
 
     report = train(cfg, init=init)
@@ -95,10 +95,10 @@ def cmd_train(cfg, overrides, init=None):
 
 
 def _sample_and_print(cfg, pre, device, checkpoint=None):
-    from duolm.generate import generate, spec_from_config, write_samples
+    from duolm.sampling_job import generate, spec_from_config, write_samples
 
     s = cfg.sampling
-    spec = spec_from_config(s, pre.config["algo"]["name"], pre.tokenizer, eps=cfg.training.sampling_eps)
+    spec = spec_from_config(s, pre.method, pre.tokenizer, eps=cfg.training.sampling_eps)
     res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
                    num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device)
     res = {"checkpoint": str(checkpoint or _checkpoint(cfg)), **res}
@@ -158,7 +158,7 @@ def cmd_eval(cfg, overrides):
         return cmd_eval_samples(cfg)
     from duolm.data.pipeline import build_splits, unigram_entropy_bits
     from duolm.evaluation import evaluate_nelbo
-    from duolm.generate import write_samples
+    from duolm.sampling_job import write_samples
     from duolm.training.run import perplexity_line, source_kwargs
 
     pre, device = _load_for_eval(cfg, overrides)
@@ -184,7 +184,7 @@ def cmd_eval_samples(cfg):
 
     from duolm.evaluation.judge import load_judge
     from duolm.evaluation.samples import score_samples_file
-    from duolm.generate import write_samples
+    from duolm.sampling_job import write_samples
 
     paths = [str(p) for p in cfg.eval.samples] if not isinstance(cfg.eval.samples, str) else [cfg.eval.samples]
     if cfg.eval.output and len(paths) > 1:

@@ -4,14 +4,16 @@ Every problem becomes one ConfigError sentence that names the key and what is al
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from duolm.data.pipeline import BLOCK_MODES, SOURCES
-from duolm.methods import ALGOS
-from duolm.schedules import SCHEDULES
-from duolm.sampling import NOISE_REMOVAL
+from duolm.methods import ALGOS, Method, build_method
+from duolm.models.dit import DiTConfig
+from duolm.schedules import make_schedule
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("algo", "model", "data", "noise", "sampling", "optim", "trainer", "loader")
@@ -26,6 +28,11 @@ def group_options(group: str) -> list[str]:
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The composed, resolved and validated config (see compose_components for what validation built)."""
+    return compose_components(overrides)[0]
+
+
+def compose_components(overrides: list[str] | None = None) -> tuple[DictConfig, "Components"]:
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -43,8 +50,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"bad override: {first}") from None
     OmegaConf.resolve(cfg)
-    validate(cfg)
-    return cfg
+    return cfg, validate(cfg)
 
 
 def _choice(cfg, key, allowed):
@@ -63,47 +69,74 @@ def _positive(cfg, key, allow_none=False, integer=True, minimum=1):
         raise ConfigError(f"{key} must be {kind} >= {minimum}, got {value!r}")
 
 
-def validate(cfg: DictConfig) -> None:
+@dataclass
+class Components:
+    """What `validate` built from the config, handed to the run. The vocabulary is known only once
+    the tokenizer has loaded, so the method and the network's shape are finished by `method()` and
+    `dit_config()`; everything that can fail was already checked here."""
+
+    schedule: object
+    algo: dict                                   # name, T, time_conditioning: what a checkpoint records
+    loss_dtype: torch.dtype
+    sampling_eps: float
+    dit: DiTConfig                               # vocab_size is a placeholder until dit_config()
+    curriculum: object | None = None             # duolm.curriculum.CurriculumSchedule, or None when off
+    delta: object | None = None                  # duolm.distill.DeltaSchedule (DCD runs)
+
+    def method(self, vocab_size: int) -> Method:
+        m = build_method(self.algo["name"], vocab_size, schedule=self.schedule, num_steps=self.algo["T"],
+                         time_conditioning=self.algo["time_conditioning"], loss_dtype=self.loss_dtype,
+                         sampling_eps=self.sampling_eps)
+        return m
+
+    def dit_config(self, method: Method) -> DiTConfig:
+        return replace(self.dit, vocab_size=method.model_vocab_size, causal=method.causal)
+
+
+def _built(key_hint: str, build):
+    """build(), with its ValueError turned into the one-sentence ConfigError (the message names the key)."""
+    try:
+        return build()
+    except ValueError as err:
+        msg = str(err)
+        raise ConfigError(msg if "." in msg.split(" ", 1)[0] or key_hint in msg else f"{key_hint}: {msg}") from None
+
+
+def validate(cfg: DictConfig) -> Components:
+    """Check every value before work starts and build what the run needs from them, once."""
+    from duolm.curriculum import CurriculumSchedule
+    from duolm.distill import DeltaSchedule, check_settings
+    from duolm.models.ema import check_decay
+    from duolm.sampling import check_sampler
+    from duolm.sampling_job import spec_from_config
+
     _choice(cfg, "algo.name", ALGOS)
     _positive(cfg, "algo.T", minimum=0)
-    if cfg.algo.get("curriculum") is not None:
-        from duolm.curriculum import CurriculumSchedule
-
-        c = cfg.algo.curriculum
+    schedule = _built("noise", lambda: make_schedule(cfg.noise.type, cfg.noise.eps))
+    _choice(cfg, "training.loss_precision", ("float32", "float64"))
+    algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
+    parts = Components(schedule=schedule, algo=algo, sampling_eps=cfg.training.sampling_eps,
+                       loss_dtype=torch.float64 if cfg.training.loss_precision == "float64" else torch.float32,
+                       dit=None)
+    probe = _built("algo", lambda: parts.method(2))  # the method's own checks; the vocabulary comes later
+    c = cfg.algo.get("curriculum")
+    if c is not None:
         if cfg.algo.name != "duo":
             raise ConfigError(f"algo.curriculum is only for algo=duo, not {cfg.algo.name}")
-        try:
-            CurriculumSchedule(mode=c.mode, tau_log10_start=c.gumbel_tau_log10_start,
-                               tau_log10_end=c.gumbel_tau_log10_end, start=c.start, end=c.end,
-                               gamma_min=c.gamma_min, gamma_max=c.gamma_max, top_k=c.top_k)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-    if cfg.algo.name == "d3pm" and cfg.algo.T < 1:
-        raise ConfigError(f"algo.T must be >= 1 for d3pm (a discrete-time NELBO), got {cfg.algo.T}")
-    if cfg.algo.name in ("mdlm", "sedd", "ar") and cfg.algo.T != 0:
-        raise ConfigError(f"algo.T must be 0 for {cfg.algo.name} (its loss is continuous-time), got {cfg.algo.T}")
-    for k in ("hidden_size", "cond_dim", "n_blocks", "n_heads", "length"):
-        _positive(cfg, f"model.{k}")
-    if cfg.model.hidden_size % cfg.model.n_heads:
-        raise ConfigError(f"model.hidden_size ({cfg.model.hidden_size}) must be divisible by "
-                          f"model.n_heads ({cfg.model.n_heads})")
-    if (cfg.model.hidden_size // cfg.model.n_heads) % 2:
-        raise ConfigError("model.hidden_size / model.n_heads must be even (rotary embeddings rotate pairs)")
+        curriculum = _built("algo.curriculum", lambda: CurriculumSchedule(
+            mode=c.mode, tau_log10_start=c.gumbel_tau_log10_start, tau_log10_end=c.gumbel_tau_log10_end,
+            start=c.start, end=c.end, gamma_min=c.gamma_min, gamma_max=c.gamma_max, top_k=c.top_k))
+        parts.curriculum = curriculum if curriculum.mode != "none" else None
+    m = cfg.model
+    parts.dit = _built("model", lambda: DiTConfig(vocab_size=1, hidden_size=m.hidden_size, cond_dim=m.cond_dim,
+                                                  n_blocks=m.n_blocks, n_heads=m.n_heads, dropout=m.dropout))
     _positive(cfg, "model.length", minimum=3)
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        raise ConfigError(f"model.dropout must lie in [0, 1), got {cfg.model.dropout}")
     _choice(cfg, "data.source", SOURCES)
     _choice(cfg, "data.blocks", BLOCK_MODES)
     if cfg.data.source == "local" and not cfg.data.get("path"):
         raise ConfigError("data.path must name a folder of .txt files, a .jsonl file or a token-id file "
                           "when data=local")
-    _choice(cfg, "noise.type", tuple(SCHEDULES))
-    if not 0.0 <= cfg.noise.eps < 1.0:
-        raise ConfigError(f"noise.eps must lie in [0, 1), got {cfg.noise.eps}")
-    _choice(cfg, "sampling.noise_removal", ("auto", *NOISE_REMOVAL))
-    _choice(cfg, "sampling.predictor", ("auto", "ancestral", "ancestral_cache", "psi", "analytic", "ar"))
-    _check_sampling(cfg)
-    _positive(cfg, "sampling.steps")
+    _check_sampling(cfg, probe, spec_from_config, check_sampler)
     _positive(cfg, "sampling.num_samples")
     _positive(cfg, "sampling.batch_size")
     _positive(cfg, "optim.lr", integer=False, minimum=0)
@@ -123,7 +156,6 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "loader.batch_size", allow_none=True)
     _positive(cfg, "loader.eval_batch_size", allow_none=True)
     _positive(cfg, "run.checkpoint_every")
-    _choice(cfg, "training.loss_precision", ("float32", "float64"))
     _positive(cfg, "eval.time_samples")
     _positive(cfg, "eval.batch_size")
     _positive(cfg, "eval.judge_batch_size")
@@ -132,86 +164,39 @@ def validate(cfg: DictConfig) -> None:
     for p in ([samples] if isinstance(samples, str) else list(samples or [])):
         if not Path(str(p)).is_file():
             raise ConfigError(f"eval.samples: {p} is not a file (write one with duolm sample)")
-    if cfg.get("distill") is not None:
-        _choice(cfg, "distill.delta_growth", ("double", "linear"))
-        _choice(cfg, "distill.loss_type", ("kl-bwd", "kl-fwd"))
-        _choice(cfg, "distill.teacher_from", ("weights", "ema"))
-        _positive(cfg, "distill.T")
-        _positive(cfg, "distill.update_teacher_every")
-        if not cfg.distill.gamma_min < cfg.distill.gamma_max:
-            raise ConfigError(f"distill.gamma_min ({cfg.distill.gamma_min}) must be below distill.gamma_max "
-                              f"({cfg.distill.gamma_max})")
-    if not 0.0 <= cfg.training.ema < 1.0:
-        raise ConfigError(f"training.ema must lie in [0, 1), got {cfg.training.ema}")
-    world = cfg.trainer.devices * cfg.trainer.num_nodes
-    per_device = cfg.loader.batch_size or max(1, cfg.loader.global_batch_size // world)
-    if cfg.loader.global_batch_size % (per_device * world):
-        raise ConfigError(f"loader.global_batch_size ({cfg.loader.global_batch_size}) must be a multiple of "
-                          f"loader.batch_size x devices x nodes ({per_device} x {world})")
-
-
-def resolve_predictor(predictor: str, algo: str) -> str:
-    if predictor != "auto":
-        return predictor
-    return {"sedd": "analytic", "ar": "ar"}.get(algo, "ancestral")
-
-
-def resolve_noise_removal(noise_removal: str, algo: str) -> str:
-    if noise_removal != "auto":
-        return noise_removal
-    return "ancestral" if algo == "sedd" else "greedy"
-
-
-def _check_sampling(cfg) -> None:
-    from duolm.sampling import KappaSchedule, parse_kappa
-
-    s, algo = cfg.sampling, cfg.algo.name
-    predictor = resolve_predictor(s.predictor, algo)
-    if s.get("guidance") is not None:
-        raise ConfigError("sampling.guidance needs a class-conditional model; the text models here are "
-                          "unconditional (use duolm.sampling.guided_denoiser with a conditional denoiser)")
-    if s.get("total_length") is not None:
-        if predictor == "ar":
-            raise ConfigError("sampling.total_length is for diffusion models; AR samples up to model.length here")
-        if s.total_length < cfg.model.length:
-            raise ConfigError(f"sampling.total_length ({s.total_length}) must be >= model.length ({cfg.model.length})")
-    if s.get("stride") is not None and not 1 <= s.stride <= cfg.model.length:
-        raise ConfigError(f"sampling.stride must lie in [1, model.length={cfg.model.length}], got {s.stride}")
-    if not 0.0 < s.p_nucleus <= 1.0:
-        raise ConfigError(f"sampling.p_nucleus must lie in (0, 1], got {s.p_nucleus}")
-    if predictor == "analytic" and algo != "sedd":
-        raise ConfigError(f"sampling.predictor=analytic needs a score model (algo=sedd), not algo={algo}")
-    if algo == "sedd" and predictor != "analytic":
-        raise ConfigError(f"algo=sedd samples with sampling.predictor=analytic (got {s.predictor})")
-    if (algo == "ar") != (predictor == "ar"):
-        raise ConfigError(f"sampling.predictor=ar is for algo=ar and algo=ar samples with it (got "
-                          f"sampling.predictor={s.predictor}, algo={algo})")
-    if predictor == "analytic" and s.noise_removal == "greedy":
-        raise ConfigError("sampling.noise_removal=greedy needs x_0 probabilities, which a score model (sedd) "
-                          "does not give; use ancestral or none")
-    if predictor == "ancestral_cache" and cfg.algo.time_conditioning:
-        raise ConfigError("sampling.predictor=ancestral_cache reuses the denoiser output, which is only valid "
-                          "for a model without time conditioning (algo=mdlm)")
-    if predictor == "psi":
-        _choice(cfg, "sampling.psi.time_profile", ("linear", "linear-constant-linear"))
-        _choice(cfg, "sampling.psi.plateau_in", ("t", "alpha"))
-        try:
-            KappaSchedule(parse_kappa(s.psi.high_mode), parse_kappa(s.psi.middle_mode), parse_kappa(s.psi.low_mode),
-                          s.psi.high_frac, s.psi.middle_frac)
-        except ValueError as err:
-            raise ConfigError(f"sampling.psi: {err}") from None
-        if s.psi.time_profile == "linear-constant-linear" and s.psi.plateau_in == "t" and \
-                not cfg.training.sampling_eps < s.psi.plateau < 1:
-            raise ConfigError(f"sampling.psi.plateau must lie inside the grid, t in ({cfg.training.sampling_eps}, 1); "
-                              f"got {s.psi.plateau}")
-        if s.psi.plateau_in == "alpha" and not 0 < s.psi.plateau < 1:
-            raise ConfigError(f"sampling.psi.plateau must be a signal level in (0, 1) with plateau_in=alpha, "
-                              f"got {s.psi.plateau}")
+    d = cfg.get("distill")
+    if d is not None:
+        parts.delta = _built("distill", lambda: DeltaSchedule(
+            num_steps=d.T, update_every=d.update_teacher_every, growth=d.delta_growth, linear_min=d.linear_min,
+            linear_max=d.linear_max, max_steps=cfg.trainer.max_steps))
+        _built("distill", lambda: check_settings(d.loss_type, d.teacher_from, d.gamma_min, d.gamma_max))
+    _built("training.ema", lambda: check_decay(cfg.training.ema))
+    batch_plan(cfg)
+    return parts
 
 
 def batch_plan(cfg) -> tuple[int, int, int]:
     """(per-device batch, eval batch, gradient accumulation steps) for the global batch size."""
     world = cfg.trainer.devices * cfg.trainer.num_nodes
     per_device = cfg.loader.batch_size or max(1, cfg.loader.global_batch_size // world)
+    if cfg.loader.global_batch_size % (per_device * world):
+        raise ConfigError(f"loader.global_batch_size ({cfg.loader.global_batch_size}) must be a multiple of "
+                          f"loader.batch_size x devices x nodes ({per_device} x {world})")
     accum = cfg.loader.global_batch_size // (per_device * world)
     return per_device, cfg.loader.eval_batch_size or per_device, accum
+
+
+def _check_sampling(cfg, method, spec_from_config, check_sampler) -> None:
+    """The sampler spec's and the sampler table's checks, against the configured method."""
+    s = cfg.sampling
+    if s.get("guidance") is not None:
+        raise ConfigError("sampling.guidance needs a class-conditional model; the text models here are "
+                          "unconditional (use duolm.sampling.guided_denoiser with a conditional denoiser)")
+
+    def check():
+        # the prefix is tokenized when the tokenizer has loaded; its length is checked then
+        spec = spec_from_config(OmegaConf.merge(s, {"prefix": None}), method, eps=cfg.training.sampling_eps)
+        check_sampler(spec, method)
+        spec.check_length(cfg.model.length)
+
+    _built("sampling.psi", check)

@@ -7,8 +7,8 @@ own uniform-state alpha = T(gamma); the loss is a KL between their x_0 predictio
 `update_every` steps the teacher is refreshed from the student and delta doubles (or grows
 linearly), so later rounds distil longer jumps.
 
-This module holds the mechanics; the Lightning recipe and the CLI come with the distillation
-issue's remaining work.
+This module holds the mechanics; duolm.objectives.Distillation is the training objective built
+from them, and `duolm distill` runs it.
 """
 from __future__ import annotations
 
@@ -22,6 +22,18 @@ from duolm.methods import TokenLoss
 from duolm.operator import DiffusionTransform, gaussian_coefficients
 
 KL_KINDS = ("kl-bwd", "kl-fwd")
+DELTA_GROWTHS = ("double", "linear")
+TEACHER_SOURCES = ("weights", "ema")
+
+
+def check_settings(kind: str, teacher_from: str, gamma_min: float, gamma_max: float) -> None:
+    """The DCD settings that do not need a model (checked again by Distillation)."""
+    if kind not in KL_KINDS:
+        raise ValueError(f"distill.loss_type must be one of {list(KL_KINDS)}, got {kind!r}")
+    if teacher_from not in TEACHER_SOURCES:
+        raise ValueError(f"distill.teacher_from must be one of {list(TEACHER_SOURCES)}, got {teacher_from!r}")
+    if not gamma_min < gamma_max:
+        raise ValueError(f"distill.gamma_min ({gamma_min}) must be below distill.gamma_max ({gamma_max})")
 
 
 @dataclass(frozen=True)
@@ -40,10 +52,11 @@ class DeltaSchedule:
     max_steps: int = 50_000
 
     def __post_init__(self):
-        if self.growth not in ("double", "linear"):
-            raise ValueError(f"algo.delta_growth must be 'double' or 'linear', got {self.growth!r}")
-        if self.num_steps < 1 or self.update_every < 1:
-            raise ValueError("algo.T and algo.update_teacher_every must be >= 1")
+        if self.growth not in DELTA_GROWTHS:
+            raise ValueError(f"distill.delta_growth must be one of {list(DELTA_GROWTHS)}, got {self.growth!r}")
+        for key, value in (("distill.T", self.num_steps), ("distill.update_teacher_every", self.update_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
 
     def round(self, step: int) -> int:
         return step // self.update_every
@@ -109,7 +122,7 @@ def dcd_loss(method, student, teacher_net, x0: torch.Tensor, t: torch.Tensor, de
     'kl-bwd' is KL(student || teacher), 'kl-fwd' KL(teacher || student).
     """
     if kind not in KL_KINDS:
-        raise ValueError(f"algo.loss_type must be one of {list(KL_KINDS)}, got {kind!r}")
+        raise ValueError(f"distill.loss_type must be one of {list(KL_KINDS)}, got {kind!r}")
     t = (t.to(x0.device).double() + delta).clamp(max=1.0)
     s = (t - delta).clamp(min=0.0)
     span = gamma_max - gamma_min

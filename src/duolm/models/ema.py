@@ -6,10 +6,14 @@ import contextlib
 import torch
 
 
+def check_decay(decay: float) -> None:
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+        raise ValueError(f"training.ema must lie in [0, 1), got {decay!r}")
+
+
 class EMA:
     def __init__(self, model: torch.nn.Module, decay: float = 0.9999):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"training.ema must lie in [0, 1), got {decay}")
+        check_decay(decay)
         self.decay = decay
         self.num_updates = 0
         self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

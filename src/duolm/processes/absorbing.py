@@ -50,7 +50,8 @@ class AbsorbingProcess:
         is_masked = (x_t == self.mask_id)[..., None]
         return torch.where(is_masked, out, stay)
 
-    def prior_sample(self, shape, device=None) -> torch.Tensor:
+    def prior_sample(self, shape, device=None, generator=None) -> torch.Tensor:
+        """All mask: deterministic, so the generator is unused (the contract takes one for every process)."""
         return torch.full(shape, self.mask_id, dtype=torch.long, device=device)
 
     def prior_kl(self, x0: torch.Tensor, alpha_1: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ from tqdm.auto import tqdm
 
 from duolm.sampling.grids import linear_grid
 from duolm.sampling.psi import sample_categorical
+from duolm.sampling.spec import SamplerSpec
 
 
 def _step_probs(score: torch.Tensor, x: torch.Tensor, dsigma: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -43,7 +44,7 @@ def analytic_sample(score_fn, process, schedule, shape, *, steps: int, noise_rem
                          f"(a score model has no x_0 argmax); use ancestral or none")
     grid = linear_grid(steps, eps, final_zero=False)
     B = shape[0]
-    x = process.prior_sample(shape, device=device)
+    x = process.prior_sample(shape, device=device, generator=generator)
     m = process.mask_id
 
     def sigma_at(t):
@@ -62,3 +63,16 @@ def analytic_sample(score_fn, process, schedule, shape, *, steps: int, noise_rem
         probs[..., m] = 0.0
         x = sample_categorical(probs, generator)
     return x
+
+
+def from_spec(method, backbone, spec: SamplerSpec, shape, *, bos_id: int | None = None, fixed=None, generator=None, device=None,
+              disable_progress: bool = True, stats=None):
+    """The registry's adapter; held positions are not supported by Tweedie tau-leaping here."""
+    from duolm.sampling.ancestral import denoiser_from
+
+    if fixed is not None:
+        raise ValueError("sampling.predictor=analytic cannot hold positions (sampling.prefix, total_length)")
+    return analytic_sample(denoiser_from(method, backbone, spec.use_float64), method.process, method.schedule, shape,
+                           steps=spec.steps, noise_removal=spec.noise_removal, eps=spec.eps, generator=generator,
+                           device=device, dtype=torch.float64 if spec.use_float64 else torch.float32,
+                           disable_progress=disable_progress)

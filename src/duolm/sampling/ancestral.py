@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 
 from duolm.sampling.grids import linear_grid
-from duolm.sampling.psi import NOISE_REMOVAL, psi_sample, sample_categorical
-
-__all__ = ["NOISE_REMOVAL", "ancestral_sample", "denoiser_from", "sample_categorical"]
+from duolm.sampling.psi import psi_sample
+from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
 
 
 def denoiser_from(method, backbone, use_float64: bool = True):
@@ -35,3 +34,11 @@ def ancestral_sample(denoiser, process, schedule, shape, *, steps: int, noise_re
     grid = linear_grid(steps, eps, final_zero=noise_removal != "none")
     return psi_sample(denoiser, process, schedule, shape, grid=grid, kappas=None, noise_removal=noise_removal,
                       **kwargs)
+
+
+def from_spec(method, backbone, spec: SamplerSpec, shape, *, bos_id: int | None = None, **common):
+    """The registry's adapter (ancestral, and ancestral_cache: MDLM's reuse of the denoiser output)."""
+    return ancestral_sample(denoiser_from(method, backbone, spec.use_float64), method.process, method.schedule, shape,
+                            steps=spec.steps, noise_removal=spec.noise_removal, eps=spec.eps,
+                            cache=spec.predictor == "ancestral_cache", p_nucleus=spec.p_nucleus,
+                            dtype=torch.float64 if spec.use_float64 else torch.float32, **common)

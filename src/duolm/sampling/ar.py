@@ -9,18 +9,33 @@ from duolm.models.dit import KVCache
 
 @torch.no_grad()
 def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None, device=None,
-              use_cache: bool = True, disable_progress: bool = True, vocab_size: int | None = None) -> torch.Tensor:
-    """Sample (batch, length) tokens starting from BOS; with the cache each step costs one position.
+              use_cache: bool = True, disable_progress: bool = True, vocab_size: int | None = None,
+              prompt=None) -> torch.Tensor:
+    """Sample (batch, length) tokens starting from BOS (or from `prompt`, token ids that start
+    with BOS); with the cache each step costs one position.
 
     vocab_size drops extra output rows (the papers' AR has one for its mask token)."""
-    x = torch.full((batch, 1), bos_id, dtype=torch.long, device=device)
+    if prompt is None:
+        x = torch.full((batch, 1), bos_id, dtype=torch.long, device=device)
+    else:
+        x = torch.as_tensor(prompt, dtype=torch.long, device=device).reshape(1, -1).expand(batch, -1).clone()
     caches = [KVCache() for _ in backbone.blocks] if use_cache else None
-    for i in tqdm(range(length - 1), disable=disable_progress, desc="sampling"):
+    start = x.shape[1]
+    for i in tqdm(range(length - start), disable=disable_progress, desc="sampling"):
         if use_cache:
-            logits = backbone(x[:, -1:] if i else x, kv_caches=caches, position_offset=i)
+            pos = x.shape[1] - 1
+            logits = backbone(x[:, -1:] if i else x, kv_caches=caches, position_offset=pos if i else 0)
         else:
             logits = backbone(x)
         probs = logits[:, -1, :vocab_size].double().softmax(-1)
         nxt = torch.multinomial(probs, 1, generator=generator)
         x = torch.cat([x, nxt], dim=1)
     return x
+
+
+def from_spec(method, backbone, spec, shape, *, bos_id: int, fixed=None, generator=None, device=None,
+              disable_progress: bool = True, stats=None):
+    """The registry's adapter: sampling.prefix (BOS first) is the prompt."""
+    return ar_sample(backbone, shape[0], shape[1], bos_id,
+                     generator=generator, device=device, disable_progress=disable_progress,
+                     vocab_size=method.vocab_size, prompt=spec.prefix)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-NOISE_REMOVAL = ("ancestral", "greedy", "none")
+from duolm.sampling.grids import linear_constant_linear_grid, linear_grid
+from duolm.sampling.kappa import KappaSchedule
+from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
 
 
 def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
@@ -40,12 +42,14 @@ def nucleus(p: torch.Tensor, top_p: float) -> torch.Tensor:
 
 @torch.no_grad()
 def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas: torch.Tensor | None = None,
-               noise_removal: str = "greedy", p_nucleus: float = 1.0, fixed: tuple | None = None,
+               kappa: KappaSchedule | None = None, noise_removal: str = "greedy", p_nucleus: float = 1.0, fixed: tuple | None = None,
                cache: bool = False, generator=None, device=None, dtype=torch.float64,
                disable_progress: bool = True, stats: dict | None = None, x_init: torch.Tensor | None = None):
     """Run the sampler over `grid` (n + 1 times from 1 down; n denoiser calls at most).
 
-    kappas: (n,) mixing weights (None: all 1, ancestral). fixed: (mask (B, L) bool,
+    kappas: (n,) mixing weights, one per step (None: all 1, ancestral); or kappa, a KappaSchedule
+    over the updates, whose noise-removal call (the last, when noise_removal is not 'none')
+    is posterior-only. fixed: (mask (B, L) bool,
     values (B, L)) positions held at given tokens throughout. cache: reuse the
     denoiser output while x_t is unchanged (only valid when the denoiser ignores
     alpha_t, as MDLM's does); `stats` receives the number of calls made and saved.
@@ -53,6 +57,10 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
     if noise_removal not in NOISE_REMOVAL:
         raise ValueError(f"sampling.noise_removal must be one of {list(NOISE_REMOVAL)}, got {noise_removal!r}")
     n = len(grid) - 1
+    if kappa is not None:
+        if kappas is not None:
+            raise ValueError("give kappas or kappa, not both")
+        kappas = schedule_kappas(kappa, grid, schedule, noise_removal)
     if kappas is not None:
         if len(kappas) != n:
             raise ValueError(f"{len(kappas)} kappas for a grid of {n} steps")
@@ -61,8 +69,6 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
     B = shape[0]
     if x_init is not None:
         x = x_init.to(device)
-    elif process.kind == "absorbing":
-        x = process.prior_sample(shape, device=device)
     else:
         x = process.prior_sample(shape, device=device, generator=generator)
     if fixed is not None:
@@ -99,3 +105,40 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
     if stats is not None:
         stats.update(denoiser_calls=calls, cached_calls=saved)
     return x
+
+
+def schedule_kappas(kappa: KappaSchedule, grid: torch.Tensor, schedule, noise_removal: str) -> torch.Tensor:
+    """One kappa per step of `grid`: the schedule over the updates, then 1 for the noise-removal call."""
+    updates = grid[:-1] if noise_removal != "none" else grid
+    kappas = kappa.kappas(schedule(updates).alpha)
+    if noise_removal != "none":
+        kappas = torch.cat([kappas, torch.ones(1, dtype=kappas.dtype)])
+    return kappas
+
+
+def spec_grid(spec: SamplerSpec, schedule) -> torch.Tensor:
+    """The time grid a spec asks for: linear, or linear-constant-linear around a plateau."""
+    final_zero = spec.noise_removal != "none"
+    if spec.time_profile == "linear-constant-linear":
+        return linear_constant_linear_grid(spec.steps, spec.plateau, high_frac=spec.kappa.high_frac,
+                                           middle_frac=spec.kappa.middle_frac, eps=spec.eps, final_zero=final_zero,
+                                           schedule=schedule, plateau_in=spec.plateau_in)
+    return linear_grid(spec.steps, spec.eps, final_zero=final_zero)
+
+
+def check_spec(spec: SamplerSpec, schedule) -> None:
+    """Psi's own settings: the plateau must lie inside the grid."""
+    if spec.plateau_in == "alpha" and not 0 < spec.plateau < 1:
+        raise ValueError(f"sampling.psi.plateau must be a signal level in (0, 1) with plateau_in=alpha, "
+                         f"got {spec.plateau}")
+    spec_grid(spec, schedule)
+
+
+def from_spec(method, backbone, spec: SamplerSpec, shape, *, bos_id: int | None = None, **common):
+    """The registry's adapter: a Psi-sampler run as `spec` describes."""
+    from duolm.sampling.ancestral import denoiser_from
+
+    den = denoiser_from(method, backbone, spec.use_float64)
+    return psi_sample(den, method.process, method.schedule, shape, grid=spec_grid(spec, method.schedule),
+                      kappa=spec.kappa, noise_removal=spec.noise_removal, p_nucleus=spec.p_nucleus,
+                      dtype=torch.float64 if spec.use_float64 else torch.float32, **common)

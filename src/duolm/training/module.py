@@ -1,4 +1,9 @@
-"""LightningModule that trains any method's backbone; the method supplies every loss."""
+"""LightningModule that trains any objective's backbone; the objective supplies every loss.
+
+The module knows nothing of which objective it runs (plain NELBO, a curriculum, distillation):
+it draws the step's noise generator, calls ``objective.token_loss`` and logs what the
+objective reports. Optimisation, EMA, validation and checkpoint state live here.
+"""
 from __future__ import annotations
 
 import math
@@ -6,28 +11,18 @@ import math
 import lightning.pytorch as pl
 import torch
 
-from duolm.distill import DeltaSchedule, Teacher, dcd_loss
-from duolm.models.dit import DiT, DiTConfig
 from duolm.models.ema import EMA
-from duolm.operator import DiffusionTransform
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-class Distiller:
-    """DCD's state on the training side: the delta schedule, the operator and the frozen teacher."""
-
-    def __init__(self, student, vocab_size: int, *, schedule: DeltaSchedule, kind: str = "kl-bwd",
-                 gamma_min: float = -4.0, gamma_max: float = -1.0, teacher_from: str = "weights",
-                 dtype=torch.float32):
-        if teacher_from not in ("weights", "ema"):
-            raise ValueError(f"distill.teacher_from must be 'weights' or 'ema', got {teacher_from!r}")
-        self.schedule, self.kind, self.teacher_from, self.dtype = schedule, kind, teacher_from, dtype
-        self.gamma_min, self.gamma_max = gamma_min, gamma_max
-        self.operator = DiffusionTransform(vocab_size)
-        self.teacher = Teacher(student)
+def step_generator(seed: int, step: int, micro_batch: int, rank: int, device="cpu") -> torch.Generator:
+    """The noise of one micro-batch, keyed by (seed, step, micro-batch, rank): a resumed run draws
+    exactly what the uninterrupted run would have drawn."""
+    key = ((seed * 1_000_003 + step) * 1_009 + micro_batch) * 65_537 + rank
+    return torch.Generator(device=device).manual_seed(key % (2 ** 63))
 
 
 def lr_lambda(warmup_steps: int, schedule: str, max_steps: int, min_ratio: float = 0.1):
@@ -45,70 +40,52 @@ def lr_lambda(warmup_steps: int, schedule: str, max_steps: int, min_ratio: float
 
 
 class LitDiffusionLM(pl.LightningModule):
-    def __init__(self, method, dit_config: DiTConfig, *, lr: float = 3e-4, betas=(0.9, 0.999),
+    def __init__(self, objective, backbone: torch.nn.Module, *, lr: float = 3e-4, betas=(0.9, 0.999),
                  weight_decay: float = 0.0, adam_eps: float = 1e-8, warmup_steps: int = 0,
                  lr_schedule: str = "constant", max_steps: int = 1000, ema_decay: float = 0.9999,
-                 global_batch_size: int = 64, antithetic: bool = True, eval_time_samples: int = 1,
-                 export_config: dict | None = None, seed: int = 0, curriculum=None, distiller=None):
+                 global_batch_size: int = 64, eval_time_samples: int = 1, export_config: dict | None = None,
+                 seed: int = 0):
         super().__init__()
-        self.method = method
-        self.backbone = DiT(dit_config)
+        self.objective = objective  # duolm.objectives: Nelbo, CurriculumNelbo or Distillation
+        self.method = objective.method
+        self.backbone = backbone
         self.ema = EMA(self.backbone, ema_decay) if ema_decay > 0 else None
         self.hp = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=adam_eps,
                        warmup_steps=warmup_steps, lr_schedule=lr_schedule, max_steps=max_steps)
         self.global_batch_size = global_batch_size
-        self.antithetic = antithetic
         self.eval_time_samples = eval_time_samples
         self._val = None
         self.seed = seed
-        self.curriculum = curriculum  # duolm.curriculum.Curriculum or None (Duo's relaxed training inputs)
-        self.distiller = distiller    # duolm.training.module.Distiller or None (DCD; the teacher is not a submodule)
         self.export_config = export_config or {}  # what a loader needs to rebuild the model
 
     # --- training ----------------------------------------------------------------------
+    def _layout(self) -> tuple[int, int, int]:
+        """(accumulation steps, world size, rank); (1, 1, 0) outside a trainer."""
+        if self._trainer is None:
+            return 1, 1, 0
+        t = self.trainer
+        return t.accumulate_grad_batches, t.world_size, t.global_rank
+
     def _global_index(self, batch_idx: int, n: int) -> torch.Tensor:
         """Each example's position in the global batch, matching ResumableSampler's interleaving."""
-        accum = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
-        world = self.trainer.world_size if self._trainer is not None else 1
-        rank = self.trainer.global_rank if self._trainer is not None else 0
+        accum, world, rank = self._layout()
         micro = batch_idx % accum
         return (micro * n + torch.arange(n, device=self.device)) * world + rank
 
     def training_step(self, batch, batch_idx):
         x0, valid = batch
-        t, g = None, None
-        if self.method.process is not None:
-            # noise keyed by (seed, step, micro-batch, rank): a resumed run draws exactly what the
-            # uninterrupted run would have drawn
-            accum = self.trainer.accumulate_grad_batches
-            key = ((self.seed * 1_000_003 + self.global_step) * 1_009 + batch_idx % accum) * 65_537 \
-                + self.trainer.global_rank
-            g = torch.Generator(device=self.device).manual_seed(key % (2 ** 63))
-            t = self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=self.device,
+        accum, _, rank = self._layout()
+        g = step_generator(self.seed, self.global_step, batch_idx % accum, rank, self.device)
+        loss = self.objective.token_loss(self.backbone, x0, valid, step=self.global_step, generator=g,
                                          index=self._global_index(batch_idx, x0.shape[0]),
-                                         total=self.global_batch_size, generator=g)
-        if self.distiller is not None:
-            d = self.distiller
-            d.teacher.maybe_refresh(self.global_step, d.schedule, self.backbone,
-                                    self.ema if d.teacher_from == "ema" else None)
-            delta = d.schedule.delta(self.global_step)
-            loss = dcd_loss(self.method, self.backbone, d.teacher.net, x0, t, delta, operator=d.operator,
-                            gamma_min=d.gamma_min, gamma_max=d.gamma_max, kind=d.kind, dtype=d.dtype,
-                            generator=g, valid=valid).mean()
-            self.log("train/delta", delta, on_step=True, on_epoch=False)
-        elif self.curriculum is not None and self.curriculum.schedule.active(self.global_step):
-            s = self.curriculum.schedule
-            # the curriculum's t lives on its gamma band: stretch the drawn [eps, 1] back to [0, 1]
-            t = (t - self.method.sampling_eps) / (1 - self.method.sampling_eps)
-            loss = self.curriculum.token_loss(self.method, self.backbone, x0, valid, self.global_step, t=t,
-                                              generator=g).mean()
-            self.log("train/tau", s.tau(self.global_step), on_step=True, on_epoch=False)
-        else:
-            loss = self.method.token_loss(self.backbone, x0, valid, t, generator=g).mean()
+                                         total=self.global_batch_size, ema=self.ema).mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss.item()} at step {self.global_step}; "
                                      f"training stopped and the last good checkpoint is kept")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if self._trainer is not None:
+            for name, value in self.objective.metrics(self.global_step).items():
+                self.log(name, value, on_step=True, on_epoch=False)
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -151,18 +128,19 @@ class LitDiffusionLM(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["duolm"] = {**self.export_config, "model": self.backbone.config.to_dict()}
-        if self.distiller is not None:  # the teacher and its round, for resumption (not a model weight)
-            checkpoint["distill"] = self.distiller.teacher.state_dict()
+        state = self.objective.state_dict()  # e.g. DCD's teacher and its round (not a model weight)
+        if state:
+            checkpoint[self.objective.state_key] = state
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint):
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
-        if self.distiller is not None and "distill" in checkpoint:
-            self.distiller.teacher.load_state_dict(checkpoint["distill"])
+        if self.objective.state_key in checkpoint:
+            self.objective.load_state_dict(checkpoint[self.objective.state_key])
 
-    def ema_backbone(self) -> DiT:
+    def ema_backbone(self) -> torch.nn.Module:
         """A copy of the backbone holding the EMA weights (the training weights without EMA)."""
         import copy
 

@@ -9,11 +9,12 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from duolm.atomic import atomic_torch_save
-from duolm.checkpoints import method_from_config, save_pretrained
+from duolm.checkpoints import FORMAT, save_pretrained
 from duolm.config import batch_plan
 from duolm.data.pipeline import build_splits, unigram_entropy_bits
 from duolm.data.tokenizers import load_tokenizer
-from duolm.models.dit import DiTConfig
+from duolm.models.dit import DiT
+from duolm.objectives import Nelbo
 from duolm.training.datamodule import BlockDataModule
 from duolm.training.module import LitDiffusionLM
 
@@ -30,52 +31,29 @@ def source_kwargs(data_cfg) -> dict:
     return {k: data_cfg[k] for k in keys if k in data_cfg and data_cfg[k] is not None}
 
 
-def load_data(cfg):
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    splits = build_splits(cfg.data.source, tokenizer, cfg.model.length, cfg.data.blocks,
+def load_data(cfg, tokenizer=None, length: int | None = None):
+    """(tokenizer, splits) of cfg.data in blocks of `length` (default: model.length)."""
+    tokenizer = tokenizer or load_tokenizer(cfg.data.tokenizer)
+    splits = build_splits(cfg.data.source, tokenizer, length or cfg.model.length, cfg.data.blocks,
                           cfg.data.get("cache_dir"), **source_kwargs(cfg.data))
     return tokenizer, splits
 
 
-def build_method_from_cfg(cfg, vocab_size: int):
-    algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
-    method = method_from_config(algo, dict(cfg.noise), vocab_size)
-    method.loss_dtype = torch.float64 if cfg.training.loss_precision == "float64" else torch.float32
-    method.sampling_eps = cfg.training.sampling_eps
-    return method, algo
+def build_objective(parts, method, backbone, *, distill_cfg=None, antithetic: bool = True):
+    """The training objective: DCD when distill_cfg is given, Duo's curriculum when configured,
+    else the method's NELBO (duolm.objectives)."""
+    from duolm.objectives import CurriculumNelbo, Distillation
 
+    if distill_cfg is not None:
+        d = distill_cfg
+        return Distillation(method, backbone, schedule=parts.delta, kind=d.loss_type, gamma_min=d.gamma_min,
+                            gamma_max=d.gamma_max, teacher_from=d.teacher_from, dtype=parts.loss_dtype,
+                            antithetic=antithetic)
+    if parts.curriculum is not None:
+        from duolm.curriculum import Curriculum
 
-def build_curriculum(cfg, method):
-    """Duo's curriculum from algo.curriculum (algo=duo only); None when off."""
-    c = cfg.algo.get("curriculum")
-    if c is None or c.mode == "none":
-        return None
-    from duolm.curriculum import Curriculum, CurriculumSchedule
-
-    sched = CurriculumSchedule(mode=c.mode, tau_log10_start=c.gumbel_tau_log10_start,
-                               tau_log10_end=c.gumbel_tau_log10_end, start=c.start, end=c.end,
-                               gamma_min=c.gamma_min, gamma_max=c.gamma_max, top_k=c.top_k)
-    return Curriculum(sched, method.process.num_states)
-
-
-def build_distiller(cfg, student, method):
-    from duolm.distill import DeltaSchedule
-    from duolm.training.module import Distiller
-
-    if method.process is None or method.process.kind != "uniform":
-        raise ValueError(f"distillation needs a uniform-state (Duo) teacher, not {method.name}")
-    d = cfg.distill
-    sched = DeltaSchedule(num_steps=d.T, update_every=d.update_teacher_every, growth=d.delta_growth,
-                          linear_min=d.linear_min, linear_max=d.linear_max, max_steps=cfg.trainer.max_steps)
-    return Distiller(student, method.process.num_states, schedule=sched, kind=d.loss_type, gamma_min=d.gamma_min,
-                     gamma_max=d.gamma_max, teacher_from=d.teacher_from,
-                     dtype=torch.float64 if cfg.training.loss_precision == "float64" else torch.float32)
-
-
-def dit_config(cfg, method) -> DiTConfig:
-    m = cfg.model
-    return DiTConfig(vocab_size=method.model_vocab_size, hidden_size=m.hidden_size, cond_dim=m.cond_dim,
-                     n_blocks=m.n_blocks, n_heads=m.n_heads, dropout=m.dropout, causal=method.causal)
+        return CurriculumNelbo(method, Curriculum(parts.curriculum, method.process.num_states), antithetic=antithetic)
+    return Nelbo(method, antithetic=antithetic)
 
 
 def _precision(cfg) -> str:
@@ -117,47 +95,48 @@ def build_trainer(cfg, run_dir: Path, accumulate: int, callbacks=()):
         default_root_dir=run_dir, enable_model_summary=False)
 
 
-def train(cfg, *, log=print, init=None) -> dict:
+def train(cfg, *, log=print, init=None, parts=None) -> dict:
     """Train per cfg; returns the final report. Resumes from run.dir when a checkpoint is there.
 
-    init: a loaded model (duolm.checkpoints.Pretrained) to start from; with cfg.distill set, the
-    run is Discrete Consistency Distillation of that model (its tokenizer and length are used).
+    init: a loaded model (duolm.checkpoints.Pretrained) to start from; with cfg.distill.enabled,
+    the run is Discrete Consistency Distillation of that model (its tokenizer and length are used).
+    parts: what duolm.config.validate built from cfg (built here when not given).
     """
+    from duolm.config import validate
     from duolm.data.pipeline import EVAL_ONLY
 
     if cfg.data.source in EVAL_ONLY:
         raise ValueError(f"data={cfg.data.name} is an evaluation-only (zero-shot) set: train on another "
                          f"corpus, then run duolm eval data={cfg.data.name}")
+    parts = parts or validate(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if init is not None:
-        tokenizer = init.tokenizer
-        splits = build_splits(cfg.data.source, tokenizer, init.config["length"], cfg.data.blocks,
-                              cfg.data.get("cache_dir"), **source_kwargs(cfg.data))
-        method, algo, net_cfg = init.method, init.config["algo"], init.backbone.config
-        length = init.config["length"]
-        noise = init.config["noise"]
+        tokenizer, method, length, noise = init.tokenizer, init.method, init.config["length"], init.config["noise"]
+        algo, backbone = init.config["algo"], DiT(init.backbone.config)
+        backbone.load_state_dict(init.backbone.state_dict())
     else:
-        tokenizer, splits = load_data(cfg)  # bad data fails here, before anything is written
-        method, algo = build_method_from_cfg(cfg, tokenizer.vocab_size)
-        net_cfg, length, noise = dit_config(cfg, method), cfg.model.length, dict(cfg.noise)
+        tokenizer = load_tokenizer(cfg.data.tokenizer)
+        method, algo = parts.method(tokenizer.vocab_size), parts.algo
+        length, noise = cfg.model.length, dict(cfg.noise)
+        backbone = DiT(parts.dit_config(method))
+    _, splits = load_data(cfg, tokenizer, length)  # bad data fails here, before anything is written
+    distilling = init is not None and cfg.get("distill") is not None and cfg.distill.get("enabled", False)
+    if distilling:
+        objective = build_objective(parts, method, backbone, distill_cfg=cfg.distill, antithetic=cfg.training.antithetic)
+    elif init is not None:  # continuing a trained model: its NELBO, no curriculum
+        objective = Nelbo(method, antithetic=cfg.training.antithetic)
+    else:
+        objective = build_objective(parts, method, backbone, antithetic=cfg.training.antithetic)
     per_device, eval_bs, accum = batch_plan(cfg)
-    distiller = None
-    module = LitDiffusionLM(method, net_cfg, lr=cfg.optim.lr,
+    module = LitDiffusionLM(objective, backbone, lr=cfg.optim.lr,
                             betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=cfg.optim.weight_decay,
                             adam_eps=cfg.optim.eps, warmup_steps=cfg.optim.warmup_steps,
                             lr_schedule=cfg.optim.schedule, max_steps=cfg.trainer.max_steps,
                             ema_decay=cfg.training.ema, global_batch_size=cfg.loader.global_batch_size,
-                            antithetic=cfg.training.antithetic, eval_time_samples=cfg.eval.time_samples,
-                            export_config={"format": "duolm/1", "algo": algo, "noise": noise,
+                            eval_time_samples=cfg.eval.time_samples,
+                            export_config={"format": FORMAT, "algo": algo, "noise": noise,
                                            "tokenizer": tokenizer.to_dict(), "length": length},
-                            seed=cfg.seed, curriculum=None if init is not None else build_curriculum(cfg, method))
-    if init is not None:
-        module.backbone.load_state_dict(init.backbone.state_dict())
-        if module.ema is not None:
-            module.ema = type(module.ema)(module.backbone, cfg.training.ema)
-        if cfg.get("distill") is not None and cfg.distill.get("enabled", False):
-            distiller = build_distiller(cfg, module.backbone, method)
-            module.distiller = distiller
+                            seed=cfg.seed)
     dm = BlockDataModule(splits["train"], splits["valid"], batch_size=per_device, eval_batch_size=eval_bs,
                          global_batch_size=cfg.loader.global_batch_size, seed=cfg.seed,
                          num_workers=cfg.loader.num_workers)

@@ -1,6 +1,6 @@
 """Speed and accuracy of the diffusion transformation operator; prints JSON.
 
-    python benchmarks/operator.py [--vocab 50257] [--points 100000] [--check 200]
+    python benchmarks/diffusion_operator.py [--vocab 50257] [--points 100000] [--check 200]
 
 Times T(gamma) and dT/dgamma for `points` gammas in [-12, 12] (operator set-up
 included and reported separately) and measures the maximum absolute error
@@ -8,13 +8,9 @@ against scipy's adaptive quadrature on `check` of those points.
 """
 from __future__ import annotations
 
-import sys
-
 # this file is named like the stdlib's `operator`: keep its folder off the import path
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)
 
-import argparse  # noqa: E402
+import argparse
 import json
 import math
 import time

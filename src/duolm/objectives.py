@@ -1,0 +1,131 @@
+"""Training objectives: what one training step minimises, behind one call.
+
+    loss = objective.token_loss(backbone, x0, valid, step=step, generator=g)  # -> TokenLoss
+
+- ``Nelbo``: the method's own loss (AR cross-entropy, MDLM / SEDD / D3PM / uniform-state NELBO).
+- ``CurriculumNelbo``: Duo's curriculum (relaxed Gaussian latents) while it is active, then the NELBO.
+- ``Distillation``: Discrete Consistency Distillation; owns its frozen teacher and delta schedule.
+
+An objective draws the diffusion times itself (antithetic strata over the global batch when the
+caller passes each example's `index` in a batch of `total`), so the Lightning module and the
+reproduction benchmark share one definition of a step. Objectives know nothing of the trainer;
+``metrics(step)`` is what they would like logged, ``state_dict()`` what a resumed run needs.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from duolm.methods import Method, TokenLoss
+
+
+class Objective(Protocol):
+    method: Method
+    state_key: str  # where a checkpoint keeps state_dict()
+
+    def token_loss(self, backbone, x0: torch.Tensor, valid: torch.Tensor | None, *, step: int,
+                   generator=None, index: torch.Tensor | None = None, total: int | None = None,
+                   ema=None) -> TokenLoss: ...
+
+    def metrics(self, step: int) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Nelbo:
+    """The method's training loss at times drawn in [eps, 1] (or on its discrete grid)."""
+
+    state_key = "objective"
+
+    def __init__(self, method: Method, *, antithetic: bool = True):
+        self.method, self.antithetic = method, antithetic
+
+    def sample_times(self, x0, generator=None, index=None, total=None) -> torch.Tensor | None:
+        if self.method.process is None:
+            return None  # AR: no diffusion time
+        return self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=x0.device, index=index,
+                                        total=total, generator=generator)
+
+    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None):
+        t = self.sample_times(x0, generator, index, total)
+        return self.method.token_loss(backbone, x0, valid, t, generator=generator)
+
+    def metrics(self, step: int) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class CurriculumNelbo(Nelbo):
+    """Duo's curriculum (duolm.curriculum.Curriculum) while active, the plain NELBO after."""
+
+    def __init__(self, method: Method, curriculum, *, antithetic: bool = True):
+        super().__init__(method, antithetic=antithetic)
+        self.curriculum = curriculum
+
+    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None):
+        if not self.curriculum.schedule.active(step):
+            return super().token_loss(backbone, x0, valid, step=step, generator=generator, index=index, total=total)
+        t = self.sample_times(x0, generator, index, total)
+        # the curriculum's t lives on its gamma band: stretch the drawn [eps, 1] back to [0, 1]
+        eps = self.method.sampling_eps
+        t = (t - eps) / (1 - eps)
+        return self.curriculum.token_loss(self.method, backbone, x0, valid, step, t=t, generator=generator)
+
+    def metrics(self, step: int) -> dict[str, float]:
+        s = self.curriculum.schedule
+        return {"train/tau": s.tau(step)} if s.active(step) else {}
+
+
+class Distillation(Nelbo):
+    """DCD: the student (the backbone being trained) matches a frozen teacher one step back.
+
+    At each new round of the delta schedule the teacher is refreshed from the student's weights
+    (teacher_from='weights') or from their EMA ('ema', which needs `ema` in token_loss).
+    """
+
+    state_key = "distill"
+
+    def __init__(self, method: Method, student: torch.nn.Module, *, schedule, kind: str = "kl-bwd",
+                 gamma_min: float = -4.0, gamma_max: float = -1.0, teacher_from: str = "weights",
+                 dtype=torch.float32, antithetic: bool = True):
+        from duolm.distill import Teacher, check_settings
+        from duolm.operator import DiffusionTransform
+
+        if method.process is None or method.process.kind != "uniform":
+            raise ValueError(f"distillation needs a uniform-state (Duo) teacher, not {method.name}")
+        check_settings(kind, teacher_from, gamma_min, gamma_max)
+        super().__init__(method, antithetic=antithetic)
+        self.schedule, self.kind, self.teacher_from, self.dtype = schedule, kind, teacher_from, dtype
+        self.gamma_min, self.gamma_max = gamma_min, gamma_max
+        self.operator = DiffusionTransform(method.process.num_states)
+        self.teacher = Teacher(student)
+
+    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None):
+        from duolm.distill import dcd_loss
+
+        if self.teacher_from == "ema" and ema is None:
+            raise ValueError("distill.teacher_from=ema needs the run's EMA (training.ema > 0)")
+        self.teacher.net.to(x0.device)  # a no-op once there
+        self.teacher.maybe_refresh(step, self.schedule, backbone, ema if self.teacher_from == "ema" else None)
+        t = self.sample_times(x0, generator, index, total)
+        return dcd_loss(self.method, backbone, self.teacher.net, x0, t, self.schedule.delta(step),
+                        operator=self.operator, gamma_min=self.gamma_min, gamma_max=self.gamma_max, kind=self.kind,
+                        dtype=self.dtype, generator=generator, valid=valid)
+
+    def metrics(self, step: int) -> dict[str, float]:
+        return {"train/delta": self.schedule.delta(step)}
+
+    def state_dict(self) -> dict:
+        return self.teacher.state_dict()  # the teacher and its round (not a model weight)
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.teacher.load_state_dict(state)

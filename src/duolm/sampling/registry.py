@@ -1,0 +1,78 @@
+"""The sampler table: name -> Sampler (how to run it from a SamplerSpec, and what it needs).
+
+Adding a sampler is one file with its function and a ``from_spec`` adapter, one row here and its
+defaults in ``conf/sampling/default.yaml``. ``check_sampler`` is the one place that decides whether
+a sampler fits a method, so the config check, the CLI and the library agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from duolm.sampling import analytic, ancestral, ar, psi
+from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
+
+# what a method's network gives, by method: log p(x_0 | x_t), SEDD's log score, or next-token logits
+NEEDS = {"x0": "x_0 probabilities (ar, mdlm, d3pm, duo_base, duo give them through a diffusion process)",
+         "score": "a score model (algo=sedd)", "ar": "a causal model (algo=ar)"}
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """run(method, backbone, spec, shape, *, bos_id, fixed, generator, device, disable_progress, stats) -> (B, L)."""
+
+    run: Callable
+    needs: str                                   # a key of NEEDS
+    noise_removal: tuple[str, ...] = NOISE_REMOVAL
+    reuses_output: bool = False                  # valid only when the denoiser ignores alpha_t
+    holds_positions: bool = True                 # can keep given tokens fixed (prefix, semi-AR windows)
+    check: Callable[[SamplerSpec, object], None] | None = None  # (spec, schedule): sampler-specific settings
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ancestral": Sampler(ancestral.from_spec, needs="x0"),
+    "ancestral_cache": Sampler(ancestral.from_spec, needs="x0", reuses_output=True),
+    "psi": Sampler(psi.from_spec, needs="x0", check=psi.check_spec),
+    "analytic": Sampler(analytic.from_spec, needs="score", noise_removal=("ancestral", "none"), holds_positions=False),
+    "ar": Sampler(ar.from_spec, needs="ar", noise_removal=NOISE_REMOVAL),
+}
+
+
+def method_output(method) -> str:
+    """What a method's network gives: 'ar', 'score' or 'x0' (a key of NEEDS)."""
+    if method.process is None:
+        return "ar"
+    return "score" if method.parameterization == "score" else "x0"
+
+
+def default_predictor(method) -> str:
+    """The sampler a method uses when sampling.predictor=auto."""
+    return {"ar": "ar", "score": "analytic"}.get(method_output(method), "ancestral")
+
+
+def default_noise_removal(method) -> str:
+    return "ancestral" if method_output(method) == "score" else "greedy"
+
+
+def check_sampler(spec: SamplerSpec, method) -> None:
+    """Raise one ValueError sentence naming the key when spec cannot sample from method."""
+    if spec.predictor not in SAMPLERS:
+        raise ValueError(f"sampling.predictor must be one of {['auto', *SAMPLERS]}, got {spec.predictor!r}")
+    entry, have = SAMPLERS[spec.predictor], method_output(method)
+    if entry.needs != have:
+        raise ValueError(f"sampling.predictor={spec.predictor} needs {NEEDS[entry.needs]}, not algo={method.name}; "
+                         f"algo={method.name} samples with sampling.predictor={default_predictor(method)}")
+    if spec.noise_removal not in entry.noise_removal:
+        why = " (a score model (sedd) gives no x_0 probabilities for it)" if entry.needs == "score" else ""
+        raise ValueError(f"sampling.noise_removal={spec.noise_removal} needs x_0 probabilities{why}; use one of "
+                         f"{list(entry.noise_removal)} with sampling.predictor={spec.predictor}")
+    if entry.reuses_output and method.time_conditioning:
+        raise ValueError(f"sampling.predictor={spec.predictor} reuses the denoiser output, which is only valid for a "
+                         f"model without time conditioning (algo=mdlm)")
+    if entry.check is not None:
+        entry.check(spec, method.schedule)
+    if spec.total_length is not None and entry.needs == "ar":
+        raise ValueError("sampling.total_length is for diffusion models; AR samples up to model.length here")
+    if not entry.holds_positions and (spec.prefix or spec.total_length is not None):
+        raise ValueError(f"sampling.predictor={spec.predictor} cannot hold tokens fixed, so sampling.prefix and "
+                         f"sampling.total_length are not available with it")

@@ -1,0 +1,61 @@
+"""SamplerSpec: everything a sampler needs besides the model, typed and checked once.
+
+Built from the config by ``duolm.sampling_job.spec_from_config`` (or by hand); each field's
+check names the config key a user types, so a bad value fails before any work.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from duolm.sampling.kappa import KappaSchedule
+
+NOISE_REMOVAL = ("ancestral", "greedy", "none")
+TIME_PROFILES = ("linear", "linear-constant-linear")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    predictor: str = "ancestral"          # a name in duolm.sampling.SAMPLERS
+    steps: int = 64                       # updates from t = 1 to eps; the noise-removal call comes after
+    noise_removal: str = "greedy"         # ancestral | greedy | none
+    use_float64: bool = True
+    p_nucleus: float = 1.0
+    time_profile: str = "linear"          # psi: linear | linear-constant-linear
+    plateau: float = 0.1
+    plateau_in: str = "t"
+    kappa: KappaSchedule = field(default_factory=KappaSchedule)
+    prefix: tuple[int, ...] | None = None  # token ids held fixed at the start
+    eps: float = 1e-3
+    total_length: int | None = None       # > model length: semi-autoregressive windows
+    stride: int | None = None             # new tokens per window (default: half the window)
+    stop_at_eos: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"sampling.steps must be an integer >= 1, got {self.steps!r}")
+        if self.noise_removal not in NOISE_REMOVAL:
+            raise ValueError(f"sampling.noise_removal must be one of {list(NOISE_REMOVAL)}, got {self.noise_removal!r}")
+        if not 0.0 < self.p_nucleus <= 1.0:
+            raise ValueError(f"sampling.p_nucleus must lie in (0, 1], got {self.p_nucleus}")
+        if self.time_profile not in TIME_PROFILES:
+            raise ValueError(f"sampling.psi.time_profile must be one of {list(TIME_PROFILES)}, "
+                             f"got {self.time_profile!r}")
+        if self.plateau_in not in ("t", "alpha"):
+            raise ValueError(f"sampling.psi.plateau_in must be one of ['t', 'alpha'], got {self.plateau_in!r}")
+        if self.prefix is not None:
+            object.__setattr__(self, "prefix", tuple(int(i) for i in self.prefix))
+
+    def check_length(self, length: int) -> None:
+        """The settings that depend on the model's length window."""
+        if self.total_length is not None and self.total_length < length:
+            raise ValueError(f"sampling.total_length ({self.total_length}) must be >= model.length ({length})")
+        if self.stride is not None and not 1 <= self.stride <= length:
+            raise ValueError(f"sampling.stride must lie in [1, model.length={length}], got {self.stride}")
+        if self.prefix and len(self.prefix) >= length:
+            raise ValueError(f"sampling.prefix is {len(self.prefix)} tokens; the model's length is {length}")
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["prefix"] = list(self.prefix) if self.prefix is not None else None
+        d["kappa"] = {k: (asdict(v) if hasattr(v, "mode") else v) for k, v in asdict(self.kappa).items()}
+        return d

@@ -1,0 +1,90 @@
+"""A sampling job: config -> SamplerSpec -> batches through the sampler table -> timed JSON.
+
+The samplers themselves are plain functions in duolm.sampling; this file adapts the config to
+them, times them and writes what they drew.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from duolm.atomic import atomic_write_text
+from duolm.sampling import (SAMPLERS, KappaSchedule, SamplerSpec, default_noise_removal, default_predictor,
+                            held_positions, parse_kappa, semi_ar_sample)
+
+
+def spec_from_config(sampling, method, tokenizer=None, eps: float = 1e-3) -> SamplerSpec:
+    """The typed spec of the `sampling` config group for `method` ('auto' resolved per method)."""
+    psi = sampling.psi
+    prefix = None
+    if sampling.get("prefix"):
+        if tokenizer is None:
+            raise ValueError("sampling.prefix needs the tokenizer")
+        prefix = [tokenizer.bos_id] + tokenizer.encode(sampling.prefix)
+    predictor = default_predictor(method) if sampling.predictor == "auto" else sampling.predictor
+    # kappa matters to psi only: other samplers ignore it, so their specs keep the default
+    kappa = KappaSchedule(parse_kappa(psi.high_mode), parse_kappa(psi.middle_mode), parse_kappa(psi.low_mode),
+                          psi.high_frac, psi.middle_frac) if predictor == "psi" else KappaSchedule()
+    return SamplerSpec(predictor=predictor, steps=sampling.steps,
+                       noise_removal=default_noise_removal(method) if sampling.noise_removal == "auto"
+                       else sampling.noise_removal,
+                       use_float64=sampling.use_float64, p_nucleus=sampling.p_nucleus,
+                       time_profile=psi.time_profile, plateau=psi.plateau, plateau_in=psi.plateau_in,
+                       kappa=kappa, prefix=prefix, eps=eps, total_length=sampling.get("total_length"),
+                       stride=sampling.get("stride"), stop_at_eos=bool(sampling.get("stop_at_eos", False)))
+
+
+def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *, bos_id: int, generator=None,
+                 device=None, progress: bool = False, stats: dict | None = None, eos_id: int | None = None,
+                 fixed=None) -> torch.Tensor:
+    """One batch of samples with the sampler `spec` names: (batch, length), or
+    (batch, spec.total_length) by semi-autoregressive windows when that is longer."""
+    if spec.total_length and spec.total_length > length and spec.predictor != "ar":
+        one_window = replace(spec, total_length=None)
+
+        def window(fx):
+            return sample_batch(method, backbone, one_window, batch, length, bos_id=bos_id, generator=generator,
+                                device=device, progress=progress, stats=stats, fixed=fx)
+
+        return semi_ar_sample(window, batch, length, spec.total_length, spec.stride or length // 2,
+                              prefix=list(spec.prefix or []), eos_id=eos_id, stop_at_eos=spec.stop_at_eos)
+    spec.check_length(length)
+    if fixed is None and spec.prefix and spec.predictor != "ar":
+        fixed = held_positions(batch, length, list(spec.prefix))
+    return SAMPLERS[spec.predictor].run(method, backbone, spec, (batch, length), bos_id=bos_id, fixed=fixed,
+                                        generator=generator, device=device, disable_progress=not progress,
+                                        stats=stats)
+
+
+def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num_samples: int, batch_size: int,
+             seed: int = 0, device=None, progress: bool = True) -> dict:
+    backbone.eval()
+    g = torch.Generator(device=device or "cpu").manual_seed(seed)
+    torch.manual_seed(seed)
+    out, stats, t0 = [], {"denoiser_calls": 0, "cached_calls": 0}, time.perf_counter()
+    for start in range(0, num_samples, batch_size):
+        b = min(batch_size, num_samples - start)
+        st = {}
+        out.append(sample_batch(method, backbone, spec, b, length, bos_id=tokenizer.bos_id, generator=g,
+                                device=device, progress=progress, stats=st, eos_id=tokenizer.eos_id).cpu())
+        for k in stats:
+            stats[k] += st.get(k, 0)
+    seconds = time.perf_counter() - t0
+    ids = torch.cat(out)
+    texts = [tokenizer.decode([i for i in row.tolist() if i < tokenizer.vocab_size]) for row in ids]
+    markers = sorted({tokenizer.decode([tokenizer.eos_id]), tokenizer.decode([tokenizer.bos_id])})
+    return {"algo": method.name, "sampler": spec.describe(), "document_markers": markers, "steps": spec.steps if spec.predictor != "ar"
+            else length - 1, "noise_removal": spec.noise_removal, "seed": seed, "num_samples": num_samples,
+            "length": ids.shape[1], "seconds": seconds, "tokens_per_second": ids.numel() / seconds,
+            "seconds_per_sample": seconds / num_samples, **({"cache": stats} if spec.predictor == "ancestral_cache"
+                                                            else {}),
+            "samples": [{"ids": r.tolist(), "text": t} for r, t in zip(ids, texts)]}
+
+
+def write_samples(result: dict, path) -> Path:
+    """Write a JSON result atomically (a reader never sees half a file)."""
+    return atomic_write_text(path, json.dumps(result, indent=1))
