@@ -34,5 +34,5 @@ for m in base dcd; do
     done
 done
 duolm eval "eval.samples=[$(ls $RES/base-[0-9]*.json $RES/dcd-[0-9]*.json | grep -v eval | paste -sd, -)]" \
-    eval.judge=smollm2 eval.reference_model="$W/base/model" eval.time_samples=8
+    eval.judge=smollm2 eval.scoring_model="$W/base/model" eval.time_samples=8
 duolm plot $RES/*.eval.json plot.output=$RES/few_step.png

@@ -183,22 +183,22 @@ def test_cli_evaluates_a_model_zero_shot_and_refuses_to_train_on_an_eval_set(tmp
     # samples scored by a reference model (here the model itself): their NELBO under it
     samples = tmp_path / "s.json"
     assert main(["sample", f"eval.checkpoint_path={run / 'model'}", f"sampling.output={samples}", *tiny]) == 0
-    assert main(["eval", f"eval.samples={samples}", "eval.judge=null", f"eval.reference_model={run / 'model'}",
+    assert main(["eval", f"eval.samples={samples}", "eval.judge=null", f"eval.scoring_model={run / 'model'}",
                  *tiny]) == 0
     scored = json.loads((tmp_path / "s.eval.json").read_text())
-    assert scored["reference_nelbo"] > 0 and scored["reference_time_samples"] == 1
+    assert scored["scoring_nelbo"] > 0 and scored["scoring_time_samples"] == 1
     assert scored["checkpoint"] == str(run / "model")
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("mauve"), reason="mauve-text not installed")
 def test_mauve_separates_matching_from_foreign_samples(judge, tmp_path):
-    from duolm.evaluation.samples import mauve_score, read_reference_texts
+    from duolm.evaluation.samples import mauve_score, read_mauve_texts
 
     words = ["river", "stone", "cloud", "field", "house", "light", "storm", "green"]
     ref = [" ".join(words[(i * 3 + j) % 8] for j in range(12)) for i in range(60)]
     path = tmp_path / "ref.txt"
     path.write_text("\n\n".join(ref))
-    assert read_reference_texts(path) == ref
+    assert read_mauve_texts(path) == ref
     same = mauve_score(judge, ref, ref)
     foreign = mauve_score(judge, ["0 1 2 3 4 5 6 7 8 9 %d" % i for i in range(60)], ref)
     assert same > 0.9 and foreign < 0.5 * same, (same, foreign)

@@ -5,8 +5,10 @@ import torch
 from scipy.stats import chisquare
 
 from duolm.processes import AbsorbingProcess, UniformProcess
-from duolm.sampling import (Kappa, KappaSchedule, analytic_sample, ancestral_sample, linear_constant_linear_grid,
-                            linear_grid, nucleus, parse_kappa, psi_sample, sample_categorical)
+from duolm.sampling import SAMPLERS as SAMPLER_TABLE
+from duolm.sampling import (Kappa, KappaSchedule, SamplerSpec, SamplingModel, analytic_sample, ancestral_sample,
+                            linear_constant_linear_grid, linear_grid, nucleus, parse_kappa, psi_sample,
+                            sample_categorical)
 from duolm.schedules import LogLinear
 from oracles import all_sequences, oracle_posterior_marginals, random_joint
 
@@ -43,34 +45,53 @@ def empirical(samples, L):
     return torch.bincount(idx, minlength=K ** L).double()
 
 
+# The suite runs every sampler of the table through the table (duolm.sampling.SAMPLERS), so a new
+# row is tested here without touching this file. Psi is run with several kappa schedules.
+KAPPAS = {"constant": KappaSchedule(Kappa("constant", 0.5), Kappa("constant", 0.5), Kappa("constant", 0.5)),
+          "pc": KappaSchedule(Kappa("pc"), Kappa("pc"), Kappa("pc")),
+          "max-capped": KappaSchedule(Kappa("max-capped", 0.05), Kappa("max-capped", 0.05), Kappa("max-capped", 0.05)),
+          "max-rescale": KappaSchedule(Kappa("posterior"), Kappa("max-rescale", 0.5), Kappa("posterior"))}
+
+
+def variants():
+    """(test name, table name, kappa schedule or None) for every diffusion sampler in the table."""
+    out = []
+    for name, entry in SAMPLER_TABLE.items():
+        if entry.needs == "ar":
+            continue  # a causal network, not a denoiser: tests/test_dit.py and the CLI tests
+        if name == "psi":
+            out += [(f"psi-{k}", name, kappa) for k, kappa in KAPPAS.items()]
+        else:
+            out.append((name, name, None))
+    return out
+
+
+def processes_for(entry):
+    """The processes an entry can sample: a score sampler and an output-reusing one need an
+    absorbing process (the score is SEDD's; only MDLM's denoiser ignores alpha_t)."""
+    return ["absorbing"] if entry.needs == "score" or entry.reuses_output else ["absorbing", "uniform"]
+
+
 def run(name, process, joint, L, n, steps, seed):
     g = torch.Generator().manual_seed(seed)
-    shape = (n, L)
-    if name == "analytic":  # sigma = -log alpha must stay finite at t = 1, as in SEDD (alpha(1) = 1e-3)
-        return analytic_sample(score_oracle(process, joint, L), process, LogLinear(1e-3), shape, steps=steps,
-                               eps=1e-4, generator=g)
-    den = oracle(process, joint, L)
-    if name == "ancestral":
-        return ancestral_sample(den, process, SCHED, shape, steps=steps, noise_removal="ancestral", eps=1e-4,
-                                generator=g)
-    if name == "ancestral-cached":
-        return ancestral_sample(den, process, SCHED, shape, steps=steps, noise_removal="ancestral", eps=1e-4,
-                                generator=g, cache=True)
-    grid = linear_grid(steps, 1e-4)
-    alphas = SCHED(grid).alpha
-    kappa = {"psi-constant": KappaSchedule(Kappa("constant", 0.5), Kappa("constant", 0.5), Kappa("constant", 0.5)),
-             "psi-pc": KappaSchedule(Kappa("pc"), Kappa("pc"), Kappa("pc")),
-             "psi-max-capped": KappaSchedule(Kappa("max-capped", 0.05), Kappa("max-capped", 0.05),
-                                             Kappa("max-capped", 0.05)),
-             "psi-max-rescale": KappaSchedule(Kappa("posterior"), Kappa("max-rescale", 0.5), Kappa("posterior"))}[name]
-    return psi_sample(den, process, SCHED, shape, grid=grid, kappas=kappa.kappas(alphas), noise_removal="ancestral",
-                      generator=g)
+    label, table_name, kappa = next(v for v in variants() if v[0] == name)
+    entry = SAMPLER_TABLE[table_name]
+    if entry.needs == "score":  # sigma = -log alpha must stay finite at t = 1, as in SEDD (alpha(1) = 1e-3)
+        model = SamplingModel(score_oracle(process, joint, L), process, LogLinear(1e-3), "score")
+    else:
+        model = SamplingModel(oracle(process, joint, L), process, SCHED, "x0",
+                              time_conditioned=not entry.reuses_output)
+    spec = SamplerSpec(predictor=table_name, steps=steps, noise_removal="ancestral", eps=1e-4,
+                       **({"kappa": kappa} if kappa is not None else {}))
+    return entry.run(model, spec, (n, L), generator=g)
 
 
-SAMPLERS = [("ancestral", "absorbing"), ("ancestral", "uniform"), ("ancestral-cached", "absorbing"),
-            ("psi-constant", "absorbing"), ("psi-constant", "uniform"), ("psi-pc", "uniform"),
-            ("psi-max-capped", "absorbing"), ("psi-max-rescale", "absorbing"), ("psi-max-rescale", "uniform"),
-            ("analytic", "absorbing")]
+SAMPLERS = [(label, kind) for label, table_name, _ in variants() for kind in processes_for(SAMPLER_TABLE[table_name])]
+
+
+def test_the_suite_covers_every_sampler_in_the_table():
+    covered = {table_name for _, table_name, _ in variants()}
+    assert covered == {n for n, e in SAMPLER_TABLE.items() if e.needs != "ar"} and len(SAMPLERS) >= 10
 
 
 def make(kind):
@@ -87,7 +108,7 @@ def test_one_token_is_sampled_exactly_at_any_step_count(name, kind, steps):
     assert chisquare(empirical(x, 1).numpy(), (joint * n).numpy()).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("name,kind", [s for s in SAMPLERS if s[0] in ("ancestral", "ancestral-cached", "analytic")])
+@pytest.mark.parametrize("name,kind", [s for s in SAMPLERS if not s[0].startswith("psi")])
 def test_a_correlated_pair_is_reproduced_with_many_steps(name, kind):
     """Per-token updates of a correlated pair become exact as steps grow (one change at a time):
     at 128 steps the total-variation distance is below 0.04 (n = 6000: noise ~ 0.015), and at one
@@ -122,7 +143,7 @@ def test_the_cache_saves_calls_and_changes_nothing():
     assert stats["denoiser_calls"] + stats["cached_calls"] == 65 and stats["cached_calls"] >= 55
     n = 6000
     a = empirical(run("ancestral", process, joint, 2, n, 16, 11), 2)
-    b = empirical(run("ancestral-cached", process, joint, 2, n, 16, 12), 2)
+    b = empirical(run("ancestral_cache", process, joint, 2, n, 16, 12), 2)
     assert 0.5 * (a / n - b / n).abs().sum() < 0.04
 
 

@@ -1,8 +1,13 @@
-"""duolm's own checkpoint format: a directory with model.safetensors and config.json.
+"""Checkpoints: the one door to load any model, and duolm's own format.
 
-config.json records everything needed to sample or evaluate: the algo, the
-DiT shape, the noise schedule, the tokenizer and the sequence length. Written
-atomically (a temporary directory renamed into place).
+    pre = duolm.checkpoints.load("builtin:duo-bigtxt-dcd")   # -> Pretrained(backbone, method, tokenizer, config)
+
+``load`` takes a built-in name (``builtin:<name>``), a duolm model directory, a `duolm train`
+run checkpoint (``.ckpt``, EMA weights by default), the papers' Lightning checkpoints and their
+Hugging Face layouts (duolm.papers_checkpoints), or a Hugging Face Hub id where the network
+allows. duolm's format is a directory with model.safetensors and config.json, which records
+everything needed to sample or evaluate: the algo, the DiT shape, the noise schedule, the
+tokenizer and the sequence length; it is written atomically.
 """
 from __future__ import annotations
 
@@ -73,15 +78,71 @@ def resolve_builtin(path: str) -> str:
     return str(models[name])
 
 
-def from_pretrained(directory, map_location="cpu") -> Pretrained:
+def strip_prefix(state: dict, prefix: str) -> dict:
+    """The entries of a state dict under `prefix`, with the prefix removed (a Lightning module's
+    `backbone.` weights as the bare network's)."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_config_json(directory: Path) -> dict:
+    cfg_path = Path(directory) / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{directory}: no config.json")
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path}: not valid JSON ({err.msg})") from None
+
+
+def load(path_or_name, *, algo: str | None = None, use_ema: bool = True, tokenizer="gpt2", n_heads=None,
+         length: int | None = None) -> Pretrained:
+    """Any supported checkpoint (see the module docstring) as a Pretrained model on the CPU.
+
+    The hints (algo, tokenizer, n_heads, length) fill in what a papers' file does not say; algo
+    is also checked against what a file does say.
+    """
+    path = Path(resolve_builtin(str(path_or_name)))
+    if not path.exists() and looks_like_hub_id(str(path_or_name)):
+        path = _download(str(path_or_name))
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    from duolm import papers_checkpoints as papers
+
+    if path.is_dir():
+        config = read_config_json(path)
+        if config.get("format") == FORMAT:
+            return from_pretrained(path, config=config)
+        return papers.from_hub_directory(path, config, algo=algo, tokenizer=tokenizer, n_heads=n_heads, length=length)
+    ckpt = papers.load_lightning_checkpoint(path)
+    if "duolm" in ckpt:  # a `duolm train` checkpoint
+        return pretrained_from_run(ckpt, use_ema=use_ema)
+    return papers.from_lightning(ckpt, str(path), algo=algo, use_ema=use_ema, tokenizer=tokenizer, n_heads=n_heads,
+                                 length=length)
+
+
+def looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
+
+
+def _download(repo_id: str) -> Path:
+    """A Hugging Face Hub id (e.g. s-sahoo/duo) to a local snapshot, where the network allows."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated, ...
+        raise FileNotFoundError(f"{repo_id} is neither a local path nor a reachable Hugging Face Hub model "
+                                f"({type(err).__name__}); download it elsewhere and pass the folder") from None
+
+
+def from_pretrained(directory, map_location="cpu", config: dict | None = None) -> Pretrained:
+    """A duolm model directory (config: its config.json, when already read)."""
     directory = Path(directory)
     cfg_path, weights = directory / "config.json", directory / "model.safetensors"
     if not cfg_path.exists() or not weights.exists():
         raise FileNotFoundError(f"{directory} is not a duolm checkpoint: it needs config.json and model.safetensors")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg_path}: not valid JSON ({err.msg})") from None
+    config = config if config is not None else read_config_json(directory)
     if config.get("format") != FORMAT:
         raise ValueError(f"{cfg_path}: format {config.get('format')!r}, expected {FORMAT!r}")
     tokenizer = load_tokenizer(config["tokenizer"])
@@ -101,30 +162,13 @@ def from_pretrained(directory, map_location="cpu") -> Pretrained:
     return Pretrained(backbone.eval(), method, tokenizer, config)
 
 
-def load_run_checkpoint(path, use_ema: bool = True, map_location="cpu") -> Pretrained:
-    """A Lightning checkpoint written by `duolm train` (EMA weights by default).
-
-    Loaded with weights_only=True: no pickled code runs.
-    """
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - truncated zip, wrong format, ...
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if "duolm" not in ckpt:
-        raise ValueError(f"{path}: not a duolm training checkpoint (no 'duolm' entry); the papers' "
-                         f"checkpoints load with duolm.reference_checkpoints.load_reference")
-    return pretrained_from_run(ckpt, use_ema)
-
-
 def pretrained_from_run(ckpt: dict, use_ema: bool = True) -> Pretrained:
     """The model in an already-loaded `duolm train` checkpoint."""
     config = ckpt["duolm"]
     tokenizer = load_tokenizer(config["tokenizer"])
     method = method_from_config(config["algo"], config["noise"], tokenizer.vocab_size)
     backbone = DiT(DiTConfig(**config["model"]))
-    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
-    backbone.load_state_dict(state, strict=True)
+    backbone.load_state_dict(strip_prefix(ckpt["state_dict"], "backbone."), strict=True)
     if use_ema and "ema" in ckpt:
         with torch.no_grad():
             for n, p in backbone.named_parameters():

@@ -37,49 +37,47 @@ def _checkpoint(cfg) -> str:
     return str(cfg.eval.checkpoint_path or Path(cfg.run.dir) / "model")
 
 
-def _load_for_eval(cfg, overrides):
+def _load_for_eval(cfg):
+    """The model at eval.checkpoint_path, on the GPU when there is one. Keys given on the command line
+    (cfg.given) are hints for the papers' files: algo, model.n_heads and data.tokenizer."""
     import torch
 
-    from duolm.checkpoints import resolve_builtin
-    from duolm.reference_checkpoints import load_reference
+    from duolm.checkpoints import BUILTIN_PREFIX, load, looks_like_hub_id
 
-    path = resolve_builtin(_checkpoint(cfg))
-    p = Path(path)
-    if not p.exists():
+    path = _checkpoint(cfg)
+    if not path.startswith(BUILTIN_PREFIX) and not Path(path).exists() and not looks_like_hub_id(path):
         raise FileNotFoundError(f"eval.checkpoint_path: {path} does not exist (train first, or point it at a "
                                 f"duolm model directory, a run's .ckpt, or the papers' checkpoints)")
-    asked = [o.split("=", 1)[1] for o in overrides if o.startswith("algo=")]
-    sized = any(o.startswith(("model=", "model.n_heads=")) for o in overrides)
-    tok = [o.split("=", 1)[1] for o in overrides if o.startswith("data.tokenizer=")]
-    pre = load_reference(p, algo=cfg.algo.name if asked else None, use_ema=cfg.eval.use_ema,
-                         tokenizer=tok[-1] if tok else "gpt2", n_heads=cfg.model.n_heads if sized else None)
-    if asked and cfg.algo.name != pre.config["algo"]["name"]:
-        raise ValueError(f"{path} holds a {pre.config['algo']['name']} model, but algo={asked[-1]} was asked")
-    asked_tok = [o.split("=", 1)[1] for o in overrides if o.startswith("data.tokenizer=")]
+    given = set(cfg.given)
+    asked_algo = "algo" in given or "algo.name" in given
+    asked_tok = "data.tokenizer" in given
+    pre = load(path, algo=cfg.algo.name if asked_algo else None, use_ema=cfg.eval.use_ema,
+               tokenizer=cfg.data.tokenizer if asked_tok else "gpt2",
+               n_heads=cfg.model.n_heads if given & {"model", "model.n_heads"} else None)
+    if asked_algo and cfg.algo.name != pre.config["algo"]["name"]:
+        raise ValueError(f"{path} holds a {pre.config['algo']['name']} model, but algo={cfg.algo.name} was asked")
     have_tok = pre.config["tokenizer"].get("name", pre.config["tokenizer"].get("type"))
-    if asked_tok and asked_tok[-1] != have_tok:
+    if asked_tok and cfg.data.tokenizer != have_tok:
         raise ValueError(f"{path} was trained with the {have_tok!r} tokenizer "
-                         f"({pre.tokenizer.vocab_size} tokens), but data.tokenizer={asked_tok[-1]} was asked")
+                         f"({pre.tokenizer.vocab_size} tokens), but data.tokenizer={cfg.data.tokenizer} was asked")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pre.backbone.to(device)
     return pre, device
 
 
-def cmd_train(cfg, overrides, init=None):
+def cmd_train(cfg, parts, init=None):
     import torch
 
     from duolm.checkpoints import from_pretrained
-    from duolm.data.pipeline import build_splits
     from duolm.evaluation import evaluate_nelbo
     from duolm.sampling_job import write_samples
-    from duolm.training.run import perplexity_line, source_kwargs, train
+    from duolm.training.run import load_data, perplexity_line, train
 
-    report = train(cfg, init=init)
+    report = train(cfg, init=init, parts=parts)
     if "model_dir" not in report:  # not rank 0
         return 0
     pre = from_pretrained(report["model_dir"])
-    splits = build_splits(cfg.data.source, pre.tokenizer, pre.config["length"], cfg.data.blocks,
-                          cfg.data.get("cache_dir"), **source_kwargs(cfg.data))
+    _, splits = load_data(cfg, pre.tokenizer, pre.config["length"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pre.backbone.to(device)
     unit = "char" if pre.config["tokenizer"].get("type") == "char" else "token"
@@ -115,31 +113,32 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
     return res
 
 
-def cmd_sample(cfg, overrides):
-    pre, device = _load_for_eval(cfg, overrides)
+def cmd_sample(cfg, parts):
+    pre, device = _load_for_eval(cfg)
     _sample_and_print(cfg, pre, device)
     return 0
 
 
-def cmd_distill(cfg, overrides):
+def cmd_distill(cfg, parts):
     """Discrete Consistency Distillation of a trained Duo model (eval.checkpoint_path)."""
     from omegaconf import OmegaConf
 
     if not cfg.eval.checkpoint_path:
         raise ValueError("duolm distill needs eval.checkpoint_path=<a trained Duo model>")
-    pre, _ = _load_for_eval(cfg, overrides)
+    pre, _ = _load_for_eval(cfg)
     pre.backbone.cpu().train()
     OmegaConf.update(cfg, "distill.enabled", True)
-    return cmd_train(cfg, overrides, init=pre)
+    return cmd_train(cfg, parts, init=pre)
 
 
-def cmd_convert(cfg, overrides):
+def cmd_convert(cfg, parts):
     from duolm.checkpoints import save_pretrained
 
     if not cfg.get("convert") or not cfg.convert.get("output"):
         raise ValueError("duolm convert needs convert.output=<directory> (and eval.checkpoint_path=<input>)")
-    pre, _ = _load_for_eval(cfg, overrides)
     import torch
+
+    pre, _ = _load_for_eval(cfg)
 
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if cfg.convert.get("dtype", "float32") not in dtypes:
@@ -153,17 +152,16 @@ def cmd_convert(cfg, overrides):
     return 0
 
 
-def cmd_eval(cfg, overrides):
+def cmd_eval(cfg, parts):
     if cfg.eval.get("samples"):
         return cmd_eval_samples(cfg)
-    from duolm.data.pipeline import build_splits, unigram_entropy_bits
+    from duolm.data.pipeline import unigram_entropy_bits
     from duolm.evaluation import evaluate_nelbo
     from duolm.sampling_job import write_samples
-    from duolm.training.run import perplexity_line, source_kwargs
+    from duolm.training.run import load_data, perplexity_line
 
-    pre, device = _load_for_eval(cfg, overrides)
-    splits = build_splits(cfg.data.source, pre.tokenizer, pre.config["length"], cfg.data.blocks,
-                          cfg.data.get("cache_dir"), **source_kwargs(cfg.data))
+    pre, device = _load_for_eval(cfg)
+    _, splits = load_data(cfg, pre.tokenizer, pre.config["length"])
     ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"].ids, splits["valid"].valid,
                         batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
@@ -191,24 +189,23 @@ def cmd_eval_samples(cfg):
         raise ValueError("eval.output names one file; with several eval.samples each result goes next to its samples")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     judge = None
-    if cfg.eval.judge or cfg.eval.mauve_reference:
+    if cfg.eval.judge or cfg.eval.mauve_texts:
         judge = load_judge(cfg.eval.judge or "smollm2", device=device, context=cfg.eval.judge_context)
-    reference = None
-    if cfg.eval.get("reference_model"):
-        from duolm.checkpoints import resolve_builtin
-        from duolm.reference_checkpoints import load_reference
+    scoring_model = None
+    if cfg.eval.get("scoring_model"):
+        from duolm.checkpoints import load
 
-        reference = load_reference(resolve_builtin(cfg.eval.reference_model))
-        reference.backbone.to(device)
+        scoring_model = load(cfg.eval.scoring_model)
+        scoring_model.backbone.to(device)
     for path in paths:
         res = score_samples_file(path, judge=cfg.eval.judge, judge_batch_size=cfg.eval.judge_batch_size,
-                                 mauve_reference=cfg.eval.mauve_reference, loaded_judge=judge, device=device,
-                                 reference=reference, reference_time_samples=cfg.eval.time_samples)
-        if reference is not None:
-            res["reference_model"] = str(cfg.eval.reference_model)
+                                 mauve_texts=cfg.eval.mauve_texts, loaded_judge=judge, device=device,
+                                 scoring_model=scoring_model, scoring_time_samples=cfg.eval.time_samples)
+        if scoring_model is not None:
+            res["scoring_model"] = str(cfg.eval.scoring_model)
         out = cfg.eval.output or str(Path(path).with_suffix(".eval.json"))
         write_samples(res, out)
-        shown = {k: res[k] for k in ("algo", "steps", "gen_ppl", "entropy", "reference_nelbo", "mauve", "judge")
+        shown = {k: res[k] for k in ("algo", "steps", "gen_ppl", "entropy", "scoring_nelbo", "mauve", "judge")
                  if k in res}
         print(json.dumps(shown))
         print(f"-> {out}")
@@ -240,11 +237,11 @@ def main(argv=None) -> int:
     if command not in commands:
         print(f"duolm: unknown command {command!r}; choose one of {sorted(commands)}", file=sys.stderr)
         return 2
-    from duolm.config import ConfigError, compose
+    from duolm.config import ConfigError, compose_components
     from duolm.training.module import NonFiniteLossError
 
     try:
-        cfg = compose(overrides)
+        cfg, parts = compose_components(overrides)
         if command == "config":
             from omegaconf import OmegaConf
 
@@ -252,7 +249,7 @@ def main(argv=None) -> int:
             return 0
         if command == "plot":
             return cmd_plot(cfg, files)
-        return commands[command](cfg, overrides)
+        return commands[command](cfg, parts)
     except ConfigError as err:
         print(f"duolm: config error: {err}", file=sys.stderr)
         return 2

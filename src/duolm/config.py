@@ -38,11 +38,15 @@ def compose_components(overrides: list[str] | None = None) -> tuple[DictConfig, 
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides or [])
+    given = []
     for o in overrides:
         key, _, value = o.partition("=")
         key = key.lstrip("+~")
+        if key == "given":
+            raise ConfigError("given is set by duolm (the keys on the command line); it cannot be overridden")
         if key in GROUPS and value and value not in group_options(key):
             raise ConfigError(f"{key}={value} is not a known {key}; choose one of {group_options(key)}")
+        given.append(key)
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose("config", overrides=overrides)
@@ -50,6 +54,7 @@ def compose_components(overrides: list[str] | None = None) -> tuple[DictConfig, 
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"bad override: {first}") from None
     OmegaConf.resolve(cfg)
+    cfg.given = sorted(set(given))
     return cfg, validate(cfg)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from duolm.atomic import atomic_write_text
-from duolm.sampling import (SAMPLERS, KappaSchedule, SamplerSpec, default_noise_removal, default_predictor,
+from duolm.sampling import (SAMPLERS, KappaSchedule, SamplerSpec, SamplingModel, default_noise_removal, default_predictor,
                             held_positions, parse_kappa, semi_ar_sample)
 
 
@@ -55,7 +55,8 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
     spec.check_length(length)
     if fixed is None and spec.prefix and spec.predictor != "ar":
         fixed = held_positions(batch, length, list(spec.prefix))
-    return SAMPLERS[spec.predictor].run(method, backbone, spec, (batch, length), bos_id=bos_id, fixed=fixed,
+    model = SamplingModel.from_method(method, backbone, spec.use_float64)
+    return SAMPLERS[spec.predictor].run(model, spec, (batch, length), bos_id=bos_id, fixed=fixed,
                                         generator=generator, device=device, disable_progress=not progress,
                                         stats=stats)
 

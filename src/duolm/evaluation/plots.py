@@ -7,7 +7,7 @@ from pathlib import Path
 
 LABELS = {"gen_ppl": "generative perplexity (judge)", "entropy": "unigram entropy of samples (nats)",
           "mauve": "MAUVE", "gen_nll": "judge NLL per token (nats)",
-          "reference_bits_per_token": "NELBO under the reference model (bits/token)"}
+          "scoring_bits_per_token": "NELBO under the scoring model (bits/token)"}
 
 
 def series_label(result: dict) -> str:

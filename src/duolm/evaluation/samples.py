@@ -19,14 +19,14 @@ def unigram_entropy(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def read_reference_texts(path) -> list[str]:
+def read_mauve_texts(path) -> list[str]:
     """Reference texts for MAUVE: a .jsonl of {"text": ...} or a .txt of blank-line-separated paragraphs."""
     import json
     from pathlib import Path
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"eval.mauve_reference: {path} is not a file")
+        raise FileNotFoundError(f"eval.mauve_texts: {path} is not a file")
     if path.suffix == ".jsonl":
         return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
     return [p.strip() for p in path.read_text().split("\n\n") if p.strip()]
@@ -43,46 +43,46 @@ def _judge_features(judge, texts: list[str], max_tokens: int = 1024) -> torch.Te
     return torch.stack(feats)
 
 
-def mauve_score(judge, samples: list[str], reference: list[str], seed: int = 25) -> float:
+def mauve_score(judge, samples: list[str], texts: list[str], seed: int = 25) -> float:
     try:
         import mauve
     except ImportError:
-        raise ImportError("eval.mauve_reference is set, but MAUVE needs the mauve-text package "
+        raise ImportError("eval.mauve_texts is set, but MAUVE needs the mauve-text package "
                           "(pip install mauve-text)") from None
-    p = _judge_features(judge, reference).numpy()
+    p = _judge_features(judge, texts).numpy()
     q = _judge_features(judge, samples).numpy()
     return float(mauve.compute_mauve(p_features=p, q_features=q, seed=seed, verbose=False).mauve)
 
 
-def reference_nelbo(reference, ids: list[list[int]], *, time_samples: int = 8, device=None) -> dict:
-    """The samples' NELBO per token under a reference model (a duolm Pretrained, e.g. the
+def scoring_nelbo(scoring_model, ids: list[list[int]], *, time_samples: int = 8, device=None) -> dict:
+    """The samples' NELBO per token under a scoring model (a duolm Pretrained, e.g. the
     teacher of a distilled model, sampled with many steps): an upper bound on their NLL under it,
-    a judge that shares the samples' tokenizer. Lower means more likely under the reference."""
+    a judge that shares the samples' tokenizer. Lower means more likely under the scoring model."""
     import math
 
     from duolm.evaluation.likelihood import evaluate_nelbo
 
     lengths = {len(r) for r in ids}
-    if lengths != {reference.config["length"]}:
-        raise ValueError(f"eval.reference_model reads blocks of {reference.config['length']} tokens; the samples "
+    if lengths != {scoring_model.config["length"]}:
+        raise ValueError(f"eval.scoring_model reads blocks of {scoring_model.config['length']} tokens; the samples "
                          f"have lengths {sorted(lengths)}")
     x = torch.tensor(ids)
-    if int(x.max()) >= reference.tokenizer.vocab_size:
-        raise ValueError("eval.reference_model: the samples hold token ids outside its vocabulary "
-                         f"({reference.tokenizer.vocab_size}); it must share the samples' tokenizer")
-    ev = evaluate_nelbo(reference.method, reference.backbone, x, torch.ones_like(x, dtype=torch.float32),
+    if int(x.max()) >= scoring_model.tokenizer.vocab_size:
+        raise ValueError("eval.scoring_model: the samples hold token ids outside its vocabulary "
+                         f"({scoring_model.tokenizer.vocab_size}); it must share the samples' tokenizer")
+    ev = evaluate_nelbo(scoring_model.method, scoring_model.backbone, x, torch.ones_like(x, dtype=torch.float32),
                         batch_size=64, time_samples=time_samples, device=device)
-    return {"reference_nelbo": ev["nll"], "reference_nelbo_se": ev["nll_se"],
-            "reference_bits_per_token": ev["nll"] / math.log(2), "reference_time_samples": time_samples}
+    return {"scoring_nelbo": ev["nll"], "scoring_nelbo_se": ev["nll_se"],
+            "scoring_bits_per_token": ev["nll"] / math.log(2), "scoring_time_samples": time_samples}
 
 
 def score_samples_file(path, *, judge: str | None = "smollm2", judge_context: int | None = None,
-                       judge_batch_size: int = 8, mauve_reference=None, device=None, progress: bool = True,
-                       loaded_judge=None, reference=None, reference_time_samples: int = 8) -> dict:
+                       judge_batch_size: int = 8, mauve_texts=None, device=None, progress: bool = True,
+                       loaded_judge=None, scoring_model=None, scoring_time_samples: int = 8) -> dict:
     """The sample-quality record of one `duolm sample` output: its sampler settings, the mean
     unigram entropy of the samples' token ids, generative perplexity under the judge, MAUVE.
     loaded_judge: a duolm.evaluation.judge.Judge already loaded (scoring many files);
-    reference: a duolm Pretrained whose NELBO of the samples is reported (reference_nelbo)."""
+    scoring_model: a duolm Pretrained whose NELBO of the samples is reported (scoring_nelbo)."""
     import json
     from pathlib import Path
 
@@ -102,15 +102,15 @@ def score_samples_file(path, *, judge: str | None = "smollm2", judge_context: in
                                 "seconds_per_sample") if k in data}
     out.update({"samples_file": str(path), "entropy": float(ent.mean()), "entropy_se":
                 float(ent.std() / len(ent) ** 0.5) if len(ent) > 1 else float("nan")})
-    if reference is not None:
-        out.update(reference_nelbo(reference, ids, time_samples=reference_time_samples, device=device))
-    if judge or mauve_reference:
+    if scoring_model is not None:
+        out.update(scoring_nelbo(scoring_model, ids, time_samples=scoring_time_samples, device=device))
+    if judge or mauve_texts:
         from duolm.evaluation.judge import generative_perplexity, load_judge
 
         j = loaded_judge or load_judge(judge or "smollm2", device=device, context=judge_context)
         if judge:
             out.update(generative_perplexity(j, texts, markers=data.get("document_markers", ()),
                                              batch_size=judge_batch_size, progress=progress))
-        if mauve_reference:
-            out["mauve"] = mauve_score(j, texts, read_reference_texts(mauve_reference))
+        if mauve_texts:
+            out["mauve"] = mauve_score(j, texts, read_mauve_texts(mauve_texts))
     return out

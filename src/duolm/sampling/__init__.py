@@ -12,11 +12,12 @@ from duolm.sampling.guidance import guided_denoiser
 from duolm.sampling.grids import linear_constant_linear_grid, linear_grid
 from duolm.sampling.kappa import Kappa, KappaSchedule, parse_kappa
 from duolm.sampling.psi import nucleus, psi_sample, sample_categorical
-from duolm.sampling.registry import SAMPLERS, Sampler, check_sampler, default_noise_removal, default_predictor
+from duolm.sampling.registry import (SAMPLERS, Sampler, SamplingModel, check_sampler, default_noise_removal,
+                                     default_predictor)
 from duolm.sampling.semi_ar import held_positions, semi_ar_sample
 from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
 
-__all__ = ["NOISE_REMOVAL", "SAMPLERS", "Kappa", "KappaSchedule", "Sampler", "SamplerSpec", "analytic_sample",
+__all__ = ["NOISE_REMOVAL", "SAMPLERS", "Kappa", "KappaSchedule", "Sampler", "SamplerSpec", "SamplingModel", "analytic_sample",
            "ancestral_sample", "ar_sample", "check_sampler", "default_noise_removal", "default_predictor",
            "denoiser_from", "guided_denoiser", "held_positions", "linear_constant_linear_grid", "linear_grid",
            "nucleus", "parse_kappa", "psi_sample", "sample_categorical", "semi_ar_sample"]

@@ -65,14 +65,12 @@ def analytic_sample(score_fn, process, schedule, shape, *, steps: int, noise_rem
     return x
 
 
-def from_spec(method, backbone, spec: SamplerSpec, shape, *, bos_id: int | None = None, fixed=None, generator=None, device=None,
-              disable_progress: bool = True, stats=None):
+def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, fixed=None, generator=None,
+              device=None, disable_progress: bool = True, stats=None):
     """The registry's adapter; held positions are not supported by Tweedie tau-leaping here."""
-    from duolm.sampling.ancestral import denoiser_from
-
     if fixed is not None:
         raise ValueError("sampling.predictor=analytic cannot hold positions (sampling.prefix, total_length)")
-    return analytic_sample(denoiser_from(method, backbone, spec.use_float64), method.process, method.schedule, shape,
+    return analytic_sample(model.denoiser, model.process, model.schedule, shape,
                            steps=spec.steps, noise_removal=spec.noise_removal, eps=spec.eps, generator=generator,
                            device=device, dtype=torch.float64 if spec.use_float64 else torch.float32,
                            disable_progress=disable_progress)

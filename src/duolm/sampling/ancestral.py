@@ -36,9 +36,9 @@ def ancestral_sample(denoiser, process, schedule, shape, *, steps: int, noise_re
                       **kwargs)
 
 
-def from_spec(method, backbone, spec: SamplerSpec, shape, *, bos_id: int | None = None, **common):
+def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **common):
     """The registry's adapter (ancestral, and ancestral_cache: MDLM's reuse of the denoiser output)."""
-    return ancestral_sample(denoiser_from(method, backbone, spec.use_float64), method.process, method.schedule, shape,
+    return ancestral_sample(model.denoiser, model.process, model.schedule, shape,
                             steps=spec.steps, noise_removal=spec.noise_removal, eps=spec.eps,
                             cache=spec.predictor == "ancestral_cache", p_nucleus=spec.p_nucleus,
                             dtype=torch.float64 if spec.use_float64 else torch.float32, **common)

@@ -33,9 +33,9 @@ def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None,
     return x
 
 
-def from_spec(method, backbone, spec, shape, *, bos_id: int, fixed=None, generator=None, device=None,
+def from_spec(model, spec, shape, *, bos_id: int, fixed=None, generator=None, device=None,
               disable_progress: bool = True, stats=None):
     """The registry's adapter: sampling.prefix (BOS first) is the prompt."""
-    return ar_sample(backbone, shape[0], shape[1], bos_id,
+    return ar_sample(model.backbone, shape[0], shape[1], bos_id,
                      generator=generator, device=device, disable_progress=disable_progress,
-                     vocab_size=method.vocab_size, prompt=spec.prefix)
+                     vocab_size=model.vocab_size, prompt=spec.prefix)

@@ -134,11 +134,8 @@ def check_spec(spec: SamplerSpec, schedule) -> None:
     spec_grid(spec, schedule)
 
 
-def from_spec(method, backbone, spec: SamplerSpec, shape, *, bos_id: int | None = None, **common):
+def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **common):
     """The registry's adapter: a Psi-sampler run as `spec` describes."""
-    from duolm.sampling.ancestral import denoiser_from
-
-    den = denoiser_from(method, backbone, spec.use_float64)
-    return psi_sample(den, method.process, method.schedule, shape, grid=spec_grid(spec, method.schedule),
+    return psi_sample(model.denoiser, model.process, model.schedule, shape, grid=spec_grid(spec, model.schedule),
                       kappa=spec.kappa, noise_removal=spec.noise_removal, p_nucleus=spec.p_nucleus,
                       dtype=torch.float64 if spec.use_float64 else torch.float32, **common)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 from duolm.sampling import analytic, ancestral, ar, psi
 from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
 
@@ -17,9 +19,31 @@ NEEDS = {"x0": "x_0 probabilities (ar, mdlm, d3pm, duo_base, duo give them throu
          "score": "a score model (algo=sedd)", "ar": "a causal model (algo=ar)"}
 
 
+@dataclass
+class SamplingModel:
+    """What every sampler reads: the denoiser (duolm.contracts.Denoiser; SEDD's log score for
+    'score'), the process and schedule it was trained with, and for AR the causal backbone."""
+
+    denoiser: Callable | None
+    process: object | None
+    schedule: object | None
+    output: str                          # a key of NEEDS
+    time_conditioned: bool = True        # False: the denoiser ignores alpha_t (MDLM)
+    backbone: torch.nn.Module | None = None
+    vocab_size: int | None = None        # AR: the output rows that are tokens
+
+    @classmethod
+    def from_method(cls, method, backbone=None, use_float64: bool = True) -> "SamplingModel":
+        output = "ar" if method.process is None else "score" if method.parameterization == "score" else "x0"
+        den = None if backbone is None or output == "ar" else ancestral.denoiser_from(method, backbone, use_float64)
+        return cls(den, method.process, method.schedule, output, time_conditioned=method.time_conditioning,
+                   backbone=backbone, vocab_size=method.vocab_size)
+
+
 @dataclass(frozen=True)
 class Sampler:
-    """run(method, backbone, spec, shape, *, bos_id, fixed, generator, device, disable_progress, stats) -> (B, L)."""
+    """run(model: SamplingModel, spec, shape, *, bos_id, fixed, generator, device, disable_progress, stats)
+    -> (B, L) token ids."""
 
     run: Callable
     needs: str                                   # a key of NEEDS
@@ -38,35 +62,29 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
-def method_output(method) -> str:
-    """What a method's network gives: 'ar', 'score' or 'x0' (a key of NEEDS)."""
-    if method.process is None:
-        return "ar"
-    return "score" if method.parameterization == "score" else "x0"
-
-
 def default_predictor(method) -> str:
     """The sampler a method uses when sampling.predictor=auto."""
-    return {"ar": "ar", "score": "analytic"}.get(method_output(method), "ancestral")
+    return {"ar": "ar", "score": "analytic"}.get(SamplingModel.from_method(method).output, "ancestral")
 
 
 def default_noise_removal(method) -> str:
-    return "ancestral" if method_output(method) == "score" else "greedy"
+    return "ancestral" if SamplingModel.from_method(method).output == "score" else "greedy"
 
 
 def check_sampler(spec: SamplerSpec, method) -> None:
     """Raise one ValueError sentence naming the key when spec cannot sample from method."""
     if spec.predictor not in SAMPLERS:
         raise ValueError(f"sampling.predictor must be one of {['auto', *SAMPLERS]}, got {spec.predictor!r}")
-    entry, have = SAMPLERS[spec.predictor], method_output(method)
-    if entry.needs != have:
+    model = SamplingModel.from_method(method)
+    entry = SAMPLERS[spec.predictor]
+    if entry.needs != model.output:
         raise ValueError(f"sampling.predictor={spec.predictor} needs {NEEDS[entry.needs]}, not algo={method.name}; "
                          f"algo={method.name} samples with sampling.predictor={default_predictor(method)}")
     if spec.noise_removal not in entry.noise_removal:
         why = " (a score model (sedd) gives no x_0 probabilities for it)" if entry.needs == "score" else ""
         raise ValueError(f"sampling.noise_removal={spec.noise_removal} needs x_0 probabilities{why}; use one of "
                          f"{list(entry.noise_removal)} with sampling.predictor={spec.predictor}")
-    if entry.reuses_output and method.time_conditioning:
+    if entry.reuses_output and model.time_conditioned:
         raise ValueError(f"sampling.predictor={spec.predictor} reuses the denoiser output, which is only valid for a "
                          f"model without time conditioning (algo=mdlm)")
     if entry.check is not None:

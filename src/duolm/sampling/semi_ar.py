@@ -15,6 +15,14 @@ def held_positions(batch: int, length: int, tokens) -> tuple[torch.Tensor, torch
     return mask, vals
 
 
+def check_windows(length: int, total_length: int | None, stride: int | None) -> None:
+    """Semi-autoregressive settings against the model's window `length` (None: not set)."""
+    if total_length is not None and total_length < length:
+        raise ValueError(f"sampling.total_length ({total_length}) must be >= model.length ({length})")
+    if stride is not None and not 1 <= stride <= length:
+        raise ValueError(f"sampling.stride must lie in [1, model.length={length}], got {stride}")
+
+
 def semi_ar_sample(sample_window, batch: int, length: int, total_length: int, stride: int, *,
                    prefix: list[int] | None = None, eos_id: int | None = None, stop_at_eos: bool = False):
     """Generate total_length tokens with a model of window `length`.
@@ -25,10 +33,7 @@ def semi_ar_sample(sample_window, batch: int, length: int, total_length: int, st
     tokens. With stop_at_eos, generation stops once every sequence holds an EOS after its
     first token, and everything after a sequence's first EOS is replaced by EOS.
     """
-    if not 0 < stride <= length:
-        raise ValueError(f"sampling.stride must lie in [1, model length {length}], got {stride}")
-    if total_length < length:
-        raise ValueError(f"sampling.total_length ({total_length}) must be >= the model length ({length})")
+    check_windows(length, total_length, stride)
     keep = length - stride
     out = sample_window(held_positions(batch, length, prefix or [])).cpu()
     while out.shape[1] < total_length:

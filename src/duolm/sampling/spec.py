@@ -47,10 +47,9 @@ class SamplerSpec:
 
     def check_length(self, length: int) -> None:
         """The settings that depend on the model's length window."""
-        if self.total_length is not None and self.total_length < length:
-            raise ValueError(f"sampling.total_length ({self.total_length}) must be >= model.length ({length})")
-        if self.stride is not None and not 1 <= self.stride <= length:
-            raise ValueError(f"sampling.stride must lie in [1, model.length={length}], got {self.stride}")
+        from duolm.sampling.semi_ar import check_windows
+
+        check_windows(length, self.total_length, self.stride)
         if self.prefix and len(self.prefix) >= length:
             raise ValueError(f"sampling.prefix is {len(self.prefix)} tokens; the model's length is {length}")
 

@@ -1,6 +1,6 @@
-"""Load the papers' checkpoints without the papers' code, and without running pickled code.
+"""The papers' checkpoint formats, read without the papers' code and without running pickled code.
 
-Recognised inputs (a file or a directory):
+``duolm.checkpoints.load`` is the one door; it hands these formats here:
 - the raw Lightning ``.ckpt`` of s-sahoo/duo and kuleshov-group/mdlm (Duo, MDLM, SEDD, AR): the
   DiT's state under ``backbone.``, the EMA as an unnamed ``shadow_params`` list in parameter
   order (buffers excluded), and a pickled OmegaConf config and tokenizer. It is read with a
@@ -12,7 +12,8 @@ Recognised inputs (a file or a directory):
 - MDLM's Hugging Face model (``kuleshov-group/mdlm-owt``): config.json with ``model_type: mdlm``
   plus weights whose keys start with ``backbone.``.
 Algo, size and vocabulary are read from the file and checked; ``algo`` overrides what the file
-does not say (the weights alone cannot tell MDLM from SEDD).
+does not say (the weights alone cannot tell MDLM from SEDD). ``load_lightning_checkpoint`` reads
+any Lightning file this way, duolm's own run checkpoints included.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from duolm.checkpoints import FORMAT, Pretrained, from_pretrained, method_from_config, pretrained_from_run
+from duolm.checkpoints import FORMAT, Pretrained, method_from_config, strip_prefix
 from duolm.data.tokenizers import load_tokenizer
 from duolm.models.dit import DiT, DiTConfig
 
@@ -131,8 +132,8 @@ def _build(state: dict, *, algo: str, noise: dict, tokenizer_spec, n_heads: int 
     state = {k: v.float() for k, v in state.items() if k != "rotary_emb.inv_freq"}
     cfg = _dit_config_from_state(state, n_heads)
     tokenizer = load_tokenizer(tokenizer_spec)
-    algo_cfg = {"name": algo, "T": 1000 if algo == "d3pm" else 0, "time_conditioning": algo not in ("mdlm", "ar")}
-    method = method_from_config(algo_cfg, noise, tokenizer.vocab_size)
+    method = method_from_config({"name": algo}, noise, tokenizer.vocab_size)  # the method table's defaults
+    algo_cfg = {"name": algo, "T": method.num_steps, "time_conditioning": method.time_conditioning}
     expected = method.model_vocab_size
     if cfg.causal != method.causal:
         raise ValueError(f"{source}: the weights are {'causal (AR)' if cfg.causal else 'a diffusion DiT'}, "
@@ -158,34 +159,24 @@ def _check_shapes(state: dict, shadow: list, names: list[str], source: str):
                              f"{tuple(state[n].shape)}")
 
 
-def load_reference(path, *, algo: str | None = None, use_ema: bool = True, tokenizer="gpt2", n_heads=None,
-                   length: int | None = None) -> Pretrained:
-    """Any supported checkpoint (see the module docstring) as a duolm Pretrained."""
-    path = Path(path)
-    if not path.exists() and _looks_like_hub_id(str(path)):
-        path = _download(str(path))
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.is_dir():
-        return _load_directory(path, algo=algo, tokenizer=tokenizer, n_heads=n_heads, length=length)
-    ckpt = load_lightning_checkpoint(path)
-    if "duolm" in ckpt:  # a `duolm train` checkpoint: already loaded, no second read
-        return pretrained_from_run(ckpt, use_ema=use_ema)
+def from_lightning(ckpt: dict, source: str, *, algo: str | None = None, use_ema: bool = True, tokenizer="gpt2",
+                   n_heads=None, length: int | None = None) -> Pretrained:
+    """The model in a loaded Lightning checkpoint of s-sahoo/duo or kuleshov-group/mdlm."""
     if "state_dict" not in ckpt:
-        raise ValueError(f"{path}: no 'state_dict' in the checkpoint")
-    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+        raise ValueError(f"{source}: no 'state_dict' in the checkpoint")
+    state = strip_prefix(ckpt["state_dict"], "backbone.")
     if not state:
-        raise ValueError(f"{path}: no 'backbone.' weights in the state_dict")
+        raise ValueError(f"{source}: no 'backbone.' weights in the state_dict")
     hp = plain(ckpt.get("hyper_parameters", {})) or {}
     conf = hp.get("config") or {}
     file_algo = (conf.get("algo") or {}).get("name")
     if file_algo == "distillation":
         file_algo = "duo"
     if algo and file_algo and algo != file_algo and not {algo, file_algo} <= {"duo", "duo_base"}:
-        raise ValueError(f"{path} holds a {file_algo} model, but algo={algo} was asked")
+        raise ValueError(f"{source} holds a {file_algo} model, but algo={algo} was asked")
     algo = algo or file_algo
     if algo is None:
-        raise ValueError(f"{path}: the checkpoint does not say its algo; pass algo=duo|mdlm|sedd|ar")
+        raise ValueError(f"{source}: the checkpoint does not say its algo; pass algo=duo|mdlm|sedd|ar")
     model = conf.get("model") or {}
     noise = {"type": (conf.get("noise") or {}).get("type", "log-linear"), "eps": 1e-3}
     tok = ((conf.get("data") or {}).get("tokenizer_name_or_path")) or tokenizer
@@ -193,28 +184,12 @@ def load_reference(path, *, algo: str | None = None, use_ema: bool = True, token
         shadow = ckpt["ema"]["shadow_params"]
         probe = DiT(_dit_config_from_state({k: v for k, v in state.items()}, model.get("n_heads") or n_heads))
         names = [n for n, _ in probe.named_parameters()]
-        _check_shapes(state, shadow, names, str(path))
+        _check_shapes(state, shadow, names, source)
         state = dict(state)
         for n, s in zip(names, shadow):
             state[n] = s
     return _build(state, algo=algo, noise=noise, tokenizer_spec=tok, n_heads=model.get("n_heads") or n_heads,
-                  length=length or model.get("length", 1024), source=str(path))
-
-
-def _looks_like_hub_id(s: str) -> bool:
-    parts = s.split("/")
-    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
-
-
-def _download(repo_id: str) -> Path:
-    """A Hugging Face Hub id (e.g. s-sahoo/duo) to a local snapshot, where the network allows."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
-    except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated, ...
-        raise FileNotFoundError(f"{repo_id} is neither a local path nor a reachable Hugging Face Hub model "
-                                f"({type(err).__name__}); download it elsewhere and pass the folder") from None
+                  length=length or model.get("length", 1024), source=source)
 
 
 def _read_weights(d: Path) -> dict:
@@ -230,19 +205,13 @@ def _read_weights(d: Path) -> dict:
     raise FileNotFoundError(f"{d}: no model.safetensors or pytorch_model.bin")
 
 
-def _load_directory(d: Path, *, algo, tokenizer, n_heads, length) -> Pretrained:
+def from_hub_directory(d: Path, config: dict, *, algo=None, tokenizer="gpt2", n_heads=None,
+                       length=None) -> Pretrained:
+    """A Hugging Face layout of the papers' models: config.json (already read) and the weights."""
     cfg_path = d / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{d}: no config.json")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg_path}: not valid JSON ({err.msg})") from None
-    if config.get("format") == FORMAT:
-        return from_pretrained(d)
     state = _read_weights(d)
     if config.get("model_type") == "mdlm":  # kuleshov-group/mdlm-owt
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        state = strip_prefix(state, "backbone.")
         a = algo or "mdlm"
         noise = {"type": "log-linear", "eps": 1e-3}
         return _build(state, algo=a, noise=noise, tokenizer_spec=tokenizer, n_heads=config.get("n_heads", n_heads),

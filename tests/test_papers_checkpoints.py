@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from duolm.checkpoints import from_pretrained, save_pretrained
-from duolm.reference_checkpoints import load_lightning_checkpoint, load_reference
+from duolm.checkpoints import load
+from duolm.papers_checkpoints import load_lightning_checkpoint
 
 FIX = Path(__file__).parent / "fixtures" / "reference-dit"
 
@@ -43,7 +44,7 @@ def _char_tok_for(variant):
 @pytest.mark.parametrize("variant,algo", [("duo", "duo"), ("ar", "ar")])
 @pytest.mark.parametrize("ema", [False, True])
 def test_lightning_checkpoints_reproduce_the_papers_logits(variant, algo, ema):
-    pre = load_reference(FIX / variant / "lightning.ckpt", algo=algo, use_ema=ema, tokenizer=_char_tok_for(variant),
+    pre = load(FIX / variant / "lightning.ckpt", algo=algo, use_ema=ema, tokenizer=_char_tok_for(variant),
                          n_heads=4)
     _check_logits(pre.backbone, variant, "ema" if ema else "raw")
     assert pre.config["algo"]["name"] == algo
@@ -62,7 +63,7 @@ def _hub_duo_dir(tmp_path, variant="duo"):
 
 
 def test_duo_hugging_face_layout(tmp_path):
-    pre = load_reference(_hub_duo_dir(tmp_path))
+    pre = load(_hub_duo_dir(tmp_path))
     _check_logits(pre.backbone, "duo", "raw")
     assert pre.method.name == "duo" and pre.backbone.config.n_heads == 4
 
@@ -75,7 +76,7 @@ def test_mdlm_hugging_face_layout(tmp_path):
     (d / "config.json").write_text(json.dumps({"model_type": "mdlm", "vocab_size": 37, "hidden_dim": 64,
                                                "cond_dim": 32, "n_blocks": 2, "n_heads": 4, "model_length": 32}))
     tok = {"type": "char", "alphabet": "".join(chr(ord("!") + i) for i in range(35))}  # 36 tokens + mask = 37
-    pre = load_reference(d, tokenizer=tok)
+    pre = load(d, tokenizer=tok)
     _check_logits(pre.backbone, "duo", "raw")
     assert pre.method.name == "mdlm" and pre.method.mask_id == 36
 
@@ -106,14 +107,14 @@ def test_pickled_configs_are_read_without_running_their_code(tmp_path):
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)  # what the papers' checkpoints do to a safe loader
     ckpt = load_lightning_checkpoint(path)
-    from duolm.reference_checkpoints import OpaqueObject, plain
+    from duolm.papers_checkpoints import OpaqueObject, plain
 
     assert isinstance(ckpt["hyper_parameters"]["tokenizer"], OpaqueObject)
     conf = plain(ckpt["hyper_parameters"]["config"])
     assert conf["algo"]["name"] == "duo" and conf["model"]["n_heads"] == 4
     # the algo is recognised from the file; a contradicting one is refused with a sentence
     with pytest.raises(ValueError, match="holds a duo model, but algo=mdlm was asked"):
-        load_reference(path, algo="mdlm")
+        load(path, algo="mdlm")
 
 
 class Exploit:
@@ -134,35 +135,35 @@ def test_bad_files_get_clear_errors(tmp_path):
     trunc = tmp_path / "trunc.ckpt"
     trunc.write_bytes((FIX / "duo" / "lightning.ckpt").read_bytes()[:5000])
     with pytest.raises(ValueError, match="trunc.ckpt"):
-        load_reference(trunc, algo="duo")
+        load(trunc, algo="duo")
     ckpt = torch.load(FIX / "duo" / "lightning.ckpt", weights_only=True)
     del ckpt["state_dict"]["backbone.blocks.1.mlp.0.weight"]
     torch.save(ckpt, tmp_path / "missing.ckpt")
     with pytest.raises(ValueError, match="missing keys"):
-        load_reference(tmp_path / "missing.ckpt", algo="duo", use_ema=False, tokenizer=_char_tok_for("duo"), n_heads=4)
+        load(tmp_path / "missing.ckpt", algo="duo", use_ema=False, tokenizer=_char_tok_for("duo"), n_heads=4)
     ckpt = torch.load(FIX / "duo" / "lightning.ckpt", weights_only=True)
     ckpt["ema"]["shadow_params"][3] = torch.zeros(5, 5)
     torch.save(ckpt, tmp_path / "shape.ckpt")
     with pytest.raises(ValueError, match="has shape"):
-        load_reference(tmp_path / "shape.ckpt", algo="duo", tokenizer=_char_tok_for("duo"), n_heads=4)
+        load(tmp_path / "shape.ckpt", algo="duo", tokenizer=_char_tok_for("duo"), n_heads=4)
     with pytest.raises(ValueError, match="the network has 37 outputs, but algo=duo .* needs 30"):
         tok = {"type": "char", "alphabet": "".join(chr(ord("!") + i) for i in range(29))}  # 30 tokens
-        load_reference(FIX / "duo" / "lightning.ckpt", tokenizer=tok, n_heads=4)
+        load(FIX / "duo" / "lightning.ckpt", tokenizer=tok, n_heads=4)
     with pytest.raises(ValueError, match="holds a duo model, but algo=mdlm was asked"):
-        load_reference(FIX / "duo" / "lightning.ckpt", algo="mdlm", n_heads=4)
+        load(FIX / "duo" / "lightning.ckpt", algo="mdlm", n_heads=4)
     with pytest.raises(ValueError, match="weights are a diffusion DiT, but algo=ar"):
-        load_reference(_hub_duo_dir(tmp_path), algo="ar")
+        load(_hub_duo_dir(tmp_path), algo="ar")
     d = tmp_path / "nojson"
     d.mkdir()
     (d / "config.json").write_text("{oops")
     with pytest.raises(ValueError, match="not valid JSON"):
-        load_reference(d)
+        load(d)
 
 
 def test_round_trip_gives_identical_outputs_and_samples(tmp_path):
     from duolm.sampling_job import SamplerSpec, generate
 
-    pre = load_reference(FIX / "duo" / "lightning.ckpt", algo="duo", tokenizer=_char_tok_for("duo"), n_heads=4)
+    pre = load(FIX / "duo" / "lightning.ckpt", algo="duo", tokenizer=_char_tok_for("duo"), n_heads=4)
     out = save_pretrained(tmp_path / "m", pre.backbone, algo=pre.config["algo"], noise=pre.config["noise"],
                           tokenizer=pre.tokenizer, length=32)
     again = from_pretrained(out)
@@ -195,7 +196,7 @@ def test_convert_command_writes_a_duolm_directory(tmp_path, capsys):
 def test_an_unreachable_hub_id_is_one_sentence(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="neither a local path nor a reachable Hugging Face Hub model"):
-        load_reference("nobody-here/no-such-model")
+        load("nobody-here/no-such-model")
 
 
 def test_float16_storage_halves_the_file_and_keeps_the_logits_close(tmp_path):
