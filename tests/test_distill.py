@@ -119,7 +119,7 @@ def test_distill_command_trains_a_student_and_resumes_its_teacher(tmp_path, corp
 def test_synthetic_chain_metrics_catch_collapse():
     """The Markov-chain yardstick: data samples score the entropy rate and a small bigram TV;
     samples collapsed onto one likely sequence score a low NLL but a large TV."""
-    from duolm.evaluation.synthetic import bigram_tv, diversity, entropy_rate, markov_chain, nll_per_token, sample_chain
+    from duolm.evaluation.hmm import bigram_tv, diversity, entropy_rate, markov_chain, nll_per_token, sample_chain
 
     pi, P = markov_chain(8, seed=0)
     x = sample_chain(pi, P, 4000, 12, torch.Generator().manual_seed(0))

@@ -123,8 +123,8 @@ def test_smollm2_judge_prefers_english(tmp_path):
 # --- zero-shot sets -------------------------------------------------------------------------
 
 def test_detokenizers_undo_each_corpus_preprocessing():
-    from duolm.data.zero_shot import (lambada_detokenize, lm1b_detokenize, ptb_detokenize,
-                                      scientific_papers_detokenize, wikitext_detokenize)
+    from duolm.data.detokenizers import (lambada_detokenize, lm1b_detokenize, ptb_detokenize,
+                                         scientific_papers_detokenize, wikitext_detokenize)
 
     assert ptb_detokenize("the company 's shares rose N % to $ N a share , it said") == \
         "the company's shares rose 1% to $1 a share, it said"

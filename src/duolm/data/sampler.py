@@ -11,15 +11,13 @@ from torch.utils.data import Sampler
 
 
 class ResumableSampler(Sampler[int]):
-    def __init__(self, n: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    def __init__(self, n: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
         if n < 1:
             raise ValueError("the training split has no blocks")
-        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
         self.start = 0  # examples of the global stream already consumed, in units of global positions
 
     def _perm(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.n)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n, generator=g)
 

@@ -1,4 +1,9 @@
-"""A random hidden Markov model: a data source with long-range structure whose likelihood is exact.
+"""Exact yardsticks: data sources whose likelihood is known, so sample quality is measured exactly.
+
+A random hidden Markov model has long-range structure; a visible first-order Markov chain
+(``markov_chain``, also ``markov_chain_hmm``) has closed forms for its entropy rate and bigram
+law, so a sampler or a distilled model cannot score well by collapsing onto a few likely
+sequences (``bigram_tv``, ``diversity``).
 
 Sequences of symbols come from hidden states that follow a Markov chain; each symbol depends on
 the whole past through the hidden state, so a model must learn more than bigrams. The exact
@@ -13,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from duolm.evaluation.samples import token_entropy
 
 
 @dataclass
@@ -98,3 +105,49 @@ def random_hmm(num_states: int = 16, vocab_size: int = 32, transition_concentrat
     evals, evecs = torch.linalg.eig(trans.double().T)
     pi = evecs[:, evals.real.argmax()].real.abs()
     return HiddenMarkovModel((pi / pi.sum()).float(), trans, emit)
+
+
+# --- the visible case: a first-order Markov chain (pi, P), with closed forms -------------------
+
+def markov_chain(K: int, seed: int = 0, concentration: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pi, P): a random transition matrix (rows ~ Dirichlet(concentration)) and its stationary law."""
+    rng = np.random.default_rng(seed)
+    P = torch.tensor(rng.dirichlet(np.full(K, concentration), size=K), dtype=torch.float64).clamp_min(1e-12)
+    P = P / P.sum(-1, keepdim=True)
+    evals, evecs = torch.linalg.eig(P.T)
+    pi = evecs[:, evals.real.argmax()].real.abs()
+    return (pi / pi.sum()).float(), P.float()
+
+
+def sample_chain(pi, P, n: int, length: int, generator=None) -> torch.Tensor:
+    x = torch.empty(n, length, dtype=torch.long)
+    x[:, 0] = torch.multinomial(pi, n, replacement=True, generator=generator)
+    for i in range(1, length):
+        x[:, i] = torch.multinomial(P[x[:, i - 1]], 1, generator=generator)[:, 0]
+    return x
+
+
+def nll_per_token(x: torch.Tensor, pi, P) -> float:
+    """Exact negative log-likelihood per token of sequences x (n, L) under the chain."""
+    lp = torch.log(pi[x[:, 0]]) + torch.log(P[x[:, :-1], x[:, 1:]]).sum(-1)
+    return float(-lp.mean() / x.shape[1])
+
+
+def entropy_rate(pi, P) -> float:
+    return float(-(pi[:, None] * P * torch.log(P.clamp_min(1e-30))).sum())
+
+
+def diversity(x: torch.Tensor) -> tuple[float, float]:
+    """(entropy of the token frequencies in nats, share of distinct sequences)."""
+    return token_entropy(x), len({tuple(r) for r in x.tolist()}) / x.shape[0]
+
+
+def bigram_tv(x: torch.Tensor, pi, P) -> float:
+    """Total-variation distance between the samples' bigram frequencies and the chain's
+    pi(a) P(a, b): low only if samples are both likely and as varied as the data."""
+    K = P.shape[0]
+    pairs = x[:, :-1] * K + x[:, 1:]
+    freq = torch.bincount(pairs.reshape(-1), minlength=K * K).double()
+    freq = freq / freq.sum()
+    true = (pi[:, None].double() * P.double()).reshape(-1)
+    return float(0.5 * (freq - true).abs().sum())

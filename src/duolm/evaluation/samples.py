@@ -4,6 +4,13 @@ from __future__ import annotations
 import torch
 
 
+def token_entropy(ids: torch.Tensor) -> float:
+    """Entropy in nats of the frequencies of the token ids in `ids` (any shape), pooled."""
+    p = torch.bincount(ids.reshape(-1)).double()
+    p = p / p.sum()
+    return float(-torch.xlogy(p, p).sum())
+
+
 def unigram_entropy(x: torch.Tensor) -> torch.Tensor:
     """(n,) entropy in nats of each sample's own token histogram, as the papers report it.
 
@@ -11,12 +18,7 @@ def unigram_entropy(x: torch.Tensor) -> torch.Tensor:
     """
     if x.dim() != 2:
         raise ValueError(f"expected (n, L) token ids, got shape {tuple(x.shape)}")
-    out = torch.empty(x.shape[0], dtype=torch.float64)
-    for i, row in enumerate(x):
-        counts = torch.unique(row, return_counts=True)[1].double()
-        p = counts / counts.sum()
-        out[i] = -(p * p.log()).sum()
-    return out
+    return torch.tensor([token_entropy(row) for row in x], dtype=torch.float64)
 
 
 def read_mauve_texts(path) -> list[str]:

@@ -10,7 +10,7 @@ kappa = clip(1 - sigma / (1 - alpha_s), 0, 1):
 - ``max-capped``: sigma = min(eta, (1 - alpha_s) / alpha_t).
 - ``max-rescale``: sigma = eta * min(1, (1 - alpha_s) / alpha_t), as in the ReMDM and
   Psi-sampler papers; the papers' code uses min(eta, .) * eta there, which shrinks
-  sigma quadratically in eta (tests/test_psi.py shows the difference).
+  sigma quadratically in eta (tests/test_samplers.py::test_max_rescale_uses_min_one_not_min_eta).
 
 The reference configuration strings (``max-capped-0.01``, ``pure-posterior``, ...)
 are parsed once by ``parse_kappa``.

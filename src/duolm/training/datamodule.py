@@ -22,7 +22,7 @@ class BlockDataset(Dataset):
 
 class BlockDataModule(pl.LightningDataModule):
     def __init__(self, train: Split, valid: Split, *, batch_size: int, eval_batch_size: int,
-                 global_batch_size: int, seed: int = 0, num_workers: int = 0, max_valid_batches: int | None = None):
+                 global_batch_size: int, seed: int = 0, num_workers: int = 0):
         super().__init__()
         self.train, self.valid = train, valid
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

@@ -1,0 +1,41 @@
+"""Every process, schedule and sampler-facing denoiser satisfies its contract (duolm.contracts)."""
+import inspect
+
+import pytest
+import torch
+
+from duolm.contracts import Denoiser, Process, Schedule
+from duolm.methods import METHODS, PROCESSES, build_method
+from duolm.models.dit import DiT, DiTConfig
+from duolm.sampling import denoiser_from
+from duolm.schedules import SCHEDULES
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_processes_share_one_signature(name):
+    process = PROCESSES[name](5)
+    assert isinstance(process, Process)
+    for method in ("sample_xt", "marginal", "posterior", "prior_sample", "prior_kl"):
+        expected = list(inspect.signature(getattr(Process, method)).parameters)[1:]
+        assert list(inspect.signature(getattr(process, method)).parameters) == expected, (name, method)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(process.prior_sample((3, 4), generator=g1), process.prior_sample((3, 4), generator=g2))
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_schedules_round_trip_their_inverse(name):
+    schedule = SCHEDULES[name](eps=1e-3)
+    assert isinstance(schedule, Schedule)
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    torch.testing.assert_close(schedule.inverse(schedule(t).alpha), t)
+
+
+@pytest.mark.parametrize("algo", [a for a, r in METHODS.items() if r.process is not None])
+def test_every_diffusion_method_gives_a_denoiser(algo):
+    method = build_method(algo, 6)
+    net = DiT(DiTConfig(vocab_size=method.model_vocab_size, hidden_size=16, cond_dim=8, n_blocks=1, n_heads=2,
+                        dropout=0.0))
+    den = denoiser_from(method, net)
+    assert isinstance(den, Denoiser)
+    out = den(torch.zeros(2, 3, dtype=torch.long), torch.full((2,), 0.5))
+    assert out.shape == (2, 3, method.model_vocab_size)
