@@ -87,6 +87,7 @@ class Components:
     dit: DiTConfig                               # vocab_size is a placeholder until dit_config()
     curriculum: object | None = None             # duolm.curriculum.CurriculumSchedule, or None when off
     delta: object | None = None                  # duolm.distill.DeltaSchedule (DCD runs)
+    batch: tuple[int, int, int] = (1, 1, 1)      # per-device batch, eval batch, accumulation steps
 
     def method(self, vocab_size: int) -> Method:
         m = build_method(self.algo["name"], vocab_size, schedule=self.schedule, num_steps=self.algo["T"],
@@ -176,7 +177,7 @@ def validate(cfg: DictConfig) -> Components:
             linear_max=d.linear_max, max_steps=cfg.trainer.max_steps))
         _built("distill", lambda: check_settings(d.loss_type, d.teacher_from, d.gamma_min, d.gamma_max))
     _built("training.ema", lambda: check_decay(cfg.training.ema))
-    batch_plan(cfg)
+    parts.batch = batch_plan(cfg)
     return parts
 
 

@@ -16,9 +16,10 @@ import torch
 
 from duolm.atomic import atomic_torch_save
 from duolm.data import blocks, corpora
+from duolm.data.zero_shot import ZERO_SHOT, load_zero_shot
 
-EVAL_ONLY = ("ptb", "wikitext2", "lambada", "ag_news", "pubmed", "arxiv")  # the papers' zero-shot sets
-SOURCES = ("bigtxt", "local", "openwebtext", "lm1b", "wikitext103", "text8", *EVAL_ONLY)
+EVAL_ONLY = tuple(ZERO_SHOT)  # the papers' zero-shot sets
+SOURCES = ("bigtxt", "local", *corpora.HF_SOURCES, *EVAL_ONLY)
 BLOCK_MODES = ("wrap", "pad", "pack")
 
 
@@ -66,8 +67,6 @@ def load_documents(source: str, **kwargs) -> tuple[dict, bool]:
         # a small corpus still gets a validation document: the last one
         return corpora.split_by_document(docs, min(every, len(docs))), are_ids
     if source in EVAL_ONLY:
-        from duolm.data.zero_shot import load_zero_shot
-
         return load_zero_shot(source, kwargs.get("data_files")), False
     if source in corpora.HF_SOURCES:
         return corpora.HF_SOURCES[source](data_files=kwargs.get("data_files")), False

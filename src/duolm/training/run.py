@@ -10,7 +10,6 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from duolm.atomic import atomic_torch_save
 from duolm.checkpoints import FORMAT, save_pretrained
-from duolm.config import batch_plan
 from duolm.data.pipeline import build_splits, unigram_entropy_bits
 from duolm.data.tokenizers import load_tokenizer
 from duolm.models.dit import DiT
@@ -127,7 +126,7 @@ def train(cfg, *, log=print, init=None, parts=None) -> dict:
         objective = Nelbo(method, antithetic=cfg.training.antithetic)
     else:
         objective = build_objective(parts, method, backbone, antithetic=cfg.training.antithetic)
-    per_device, eval_bs, accum = batch_plan(cfg)
+    per_device, eval_bs, accum = parts.batch
     module = LitDiffusionLM(objective, backbone, lr=cfg.optim.lr,
                             betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=cfg.optim.weight_decay,
                             adam_eps=cfg.optim.eps, warmup_steps=cfg.optim.warmup_steps,
