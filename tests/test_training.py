@@ -185,6 +185,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, corpus):
     ("mdlm", ["sampling.total_length=40", "sampling.stride=8", "sampling.stop_at_eos=true"]),
     ("sedd", []),
     ("ar", []),
+    ("ar", ["sampling.prefix=word"]),
 ])
 def test_every_predictor_samples_from_the_cli(tmp_path, corpus, algo, extra):
     args = TINY + ["data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
@@ -213,6 +214,8 @@ def test_every_predictor_samples_from_the_cli(tmp_path, corpus, algo, extra):
     (["sampling.p_nucleus=0"], "sampling.p_nucleus must lie in (0, 1]"),
     (["sampling.guidance=2.0"], "sampling.guidance needs a class-conditional model"),
     (["sampling.total_length=10"], "sampling.total_length (10) must be >= model.length"),
+    (["algo=sedd", "sampling.prefix=the"], "sampling.predictor=analytic cannot hold tokens fixed"),
+    (["algo=ar", "sampling.predictor=psi"], "sampling.predictor=psi needs x_0 probabilities"),
 ])
 def test_bad_sampler_settings_get_one_sentence(overrides, msg):
     from duolm.config import ConfigError

@@ -15,7 +15,7 @@ from duolm.sampling import analytic, ancestral, ar, psi
 from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
 
 # what a method's network gives, by method: log p(x_0 | x_t), SEDD's log score, or next-token logits
-NEEDS = {"x0": "x_0 probabilities (ar, mdlm, d3pm, duo_base, duo give them through a diffusion process)",
+NEEDS = {"x0": "x_0 probabilities from a diffusion denoiser (algo=mdlm, d3pm, duo_base or duo)",
          "score": "a score model (algo=sedd)", "ar": "a causal model (algo=ar)"}
 
 
