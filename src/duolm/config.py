@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from duolm.data.pipeline import BLOCK_MODES, SOURCES
-from duolm.methods import ALGOS, Method, build_method
+from duolm.data.pipeline import check_data
+from duolm.methods import Method, build_method
 from duolm.models.dit import DiTConfig
 from duolm.schedules import make_schedule
 
@@ -116,8 +116,6 @@ def validate(cfg: DictConfig) -> Components:
     from duolm.sampling import check_sampler
     from duolm.sampling_job import spec_from_config
 
-    _choice(cfg, "algo.name", ALGOS)
-    _positive(cfg, "algo.T", minimum=0)
     schedule = _built("noise", lambda: make_schedule(cfg.noise.type, cfg.noise.eps))
     _choice(cfg, "training.loss_precision", ("float32", "float64"))
     algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
@@ -137,8 +135,7 @@ def validate(cfg: DictConfig) -> Components:
     parts.dit = _built("model", lambda: DiTConfig(vocab_size=1, hidden_size=m.hidden_size, cond_dim=m.cond_dim,
                                                   n_blocks=m.n_blocks, n_heads=m.n_heads, dropout=m.dropout))
     _positive(cfg, "model.length", minimum=3)
-    _choice(cfg, "data.source", SOURCES)
-    _choice(cfg, "data.blocks", BLOCK_MODES)
+    _built("data", lambda: check_data(cfg.data.source, cfg.data.blocks))
     if cfg.data.source == "local" and not cfg.data.get("path"):
         raise ConfigError("data.path must name a folder of .txt files, a .jsonl file or a token-id file "
                           "when data=local")

@@ -188,6 +188,8 @@ def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | 
     if name not in METHODS:
         raise ValueError(f"algo.name must be one of {list(ALGOS)}, got {name!r}")
     r = METHODS[name]
+    if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0):
+        raise ValueError(f"algo.T must be an integer >= 0, got {num_steps!r}")
     if num_steps is not None:
         if r.time == "discrete" and num_steps < 1:
             raise ValueError(f"algo.T must be >= 1 for {name} (a discrete-time NELBO), got {num_steps}")

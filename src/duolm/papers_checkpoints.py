@@ -17,7 +17,6 @@ any Lightning file this way, duolm's own run checkpoints included.
 """
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from pathlib import Path

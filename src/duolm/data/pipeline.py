@@ -73,10 +73,17 @@ def load_documents(source: str, **kwargs) -> tuple[dict, bool]:
     raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
 
 
-def build_splits(source: str, tokenizer, length: int, mode: str = "wrap", cache_dir: str | None = None,
-                 **kwargs) -> dict[str, Split]:
+def check_data(source: str, mode: str) -> None:
+    """The data settings that need no file: a known source and block mode."""
+    if source not in SOURCES:
+        raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
     if mode not in BLOCK_MODES:
         raise ValueError(f"data.blocks must be one of {list(BLOCK_MODES)}, got {mode!r}")
+
+
+def build_splits(source: str, tokenizer, length: int, mode: str = "wrap", cache_dir: str | None = None,
+                 **kwargs) -> dict[str, Split]:
+    check_data(source, mode)
     key = json.dumps({"fp": _fingerprint(source, kwargs), "tok": tokenizer.to_dict(), "V": tokenizer.vocab_size,
                       "L": length, "mode": mode, "v": 1}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
