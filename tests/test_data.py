@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from duolm.data import blocks, corpora
+from duolm.data import corpora
 from duolm.data.pipeline import build_splits, unigram_entropy_bits
+from duolm.data.store import SplitWriter, open_store
 from duolm.data.sampler import ResumableSampler
 from duolm.data.tokenizers import CharTokenizer, load_tokenizer
 
@@ -24,28 +25,41 @@ def test_gpt2_tokenizer_loads_offline_from_the_package():
     assert tok.decode(ids) == "Hello world, this is GPT-2."
 
 
-def test_wrap_frames_every_block_with_bos_and_eos():
+def store_blocks(tmp_path, docs, length, mode, bos, eos, vocab_size, pad=None):
+    """(ids, valid) of every block of a one-split store written from `docs`."""
+    import json
+
+    w = SplitWriter(tmp_path / "s" / "train", mode=mode, length=length, bos=bos, eos=eos, vocab_size=vocab_size)
+    w.add(docs)
+    meta = {"version": 2, "key": "k", "splits": {"train": w.close()}}
+    (tmp_path / "s" / "meta.json").write_text(json.dumps(meta))
+    split = open_store(tmp_path / "s", key="k", mode=mode, length=length, bos=bos, eos=eos, pad=pad)["train"]
+    return split.ids, split.valid
+
+
+def test_wrap_frames_every_block_with_bos_and_eos(tmp_path):
     docs = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
-    x, v = blocks.wrap_blocks(docs, length=6, bos=0, eos=10, vocab_size=11)
+    x, v = store_blocks(tmp_path, docs, length=6, mode="wrap", bos=0, eos=10, vocab_size=11)
     # stream: 0 1 2 3 10 0 4 5 10 0 6 7 8 9 10 -> chunks of 4, framed
     assert x.tolist() == [[0, 0, 1, 2, 3, 10], [0, 10, 0, 4, 5, 10], [0, 10, 0, 6, 7, 10]]
     assert v.all()
 
 
-def test_pad_and_pack_blocks():
+def test_pad_and_pack_blocks(tmp_path):
     docs = [[1, 2], [3, 4, 5, 6, 7, 8], [9]]
-    x, v = blocks.pad_blocks(docs, length=5, bos=0, eos=10, pad=11, vocab_size=12)
+    x, v = store_blocks(tmp_path / "pad", docs, length=5, mode="pad", bos=0, eos=10, pad=11, vocab_size=12)
     assert x.tolist() == [[0, 1, 2, 10, 11], [0, 3, 4, 5, 10], [0, 9, 10, 11, 11]]
     assert v.sum(-1).tolist() == [4, 5, 3]
-    x, v = blocks.pack_blocks([[1, 2], [3], [4, 5, 6]], length=8, bos=0, eos=10, pad=11, vocab_size=12)
+    x, v = store_blocks(tmp_path / "pack", [[1, 2], [3], [4, 5, 6]], length=8, mode="pack", bos=0, eos=10, pad=11,
+                        vocab_size=12)
     assert x.tolist() == [[0, 1, 2, 10, 0, 3, 10, 11], [0, 4, 5, 6, 10, 11, 11, 11]]
 
 
 def test_bad_data_gets_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        blocks.wrap_blocks([[1, 99]], length=4, bos=0, eos=1, vocab_size=10)
+        store_blocks(tmp_path / "a", [[1, 99]], length=4, mode="wrap", bos=0, eos=1, vocab_size=10)
     with pytest.raises(ValueError, match="cannot fill one block"):
-        blocks.wrap_blocks([[1, 2]], length=64, bos=0, eos=1, vocab_size=10)
+        store_blocks(tmp_path / "b", [[1, 2]], length=64, mode="wrap", bos=0, eos=1, vocab_size=10)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="no .txt files"):
@@ -83,7 +97,7 @@ def test_local_corpora_in_all_formats_and_the_cache(tmp_path, fmt):
     splits = build_splits("local", tok, 16, "wrap", str(cache), path=str(path), valid_fraction=0.1)
     assert splits["train"].ids.shape[1] == 16 and len(splits["valid"]) > 0
     assert (splits["train"].ids[:, 0] == tok.bos_id).all() and (splits["train"].ids[:, -1] == tok.eos_id).all()
-    assert len(list(cache.glob("*.pt"))) == 1
+    assert len([d for d in cache.iterdir() if d.is_dir() and not d.name.startswith(".")]) == 1  # one store
     again = build_splits("local", tok, 16, "wrap", str(cache), path=str(path), valid_fraction=0.1)
     assert torch.equal(again["train"].ids, splits["train"].ids)
 
@@ -94,14 +108,12 @@ def test_token_ids_outside_the_vocabulary_are_refused(tmp_path):
         build_splits("local", CharTokenizer(), 4, "wrap", None, path=str(tmp_path / "big.ids"))
 
 
-def test_builtin_corpus_is_split_by_document_and_beats_nothing_yet():
+def test_builtin_corpus_is_split_by_document_and_beats_nothing_yet(tmp_path):
     docs = corpora.builtin_bigtxt()
     assert len(docs["train"]) > 20 * len(docs["valid"]) * 0.9 and len(docs["valid"]) > 10
     assert not set(docs["train"]) & set(docs["valid"])
     tok = CharTokenizer()
-    x, v = blocks.wrap_blocks([tok.encode(d) for d in docs["valid"]], 128, tok.bos_id, tok.eos_id, tok.vocab_size)
-    from duolm.data.pipeline import Split
-    bits = unigram_entropy_bits(Split(x, v), tok.vocab_size)
+    bits = unigram_entropy_bits(build_splits("bigtxt", tok, 128, "wrap", str(tmp_path))["valid"], tok.vocab_size)
     assert 3.9 < bits < 4.3  # English letters and spaces
 
 

@@ -81,7 +81,7 @@ def cmd_train(cfg, parts, init=None):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pre.backbone.to(device)
     unit = "char" if pre.config["tokenizer"].get("type") == "char" else "token"
-    ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"].ids, splits["valid"].valid,
+    ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"],
                         batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
     print(f"\ntrained {report['steps']} steps in {report['train_seconds'] / 60:.1f} min -> {report['model_dir']}")
@@ -162,7 +162,7 @@ def cmd_eval(cfg, parts):
 
     pre, device = _load_for_eval(cfg)
     _, splits = load_data(cfg, pre.tokenizer, pre.config["length"])
-    ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"].ids, splits["valid"].valid,
+    ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"],
                         batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
     base = unigram_entropy_bits(splits["valid"], pre.tokenizer.vocab_size)

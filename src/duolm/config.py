@@ -155,6 +155,7 @@ def validate(cfg: DictConfig) -> Components:
     _positive(cfg, "trainer.num_nodes")
     _positive(cfg, "trainer.val_check_interval")
     _positive(cfg, "trainer.max_minutes", allow_none=True, integer=False, minimum=0)
+    _positive(cfg, "data.num_proc", allow_none=True)
     _positive(cfg, "loader.global_batch_size")
     _positive(cfg, "loader.batch_size", allow_none=True)
     _positive(cfg, "loader.eval_batch_size", allow_none=True)

@@ -1,7 +1,7 @@
 """Where documents come from: the built-in corpus, a user's local files, or the papers' HF datasets.
 
-Every source returns {'train': [text or id list, ...], 'valid': [...]}, split by
-document. Nothing here touches the network except ``hf_*`` sources, which go
+Every source returns {'train': documents, 'valid': documents}, split by document, where
+documents are texts (or token-id lists) in a list or a re-iterable ``Documents`` stream. Nothing here touches the network except ``hf_*`` sources, which go
 through ``datasets.load_dataset`` (and accept local files in the same format).
 """
 from __future__ import annotations
@@ -41,35 +41,77 @@ def builtin_bigtxt(paragraphs_per_document: int = 32, valid_every: int = 20) -> 
     return split_by_document(docs, valid_every)
 
 
-def _read_token_ids(path: Path) -> list[list[int]]:
-    seqs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            seqs.append([int(x) for x in line.replace(",", " ").split()])
-        except ValueError:
-            raise ValueError(f"{path}:{n}: expected whitespace-separated integer token ids") from None
-    return seqs
+class Documents:
+    """A re-iterable stream of documents: each pass calls `factory()` afresh, so a corpus is never
+    held in memory. len() is known for some sources (None otherwise)."""
+
+    def __init__(self, factory, length: int | None = None):
+        self.factory, self.length = factory, length
+
+    def __iter__(self):
+        return iter(self.factory())
+
+    def __len__(self) -> int:
+        if self.length is None:
+            self.length = sum(1 for _ in self)  # a pass over the stream
+        return self.length
+
+    def __getitem__(self, i: int):
+        """Document i by a pass over the stream (for small corpora and tests)."""
+        if i < 0:
+            i += len(self)
+        for j, d in enumerate(self):
+            if j == i:
+                return d
+        raise IndexError(i)
 
 
-def _read_jsonl(path: Path, field: str) -> list[str]:
-    texts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-        if field not in row:
-            raise ValueError(f"{path}:{n}: no {field!r} field (set data.text_field)")
-        texts.append(row[field])
-    return texts
+def _split_stream(f, sep: str = "\n\n", chunk: int = 1 << 20):
+    """The parts of a text stream between separators, exactly str.split(sep) on the whole text."""
+    buf = ""
+    while True:
+        data = f.read(chunk)
+        if not data:
+            break
+        parts = (buf + data).split(sep)
+        yield from parts[:-1]
+        buf = parts[-1]
+    yield buf
 
 
-def read_local(path: str | Path, fmt: str = "auto", text_field: str = "text") -> tuple[list, bool]:
-    """Documents from a folder of .txt files, a JSONL file of texts, or a file of token ids.
+def _iter_token_ids(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield [int(x) for x in line.replace(",", " ").split()]
+            except ValueError:
+                raise ValueError(f"{path}:{n}: expected whitespace-separated integer token ids") from None
+
+
+def _iter_jsonl(path: Path, field: str):
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+            if field not in row:
+                raise ValueError(f"{path}:{n}: no {field!r} field (set data.text_field)")
+            yield row[field]
+
+
+def _iter_text_file(path: Path):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        yield from _split_stream(f)
+
+
+def local_documents(path: str | Path, fmt: str = "auto", text_field: str = "text") -> tuple[Documents, bool]:
+    """Documents from a folder of .txt files, a JSONL file of texts, or a file of token ids, read
+    incrementally (one file, line or paragraph at a time); empty documents are skipped.
 
     Returns (documents, are_token_ids).
     """
@@ -89,26 +131,63 @@ def read_local(path: str | Path, fmt: str = "auto", text_field: str = "text") ->
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise ValueError(f"data.path: {path} holds no .txt files")
-        docs, ids = [f.read_text(encoding="utf-8", errors="replace") for f in files], False
+        raw, ids = (lambda: (f.read_text(encoding="utf-8", errors="replace") for f in files)), False
     elif fmt == "text_file":
-        docs, ids = [d for d in path.read_text(encoding="utf-8", errors="replace").split("\n\n")], False
+        raw, ids = (lambda: _iter_text_file(path)), False
     elif fmt == "jsonl":
-        docs, ids = _read_jsonl(path, text_field), False
+        raw, ids = (lambda: _iter_jsonl(path, text_field)), False
     elif fmt == "token_ids":
-        docs, ids = _read_token_ids(path), True
+        raw, ids = (lambda: _iter_token_ids(path)), True
     else:
         raise ValueError(f"data.format must be one of ['auto', 'text_dir', 'text_file', 'jsonl', 'token_ids'], "
                          f"got {fmt!r}")
-    docs = [d for d in docs if len(d)]
-    if not docs:
-        raise ValueError(f"data.path: {path} is empty")
-    return docs, ids
+
+    def non_empty():
+        seen = False
+        for d in raw():
+            if len(d):
+                seen = True
+                yield d
+        if not seen:
+            raise ValueError(f"data.path: {path} is empty")
+
+    return Documents(non_empty), ids
+
+
+def read_local(path: str | Path, fmt: str = "auto", text_field: str = "text") -> tuple[list, bool]:
+    """local_documents as a list (small corpora and tests)."""
+    docs, ids = local_documents(path, fmt, text_field)
+    return list(docs), ids
+
+
+def split_local(docs: Documents, valid_fraction: float) -> dict[str, Documents]:
+    """Every round(1 / valid_fraction)-th document held out (at least every 2nd; a small corpus still
+    gets one: the last); a corpus of one document holds out its tail instead."""
+    every = max(2, round(1 / float(valid_fraction)))
+    n = sum(1 for _ in docs)  # one counting pass: memory stays bounded
+    if n < 2:
+        d = next(iter(docs))
+        cut = int(len(d) * (1 - 1 / every))
+        return {"train": Documents(lambda: iter([d[:cut]]), 1), "valid": Documents(lambda: iter([d[cut:]]), 1)}
+    every = min(every, n)
+
+    def part(keep_valid: bool):
+        return Documents(lambda: (d for i, d in enumerate(docs) if (i % every == every - 1) == keep_valid))
+
+    return {"train": part(False), "valid": part(True)}
 
 
 # --- the papers' datasets through HF datasets ---------------------------------------------
 
-def _texts(ds, field="text"):
-    return [r[field] for r in ds]
+def hf_column(ds, field: str = "text", transform=None) -> Documents:
+    """One text column of an HF dataset as a document stream (Arrow is memory-mapped: nothing is
+    read until iterated, and then a thousand rows at a time)."""
+    def rows():
+        for batch in ds.iter(batch_size=1000):
+            for text in batch[field]:
+                yield transform(text) if transform else text
+
+    return Documents(rows, len(ds))
 
 
 def hf_openwebtext(data_files=None, holdout: int = 100_000) -> dict:
@@ -119,7 +198,7 @@ def hf_openwebtext(data_files=None, holdout: int = 100_000) -> dict:
           else load_dataset("openwebtext", split="train", trust_remote_code=True))
     n = len(ds)
     holdout = min(holdout, max(1, n // 10)) if n <= holdout else holdout
-    return {"train": _texts(ds.select(range(n - holdout))), "valid": _texts(ds.select(range(n - holdout, n)))}
+    return {"train": hf_column(ds.select(range(n - holdout))), "valid": hf_column(ds.select(range(n - holdout, n)))}
 
 
 def hf_lm1b(data_files=None) -> dict:
@@ -130,8 +209,8 @@ def hf_lm1b(data_files=None) -> dict:
     else:
         ds = load_dataset("lm1b", trust_remote_code=True)
     valid = ds["test"] if "test" in ds else ds["validation"]
-    return {"train": [lm1b_detokenize(t) for t in _texts(ds["train"])],
-            "valid": [lm1b_detokenize(t) for t in _texts(valid)]}
+    return {"train": hf_column(ds["train"], transform=lm1b_detokenize),
+            "valid": hf_column(valid, transform=lm1b_detokenize)}
 
 
 def hf_wikitext103(data_files=None) -> dict:
@@ -141,8 +220,12 @@ def hf_wikitext103(data_files=None) -> dict:
         ds = load_dataset("json", data_files=data_files)
     else:
         ds = load_dataset("wikitext", "wikitext-103-raw-v1")
-    return {split: [wikitext_detokenize(d) for d in join_wikitext_articles(_texts(ds[hf]))]
-            for split, hf in (("train", "train"), ("valid", "validation"))}
+
+    def articles(split):
+        lines = hf_column(ds[split])
+        return Documents(lambda: (wikitext_detokenize(d) for d in join_wikitext_articles(lines)))
+
+    return {"train": articles("train"), "valid": articles("validation")}
 
 
 def hf_text8(data_files=None) -> dict:

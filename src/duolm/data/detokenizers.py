@@ -68,14 +68,16 @@ def identity(x: str) -> str:
     return x
 
 
-def join_wikitext_articles(lines: list[str]) -> list[str]:
-    """WikiText stores one line per row; an article starts at a ' = Title = ' line."""
-    docs, cur = [], []
+def join_wikitext_articles(lines):
+    """WikiText stores one line per row; an article starts at a ' = Title = ' line. Yields articles
+    (a generator over any iterable of lines, so a split is never held whole)."""
+    cur = []
     for line in lines:
         if line.startswith(" = ") and not line.startswith(" = = ") and cur:
-            docs.append("".join(cur))
+            doc = "".join(cur)
+            if doc.strip():
+                yield doc
             cur = []
         cur.append(line)
-    if cur:
-        docs.append("".join(cur))
-    return [d for d in docs if d.strip()]
+    if cur and "".join(cur).strip():
+        yield "".join(cur)

@@ -1,4 +1,5 @@
-"""Tokenizers behind one small contract: encode, decode, vocab_size, bos_id, eos_id, pad_id, to_dict.
+"""Tokenizers behind one small contract: encode, encode_batch, decode, vocab_size, bos_id, eos_id, pad_id,
+to_dict.
 
 - ``char``: text8-style characters (a-z and space) plus one end-of-text token;
   the CPU default, because a small output layer is what a CPU can train.
@@ -36,6 +37,9 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         return [self._index[c] for c in self.normalize(text)]
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
     def decode(self, ids) -> str:
         return "".join(self.alphabet[i] if i < len(self.alphabet) else "|" for i in ids)
 
@@ -60,6 +64,10 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """One call for the batch: the fast tokenizer's Rust batch encoder."""
+        return self.tok(list(texts), add_special_tokens=False)["input_ids"] if texts else []
 
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids))

@@ -62,7 +62,7 @@ def load_zero_shot(name: str, data_files=None) -> dict:
         raise ValueError(f"data ({name}): expected a {spec.field!r} field, found {split.column_names}")
     texts = [r[spec.field] for r in split]
     if spec.join_wikitext_articles:
-        texts = join_wikitext_articles(texts)
+        texts = list(join_wikitext_articles(texts))
     docs = [spec.detokenize(t) for t in texts if t and t.strip()]
     if not docs:
         raise ValueError(f"data ({name}): no text in the {spec.split} split")

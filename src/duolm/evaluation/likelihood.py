@@ -8,23 +8,29 @@ from tqdm.auto import tqdm
 
 
 @torch.no_grad()
-def evaluate_nelbo(method, backbone, ids: torch.Tensor, valid: torch.Tensor, *, batch_size: int = 32,
+def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, batch_size: int = 32,
                    time_samples: int = 1, max_batches: int | None = None, seed: int = 0,
                    device=None, progress: bool = False) -> dict:
     """Average of the per-token NELBO over a split, with t drawn `time_samples` times per sequence.
 
     The standard error is over sequences (each sequence's NELBO is one Monte
-    Carlo draw); for AR it reflects only the spread between sequences.
+    Carlo draw); for AR it reflects only the spread between sequences. ids: (N, L) token ids with
+    their valid mask, or a store split (duolm.data.store.Split), read a batch at a time.
     """
+    def batch(a: int, b: int):
+        if valid is None:
+            return ids.blocks(a, b)
+        return ids[a:b], valid[a:b]
+
     g = torch.Generator(device=device or "cpu").manual_seed(seed)
     backbone.eval()
     per_seq, tokens = [], []
-    n_batches = math.ceil(ids.shape[0] / batch_size)
+    n_batches = math.ceil(len(ids) / batch_size)
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
     for b in tqdm(range(n_batches), disable=not progress, desc="eval"):
-        x0 = ids[b * batch_size:(b + 1) * batch_size].to(device)
-        v = valid[b * batch_size:(b + 1) * batch_size].to(device)
+        x0, v = batch(b * batch_size, (b + 1) * batch_size)
+        x0, v = x0.to(device), v.to(device)
         total = 0.0
         for _ in range(time_samples):
             out = method.token_loss(backbone, x0, v, generator=g)

@@ -4,11 +4,16 @@ from __future__ import annotations
 import torch
 
 
-def token_entropy(ids: torch.Tensor) -> float:
-    """Entropy in nats of the frequencies of the token ids in `ids` (any shape), pooled."""
-    p = torch.bincount(ids.reshape(-1)).double()
+def entropy_of_counts(counts) -> float:
+    """Entropy in nats of the frequencies `counts` (a tensor or array of occurrence counts)."""
+    p = torch.as_tensor(counts).double()
     p = p / p.sum()
     return float(-torch.xlogy(p, p).sum())
+
+
+def token_entropy(ids: torch.Tensor) -> float:
+    """Entropy in nats of the frequencies of the token ids in `ids` (any shape), pooled."""
+    return entropy_of_counts(torch.bincount(ids.reshape(-1)))
 
 
 def unigram_entropy(x: torch.Tensor) -> torch.Tensor:

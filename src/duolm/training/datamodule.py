@@ -17,7 +17,7 @@ class BlockDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, i):
-        return self.split.ids[i], self.split.valid[i]
+        return self.split.block(i)  # read from the memory-mapped store
 
 
 class BlockDataModule(pl.LightningDataModule):

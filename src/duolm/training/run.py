@@ -34,7 +34,7 @@ def load_data(cfg, tokenizer=None, length: int | None = None):
     """(tokenizer, splits) of cfg.data in blocks of `length` (default: model.length)."""
     tokenizer = tokenizer or load_tokenizer(cfg.data.tokenizer)
     splits = build_splits(cfg.data.source, tokenizer, length or cfg.model.length, cfg.data.blocks,
-                          cfg.data.get("cache_dir"), **source_kwargs(cfg.data))
+                          cfg.data.get("cache_dir"), num_proc=cfg.data.get("num_proc"), **source_kwargs(cfg.data))
     return tokenizer, splits
 
 

@@ -1,4 +1,6 @@
-"""Turn tokenized documents into fixed-length training blocks, as the papers' pipeline does.
+"""The in-memory block builder duolm used before its token store, kept as the oracle the store's
+blocks are compared with (tests/test_store.py). Turns tokenized documents into fixed-length
+training blocks, as the papers' pipeline does.
 
 - ``wrap_blocks``: every document becomes [BOS] ids [EOS]; the stream is
   concatenated and cut into chunks of length - 2, and each chunk is framed as

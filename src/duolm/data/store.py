@@ -1,0 +1,240 @@
+"""The token store: a tokenized corpus on disk, read back with numpy.memmap; blocks made on the fly.
+
+One store is a folder, written atomically (duolm.atomic.atomic_directory), holding per split:
+
+    <split>/tokens.bin    the stored sequences one after another (uint16 when the vocabulary
+                          fits, uint32 otherwise): nanoGPT's train.bin, Megatron's indexed dataset
+    <split>/offsets.bin   int64, n + 1: where each sequence starts
+    <split>/rows.bin      int64, rows + 1 (pack only): the first sequence of each block
+    meta.json             counts, dtype and the key the store was built for
+
+What a sequence is depends on the block mode (the mode is part of the store's key):
+
+- wrap: every document framed [BOS] doc [EOS]; their concatenation is the papers' stream, and
+  block i is [BOS] stream[i (L - 2) : (i + 1)(L - 2)] [EOS], index arithmetic.
+- pad / pack: every document as it enters a block, ([BOS] doc)[: L - 1] [EOS]. Block i of pad
+  is sequence i (empty documents are dropped); block i of pack is sequences rows[i] .. rows[i+1]
+  (greedy packing of whole sequences), a contiguous slice; the rest of a block is padding.
+
+Memory while building is a batch of documents; memory while reading is what the batch touches.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STORE_VERSION = 2
+
+
+class StoreError(ValueError):
+    """A store on disk that cannot be read as written (truncated, corrupt, another version)."""
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+class SplitWriter:
+    """Appends documents' token ids to one split of a store, a batch at a time."""
+
+    def __init__(self, directory: Path, *, mode: str, length: int, bos: int, eos: int, vocab_size: int,
+                 source: str = "data"):
+        if mode == "wrap" and length < 3:
+            raise ValueError(f"model.length must be >= 3 to wrap text with BOS and EOS, got {length}")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.mode, self.length, self.bos, self.eos = directory, mode, length, bos, eos
+        self.vocab_size, self.source = vocab_size, source
+        self.dtype = token_dtype(vocab_size)
+        self._tokens = open(directory / "tokens.bin", "wb")
+        self._offsets = open(directory / "offsets.bin", "wb")
+        self._offsets.write(np.zeros(1, dtype=np.int64).tobytes())
+        self._rows = open(directory / "rows.bin", "wb") if mode == "pack" else None
+        if self._rows is not None:
+            self._rows.write(np.zeros(1, dtype=np.int64).tobytes())
+        self.n_docs = self.n_seqs = self.n_tokens = 0
+        self._row_len = 0
+
+    def add(self, docs) -> None:
+        """docs: a batch of token-id sequences (lists or arrays), in corpus order."""
+        seqs, ends, row_starts = [], [], []
+        for d in docs:
+            arr = np.asarray(d, dtype=np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+                bad = int(arr[(arr < 0) | (arr >= self.vocab_size)][0])
+                raise ValueError(f"{self.source}: sequence {self.n_docs} holds token id {bad}, outside the "
+                                 f"vocabulary [0, {self.vocab_size})")
+            self.n_docs += 1
+            if self.mode == "wrap":
+                seq = np.concatenate([[self.bos], arr, [self.eos]])
+            else:
+                if self.mode == "pad" and arr.size == 0:
+                    continue
+                seq = np.concatenate([[self.bos], arr])[: self.length - 1]
+                seq = np.concatenate([seq, [self.eos]])
+                if self.mode == "pack":
+                    if self._row_len + len(seq) > self.length:
+                        row_starts.append(self.n_seqs)
+                        self._row_len = 0
+                    self._row_len += len(seq)
+            seqs.append(seq)
+            self.n_seqs += 1
+            self.n_tokens += len(seq)
+            ends.append(self.n_tokens)
+        if seqs:
+            self._tokens.write(np.concatenate(seqs).astype(self.dtype).tobytes())
+            self._offsets.write(np.asarray(ends, dtype=np.int64).tobytes())
+        if row_starts:
+            self._rows.write(np.asarray(row_starts, dtype=np.int64).tobytes())
+
+    def close(self) -> dict:
+        """Finish the files; returns this split's entry of meta.json. Refuses a split that gives no block."""
+        n_rows = 0
+        if self._rows is not None:
+            if self.n_seqs:
+                self._rows.write(np.asarray([self.n_seqs], dtype=np.int64).tobytes())
+            n_rows = (self._rows.tell() // 8) - 1
+        for f in (self._tokens, self._offsets, self._rows):
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        meta = {"n_docs": self.n_docs, "n_seqs": self.n_seqs, "n_tokens": self.n_tokens, "n_rows": n_rows,
+                "dtype": np.dtype(self.dtype).name}
+        n_blocks = _num_blocks(self.mode, self.length, meta)
+        if n_blocks == 0:
+            if self.mode == "wrap":
+                raise ValueError(f"{self.source}: {self.n_tokens} tokens cannot fill one block of "
+                                 f"model.length={self.length}; use more text or a shorter model.length")
+            raise ValueError(f"{self.source}: no {'non-empty sequences' if self.mode == 'pad' else 'sequences to pack'}")
+        return meta
+
+
+def _num_blocks(mode: str, length: int, meta: dict) -> int:
+    if mode == "wrap":
+        return meta["n_tokens"] // (length - 2)
+    return meta["n_seqs"] if mode == "pad" else meta["n_rows"]
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+@dataclass
+class Split:
+    """One split of a store as fixed-length blocks: len(), block(i), blocks(a, b). Picklable: the
+    memory maps are reopened in each process (DataLoader workers, DDP ranks)."""
+
+    directory: Path
+    mode: str
+    length: int
+    bos: int
+    eos: int
+    pad: int
+    meta: dict
+    keepalive: object = None  # a TemporaryDirectory that must live as long as the split
+    _maps: dict = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.directory = Path(self.directory)
+        self.body = self.length - 2
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_maps"] = None
+        return state
+
+    def _open(self) -> dict:
+        if self._maps is None:
+            dtype = np.dtype(self.meta["dtype"])
+            d = self.directory
+            maps = {"tokens": (np.memmap(d / "tokens.bin", dtype=dtype, mode="r", shape=(self.meta["n_tokens"],))
+                               if self.meta["n_tokens"] else np.zeros(0, dtype=dtype)),
+                    "offsets": np.memmap(d / "offsets.bin", dtype=np.int64, mode="r",
+                                         shape=(self.meta["n_seqs"] + 1,))}
+            if self.mode == "pack":
+                maps["rows"] = np.memmap(d / "rows.bin", dtype=np.int64, mode="r", shape=(self.meta["n_rows"] + 1,))
+            self._maps = maps
+        return self._maps
+
+    def __len__(self) -> int:
+        return _num_blocks(self.mode, self.length, self.meta)
+
+    def _span(self, i: int) -> tuple[int, int]:
+        m = self._open()
+        if self.mode == "pad":
+            return int(m["offsets"][i]), int(m["offsets"][i + 1])
+        r0, r1 = int(m["rows"][i]), int(m["rows"][i + 1])
+        return int(m["offsets"][r0]), int(m["offsets"][r1])
+
+    def blocks(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks start .. stop - 1: (ids (n, L) int64, valid (n, L) bool)."""
+        stop = min(stop, len(self))
+        n = max(0, stop - start)
+        tokens = self._open()["tokens"]
+        if self.mode == "wrap":
+            chunk = np.asarray(tokens[start * self.body: stop * self.body], dtype=np.int64).reshape(n, self.body)
+            ids = np.concatenate([np.full((n, 1), self.bos), chunk, np.full((n, 1), self.eos)], axis=1)
+            return torch.from_numpy(ids), torch.ones(n, self.length, dtype=torch.bool)
+        ids = np.full((n, self.length), self.pad, dtype=np.int64)
+        valid = np.zeros((n, self.length), dtype=bool)
+        for j in range(n):
+            a, b = self._span(start + j)
+            ids[j, : b - a] = tokens[a:b]
+            valid[j, : b - a] = True
+        return torch.from_numpy(ids), torch.from_numpy(valid)
+
+    def block(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, valid = self.blocks(i, i + 1)
+        return ids[0], valid[0]
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """Every block, in memory (small splits; iterate blocks(a, b) for large ones)."""
+        return self.blocks(0, len(self))[0]
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.blocks(0, len(self))[1]
+
+    def token_counts(self, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:
+        """How often each token id occurs in the blocks' valid positions, read in chunks."""
+        tokens = self._open()["tokens"]
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        end = len(self) * self.body if self.mode == "wrap" else self.meta["n_tokens"]
+        for a in range(0, end, chunk):
+            counts += np.bincount(np.asarray(tokens[a:min(end, a + chunk)], dtype=np.int64), minlength=vocab_size)
+        if self.mode == "wrap":  # every block's frame
+            counts[self.bos] += len(self)
+            counts[self.eos] += len(self)
+        return counts
+
+
+def open_store(directory: Path, *, key: str, mode: str, length: int, bos: int, eos: int, pad: int,
+               keepalive=None) -> dict[str, Split]:
+    """The splits of the store in `directory`; StoreError when it is not the complete store for `key`."""
+    directory = Path(directory)
+    meta_path = directory / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise StoreError(f"{meta_path}: unreadable ({type(err).__name__})") from None
+    if meta.get("version") != STORE_VERSION or meta.get("key") != key:
+        raise StoreError(f"{directory}: built for another version or key")
+    out = {}
+    for name, m in meta["splits"].items():
+        d = directory / name
+        itemsize = np.dtype(m["dtype"]).itemsize
+        expected = {"tokens.bin": m["n_tokens"] * itemsize, "offsets.bin": (m["n_seqs"] + 1) * 8}
+        if mode == "pack":
+            expected["rows.bin"] = (m["n_rows"] + 1) * 8
+        for fname, size in expected.items():
+            actual = (d / fname).stat().st_size if (d / fname).exists() else -1
+            if actual != size:
+                raise StoreError(f"{d / fname}: {actual} bytes where the store needs {size} (truncated or corrupt)")
+        out[name] = Split(d, mode, length, bos, eos, pad, m, keepalive)
+    return out
