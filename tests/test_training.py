@@ -160,21 +160,32 @@ def test_cli_bad_input_exits_nonzero_without_output(tmp_path, capsys):
 def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, corpus):
     """Two gloo ranks with half the per-device batch end where one process with the same global batch does.
 
-    AR makes the loss deterministic, so the comparison is exact up to float reduction order.
+    AR makes the loss deterministic, so the comparison is exact up to float reduction order. The
+    two ranks build their token store concurrently (one builds under the lock, the other maps it),
+    and a two-rank run stopped at step 2 and resumed ends where the uninterrupted runs end.
     """
     results = {}
-    for devices in (1, 2):
-        run = tmp_path / f"run{devices}"
+
+    def run_cli(name, devices, steps, cache):
+        run = tmp_path / name
         cmd = [sys.executable, "-m", "duolm.cli", "train", "algo=ar", "data=local", f"data.path={corpus}",
-               f"data.cache_dir={tmp_path / 'cache'}", f"run.dir={run}", "trainer.max_steps=4",
-               "trainer.accelerator=cpu", f"trainer.devices={devices}",
+               f"data.cache_dir={cache}", f"run.dir={run}", f"trainer.max_steps={steps}",
+               "trainer.accelerator=cpu", f"trainer.devices={devices}", "run.checkpoint_every=1",
                f"trainer.strategy={'ddp' if devices == 2 else 'auto'}", *TINY]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        results[devices] = load_file(run / "model" / "model.safetensors")
+        return load_file(run / "model" / "model.safetensors")
+
+    results[1] = run_cli("run1", 1, 4, tmp_path / "cache1")
+    results[2] = run_cli("run2", 2, 4, tmp_path / "cache2")
+    stores = [d for d in (tmp_path / "cache2").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    assert len(stores) == 1 and not [d for d in (tmp_path / "cache2").iterdir() if d.name.endswith(".tmp")]
+    run_cli("run3", 2, 2, tmp_path / "cache2")
+    results[3] = run_cli("run3", 2, 4, tmp_path / "cache2")  # resumes from step 2
     for k in results[1]:
         torch.testing.assert_close(results[1][k], results[2][k], rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(results[2][k], results[3][k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 @pytest.mark.parametrize("algo,extra", [

@@ -1,4 +1,4 @@
-"""LightningDataModule over cached block tensors, with the resumable sampler."""
+"""LightningDataModule over a token store's blocks (memory-mapped), with the resumable sampler."""
 from __future__ import annotations
 
 import lightning.pytorch as pl
@@ -22,8 +22,10 @@ class BlockDataset(Dataset):
 
 class BlockDataModule(pl.LightningDataModule):
     def __init__(self, train: Split, valid: Split, *, batch_size: int, eval_batch_size: int,
-                 global_batch_size: int, seed: int = 0, num_workers: int = 0):
+                 global_batch_size: int, seed: int = 0, num_workers: int = 0, prefetch_factor: int = 2,
+                 pin_memory: bool = False):
         super().__init__()
+        self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
         self.train, self.valid = train, valid
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.global_batch_size, self.seed, self.num_workers = global_batch_size, seed, num_workers
@@ -36,12 +38,14 @@ class BlockDataModule(pl.LightningDataModule):
         # the loop state (global_step) is restored before the loaders are built, so a resumed
         # run starts exactly after the last example of its last optimizer step
         self.sampler.start = (tr.global_step if tr is not None else 0) * self.global_batch_size
-        return DataLoader(BlockDataset(self.train), batch_size=self.batch_size, sampler=self.sampler,
-                          num_workers=self.num_workers, drop_last=True, persistent_workers=self.num_workers > 0)
+        workers = dict(num_workers=self.num_workers, persistent_workers=True,
+                       prefetch_factor=self.prefetch_factor) if self.num_workers > 0 else {}
+        return DataLoader(BlockDataset(self.train), batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
+                          pin_memory=self.pin_memory, **workers)
 
     def val_dataloader(self):
         tr = self.trainer
         rank, world = (tr.global_rank, tr.world_size) if tr is not None else (0, 1)
         idx = list(range(rank, len(self.valid), world))
         sub = torch.utils.data.Subset(BlockDataset(self.valid), idx)
-        return DataLoader(sub, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
+        return DataLoader(sub, batch_size=self.eval_batch_size, shuffle=False, num_workers=0, pin_memory=self.pin_memory)

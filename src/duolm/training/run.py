@@ -55,6 +55,12 @@ def build_objective(parts, method, backbone, *, distill_cfg=None, antithetic: bo
     return Nelbo(method, antithetic=antithetic)
 
 
+def _pin_memory(cfg) -> bool:
+    if cfg.loader.pin_memory == "auto":
+        return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    return bool(cfg.loader.pin_memory)
+
+
 def _precision(cfg) -> str:
     if cfg.trainer.precision != "auto":
         return cfg.trainer.precision
@@ -138,7 +144,8 @@ def train(cfg, *, log=print, init=None, parts=None) -> dict:
                             seed=cfg.seed)
     dm = BlockDataModule(splits["train"], splits["valid"], batch_size=per_device, eval_batch_size=eval_bs,
                          global_batch_size=cfg.loader.global_batch_size, seed=cfg.seed,
-                         num_workers=cfg.loader.num_workers)
+                         num_workers=cfg.loader.num_workers, prefetch_factor=cfg.loader.prefetch_factor,
+                         pin_memory=_pin_memory(cfg))
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "checkpoints" / "last.ckpt"
