@@ -102,21 +102,21 @@ def test_a_failed_build_leaves_nothing_that_is_taken_for_a_store(tmp_path, monke
     from duolm.data import store as store_mod
 
     tok = CharTokenizer()
-    real = store_mod.SplitWriter.add
+    real = store_mod.SplitWriter.add_flat
     calls = {"n": 0}
 
-    def dying(self, docs):
+    def dying(self, flat, lengths):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # a killed build
-        return real(self, docs)
+        return real(self, flat, lengths)
 
-    monkeypatch.setattr(store_mod.SplitWriter, "add", dying)
+    monkeypatch.setattr(store_mod.SplitWriter, "add_flat", dying)
     with pytest.raises(KeyboardInterrupt):
         build_splits("bigtxt", tok, 64, "wrap", str(tmp_path))
     assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []  # no store, no temporary folder
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    monkeypatch.setattr(store_mod.SplitWriter, "add", real)
+    monkeypatch.setattr(store_mod.SplitWriter, "add_flat", real)
     assert len(build_splits("bigtxt", tok, 64, "wrap", str(tmp_path))["train"]) > 0
 
 
@@ -144,10 +144,10 @@ def test_a_full_disk_gets_one_sentence_and_leaves_no_partial_store(tmp_path, mon
 
     from duolm.data import store as store_mod
 
-    def full(self, docs):
+    def full(self, flat, lengths):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_mod.SplitWriter, "add", full)
+    monkeypatch.setattr(store_mod.SplitWriter, "add_flat", full)
     with pytest.raises(ValueError) as err:
         build_splits("bigtxt", CharTokenizer(), 64, "wrap", str(tmp_path))
     msg = str(err.value)

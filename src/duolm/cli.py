@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,config} [key=value ...]
+USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,data,config} [key=value ...]
 
   train    train a model (default: a small Duo model on the built-in corpus, on the CPU),
            then report its validation NELBO and print samples
@@ -26,6 +26,8 @@ USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,config} [key=val
            layouts) as a duolm directory: convert.output=<dir>
   plot     draw quality against sampling steps from results files: duolm plot a.json b.json
            [plot.output=quality.png]
+  data     build (or check) the token store of data=... for model.length and exit: run it once
+           before a multi-node launch so no rank waits on tokenization
   config   print the composed config
 
 Config groups: algo, model, data, noise, sampling, optim, trainer, loader (see `duolm config`).
@@ -212,6 +214,18 @@ def cmd_eval_samples(cfg):
     return 0
 
 
+def cmd_data(cfg, parts):
+    """Build the token store of cfg.data (or map the existing one) and report it."""
+    from duolm.training.run import load_data
+
+    tokenizer, splits = load_data(cfg)
+    out = {"store": str(next(iter(splits.values())).directory.parent), "tokenizer": tokenizer.to_dict(),
+           "length": cfg.model.length, "blocks": cfg.data.blocks,
+           "splits": {k: {"blocks": len(s), **s.meta} for k, s in splits.items()}}
+    print(json.dumps(out, indent=1))
+    return 0
+
+
 def cmd_plot(cfg, files):
     from duolm.evaluation.plots import load_results, plot_quality_vs_steps
 
@@ -228,7 +242,7 @@ def main(argv=None) -> int:
         print(USAGE)
         return 0
     command, overrides = argv[0], argv[1:]
-    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill,
+    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill, "data": cmd_data,
                 "convert": cmd_convert, "plot": cmd_plot, "config": None}
     files = []
     if command == "plot":  # bare arguments are results files

@@ -135,7 +135,7 @@ def validate(cfg: DictConfig) -> Components:
     parts.dit = _built("model", lambda: DiTConfig(vocab_size=1, hidden_size=m.hidden_size, cond_dim=m.cond_dim,
                                                   n_blocks=m.n_blocks, n_heads=m.n_heads, dropout=m.dropout))
     _positive(cfg, "model.length", minimum=3)
-    _built("data", lambda: check_data(cfg.data.source, cfg.data.blocks))
+    _built("data", lambda: check_data(cfg.data.source, cfg.data.blocks, bool(cfg.data.get("streaming"))))
     if cfg.data.source == "local" and not cfg.data.get("path"):
         raise ConfigError("data.path must name a folder of .txt files, a .jsonl file or a token-id file "
                           "when data=local")
@@ -150,6 +150,7 @@ def validate(cfg: DictConfig) -> Components:
     _choice(cfg, "trainer.precision", ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"))
     _choice(cfg, "trainer.strategy", ("auto", "ddp", "fsdp", "ddp_spawn", "ddp_find_unused_parameters_true"))
     _choice(cfg, "trainer.accelerator", ("auto", "cpu", "gpu", "cuda", "mps"))
+    _choice(cfg, "trainer.compile", (True, False))
     _positive(cfg, "trainer.max_steps")
     _positive(cfg, "trainer.devices")
     _positive(cfg, "trainer.num_nodes")

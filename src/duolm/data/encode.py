@@ -29,8 +29,17 @@ def _init_worker(tokenizer):
     _WORKER_TOKENIZER = tokenizer
 
 
-def _encode(texts: list[str]) -> list[list[int]]:
-    return _WORKER_TOKENIZER.encode_batch(texts)
+def flatten(ids: list[list[int]]):
+    """(flat token ids uint32, lengths int64): a batch in two arrays, cheap to send between processes."""
+    import numpy as np
+
+    lengths = np.fromiter((len(d) for d in ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter((x for d in ids for x in d), dtype=np.uint32, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def _encode(texts: list[str]):
+    return flatten(_WORKER_TOKENIZER.encode_batch(texts))
 
 
 def default_num_proc() -> int:
@@ -38,15 +47,19 @@ def default_num_proc() -> int:
 
 
 def encode_documents(docs, tokenizer, *, num_proc: int | None = None, batch_size: int = 256, are_ids: bool = False):
-    """Yield batches of token-id lists for `docs` (texts, or id lists when are_ids), in order."""
+    """Yield batches (flat token ids, lengths) for `docs` (texts, or id lists when are_ids), in order."""
     batches = batched(docs, batch_size)
     if are_ids:
-        yield from batches
+        for b in batches:
+            lengths = [len(d) for d in b]
+            import numpy as np
+
+            yield np.fromiter((x for d in b for x in d), dtype=np.int64, count=sum(lengths)), np.asarray(lengths)
         return
     num_proc = default_num_proc() if num_proc is None else num_proc
     if num_proc <= 1:
         for b in batches:
-            yield tokenizer.encode_batch(b)
+            yield flatten(tokenizer.encode_batch(b))
         return
     # fork (where there is one) shares the loaded tokenizer; the workers touch nothing but it
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")

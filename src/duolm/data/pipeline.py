@@ -23,7 +23,8 @@ from duolm.data.store import STORE_VERSION, Split, SplitWriter, StoreError, open
 from duolm.data.zero_shot import ZERO_SHOT, load_zero_shot
 
 EVAL_ONLY = tuple(ZERO_SHOT)  # the papers' zero-shot sets
-SOURCES = ("bigtxt", "local", *corpora.HF_SOURCES, *EVAL_ONLY)
+STREAM_ONLY = ("fineweb-edu",)  # read with data.streaming=true only
+SOURCES = ("bigtxt", "local", *corpora.HF_SOURCES, *STREAM_ONLY, *EVAL_ONLY)
 BLOCK_MODES = ("wrap", "pad", "pack")
 
 
@@ -60,12 +61,21 @@ def load_documents(source: str, **kwargs) -> tuple[dict, bool]:
     raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
 
 
-def check_data(source: str, mode: str) -> None:
-    """The data settings that need no file: a known source and block mode."""
+def check_data(source: str, mode: str, streaming: bool = False) -> None:
+    """The data settings that need no file: a known source and block mode, and streaming's limits."""
+    from duolm.data.streaming import STREAMS
+
     if source not in SOURCES:
         raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
     if mode not in BLOCK_MODES:
         raise ValueError(f"data.blocks must be one of {list(BLOCK_MODES)}, got {mode!r}")
+    if streaming and source not in STREAMS:
+        raise ValueError(f"data.streaming=true reads {sorted(STREAMS)}; data.source={source} is read into a token store")
+    if streaming and mode != "wrap":
+        raise ValueError(f"data.streaming=true makes wrap blocks; data.blocks={mode} needs the token store "
+                         f"(data.streaming=false)")
+    if source in STREAM_ONLY and not streaming:
+        raise ValueError(f"data.source={source} is read in streaming mode only: set data.streaming=true")
 
 
 @contextlib.contextmanager
@@ -86,12 +96,49 @@ def _file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class StreamingSource:
+    """A training split read in streaming mode: blocks_for(rank, world, start) gives that rank's
+    StreamingBlocks (duolm.data.streaming)."""
+
+    def __init__(self, source: str, texts, tokenizer, length: int, num_proc):
+        self.source, self.texts, self.tokenizer, self.length, self.num_proc = source, texts, tokenizer, length, num_proc
+
+    def blocks_for(self, rank: int, world: int, start=(0, 0, 0)):
+        from duolm.data.streaming import StreamingBlocks
+
+        return StreamingBlocks(self.texts, self.tokenizer, self.length, rank=rank, world=world, num_proc=self.num_proc,
+                               start=start, source=f"data ({self.source}, streaming)")
+
+
+def stream_splits(source: str, tokenizer, length: int, cache_dir=None, num_proc=None, *, seed: int = 0,
+                  shuffle_buffer: int = 0, valid_docs: int = 1000, data_files=None) -> dict:
+    """{'train': StreamingSource, 'valid': Split}: the training split streams; validation is the first
+    valid_docs documents of the validation split (or held out of the training stream) in a store."""
+    from duolm.data.streaming import STREAMS, stream_texts
+
+    spec = STREAMS[source]
+    held_out = 0 if spec.valid_split else valid_docs  # the training stream starts after them
+    train = stream_texts(source, data_files=data_files, seed=seed, shuffle_buffer=shuffle_buffer, skip=held_out)
+    valid_texts = stream_texts(source, data_files=data_files, split=spec.valid_split, take=valid_docs)
+    held = corpora.Documents(lambda: valid_texts(0))
+    valid = _cached_splits(f"{source}-stream", tokenizer, length, "wrap", cache_dir, num_proc,
+                           {"valid": held}, False, {"data_files": data_files, "valid_docs": valid_docs,
+                                                    "seed": seed, "shuffle_buffer": shuffle_buffer})["valid"]
+    return {"train": StreamingSource(source, train, tokenizer, length, num_proc), "valid": valid}
+
+
 def build_splits(source: str, tokenizer, length: int, mode: str = "wrap", cache_dir: str | None = None,
                  num_proc: int | None = None, **kwargs) -> dict[str, Split]:
     """{'train': Split, 'valid': Split} (only 'valid' for the zero-shot sets) of `source`, from its
     token store in cache_dir (built first when missing, incomplete or corrupt; a temporary folder
     when cache_dir is None). num_proc: tokenizer processes (default: this machine's cores)."""
     check_data(source, mode)
+    return _cached_splits(source, tokenizer, length, mode, cache_dir, num_proc, None, None, kwargs)
+
+
+def _cached_splits(source, tokenizer, length, mode, cache_dir, num_proc, docs, are_ids, kwargs) -> dict[str, Split]:
+    """The store for (source, kwargs, tokenizer, length, mode), built from docs (or from the source's
+    documents when docs is None) when it is missing or unusable."""
     key = json.dumps({"fp": _fingerprint(source, kwargs), "tok": tokenizer.to_dict(), "V": tokenizer.vocab_size,
                       "L": length, "mode": mode, "v": STORE_VERSION}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -112,22 +159,23 @@ def build_splits(source: str, tokenizer, length: int, mode: str = "wrap", cache_
                 except StoreError as err:
                     print(f"duolm: data.cache_dir: the token store {store} is unusable ({err}); rebuilding it",
                           file=sys.stderr)
-            _build_store(store, source, tokenizer, length, mode, key, num_proc, kwargs)
+            if docs is None:
+                docs, are_ids = load_documents(source, **kwargs)
+            _build_store(store, source, tokenizer, length, mode, key, num_proc, docs, are_ids)
             return open_store(store, **frame)
     except OSError as err:
         raise ValueError(f"data.cache_dir: cannot write the token store in {root} "
                          f"({err.strerror or type(err).__name__}); nothing was kept") from None
 
 
-def _build_store(store: Path, source: str, tokenizer, length: int, mode: str, key: str, num_proc, kwargs):
-    docs, are_ids = load_documents(source, **kwargs)
+def _build_store(store: Path, source: str, tokenizer, length: int, mode: str, key: str, num_proc, docs, are_ids):
     meta = {"version": STORE_VERSION, "key": key, "splits": {}}
     with atomic_directory(store) as tmp:
         for split, items in docs.items():
             writer = SplitWriter(tmp / split, mode=mode, length=length, bos=tokenizer.bos_id, eos=tokenizer.eos_id,
                                  vocab_size=tokenizer.vocab_size, source=f"data ({source}, {split})")
-            for batch in encode_documents(items, tokenizer, num_proc=num_proc, are_ids=are_ids):
-                writer.add(batch)
+            for flat, lengths in encode_documents(items, tokenizer, num_proc=num_proc, are_ids=are_ids):
+                writer.add_flat(flat, lengths)
             if writer.n_docs == 0:
                 raise ValueError(f"data ({source}): the {split} split is empty")
             meta["splits"][split] = writer.close()

@@ -21,6 +21,7 @@ Memory while building is a batch of documents; memory while reading is what the 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,35 +64,56 @@ class SplitWriter:
 
     def add(self, docs) -> None:
         """docs: a batch of token-id sequences (lists or arrays), in corpus order."""
-        seqs, ends, row_starts = [], [], []
-        for d in docs:
-            arr = np.asarray(d, dtype=np.int64)
-            if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
-                bad = int(arr[(arr < 0) | (arr >= self.vocab_size)][0])
-                raise ValueError(f"{self.source}: sequence {self.n_docs} holds token id {bad}, outside the "
-                                 f"vocabulary [0, {self.vocab_size})")
-            self.n_docs += 1
-            if self.mode == "wrap":
-                seq = np.concatenate([[self.bos], arr, [self.eos]])
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+        flat = np.fromiter((x for d in docs for x in d), dtype=np.int64, count=int(lengths.sum()))
+        self.add_flat(flat, lengths)
+
+    def add_flat(self, flat: np.ndarray, lengths: np.ndarray) -> None:
+        """A batch as one flat array of token ids and each document's length (no Python loop per token)."""
+        flat, lengths = np.asarray(flat), np.asarray(lengths, dtype=np.int64)
+        if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= self.vocab_size):
+            pos = int(np.flatnonzero((flat < 0) | (flat >= self.vocab_size))[0])
+            doc = int(np.searchsorted(np.cumsum(lengths), pos, side="right"))
+            raise ValueError(f"{self.source}: sequence {self.n_docs + doc} holds token id {int(flat[pos])}, outside "
+                             f"the vocabulary [0, {self.vocab_size})")
+        self.n_docs += len(lengths)
+        doc_starts = np.cumsum(lengths) - lengths
+        if self.mode == "wrap":
+            kept, keep_starts = lengths, doc_starts
+        else:
+            if self.mode == "pad":  # empty documents make no block
+                keep_starts, lengths = doc_starts[lengths > 0], lengths[lengths > 0]
             else:
-                if self.mode == "pad" and arr.size == 0:
-                    continue
-                seq = np.concatenate([[self.bos], arr])[: self.length - 1]
-                seq = np.concatenate([seq, [self.eos]])
-                if self.mode == "pack":
-                    if self._row_len + len(seq) > self.length:
-                        row_starts.append(self.n_seqs)
-                        self._row_len = 0
-                    self._row_len += len(seq)
-            seqs.append(seq)
-            self.n_seqs += 1
-            self.n_tokens += len(seq)
-            ends.append(self.n_tokens)
-        if seqs:
-            self._tokens.write(np.concatenate(seqs).astype(self.dtype).tobytes())
-            self._offsets.write(np.asarray(ends, dtype=np.int64).tobytes())
-        if row_starts:
-            self._rows.write(np.asarray(row_starts, dtype=np.int64).tobytes())
+                keep_starts = doc_starts
+            kept = np.minimum(lengths, self.length - 2)  # ([BOS] doc)[: L - 1] [EOS]
+        # the kept tokens of every document, gathered with index arithmetic
+        first = np.repeat(keep_starts, kept)
+        within = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
+        body = flat[first + within] if flat.size else flat
+        seq_lens = kept + 2
+        ends = np.cumsum(seq_lens)
+        starts = ends - seq_lens
+        out = np.empty(int(seq_lens.sum()), dtype=self.dtype)
+        frame = np.zeros(len(out), dtype=bool)
+        frame[starts] = True
+        frame[ends - 1] = True
+        out[starts] = self.bos
+        out[ends - 1] = self.eos
+        out[~frame] = body
+        if self.mode == "pack":
+            row_starts = []
+            for j, n in enumerate(seq_lens.tolist()):
+                if self._row_len + n > self.length:
+                    row_starts.append(self.n_seqs + j)
+                    self._row_len = 0
+                self._row_len += n
+            if row_starts:
+                self._rows.write(np.asarray(row_starts, dtype=np.int64).tobytes())
+        if len(seq_lens):
+            self._tokens.write(out.tobytes())
+            self._offsets.write((self.n_tokens + ends).astype(np.int64).tobytes())
+            self.n_seqs += len(seq_lens)
+            self.n_tokens += int(seq_lens.sum())
 
     def close(self) -> dict:
         """Finish the files; returns this split's entry of meta.json. Refuses a split that gives no block."""
@@ -158,6 +180,9 @@ class Split:
                                          shape=(self.meta["n_seqs"] + 1,))}
             if self.mode == "pack":
                 maps["rows"] = np.memmap(d / "rows.bin", dtype=np.int64, mode="r", shape=(self.meta["n_rows"] + 1,))
+            for m in maps.values():  # blocks are read at random: no read-ahead around each one
+                if isinstance(m, np.memmap) and hasattr(mmap, "MADV_RANDOM"):
+                    m._mmap.madvise(mmap.MADV_RANDOM)
             self._maps = maps
         return self._maps
 

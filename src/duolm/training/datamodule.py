@@ -30,10 +30,18 @@ class BlockDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.global_batch_size, self.seed, self.num_workers = global_batch_size, seed, num_workers
         self.sampler = None
+        self.stream, self.stream_start_step = None, 0
+        self.resume_positions = None  # set from a checkpoint: every rank's stream position
 
     def train_dataloader(self):
         tr = self.trainer
         rank, world = (tr.global_rank, tr.world_size) if tr is not None else (0, 1)
+        if hasattr(self.train, "blocks_for"):  # streaming: one rank's share of the stream, from its saved position
+            start = tuple(self.resume_positions[rank]) if self.resume_positions else (0, 0, 0)
+            self.stream = self.train.blocks_for(rank, world, start)
+            self.stream_start_step = tr.global_step if tr is not None else 0
+            # in this process, so the positions it records are the trainer's; data.num_proc tokenizes in parallel
+            return DataLoader(self.stream, batch_size=self.batch_size, num_workers=0, pin_memory=self.pin_memory)
         self.sampler = ResumableSampler(len(self.train), seed=self.seed, rank=rank, world_size=world)
         # the loop state (global_step) is restored before the loaders are built, so a resumed
         # run starts exactly after the last example of its last optimizer step
@@ -42,6 +50,15 @@ class BlockDataModule(pl.LightningDataModule):
                        prefetch_factor=self.prefetch_factor) if self.num_workers > 0 else {}
         return DataLoader(BlockDataset(self.train), batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
                           pin_memory=self.pin_memory, **workers)
+
+    def stream_position(self, global_step: int):
+        """This rank's stream position after `global_step` optimizer steps (None when not streaming)."""
+        if self.stream is None:
+            return None
+        tr = self.trainer
+        world = tr.world_size if tr is not None else 1
+        accum = max(1, self.global_batch_size // (self.batch_size * world))
+        return tuple(self.stream.position((global_step - self.stream_start_step) * accum * self.batch_size))
 
     def val_dataloader(self):
         tr = self.trainer

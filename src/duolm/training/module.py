@@ -133,12 +133,20 @@ class LitDiffusionLM(pl.LightningModule):
             checkpoint[self.objective.state_key] = state
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        position = dm.stream_position(self.global_step) if hasattr(dm, "stream_position") else None
+        if position is not None:  # every rank's place in its stream (a collective: all ranks get here)
+            gathered = self.all_gather(torch.tensor(position, dtype=torch.long, device=self.device))
+            checkpoint["stream_positions"] = gathered.reshape(-1, 3).cpu().tolist()
 
     def on_load_checkpoint(self, checkpoint):
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
         if self.objective.state_key in checkpoint:
             self.objective.load_state_dict(checkpoint[self.objective.state_key])
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if "stream_positions" in checkpoint and dm is not None:
+            dm.resume_positions = checkpoint["stream_positions"]
 
     def ema_backbone(self) -> torch.nn.Module:
         """A copy of the backbone holding the EMA weights (the training weights without EMA)."""

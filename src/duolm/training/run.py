@@ -33,6 +33,13 @@ def source_kwargs(data_cfg) -> dict:
 def load_data(cfg, tokenizer=None, length: int | None = None):
     """(tokenizer, splits) of cfg.data in blocks of `length` (default: model.length)."""
     tokenizer = tokenizer or load_tokenizer(cfg.data.tokenizer)
+    if cfg.data.get("streaming"):
+        from duolm.data.pipeline import stream_splits
+
+        splits = stream_splits(cfg.data.source, tokenizer, length or cfg.model.length, cfg.data.get("cache_dir"),
+                               cfg.data.get("num_proc"), seed=cfg.seed, shuffle_buffer=cfg.data.get("shuffle_buffer", 0),
+                               valid_docs=cfg.data.get("valid_docs", 1000), data_files=cfg.data.get("data_files"))
+        return tokenizer, splits
     splits = build_splits(cfg.data.source, tokenizer, length or cfg.model.length, cfg.data.blocks,
                           cfg.data.get("cache_dir"), num_proc=cfg.data.get("num_proc"), **source_kwargs(cfg.data))
     return tokenizer, splits
@@ -100,12 +107,13 @@ def build_trainer(cfg, run_dir: Path, accumulate: int, callbacks=()):
         default_root_dir=run_dir, enable_model_summary=False)
 
 
-def train(cfg, *, log=print, init=None, parts=None) -> dict:
+def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
     """Train per cfg; returns the final report. Resumes from run.dir when a checkpoint is there.
 
     init: a loaded model (duolm.checkpoints.Pretrained) to start from; with cfg.distill.enabled,
     the run is Discrete Consistency Distillation of that model (its tokenizer and length are used).
-    parts: what duolm.config.validate built from cfg (built here when not given).
+    parts: what duolm.config.validate built from cfg (built here when not given). callbacks: more
+    Lightning callbacks (benchmarks time the steps with one).
     """
     from duolm.config import validate
     from duolm.data.pipeline import EVAL_ONLY
@@ -152,10 +160,13 @@ def train(cfg, *, log=print, init=None, parts=None) -> dict:
     resume = str(last) if cfg.run.resume and last.exists() else None
     n_params = module.backbone.num_parameters()
     log(f"duolm: {method.name} | {n_params / 1e6:.2f}M parameters | vocab {tokenizer.vocab_size} | "
-        f"{len(splits['train'])} train / {len(splits['valid'])} valid blocks of {length} | "
+        f"{len(splits['train']) if hasattr(splits['train'], '__len__') else 'streamed'} train / "
+        f"{len(splits['valid'])} valid blocks of {length} | "
         f"global batch {cfg.loader.global_batch_size} = {per_device} x {accum} accumulation"
         + (f" | resuming from {resume}" if resume else ""))
-    trainer = build_trainer(cfg, run_dir, accum)
+    if cfg.trainer.get("compile"):
+        module.backbone.compile()  # in place: parameter names, and so checkpoints, stay as they are
+    trainer = build_trainer(cfg, run_dir, accum, callbacks)
     t0 = time.perf_counter()
     trainer.fit(module, dm, ckpt_path=resume)
     train_seconds = time.perf_counter() - t0

@@ -1,0 +1,151 @@
+"""GPU readiness: the papers' model through the real training layer, then few-step sampling; prints JSON.
+
+    python benchmarks/gpu.py                 # on CUDA: model=small, length 1024, bf16-mixed
+    python benchmarks/gpu.py --smoke         # seconds on a CPU: the same path at a toy size (the tests run it)
+
+On CUDA it trains Duo (`model=small`: 12 blocks x 768, length 1024) for --steps optimizer steps
+through `duolm.training.run.train` (Lightning, bf16-mixed, SDPA attention) on random GPT-2 token
+ids in a token store, once eagerly and once with `trainer.compile=true`, and reports per run the
+median step time after --warmup steps, tokens/s, model FLOP utilisation (6 N + 12 n_blocks H L
+FLOPs per token against the device's dense bf16 peak, where known) and peak memory. Then it samples
+8 steps (ancestral, greedy tail) from the trained Duo model at length 1024 and reports tokens/s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# dense bf16 peak FLOP/s by device name (no sparsity)
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+
+def bf16_peak(name: str) -> float | None:
+    return next((v for k, v in BF16_PEAK.items() if k in name), None)
+
+
+class StepTimer:
+    """A Lightning callback recording the wall time of each optimizer step."""
+
+    def __init__(self):
+        self.times, self._t = [], None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self._t is None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            self.times.append(now - self._t)
+            self._t = now
+
+
+def write_random_ids(path: Path, n_seqs: int, seq_len: int, vocab: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    with open(path, "w") as f:
+        for _ in range(n_seqs):
+            f.write(" ".join(map(str, torch.randint(0, vocab - 1, (seq_len,), generator=g).tolist())) + "\n")
+
+
+def train_once(work: Path, args, compile_: bool) -> tuple[dict, Path]:
+    import lightning.pytorch as pl
+
+    from duolm.config import compose_components
+    from duolm.training.run import train
+
+    size = ["model.hidden_size=64", "model.cond_dim=32", "model.n_blocks=1", "model.n_heads=2"] if args.smoke \
+        else ["model=small"]
+    overrides = ["algo=duo_base", *size, f"model.length={args.length}", "model.dropout=0.0", "data=local",
+                 f"data.path={work / 'ids.ids'}", "data.tokenizer=gpt2", f"data.cache_dir={work / 'cache'}",
+                 "trainer=gpu", f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={10 * args.steps}",
+                 "trainer.enable_progress_bar=false", f"trainer.compile={str(compile_).lower()}",
+                 f"loader.global_batch_size={args.batch}", f"loader.num_workers={0 if args.smoke else 2}",
+                 f"run.dir={work / ('run-compiled' if compile_ else 'run-eager')}", "run.resume=false",
+                 f"run.checkpoint_every={10 * args.steps}", "logging.csv=false", "training.ema=0",
+                 "trainer.limit_val_batches=1", "eval.max_batches=1"]
+    if args.smoke:
+        overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true"]
+    cfg, parts = compose_components(overrides)
+    timer = type("Timer", (StepTimer, pl.Callback), {})()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    report = train(cfg, parts=parts, log=lambda *_: None, callbacks=[timer])
+    steady = timer.times[args.warmup:] or timer.times
+    step = statistics.median(steady)
+    tokens = args.batch * args.length
+    out = {"compile": compile_, "steps": report["steps"], "parameters": report["parameters"],
+           "first_step_seconds": round(timer.times[0], 3), "median_step_seconds": round(step, 4),
+           "tokens_per_second": round(tokens / step)}
+    m = cfg.model
+    flops_per_token = 6 * report["parameters"] + 12 * m.n_blocks * m.hidden_size * args.length
+    out["model_tflops"] = round(flops_per_token * tokens / step / 1e12, 2)
+    if torch.cuda.is_available():
+        out["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+        peak = bf16_peak(torch.cuda.get_device_name())
+        out["mfu"] = round(flops_per_token * tokens / step / peak, 4) if peak else None
+    return out, Path(report["model_dir"])
+
+
+def sample_once(model_dir: Path, args) -> dict:
+    from duolm.checkpoints import load
+    from duolm.sampling import SamplerSpec
+    from duolm.sampling_job import generate
+
+    pre = load(model_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pre.backbone.to(device)
+    spec = SamplerSpec(predictor="ancestral", steps=8, noise_removal="greedy")
+    n = 2 if args.smoke else 32
+    generate(pre.method, pre.backbone, pre.tokenizer, spec, length=args.length, num_samples=n, batch_size=n,
+             seed=0, device=device, progress=False)  # warm-up
+    res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=args.length, num_samples=n, batch_size=n,
+                   seed=1, device=device, progress=False)
+    return {"steps": 8, "samples": n, "length": args.length, "seconds": round(res["seconds"], 3),
+            "tokens_per_second": round(res["tokens_per_second"])}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="a toy size on the CPU, in seconds")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--length", type=int, default=None)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu.py needs CUDA (or --smoke for the CPU path)")
+    args.steps = args.steps or (3 if args.smoke else 40)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 10)
+    args.batch = args.batch or (4 if args.smoke else 32)
+    args.length = args.length or (32 if args.smoke else 1024)
+    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "torch": torch.__version__, "smoke": args.smoke, "batch": args.batch, "length": args.length}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        write_random_ids(work / "ids.ids", n_seqs=max(64, args.steps * args.batch * 2), seq_len=args.length, vocab=50257)
+        runs = []
+        for compile_ in ([False] if args.no_compile or args.smoke else [False, True]):
+            out, model_dir = train_once(work, args, compile_)
+            runs.append(out)
+        result["train"] = runs
+        result["sample"] = sample_once(model_dir, args)
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
