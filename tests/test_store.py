@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import in_memory_blocks as oracle
-from duolm.data import corpora
 from duolm.data.pipeline import build_splits, load_documents
 from duolm.data.tokenizers import CharTokenizer, load_tokenizer
 
@@ -154,3 +153,14 @@ def test_a_full_disk_gets_one_sentence_and_leaves_no_partial_store(tmp_path, mon
     assert msg.startswith("data.cache_dir: cannot write the token store") and "No space left" in msg
     assert "\n" not in msg and [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_data_command_builds_the_store_once(tmp_path, corpus, capsys):
+    from duolm.cli import main
+
+    args = ["data", "data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'c'}", "model.length=16"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["splits"]["train"]["blocks"] > 0 and first["splits"]["train"]["dtype"] == "uint16"
+    assert main(args) == 0  # maps the same store
+    assert json.loads(capsys.readouterr().out)["store"] == first["store"]
