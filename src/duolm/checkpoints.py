@@ -145,6 +145,10 @@ def from_pretrained(directory, map_location="cpu", config: dict | None = None) -
     config = config if config is not None else read_config_json(directory)
     if config.get("format") != FORMAT:
         raise ValueError(f"{cfg_path}: format {config.get('format')!r}, expected {FORMAT!r}")
+    missing = [k for k in ("algo", "model", "noise", "tokenizer", "length") if k not in config]
+    if missing:
+        raise ValueError(f"{cfg_path}: no {', '.join(repr(k) for k in missing)} entry (a duolm config.json records "
+                         f"algo, model, noise, tokenizer and length)")
     tokenizer = load_tokenizer(config["tokenizer"])
     method = method_from_config(config["algo"], config["noise"], tokenizer.vocab_size)
     dit_cfg = DiTConfig(**config["model"])
@@ -156,7 +160,12 @@ def from_pretrained(directory, map_location="cpu", config: dict | None = None) -
         state = load_file(weights, device=str(map_location))
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for corrupt files
         raise ValueError(f"{weights}: cannot read the weights ({err})") from None
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that config.json does not describe
+        bad = [line.strip() for line in str(err).splitlines() if "size mismatch" in line][:1]
+        raise ValueError(f"{weights}: the weights do not have the shapes config.json describes "
+                         f"({bad[0] if bad else 'size mismatch'})") from None
     if missing or unexpected:
         raise ValueError(f"{weights}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     return Pretrained(backbone.eval(), method, tokenizer, config)

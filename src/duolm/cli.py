@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -270,10 +271,29 @@ def main(argv=None) -> int:
     except NonFiniteLossError as err:
         print(f"duolm: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        msg = err.args[0] if err.args else str(err)
-        print(f"duolm: error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\nduolm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error a user can cause is one sentence
+        if os.environ.get("DUOLM_DEBUG"):
+            raise
+        print(f"duolm: error: {user_message(err)}", file=sys.stderr)
         return 1
+
+
+def user_message(err: BaseException) -> str:
+    """One line for an exception: its own sentence for the errors duolm raises on bad input, the
+    file and the system's reason for an OSError, else the type and first line (a bug: rerun with
+    DUOLM_DEBUG=1 for the traceback)."""
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror}"
+    if isinstance(err, (ValueError, FileNotFoundError, KeyError)) and err.args and isinstance(err.args[0], str) \
+            and " " in err.args[0]:
+        return err.args[0].splitlines()[0]
+    first = (str(err).strip().splitlines() or [""])[0]
+    return (f"{type(err).__name__}: {first[:300]} (this looks like a bug in duolm; rerun with DUOLM_DEBUG=1 to "
+            f"see the traceback)")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,14 @@ def validate(cfg: DictConfig) -> Components:
                                                   n_blocks=m.n_blocks, n_heads=m.n_heads, dropout=m.dropout))
     _positive(cfg, "model.length", minimum=3)
     _built("data", lambda: check_data(cfg.data.source, cfg.data.blocks, bool(cfg.data.get("streaming"))))
+    vf = cfg.data.get("valid_fraction")
+    if vf is not None and (isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1):
+        raise ConfigError(f"data.valid_fraction must lie in (0, 1), got {vf!r}")
+    if Path(str(cfg.run.dir)).expanduser().is_file():
+        raise ConfigError(f"run.dir: {cfg.run.dir} is a file; name a folder (it holds checkpoints, logs and the model)")
+    out = cfg.sampling.get("output")
+    if out and Path(str(out)).expanduser().is_dir():
+        raise ConfigError(f"sampling.output: {out} is a folder; name the JSON file to write")
     if cfg.data.source == "local" and not cfg.data.get("path"):
         raise ConfigError("data.path must name a folder of .txt files, a .jsonl file or a token-id file "
                           "when data=local")

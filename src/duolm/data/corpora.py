@@ -99,8 +99,13 @@ def _iter_jsonl(path: Path, field: str):
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object with a {field!r} field, got a "
+                                 f"{type(row).__name__}")
             if field not in row:
                 raise ValueError(f"{path}:{n}: no {field!r} field (set data.text_field)")
+            if not isinstance(row[field], str):
+                raise ValueError(f"{path}:{n}: the {field!r} field is {json.dumps(row[field])[:40]}, not text")
             yield row[field]
 
 

@@ -1,0 +1,77 @@
+"""Bad input from a user ends in one sentence naming the file or key, a non-zero exit, no traceback,
+and nothing partial left behind (issue 13's probes)."""
+import json
+
+import pytest
+
+from duolm.cli import main
+from tiny_run import TINY
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def probe_files(tmp_path):
+    (tmp_path / "bare.jsonl").write_text('"just a string"\n')
+    (tmp_path / "null.jsonl").write_text('{"text": null}\n')
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "outdir").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["train", "data=local", "data.path={t}/bare.jsonl"], 1, "bare.jsonl:1: expected a JSON object with a 'text' field"),
+    (["train", "data=local", "data.path={t}/null.jsonl"], 1, "null.jsonl:1: the 'text' field is null, not text"),
+    (["train", "data=local", "data.path={t}/bare.jsonl", "data.valid_fraction=0"], 2,
+     "data.valid_fraction must lie in (0, 1), got 0"),
+    (["train", "run.dir={t}/afile"], 2, "run.dir: {t}/afile is a file"),
+    (["sample", "sampling.output={t}/outdir"], 2, "sampling.output: {t}/outdir is a folder"),
+])
+def test_bad_input_is_one_sentence(tmp_path, capsys, args, code, needle):
+    t = probe_files(tmp_path)
+    args = [a.format(t=t) for a in args] + TINY + [f"data.cache_dir={t / 'cache'}"]
+    got, err = run_cli(capsys, *args)
+    assert got == code and needle.format(t=t) in err
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    assert not list(t.glob("**/*.tmp"))
+
+
+def _model(tmp_path, corpus, capsys):
+    args = [*TINY, "data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'c'}",
+            f"run.dir={tmp_path / 'run'}", "trainer.max_steps=1"]
+    assert main(["train", *args]) == 0
+    capsys.readouterr()
+    return tmp_path / "run" / "model"
+
+
+def test_broken_model_folders_are_one_sentence(tmp_path, corpus, capsys):
+    model = _model(tmp_path, corpus, capsys)
+    cfg = json.loads((model / "config.json").read_text())
+    broken = dict(cfg)
+    broken["model"] = {**cfg["model"], "hidden_size": cfg["model"]["hidden_size"] * 2,
+                       "cond_dim": cfg["model"]["cond_dim"]}
+    (model / "config.json").write_text(json.dumps(broken))
+    code, err = run_cli(capsys, "sample", f"eval.checkpoint_path={model}", *TINY)
+    assert code == 1 and "do not have the shapes config.json describes" in err and "Traceback" not in err
+    del broken["tokenizer"]
+    broken["model"] = cfg["model"]
+    (model / "config.json").write_text(json.dumps(broken))
+    code, err = run_cli(capsys, "sample", f"eval.checkpoint_path={model}", *TINY)
+    assert code == 1 and "no 'tokenizer' entry" in err
+
+
+def test_an_unexpected_exception_names_itself_and_points_to_debug(monkeypatch, capsys):
+    import duolm.cli
+
+    def boom(cfg, parts):
+        raise AttributeError("'NoneType' object has no attribute 'x'")
+
+    monkeypatch.setattr(duolm.cli, "cmd_data", boom)
+    code, err = run_cli(capsys, "data")
+    assert code == 1 and "AttributeError" in err and "DUOLM_DEBUG=1" in err and "Traceback" not in err
+    monkeypatch.setenv("DUOLM_DEBUG", "1")
+    with pytest.raises(AttributeError):
+        main(["data"])
