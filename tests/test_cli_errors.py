@@ -75,3 +75,37 @@ def test_an_unexpected_exception_names_itself_and_points_to_debug(monkeypatch, c
     monkeypatch.setenv("DUOLM_DEBUG", "1")
     with pytest.raises(AttributeError):
         main(["data"])
+
+
+def _snapshot(folder):
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resuming_with_another_model_or_corpus_is_refused_and_touches_nothing(tmp_path, corpus, capsys):
+    args = [*TINY, "data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'c'}",
+            f"run.dir={tmp_path / 'run'}", "trainer.max_steps=2", "logging.csv=true"]
+    assert main(["train", *args]) == 0
+    capsys.readouterr()
+    before = _snapshot(tmp_path / "run")
+    code, err = run_cli(capsys, "train", *args, "model.hidden_size=64")
+    assert code == 1 and "holds a run with another setup: model.* (hidden_size 32 -> 64)" in err
+    assert "choose a new run.dir" in err and "Traceback" not in err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("a different corpus entirely " * 200)
+    (other / "b.txt").write_text("with its own words and documents " * 200)
+    code, err = run_cli(capsys, "train", *[a for a in args if not a.startswith("data.path=")], f"data.path={other}")
+    assert code == 1 and "data (store" in err
+    assert _snapshot(tmp_path / "run") == before  # the run folder is untouched
+
+
+def test_the_metrics_history_grows_across_a_resume(tmp_path, corpus, capsys):
+    import csv
+
+    args = [*TINY, "data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'c'}",
+            f"run.dir={tmp_path / 'run'}", "logging.csv=true", "trainer.log_every_n_steps=1", "run.checkpoint_every=1"]
+    assert main(["train", *args, "trainer.max_steps=3"]) == 0
+    assert main(["train", *args, "trainer.max_steps=6"]) == 0
+    with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
+        steps = sorted({int(float(r["step"])) for r in csv.DictReader(f) if r.get("train/loss")})
+    assert steps[0] <= 1 and steps[-1] >= 4 and len(steps) >= 5, steps  # the first run's rows are still there

@@ -62,6 +62,12 @@ def build_objective(parts, method, backbone, *, distill_cfg=None, antithetic: bo
     return Nelbo(method, antithetic=antithetic)
 
 
+def _data_fingerprint(cfg, splits) -> dict:
+    """The corpus a run trains on: its source and the key of its store (source files, tokenizer,
+    length, block mode), so a resume on another corpus is refused."""
+    return {"source": cfg.data.source, "store": splits["valid"].directory.parent.name.rsplit("-", 1)[-1]}
+
+
 def _pin_memory(cfg) -> bool:
     if cfg.loader.pin_memory == "auto":
         return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
@@ -76,11 +82,13 @@ def _precision(cfg) -> str:
 
 
 def _loggers(cfg, run_dir: Path):
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    from duolm.training.history import AppendingCSVLogger
 
     out = []
     if cfg.logging.csv:
-        out.append(CSVLogger(run_dir, name="logs", version=""))
+        out.append(AppendingCSVLogger(run_dir, name="logs", version=""))
     if cfg.logging.tensorboard:
         out.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     if cfg.logging.wandb:
@@ -148,16 +156,24 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
                             ema_decay=cfg.training.ema, global_batch_size=cfg.loader.global_batch_size,
                             eval_time_samples=cfg.eval.time_samples,
                             export_config={"format": FORMAT, "algo": algo, "noise": noise,
-                                           "tokenizer": tokenizer.to_dict(), "length": length},
+                                           "tokenizer": tokenizer.to_dict(), "length": length,
+                                           "data": _data_fingerprint(cfg, splits)},
                             seed=cfg.seed)
     dm = BlockDataModule(splits["train"], splits["valid"], batch_size=per_device, eval_batch_size=eval_bs,
                          global_batch_size=cfg.loader.global_batch_size, seed=cfg.seed,
                          num_workers=cfg.loader.num_workers, prefetch_factor=cfg.loader.prefetch_factor,
                          pin_memory=_pin_memory(cfg))
     run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if cfg.run.resume and last.exists() else None
+    if resume:  # the same run? checked before anything in run.dir changes
+        from duolm.training.history import check_resumable, drop_rows_after
+
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        check_resumable(saved.get("duolm", {}), module.export_config | {"model": backbone.config.to_dict()}, run_dir)
+        drop_rows_after(run_dir / "logs" / "metrics.csv", int(saved.get("global_step", 0)))
+        del saved
+    run_dir.mkdir(parents=True, exist_ok=True)
     n_params = module.backbone.num_parameters()
     log(f"duolm: {method.name} | {n_params / 1e6:.2f}M parameters | vocab {tokenizer.vocab_size} | "
         f"{len(splits['train']) if hasattr(splits['train'], '__len__') else 'streamed'} train / "
