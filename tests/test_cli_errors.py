@@ -109,3 +109,36 @@ def test_the_metrics_history_grows_across_a_resume(tmp_path, corpus, capsys):
     with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
         steps = sorted({int(float(r["step"])) for r in csv.DictReader(f) if r.get("train/loss")})
     assert steps[0] <= 1 and steps[-1] >= 4 and len(steps) >= 5, steps  # the first run's rows are still there
+
+
+def test_ctrl_c_writes_a_checkpoint_and_a_rerun_resumes(tmp_path, corpus):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "duolm.cli", "train", *TINY, "data=local", f"data.path={corpus}",
+            f"data.cache_dir={tmp_path / 'c'}", f"run.dir={run}", "run.checkpoint_every=100000",
+            "trainer.max_steps=100000", "trainer.max_minutes=null"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:  # the start-up line: the handler is in place
+        line = proc.stdout.readline()
+        if line.startswith("duolm:"):
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "rerun the same command to resume" in err and "Traceback" not in err
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert step >= 1  # before the first periodic checkpoint (100,000), yet nothing is lost
+    again = subprocess.run(args[:-2] + [f"trainer.max_steps={step + 2}"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=300)
+    assert again.returncode == 0 and f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in again.stdout
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 2

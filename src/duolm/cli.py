@@ -77,6 +77,10 @@ def cmd_train(cfg, parts, init=None):
     from duolm.training.run import load_data, perplexity_line, train
 
     report = train(cfg, init=init, parts=parts)
+    if report.get("interrupted"):
+        print(f"duolm: interrupted at step {report['steps']}; the checkpoint is {report['checkpoint']} and the model "
+              f"{report.get('model_dir', '(rank 0 writes it)')}; rerun the same command to resume", file=sys.stderr)
+        return 130
     if "model_dir" not in report:  # not rank 0
         return 0
     pre = from_pretrained(report["model_dir"])

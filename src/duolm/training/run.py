@@ -182,13 +182,19 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
         + (f" | resuming from {resume}" if resume else ""))
     if cfg.trainer.get("compile"):
         module.backbone.compile()  # in place: parameter names, and so checkpoints, stay as they are
-    trainer = build_trainer(cfg, run_dir, accum, callbacks)
+    from duolm.training.interrupt import GracefulStop
+
+    stop = GracefulStop()
+    trainer = build_trainer(cfg, run_dir, accum, [stop, *callbacks])
     t0 = time.perf_counter()
-    trainer.fit(module, dm, ckpt_path=resume)
+    with stop.installed():
+        trainer.fit(module, dm, ckpt_path=resume)
     train_seconds = time.perf_counter() - t0
     trainer.save_checkpoint(last)
     report = {"algo": method.name, "steps": trainer.global_step, "train_seconds": train_seconds,
-              "parameters": n_params, "run_dir": str(run_dir)}
+              "parameters": n_params, "run_dir": str(run_dir), "checkpoint": str(last)}
+    if stop.stopped:
+        report["interrupted"] = True
     if trainer.global_rank == 0:
         model_dir = save_pretrained(run_dir / "model", module.ema_backbone(), algo=algo, noise=noise,
                                     tokenizer=tokenizer, length=length,
