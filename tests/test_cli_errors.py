@@ -142,3 +142,31 @@ def test_ctrl_c_writes_a_checkpoint_and_a_rerun_resumes(tmp_path, corpus):
                            cwd=tmp_path, timeout=300)
     assert again.returncode == 0 and f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in again.stdout
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 2
+
+
+def test_sampler_options_are_checked_against_the_loaded_model(tmp_path, corpus, capsys):
+    base = [*TINY, "data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'c'}", "trainer.max_steps=1"]
+    assert main(["train", *base, "algo=mdlm", f"run.dir={tmp_path / 'mdlm'}"]) == 0
+    assert main(["train", *base, "algo=duo", f"run.dir={tmp_path / 'duo'}"]) == 0
+    capsys.readouterr()
+    mdlm, duo = tmp_path / "mdlm" / "model", tmp_path / "duo" / "model"
+    out = tmp_path / "s.json"
+    # a 16-token model extends to 40 tokens (the default config's length, 128, is not the model's)
+    assert main(["sample", f"eval.checkpoint_path={mdlm}", "sampling.total_length=40", "sampling.stride=8",
+                 f"sampling.output={out}", "sampling.num_samples=1", "sampling.steps=2"]) == 0
+    # MDLM's cache on an MDLM checkpoint, without typing algo=mdlm
+    assert main(["sample", f"eval.checkpoint_path={mdlm}", "sampling.predictor=ancestral_cache",
+                 f"sampling.output={out}", "sampling.num_samples=1", "sampling.steps=2"]) == 0
+    # duo and duo_base are one model
+    assert main(["sample", f"eval.checkpoint_path={duo}", "algo=duo_base", f"sampling.output={out}",
+                 "sampling.num_samples=1", "sampling.steps=2"]) == 0
+    # kappa settings of an unused predictor are not checked
+    assert main(["sample", f"eval.checkpoint_path={duo}", "sampling.psi.middle_mode=nonsense",
+                 f"sampling.output={out}", "sampling.num_samples=1", "sampling.steps=2"]) == 0
+    capsys.readouterr()
+    code, err = run_cli(capsys, "sample", f"eval.checkpoint_path={duo}", "sampling.predictor=ancestral_cache",
+                        f"sampling.output={out}")
+    assert code == 2 and "only valid for a model without time conditioning" in err and "is duo, length 16" in err
+    code, err = run_cli(capsys, "sample", f"eval.checkpoint_path={duo}", "sampling.total_length=10",
+                        f"sampling.output={out}")
+    assert code == 2 and "sampling.total_length (10) must be >= model.length (16)" in err

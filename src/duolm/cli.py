@@ -57,7 +57,9 @@ def _load_for_eval(cfg):
     pre = load(path, algo=cfg.algo.name if asked_algo else None, use_ema=cfg.eval.use_ema,
                tokenizer=cfg.data.tokenizer if asked_tok else "gpt2",
                n_heads=cfg.model.n_heads if given & {"model", "model.n_heads"} else None)
-    if asked_algo and cfg.algo.name != pre.config["algo"]["name"]:
+    family = {"duo": "duo", "duo_base": "duo"}  # one model; the curriculum only changes its training
+    if asked_algo and family.get(cfg.algo.name, cfg.algo.name) != family.get(pre.config["algo"]["name"],
+                                                                          pre.config["algo"]["name"]):
         raise ValueError(f"{path} holds a {pre.config['algo']['name']} model, but algo={cfg.algo.name} was asked")
     have_tok = pre.config["tokenizer"].get("name", pre.config["tokenizer"].get("type"))
     if asked_tok and cfg.data.tokenizer != have_tok:
@@ -102,8 +104,17 @@ def cmd_train(cfg, parts, init=None):
 def _sample_and_print(cfg, pre, device, checkpoint=None):
     from duolm.sampling_job import generate, spec_from_config, write_samples
 
+    from duolm.config import ConfigError
+    from duolm.sampling import check_sampler
+
     s = cfg.sampling
-    spec = spec_from_config(s, pre.method, pre.tokenizer, eps=cfg.training.sampling_eps)
+    try:  # against the model that was loaded, not the config's algo and length
+        spec = spec_from_config(s, pre.method, pre.tokenizer, eps=cfg.training.sampling_eps)
+        check_sampler(spec, pre.method)
+        spec.check_length(pre.config["length"])
+    except ValueError as err:
+        raise ConfigError(f"{err} (the model at {checkpoint or _checkpoint(cfg)} is {pre.method.name}, "
+                          f"length {pre.config['length']})") from None
     res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
                    num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device)
     res = {"checkpoint": str(checkpoint or _checkpoint(cfg)), **res}
@@ -260,7 +271,7 @@ def main(argv=None) -> int:
     from duolm.training.module import NonFiniteLossError
 
     try:
-        cfg, parts = compose_components(overrides)
+        cfg, parts = compose_components(overrides, model_from_checkpoint=command in ("sample", "eval", "convert"))
         if command == "config":
             from omegaconf import OmegaConf
 

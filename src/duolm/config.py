@@ -32,7 +32,11 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     return compose_components(overrides)[0]
 
 
-def compose_components(overrides: list[str] | None = None) -> tuple[DictConfig, "Components"]:
+def compose_components(overrides: list[str] | None = None, *,
+                       model_from_checkpoint: bool = False) -> tuple[DictConfig, "Components"]:
+    """(config, what validate built). model_from_checkpoint: the command reads a trained model
+    (sample, eval, convert), so the sampler is checked against it once loaded, not against the
+    config's algo and model."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -55,7 +59,7 @@ def compose_components(overrides: list[str] | None = None) -> tuple[DictConfig, 
         raise ConfigError(f"bad override: {first}") from None
     OmegaConf.resolve(cfg)
     cfg.given = sorted(set(given))
-    return cfg, validate(cfg)
+    return cfg, validate(cfg, model_from_checkpoint=model_from_checkpoint)
 
 
 def _choice(cfg, key, allowed):
@@ -108,7 +112,7 @@ def _built(key_hint: str, build):
         raise ConfigError(msg if "." in msg.split(" ", 1)[0] or key_hint in msg else f"{key_hint}: {msg}") from None
 
 
-def validate(cfg: DictConfig) -> Components:
+def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Components:
     """Check every value before work starts and build what the run needs from them, once."""
     from duolm.curriculum import CurriculumSchedule
     from duolm.distill import DeltaSchedule, check_settings
@@ -147,7 +151,7 @@ def validate(cfg: DictConfig) -> Components:
     if cfg.data.source == "local" and not cfg.data.get("path"):
         raise ConfigError("data.path must name a folder of .txt files, a .jsonl file or a token-id file "
                           "when data=local")
-    _check_sampling(cfg, probe, spec_from_config, check_sampler)
+    _check_sampling(cfg, None if model_from_checkpoint else probe, spec_from_config, check_sampler)
     _positive(cfg, "sampling.num_samples")
     _positive(cfg, "sampling.batch_size")
     _positive(cfg, "optim.lr", integer=False, minimum=0)
@@ -203,13 +207,25 @@ def batch_plan(cfg) -> tuple[int, int, int]:
 
 
 def _check_sampling(cfg, method, spec_from_config, check_sampler) -> None:
-    """The sampler spec's and the sampler table's checks, against the configured method."""
+    """The sampler spec's and the sampler table's checks, against the configured method (method
+    None: only what needs no model; the rest waits for the loaded checkpoint)."""
     s = cfg.sampling
     if s.get("guidance") is not None:
         raise ConfigError("sampling.guidance needs a class-conditional model; the text models here are "
                           "unconditional (use duolm.sampling.guided_denoiser with a conditional denoiser)")
 
     def check():
+        if method is None:
+            from duolm.sampling import SAMPLERS, SamplerSpec, parse_kappa
+
+            if s.predictor not in ("auto", *SAMPLERS):
+                raise ValueError(f"sampling.predictor must be one of {['auto', *SAMPLERS]}, got {s.predictor!r}")
+            if s.predictor == "psi":
+                for part in ("high", "middle", "low"):
+                    parse_kappa(s.psi[f"{part}_mode"])
+            SamplerSpec(steps=s.steps, noise_removal="greedy" if s.noise_removal == "auto" else s.noise_removal,
+                        p_nucleus=s.p_nucleus, time_profile=s.psi.time_profile, plateau_in=s.psi.plateau_in)
+            return
         # the prefix is tokenized when the tokenizer has loaded; its length is checked then
         spec = spec_from_config(OmegaConf.merge(s, {"prefix": None}), method, eps=cfg.training.sampling_eps)
         if s.get("prefix"):
