@@ -246,7 +246,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true")
     mode.add_argument("--smoke", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results/reproduce")
+    ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results/reproduce for the full "
+                    "run, .../reproduce-quick and .../reproduce-smoke for the others, so they never replace it)")
     ap.add_argument("--length", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -274,7 +275,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    out = Path(args.out)
+    out = Path(args.out or "benchmarks/results/reproduce" + ("" if preset_name == "full" else f"-{preset_name}"))
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 

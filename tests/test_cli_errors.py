@@ -19,6 +19,7 @@ def probe_files(tmp_path):
     (tmp_path / "null.jsonl").write_text('{"text": null}\n')
     (tmp_path / "afile").write_text("x")
     (tmp_path / "outdir").mkdir()
+    (tmp_path / "seqs.ids").write_text("1 2 3 4 5 6 7 8 9\n\n1 2 999 4\n" + "1 2 3 4 5 6 7 8\n" * 30)
     return tmp_path
 
 
@@ -29,6 +30,8 @@ def probe_files(tmp_path):
      "data.valid_fraction must lie in (0, 1), got 0"),
     (["train", "run.dir={t}/afile"], 2, "run.dir: {t}/afile is a file"),
     (["sample", "sampling.output={t}/outdir"], 2, "sampling.output: {t}/outdir is a folder"),
+    (["train", "data=local", "data.path={t}/seqs.ids"], 1, "seqs.ids:3: token id 999, outside the vocabulary [0, 28)"),
+    (["train", "hydra.run.dir={t}/x"], 2, "hydra.run.dir: duolm does not use Hydra's own settings; the run folder is run.dir"),
 ])
 def test_bad_input_is_one_sentence(tmp_path, capsys, args, code, needle):
     t = probe_files(tmp_path)
@@ -170,3 +173,19 @@ def test_sampler_options_are_checked_against_the_loaded_model(tmp_path, corpus, 
     code, err = run_cli(capsys, "sample", f"eval.checkpoint_path={duo}", "sampling.total_length=10",
                         f"sampling.output={out}")
     assert code == 2 and "sampling.total_length (10) must be >= model.length (16)" in err
+
+
+def test_run_files_get_ordinary_permissions(tmp_path, corpus):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        args = [*TINY, "data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'c'}",
+                f"run.dir={tmp_path / 'run'}", "trainer.max_steps=1"]
+        assert main(["train", *args]) == 0
+    finally:
+        os.umask(umask)
+    for f in [tmp_path / "run" / "samples.json", tmp_path / "run" / "checkpoints" / "last.ckpt",
+              *(tmp_path / "c").rglob("tokens.bin")]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f

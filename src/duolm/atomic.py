@@ -12,6 +12,12 @@ from typing import Callable, Iterator
 import torch
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write(path, write: Callable[[str], None]) -> Path:
     """Call write(tmp_path) on a temporary file next to `path`, then rename it into place."""
     path = Path(path)
@@ -20,6 +26,7 @@ def atomic_write(path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a run's files are not
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -44,8 +51,7 @@ def atomic_directory(path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = _umask()
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model folder is not
         for f in tmp.rglob("*"):
             os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)

@@ -267,6 +267,7 @@ def main(argv=None) -> int:
     if command not in commands:
         print(f"duolm: unknown command {command!r}; choose one of {sorted(commands)}", file=sys.stderr)
         return 2
+    _quiet_libraries()
     from duolm.config import ConfigError, compose_components
     from duolm.training.module import NonFiniteLossError
 
@@ -294,6 +295,20 @@ def main(argv=None) -> int:
             raise
         print(f"duolm: error: {user_message(err)}", file=sys.stderr)
         return 1
+
+
+def _quiet_libraries() -> None:
+    """Keep the console to what duolm says: Lightning's start-up notes and tips, and library
+    deprecation notices about their own internals, are not for a duolm user."""
+    import logging
+    import warnings
+
+    import lightning.pytorch  # noqa: F401 - it sets its loggers' levels when imported; set them after
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
 
 
 def user_message(err: BaseException) -> str:

@@ -48,6 +48,8 @@ def compose_components(overrides: list[str] | None = None, *,
         key = key.lstrip("+~")
         if key == "given":
             raise ConfigError("given is set by duolm (the keys on the command line); it cannot be overridden")
+        if key.startswith("hydra."):
+            raise ConfigError(f"{key}: duolm does not use Hydra's own settings; the run folder is run.dir")
         if key in GROUPS and value and value not in group_options(key):
             raise ConfigError(f"{key}={value} is not a known {key}; choose one of {group_options(key)}")
         given.append(key)

@@ -79,15 +79,21 @@ def _split_stream(f, sep: str = "\n\n", chunk: int = 1 << 20):
     yield buf
 
 
-def _iter_token_ids(path: Path):
+def _iter_token_ids(path: Path, vocab_size: int | None = None):
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield [int(x) for x in line.replace(",", " ").split()]
+                ids = [int(x) for x in line.replace(",", " ").split()]
             except ValueError:
                 raise ValueError(f"{path}:{n}: expected whitespace-separated integer token ids") from None
+            if vocab_size is not None:
+                bad = [i for i in ids if not 0 <= i < vocab_size]
+                if bad:
+                    raise ValueError(f"{path}:{n}: token id {bad[0]}, outside the vocabulary [0, {vocab_size}) of "
+                                     f"data.tokenizer")
+            yield ids
 
 
 def _iter_jsonl(path: Path, field: str):
@@ -114,7 +120,8 @@ def _iter_text_file(path: Path):
         yield from _split_stream(f)
 
 
-def local_documents(path: str | Path, fmt: str = "auto", text_field: str = "text") -> tuple[Documents, bool]:
+def local_documents(path: str | Path, fmt: str = "auto", text_field: str = "text",
+                    vocab_size: int | None = None) -> tuple[Documents, bool]:
     """Documents from a folder of .txt files, a JSONL file of texts, or a file of token ids, read
     incrementally (one file, line or paragraph at a time); empty documents are skipped.
 
@@ -142,7 +149,7 @@ def local_documents(path: str | Path, fmt: str = "auto", text_field: str = "text
     elif fmt == "jsonl":
         raw, ids = (lambda: _iter_jsonl(path, text_field)), False
     elif fmt == "token_ids":
-        raw, ids = (lambda: _iter_token_ids(path)), True
+        raw, ids = (lambda: _iter_token_ids(path, vocab_size)), True
     else:
         raise ValueError(f"data.format must be one of ['auto', 'text_dir', 'text_file', 'jsonl', 'token_ids'], "
                          f"got {fmt!r}")

@@ -43,15 +43,16 @@ def _fingerprint(source: str, kwargs: dict) -> dict:
     return fp
 
 
-def load_documents(source: str, **kwargs) -> tuple[dict, bool]:
-    """{'train': docs, 'valid': docs} and whether the documents are already token ids."""
+def load_documents(source: str, vocab_size: int | None = None, **kwargs) -> tuple[dict, bool]:
+    """{'train': docs, 'valid': docs} and whether the documents are already token ids (checked
+    against vocab_size, when given, with the file and line of a bad one)."""
     if source == "bigtxt":
         return corpora.builtin_bigtxt(), False
     if source == "local":
         fmt, field = kwargs.get("format", "auto"), kwargs.get("text_field", "text")
-        docs, are_ids = corpora.local_documents(kwargs["path"], fmt, field)
+        docs, are_ids = corpora.local_documents(kwargs["path"], fmt, field, vocab_size)
         if kwargs.get("valid_path"):
-            valid, _ = corpora.local_documents(kwargs["valid_path"], fmt, field)
+            valid, _ = corpora.local_documents(kwargs["valid_path"], fmt, field, vocab_size)
             return {"train": docs, "valid": valid}, are_ids
         return corpora.split_local(docs, kwargs.get("valid_fraction", 0.05)), are_ids
     if source in EVAL_ONLY:
@@ -160,7 +161,7 @@ def _cached_splits(source, tokenizer, length, mode, cache_dir, num_proc, docs, a
                     print(f"duolm: data.cache_dir: the token store {store} is unusable ({err}); rebuilding it",
                           file=sys.stderr)
             if docs is None:
-                docs, are_ids = load_documents(source, **kwargs)
+                docs, are_ids = load_documents(source, vocab_size=tokenizer.vocab_size, **kwargs)
             _build_store(store, source, tokenizer, length, mode, key, num_proc, docs, are_ids)
             return open_store(store, **frame)
     except OSError as err:

@@ -81,7 +81,7 @@ class LitDiffusionLM(pl.LightningModule):
                                          total=self.global_batch_size, ema=self.ema).mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss.item()} at step {self.global_step}; "
-                                     f"training stopped and the last good checkpoint is kept")
+                                     f"training stopped")
         if self._trainer is not None:
             for name, value in self.objective.metrics(self.global_step).items():
                 self.log(name, value, on_step=True, on_epoch=False)

@@ -15,7 +15,7 @@ from duolm.data.tokenizers import load_tokenizer
 from duolm.models.dit import DiT
 from duolm.objectives import Nelbo
 from duolm.training.datamodule import BlockDataModule
-from duolm.training.module import LitDiffusionLM
+from duolm.training.module import LitDiffusionLM, NonFiniteLossError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -110,7 +110,7 @@ def build_trainer(cfg, run_dir: Path, accumulate: int, callbacks=()):
         val_check_interval=t.val_check_interval * accumulate, check_val_every_n_epoch=None,
         limit_val_batches=t.limit_val_batches, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=accumulate, log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0, use_distributed_sampler=False,
+        enable_progress_bar=False, num_sanity_val_steps=0, use_distributed_sampler=False,
         logger=_loggers(cfg, run_dir), callbacks=[ckpt, *callbacks], plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir, enable_model_summary=False)
 
@@ -185,10 +185,19 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
     from duolm.training.interrupt import GracefulStop
 
     stop = GracefulStop()
+    if cfg.trainer.enable_progress_bar:
+        from duolm.training.progress import StepProgress
+
+        callbacks = [StepProgress(cfg.loader.global_batch_size * length), *callbacks]
     trainer = build_trainer(cfg, run_dir, accum, [stop, *callbacks])
     t0 = time.perf_counter()
     with stop.installed():
-        trainer.fit(module, dm, ckpt_path=resume)
+        try:
+            trainer.fit(module, dm, ckpt_path=resume)
+        except NonFiniteLossError as err:
+            kept = (f"the last good checkpoint is {last}" if last.exists()
+                    else "no checkpoint had been written yet (run.checkpoint_every)")
+            raise NonFiniteLossError(f"{err}; {kept}") from None
     train_seconds = time.perf_counter() - t0
     trainer.save_checkpoint(last)
     report = {"algo": method.name, "steps": trainer.global_step, "train_seconds": train_seconds,
