@@ -189,3 +189,10 @@ def test_run_files_get_ordinary_permissions(tmp_path, corpus):
     for f in [tmp_path / "run" / "samples.json", tmp_path / "run" / "checkpoints" / "last.ckpt",
               *(tmp_path / "c").rglob("tokens.bin")]:
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "distill", "convert", "data", "plot", "config"])
+def test_every_command_has_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: duolm {command}") and "examples:" in out and "algo      ar, d3pm" in out

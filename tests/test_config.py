@@ -41,7 +41,8 @@ def test_papers_overrides_work():
     ("trainer.precision=fp8", "trainer.precision must be one of"),
     ("algo=d3pm algo.T=0", "algo.T must be >= 1 for d3pm"),
     ("optim.lr=-1", "optim.lr must be"),
-    ("nonsense.key=1", "bad override"),
+    ("nonsense.key=1", "nonsense.key is not a known key (duolm config prints every key)"),
+    ("sampling.stepz=3", "sampling.stepz is not a known key; did you mean sampling.steps"),
 ])
 def test_bad_values_get_one_sentence(override, message):
     with pytest.raises(ConfigError) as err:

@@ -252,12 +252,68 @@ def cmd_plot(cfg, files):
     return 0
 
 
+# per command: (purpose, most-used keys, examples)
+COMMAND_HELP = {
+    "train": ("train a model on data=..., then report its validation NELBO and print samples; rerunning the "
+              "same command resumes from run.dir",
+              ["algo", "model", "data", "trainer.max_steps", "loader.global_batch_size", "optim.lr", "run.dir",
+               "trainer.devices", "trainer.precision"],
+              ["duolm train", "duolm train algo=mdlm trainer.max_steps=2000",
+               "duolm train algo=duo model=small data=openwebtext-split trainer=gpu loader=papers optim=papers"]),
+    "sample": ("generate from a trained model (eval.checkpoint_path, default: the model in run.dir) and write "
+               "the samples as JSON",
+               ["eval.checkpoint_path", "sampling.steps", "sampling.predictor", "sampling.noise_removal",
+                "sampling.num_samples", "sampling.prefix", "sampling.output"],
+               ["duolm sample eval.checkpoint_path=builtin:duo-bigtxt-dcd sampling.steps=8",
+                "duolm sample sampling.predictor=psi sampling.psi.middle_mode=max-capped-0.02"]),
+    "eval": ("validation NELBO of a model on data=..., or with eval.samples=... the generative perplexity, "
+             "entropy and MAUVE of samples",
+             ["eval.checkpoint_path", "data", "eval.time_samples", "eval.samples", "eval.judge"],
+             ["duolm eval eval.checkpoint_path=outputs/bigtxt-duo-demo/model eval.time_samples=4",
+              "duolm eval eval.samples=s8.json eval.judge=smollm2"]),
+    "distill": ("Discrete Consistency Distillation of the Duo model at eval.checkpoint_path",
+                ["eval.checkpoint_path", "distill.T", "distill.update_teacher_every", "distill.loss_type",
+                 "trainer.max_steps", "run.dir"],
+                ["duolm distill eval.checkpoint_path=outputs/bigtxt-duo-demo/model distill.T=512"]),
+    "convert": ("write any checkpoint duolm reads as a duolm model folder",
+                ["eval.checkpoint_path", "convert.output", "convert.dtype"],
+                ["duolm convert eval.checkpoint_path=last.ckpt convert.output=my-model convert.dtype=float16"]),
+    "data": ("build (or check) the token store of data=... for model.length, and report it",
+             ["data", "data.path", "data.tokenizer", "data.num_proc", "data.cache_dir", "model.length"],
+             ["duolm data data=openwebtext-split model.length=1024 data.num_proc=32"]),
+    "plot": ("draw quality against sampling steps from results files", ["plot.output", "plot.metrics"],
+             ["duolm plot s4.eval.json s8.eval.json plot.output=quality.png"]),
+    "config": ("print the composed, checked config", ["any key"], ["duolm config algo=mdlm noise=cosine"]),
+}
+
+
+def command_help(command: str) -> str:
+    from omegaconf import OmegaConf
+
+    from duolm.config import GROUPS, compose, group_options
+
+    purpose, keys, examples = COMMAND_HELP[command]
+    cfg = compose([])
+    lines = [f"usage: duolm {command} [key=value ...]", "", f"  {purpose}", "", "config groups (group=choice):"]
+    lines += [f"  {g:<9} {', '.join(group_options(g))}" for g in GROUPS]
+    lines += ["", "most-used keys (default):"]
+    for k in keys:
+        value = OmegaConf.select(cfg, k, default=None) if k != "any key" else None
+        shown = k if k in GROUPS else f"{k} ({value})" if k != "any key" else k
+        lines.append(f"  {shown}")
+    lines += ["", "examples:", *(f"  {e}" for e in examples), "", "every key: duolm config"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     command, overrides = argv[0], argv[1:]
+    if command in COMMAND_HELP and any(a in ("-h", "--help") for a in overrides):
+        print(command_help(command))
+        return 0
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill, "data": cmd_data,
                 "convert": cmd_convert, "plot": cmd_plot, "config": None}
     files = []

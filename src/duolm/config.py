@@ -23,6 +23,43 @@ class ConfigError(ValueError):
     pass
 
 
+def known_keys(overrides: list[str] | None = None) -> list[str]:
+    """Every key of the config composed with the group choices among `overrides` (dotted)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    groups = [o for o in (overrides or []) if o.partition("=")[0] in GROUPS]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_container(hydra_compose("config", overrides=groups), resolve=False)
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if k == "hydra":
+                continue
+            yield f"{prefix}{k}"
+            if isinstance(v, dict):
+                yield from walk(v, f"{prefix}{k}.")
+
+    return sorted(walk(cfg, ""))
+
+
+def _unknown_keys(overrides: list[str]) -> str | None:
+    """One sentence for the first override whose key the config does not have, with the nearest keys."""
+    import difflib
+
+    try:
+        keys = known_keys(overrides)
+    except Exception:  # noqa: BLE001 - a bad group choice: reported by the caller
+        return None
+    for o in overrides:
+        key = o.partition("=")[0]
+        if key.startswith(("+", "~")) or key in keys or key in GROUPS:
+            continue
+        near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(near)}?" if near else " (duolm config prints every key)"
+        return f"{key} is not a known key{hint}"
+    return None
+
+
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
@@ -57,6 +94,9 @@ def compose_components(overrides: list[str] | None = None, *,
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose("config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
+        unknown = _unknown_keys(overrides)
+        if unknown:
+            raise ConfigError(unknown) from None
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"bad override: {first}") from None
     OmegaConf.resolve(cfg)
