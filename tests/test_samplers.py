@@ -108,7 +108,7 @@ def test_one_token_is_sampled_exactly_at_any_step_count(name, kind, steps):
     assert chisquare(empirical(x, 1).numpy(), (joint * n).numpy()).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("name,kind", [s for s in SAMPLERS if not s[0].startswith("psi")])
+@pytest.mark.parametrize("name,kind", SAMPLERS)
 def test_a_correlated_pair_is_reproduced_with_many_steps(name, kind):
     """Per-token updates of a correlated pair become exact as steps grow (one change at a time):
     at 128 steps the total-variation distance is below 0.04 (n = 6000: noise ~ 0.015), and at one
