@@ -1,5 +1,6 @@
 """The training layer: resumption, NaN stops, DDP equivalence, and the CLI end to end."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -33,18 +34,22 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(tmp_path, corpus, a
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
-@pytest.mark.parametrize("algo", ["ar", "mdlm", "sedd", "d3pm", "duo_base", "duo"])
+@pytest.mark.parametrize("algo", ["ar", "mdlm", "sedd", "d3pm", "duo_base", "duo_cpu"])
 def test_every_algo_trains_through_the_same_call(tmp_path, corpus, algo):
     """The papers' code's AR and Duo `nll` no longer match the call training makes; here every
-    method goes through Method.token_loss, and a few steps lower the training loss."""
+    method goes through its training objective, and 120 steps bring the validation NELBO 0.1 nats
+    below what the characters' frequencies alone give (measured: AR 0.22, MDLM 1.55, SEDD 1.61, D3PM
+    1.40, Duo without and with its curriculum 1.86 and 1.97 nats, against 2.15), and below the untrained
+    network's."""
     from duolm.checkpoints import from_pretrained
+    from duolm.data.pipeline import unigram_entropy_bits
     from duolm.evaluation import evaluate_nelbo
     from duolm.models.dit import DiT
     from duolm.training.run import load_data
 
-    cfg = _cfg(tmp_path, corpus, f"algo={algo}", "trainer.max_steps=15", "optim.lr=3e-3", "training.ema=0")
+    cfg = _cfg(tmp_path, corpus, f"algo={algo}", "trainer.max_steps=120", "optim.lr=3e-3", "training.ema=0")
     report = train(cfg, log=lambda *_: None)
-    assert report["steps"] == 15
+    assert report["steps"] == 120
     pre = from_pretrained(report["model_dir"])
     _, splits = load_data(cfg)
     ids, valid = splits["train"].ids[:64], splits["train"].valid[:64]
@@ -53,6 +58,9 @@ def test_every_algo_trains_through_the_same_call(tmp_path, corpus, algo):
     before = evaluate_nelbo(pre.method, fresh, ids, valid, time_samples=4)["nll"]
     after = evaluate_nelbo(pre.method, pre.backbone, ids, valid, time_samples=4)["nll"]
     assert after < before - 0.1, (before, after)
+    held_out = evaluate_nelbo(pre.method, pre.backbone, splits["valid"], time_samples=4)["nll"]
+    unigram = unigram_entropy_bits(splits["valid"], pre.tokenizer.vocab_size) * math.log(2)
+    assert held_out < unigram - 0.1, (held_out, unigram)
 
 
 @pytest.mark.parametrize("mode,top_k", [("simple", -1), ("poly9", -1), ("poly5", 4), ("sigmoid", 2)])
