@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from duolm.models.unet import UNet, UNetConfig
 
-FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference-unet"
-pytestmark = pytest.mark.skipif(not FIX.exists(), reason="the shared reference-unet fixture is not here")
+FIX = Path(__file__).parent / "fixtures" / "reference-unet"  # the shared fixture without its 5.7 MB .ckpt
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference-unet"  # with it, where present
 
 
 def fixture_unet() -> tuple[UNet, dict]:
@@ -35,10 +35,8 @@ def test_the_parameters_are_the_papers_by_name_and_shape():
 def test_the_logits_match_the_papers(weights, cond):
     net, case = fixture_unet()
     state = load_file(FIX / "model.safetensors")
-    if weights == "ema":
-        ckpt = torch.load(FIX / "lightning.ckpt", map_location="cpu", weights_only=True)
-        names = [n for n, _ in net.named_parameters()]
-        state = dict(zip(names, ckpt["ema"]["shadow_params"]))
+    if weights == "ema":  # the fixture's EMA is each parameter + 0.01 (its README); the .ckpt test checks that
+        state = {k: v + 0.01 for k, v in state.items()}
     net.load_state_dict(state, strict=True)
     inp = case["inputs"]
     x = torch.tensor(inp["x"], dtype=torch.long)
@@ -60,12 +58,16 @@ def test_the_logits_match_the_papers(weights, cond):
     assert (got.exp().sum(-1) < 1.0 + 256 * 1e-6 + 1e-5).all()
 
 
-def test_the_lightning_checkpoint_holds_the_same_raw_weights():
+@pytest.mark.skipif(not (SHARED / "lightning.ckpt").exists(), reason="the shared fixture's .ckpt is not here")
+def test_the_lightning_checkpoint_holds_the_same_raw_weights_and_the_ema():
     from duolm.checkpoints import strip_prefix
 
-    ckpt = torch.load(FIX / "lightning.ckpt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(SHARED / "lightning.ckpt", map_location="cpu", weights_only=True)
     raw = strip_prefix(ckpt["state_dict"], "backbone.")
     net, _ = fixture_unet()
     net.load_state_dict(raw, strict=True)
     for k, v in load_file(FIX / "model.safetensors").items():
         assert torch.equal(raw[k], v), k
+    names = [n for n, _ in net.named_parameters()]  # the EMA: an unnamed list in parameters() order
+    for n, shadow in zip(names, ckpt["ema"]["shadow_params"]):
+        torch.testing.assert_close(shadow, raw[n] + 0.01, rtol=0, atol=1e-6)
