@@ -11,6 +11,10 @@ import itertools
 import multiprocessing as mp
 import os
 
+import numpy as np
+
+from duolm.data.store import flatten
+
 _WORKER_TOKENIZER = None
 
 
@@ -29,17 +33,8 @@ def _init_worker(tokenizer):
     _WORKER_TOKENIZER = tokenizer
 
 
-def flatten(ids: list[list[int]]):
-    """(flat token ids uint32, lengths int64): a batch in two arrays, cheap to send between processes."""
-    import numpy as np
-
-    lengths = np.fromiter((len(d) for d in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter((x for d in ids for x in d), dtype=np.uint32, count=int(lengths.sum()))
-    return flat, lengths
-
-
 def _encode(texts: list[str]):
-    return flatten(_WORKER_TOKENIZER.encode_batch(texts))
+    return flatten(_WORKER_TOKENIZER.encode_batch(texts), np.uint32)
 
 
 def default_num_proc() -> int:
@@ -50,16 +45,12 @@ def encode_documents(docs, tokenizer, *, num_proc: int | None = None, batch_size
     """Yield batches (flat token ids, lengths) for `docs` (texts, or id lists when are_ids), in order."""
     batches = batched(docs, batch_size)
     if are_ids:
-        for b in batches:
-            lengths = [len(d) for d in b]
-            import numpy as np
-
-            yield np.fromiter((x for d in b for x in d), dtype=np.int64, count=sum(lengths)), np.asarray(lengths)
+        yield from (flatten(b) for b in batches)
         return
     num_proc = default_num_proc() if num_proc is None else num_proc
     if num_proc <= 1:
         for b in batches:
-            yield flatten(tokenizer.encode_batch(b))
+            yield flatten(tokenizer.encode_batch(b), np.uint32)
         return
     # fork (where there is one) shares the loaded tokenizer; the workers touch nothing but it
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")

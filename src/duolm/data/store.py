@@ -42,6 +42,15 @@ def token_dtype(vocab_size: int):
 
 # --- writing ----------------------------------------------------------------------------------
 
+def flatten(seqs, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """(flat token ids, lengths int64): a batch of sequences as two arrays, the writer's input and
+    cheap to send between processes. Token ids from a user's file keep int64, so a negative or
+    oversized id is still seen by the writer's range check."""
+    lengths = np.fromiter((len(d) for d in seqs), dtype=np.int64, count=len(seqs))
+    flat = np.fromiter((x for d in seqs for x in d), dtype=dtype, count=int(lengths.sum()))
+    return flat, lengths
+
+
 class SplitWriter:
     """Appends documents' token ids to one split of a store, a batch at a time."""
 
@@ -64,9 +73,7 @@ class SplitWriter:
 
     def add(self, docs) -> None:
         """docs: a batch of token-id sequences (lists or arrays), in corpus order."""
-        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-        flat = np.fromiter((x for d in docs for x in d), dtype=np.int64, count=int(lengths.sum()))
-        self.add_flat(flat, lengths)
+        self.add_flat(*flatten(docs))
 
     def add_flat(self, flat: np.ndarray, lengths: np.ndarray) -> None:
         """A batch as one flat array of token ids and each document's length (no Python loop per token)."""
