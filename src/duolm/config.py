@@ -159,8 +159,6 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     from duolm.curriculum import CurriculumSchedule
     from duolm.distill import DeltaSchedule, check_settings
     from duolm.models.ema import check_decay
-    from duolm.sampling import check_sampler
-    from duolm.sampling_job import spec_from_config
 
     schedule = _built("noise", lambda: make_schedule(cfg.noise.type, cfg.noise.eps))
     _choice(cfg, "training.loss_precision", ("float32", "float64"))
@@ -193,7 +191,7 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     if cfg.data.source == "local" and not cfg.data.get("path"):
         raise ConfigError("data.path must name a folder of .txt files, a .jsonl file or a token-id file "
                           "when data=local")
-    _check_sampling(cfg, None if model_from_checkpoint else probe, spec_from_config, check_sampler)
+    _check_sampling(cfg, probe, model_known=not model_from_checkpoint)
     _positive(cfg, "sampling.num_samples")
     _positive(cfg, "sampling.batch_size")
     _positive(cfg, "optim.lr", integer=False, minimum=0)
@@ -248,28 +246,23 @@ def batch_plan(cfg) -> tuple[int, int, int]:
     return per_device, cfg.loader.eval_batch_size or per_device, accum
 
 
-def _check_sampling(cfg, method, spec_from_config, check_sampler) -> None:
-    """The sampler spec's and the sampler table's checks, against the configured method (method
-    None: only what needs no model; the rest waits for the loaded checkpoint)."""
+def _check_sampling(cfg, method, *, model_known: bool) -> None:
+    """The sampler spec's and the sampler table's checks. model_known=False (sample, eval, convert):
+    only what needs no model; the rest is checked against the checkpoint once it is loaded."""
+    from duolm.sampling import check_sampler
+    from duolm.sampling_job import spec_from_config
+
     s = cfg.sampling
     if s.get("guidance") is not None:
         raise ConfigError("sampling.guidance needs a class-conditional model; the text models here are "
                           "unconditional (use duolm.sampling.guided_denoiser with a conditional denoiser)")
 
     def check():
-        if method is None:
-            from duolm.sampling import SAMPLERS, SamplerSpec, parse_kappa
-
-            if s.predictor not in ("auto", *SAMPLERS):
-                raise ValueError(f"sampling.predictor must be one of {['auto', *SAMPLERS]}, got {s.predictor!r}")
-            if s.predictor == "psi":
-                for part in ("high", "middle", "low"):
-                    parse_kappa(s.psi[f"{part}_mode"])
-            SamplerSpec(steps=s.steps, noise_removal="greedy" if s.noise_removal == "auto" else s.noise_removal,
-                        p_nucleus=s.p_nucleus, time_profile=s.psi.time_profile, plateau_in=s.psi.plateau_in)
-            return
         # the prefix is tokenized when the tokenizer has loaded; its length is checked then
         spec = spec_from_config(OmegaConf.merge(s, {"prefix": None}), method, eps=cfg.training.sampling_eps)
+        if not model_known:
+            check_sampler(spec)
+            return
         if s.get("prefix"):
             spec = replace(spec, prefix=(0,))  # a stand-in: the sampler must be able to hold tokens
         check_sampler(spec, method)

@@ -19,6 +19,13 @@ NEEDS = {"x0": "x_0 probabilities from a diffusion denoiser (algo=mdlm, d3pm, du
          "score": "a score model (algo=sedd)", "ar": "a causal model (algo=ar)"}
 
 
+def output_of(method) -> str:
+    """What a method's network gives (a key of NEEDS)."""
+    if method.process is None:
+        return "ar"
+    return "score" if method.parameterization == "score" else "x0"
+
+
 @dataclass
 class SamplingModel:
     """What every sampler reads: the denoiser (duolm.contracts.Denoiser; SEDD's log score for
@@ -34,7 +41,7 @@ class SamplingModel:
 
     @classmethod
     def from_method(cls, method, backbone=None, use_float64: bool = True) -> "SamplingModel":
-        output = "ar" if method.process is None else "score" if method.parameterization == "score" else "x0"
+        output = output_of(method)
         den = None if backbone is None or output == "ar" else ancestral.denoiser_from(method, backbone, use_float64)
         return cls(den, method.process, method.schedule, output, time_conditioned=method.time_conditioning,
                    backbone=backbone, vocab_size=method.vocab_size)
@@ -64,27 +71,29 @@ SAMPLERS: dict[str, Sampler] = {
 
 def default_predictor(method) -> str:
     """The sampler a method uses when sampling.predictor=auto."""
-    return {"ar": "ar", "score": "analytic"}.get(SamplingModel.from_method(method).output, "ancestral")
+    return {"ar": "ar", "score": "analytic"}.get(output_of(method), "ancestral")
 
 
 def default_noise_removal(method) -> str:
-    return "ancestral" if SamplingModel.from_method(method).output == "score" else "greedy"
+    return "ancestral" if output_of(method) == "score" else "greedy"
 
 
-def check_sampler(spec: SamplerSpec, method) -> None:
-    """Raise one ValueError sentence naming the key when spec cannot sample from method."""
+def check_sampler(spec: SamplerSpec, method=None) -> None:
+    """Raise one ValueError sentence naming the key when spec cannot sample from method (None: the
+    model is not known yet, so only that the sampler exists)."""
     if spec.predictor not in SAMPLERS:
         raise ValueError(f"sampling.predictor must be one of {['auto', *SAMPLERS]}, got {spec.predictor!r}")
-    model = SamplingModel.from_method(method)
+    if method is None:
+        return
     entry = SAMPLERS[spec.predictor]
-    if entry.needs != model.output:
+    if entry.needs != output_of(method):
         raise ValueError(f"sampling.predictor={spec.predictor} needs {NEEDS[entry.needs]}, not algo={method.name}; "
                          f"algo={method.name} samples with sampling.predictor={default_predictor(method)}")
     if spec.noise_removal not in entry.noise_removal:
         why = " (a score model (sedd) gives no x_0 probabilities for it)" if entry.needs == "score" else ""
         raise ValueError(f"sampling.noise_removal={spec.noise_removal} needs x_0 probabilities{why}; use one of "
                          f"{list(entry.noise_removal)} with sampling.predictor={spec.predictor}")
-    if entry.reuses_output and model.time_conditioned:
+    if entry.reuses_output and method.time_conditioning:
         raise ValueError(f"sampling.predictor={spec.predictor} reuses the denoiser output, which is only valid for a "
                          f"model without time conditioning (algo=mdlm)")
     if entry.check is not None:
