@@ -46,6 +46,7 @@ def _load_for_eval(cfg):
     import torch
 
     from duolm.checkpoints import BUILTIN_PREFIX, load, looks_like_hub_id
+    from duolm.methods import same_model
 
     path = _checkpoint(cfg)
     if not path.startswith(BUILTIN_PREFIX) and not Path(path).exists() and not looks_like_hub_id(path):
@@ -57,9 +58,7 @@ def _load_for_eval(cfg):
     pre = load(path, algo=cfg.algo.name if asked_algo else None, use_ema=cfg.eval.use_ema,
                tokenizer=cfg.data.tokenizer if asked_tok else "gpt2",
                n_heads=cfg.model.n_heads if given & {"model", "model.n_heads"} else None)
-    family = {"duo": "duo", "duo_base": "duo"}  # one model; the curriculum only changes its training
-    if asked_algo and family.get(cfg.algo.name, cfg.algo.name) != family.get(pre.config["algo"]["name"],
-                                                                          pre.config["algo"]["name"]):
+    if asked_algo and not same_model(cfg.algo.name, pre.config["algo"]["name"]):
         raise ValueError(f"{path} holds a {pre.config['algo']['name']} model, but algo={cfg.algo.name} was asked")
     have_tok = pre.config["tokenizer"].get("name", pre.config["tokenizer"].get("type"))
     if asked_tok and cfg.data.tokenizer != have_tok:

@@ -180,6 +180,12 @@ METHODS = {
 ALGOS = tuple(METHODS)
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether algos a and b name the same model (duo and duo_base share a recipe: Duo's curriculum
+    changes only how it is trained), so a checkpoint of one loads as the other."""
+    return a == b or (a in METHODS and b in METHODS and METHODS[a] == METHODS[b])
+
+
 def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | None = None,
                  time_conditioning: bool | None = None, loss_dtype=torch.float32,
                  sampling_eps: float = 1e-3) -> Method:

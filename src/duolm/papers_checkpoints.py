@@ -25,6 +25,7 @@ import torch
 
 from duolm.checkpoints import FORMAT, Pretrained, method_from_config, strip_prefix
 from duolm.data.tokenizers import load_tokenizer
+from duolm.methods import same_model
 from duolm.models.dit import DiT, DiTConfig
 
 _SAFE_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "int", "float", "str", "bytes", "bytearray",
@@ -171,7 +172,7 @@ def from_lightning(ckpt: dict, source: str, *, algo: str | None = None, use_ema:
     file_algo = (conf.get("algo") or {}).get("name")
     if file_algo == "distillation":
         file_algo = "duo"
-    if algo and file_algo and algo != file_algo and not {algo, file_algo} <= {"duo", "duo_base"}:
+    if algo and file_algo and not same_model(algo, file_algo):
         raise ValueError(f"{source} holds a {file_algo} model, but algo={algo} was asked")
     algo = algo or file_algo
     if algo is None:

@@ -55,9 +55,7 @@ class BlockDataModule(pl.LightningDataModule):
         """This rank's stream position after `global_step` optimizer steps (None when not streaming)."""
         if self.stream is None:
             return None
-        tr = self.trainer
-        world = tr.world_size if tr is not None else 1
-        accum = max(1, self.global_batch_size // (self.batch_size * world))
+        accum = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         return tuple(self.stream.position((global_step - self.stream_start_step) * accum * self.batch_size))
 
     def val_dataloader(self):

@@ -127,7 +127,7 @@ class LitDiffusionLM(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["duolm"] = {**self.export_config, "model": self.backbone.config.to_dict()}
+        checkpoint["duolm"] = self.checkpoint_config()
         state = self.objective.state_dict()  # e.g. DCD's teacher and its round (not a model weight)
         if state:
             checkpoint[self.objective.state_key] = state
@@ -138,6 +138,10 @@ class LitDiffusionLM(pl.LightningModule):
         if position is not None:  # every rank's place in its stream (a collective: all ranks get here)
             gathered = self.all_gather(torch.tensor(position, dtype=torch.long, device=self.device))
             checkpoint["stream_positions"] = gathered.reshape(-1, 3).cpu().tolist()
+
+    def checkpoint_config(self) -> dict:
+        """What a checkpoint records to rebuild the model (and to tell whether a resume is the same run)."""
+        return {**self.export_config, "model": self.backbone.config.to_dict()}
 
     def on_load_checkpoint(self, checkpoint):
         if self.ema is not None and "ema" in checkpoint:

@@ -13,7 +13,6 @@ from duolm.checkpoints import FORMAT, save_pretrained
 from duolm.data.pipeline import build_splits, unigram_entropy_bits
 from duolm.data.tokenizers import load_tokenizer
 from duolm.models.dit import DiT
-from duolm.objectives import Nelbo
 from duolm.training.datamodule import BlockDataModule
 from duolm.training.module import LitDiffusionLM, NonFiniteLossError
 
@@ -45,17 +44,17 @@ def load_data(cfg, tokenizer=None, length: int | None = None):
     return tokenizer, splits
 
 
-def build_objective(parts, method, backbone, *, distill_cfg=None, antithetic: bool = True):
-    """The training objective: DCD when distill_cfg is given, Duo's curriculum when configured,
-    else the method's NELBO (duolm.objectives)."""
-    from duolm.objectives import CurriculumNelbo, Distillation
+def build_objective(parts, method, backbone, *, distill_cfg=None, curriculum: bool = True, antithetic: bool = True):
+    """The training objective: DCD when distill_cfg is given, Duo's curriculum when configured (and
+    `curriculum`: not when continuing a trained model), else the method's NELBO (duolm.objectives)."""
+    from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
 
     if distill_cfg is not None:
         d = distill_cfg
         return Distillation(method, backbone, schedule=parts.delta, kind=d.loss_type, gamma_min=d.gamma_min,
                             gamma_max=d.gamma_max, teacher_from=d.teacher_from, dtype=parts.loss_dtype,
                             antithetic=antithetic)
-    if parts.curriculum is not None:
+    if curriculum and parts.curriculum is not None:
         from duolm.curriculum import Curriculum
 
         return CurriculumNelbo(method, Curriculum(parts.curriculum, method.process.num_states), antithetic=antithetic)
@@ -142,12 +141,8 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
         backbone = DiT(parts.dit_config(method))
     _, splits = load_data(cfg, tokenizer, length)  # bad data fails here, before anything is written
     distilling = init is not None and cfg.get("distill") is not None and cfg.distill.get("enabled", False)
-    if distilling:
-        objective = build_objective(parts, method, backbone, distill_cfg=cfg.distill, antithetic=cfg.training.antithetic)
-    elif init is not None:  # continuing a trained model: its NELBO, no curriculum
-        objective = Nelbo(method, antithetic=cfg.training.antithetic)
-    else:
-        objective = build_objective(parts, method, backbone, antithetic=cfg.training.antithetic)
+    objective = build_objective(parts, method, backbone, distill_cfg=cfg.distill if distilling else None,
+                                curriculum=init is None, antithetic=cfg.training.antithetic)
     per_device, eval_bs, accum = parts.batch
     module = LitDiffusionLM(objective, backbone, lr=cfg.optim.lr,
                             betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=cfg.optim.weight_decay,
@@ -170,7 +165,7 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
         from duolm.training.history import check_resumable, drop_rows_after
 
         saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        check_resumable(saved.get("duolm", {}), module.export_config | {"model": backbone.config.to_dict()}, run_dir)
+        check_resumable(saved.get("duolm", {}), module.checkpoint_config(), run_dir)
         drop_rows_after(run_dir / "logs" / "metrics.csv", int(saved.get("global_step", 0)))
         del saved
     run_dir.mkdir(parents=True, exist_ok=True)
