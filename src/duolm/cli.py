@@ -70,6 +70,7 @@ def _load_for_eval(cfg):
 
 
 def cmd_train(cfg, parts, init=None):
+    _quiet_libraries()
     import torch
 
     from duolm.checkpoints import from_pretrained
@@ -322,9 +323,8 @@ def main(argv=None) -> int:
     if command not in commands:
         print(f"duolm: unknown command {command!r}; choose one of {sorted(commands)}", file=sys.stderr)
         return 2
-    _quiet_libraries()
     from duolm.config import ConfigError, compose_components
-    from duolm.training.module import NonFiniteLossError
+    from duolm.training import NonFiniteLossError  # not training.module: that loads Lightning (seconds)
 
     try:
         cfg, parts = compose_components(overrides, model_from_checkpoint=command in ("sample", "eval", "convert"))

@@ -12,10 +12,7 @@ import lightning.pytorch as pl
 import torch
 
 from duolm.models.ema import EMA
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
+from duolm.training import NonFiniteLossError
 
 
 def step_generator(seed: int, step: int, micro_batch: int, rank: int, device="cpu") -> torch.Generator:
