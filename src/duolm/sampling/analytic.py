@@ -72,5 +72,5 @@ def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, fix
         raise ValueError("sampling.predictor=analytic cannot hold positions (sampling.prefix, total_length)")
     return analytic_sample(model.denoiser, model.process, model.schedule, shape,
                            steps=spec.steps, noise_removal=spec.noise_removal, eps=spec.eps, generator=generator,
-                           device=device, dtype=torch.float64 if spec.use_float64 else torch.float32,
+                           device=device, dtype=spec.dtype,
                            disable_progress=disable_progress)

@@ -41,4 +41,4 @@ def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **c
     return ancestral_sample(model.denoiser, model.process, model.schedule, shape,
                             steps=spec.steps, noise_removal=spec.noise_removal, eps=spec.eps,
                             cache=spec.predictor == "ancestral_cache", p_nucleus=spec.p_nucleus,
-                            dtype=torch.float64 if spec.use_float64 else torch.float32, **common)
+                            dtype=spec.dtype, **common)

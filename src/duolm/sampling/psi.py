@@ -138,4 +138,4 @@ def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **c
     """The registry's adapter: a Psi-sampler run as `spec` describes."""
     return psi_sample(model.denoiser, model.process, model.schedule, shape, grid=spec_grid(spec, model.schedule),
                       kappa=spec.kappa, noise_removal=spec.noise_removal, p_nucleus=spec.p_nucleus,
-                      dtype=torch.float64 if spec.use_float64 else torch.float32, **common)
+                      dtype=spec.dtype, **common)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from duolm.sampling.kappa import KappaSchedule
 
 NOISE_REMOVAL = ("ancestral", "greedy", "none")
@@ -44,6 +46,11 @@ class SamplerSpec:
             raise ValueError(f"sampling.psi.plateau_in must be one of ['t', 'alpha'], got {self.plateau_in!r}")
         if self.prefix is not None:
             object.__setattr__(self, "prefix", tuple(int(i) for i in self.prefix))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision of the sampler's probabilities."""
+        return torch.float64 if self.use_float64 else torch.float32
 
     def check_length(self, length: int) -> None:
         """The settings that depend on the model's length window."""
