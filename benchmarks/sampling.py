@@ -43,7 +43,7 @@ def main():
         for algo in ("duo", "mdlm", "ar"):
             cfg, parts = compose_components([f"model={model}", f"algo={algo}", f"model.length={args.length}", "model.dropout=0.0"])
             method = parts.method(args.vocab)
-            net = DiT(parts.dit_config(method)).eval()
+            net = DiT(parts.backbone_config(method)).eval()
             entry["parameters"] = net.num_parameters()
             steps_list = [s for s in args.steps if model != "small" or s <= args.max_steps_small]
             if algo == "duo":

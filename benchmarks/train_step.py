@@ -36,7 +36,7 @@ def one(model: str, algo: str, batch: int, length: int, vocab: int, steps: int) 
 
     cfg, parts = compose_components([f"model={model}", f"algo={algo}", f"model.length={length}", "model.dropout=0.0"])
     method = parts.method(vocab)
-    net = DiT(parts.dit_config(method))
+    net = DiT(parts.backbone_config(method))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     x0 = torch.randint(0, vocab, (batch, length))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

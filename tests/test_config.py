@@ -16,7 +16,7 @@ def test_every_preset_instantiates(group):
         cfg, parts = compose_components([f"{group}={option}", *extra])
         method = parts.method(VOCAB.get(cfg.data.tokenizer, 100))
         with torch.device("meta"):  # the papers' sizes, without allocating them
-            net = DiT(parts.dit_config(method))
+            net = DiT(parts.backbone_config(method))
         assert net.config.vocab_size == method.model_vocab_size
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from duolm.atomic import atomic_directory
 from duolm.data.tokenizers import load_tokenizer
 from duolm.methods import build_method
-from duolm.models.dit import DiT, DiTConfig
+from duolm.models.backbones import backbone_config, build_backbone
 from duolm.schedules import make_schedule
 
 FORMAT = "duolm/1"
@@ -29,13 +29,18 @@ FORMAT = "duolm/1"
 
 @dataclass
 class Pretrained:
-    backbone: DiT
+    backbone: torch.nn.Module  # a DiT or a UNet (duolm.models.backbones)
     method: object
     tokenizer: object
     config: dict
 
+    @property
+    def num_classes(self) -> int:
+        """> 0 for a class-conditional model (label num_classes is the null label)."""
+        return getattr(self.backbone.config, "num_classes", 0)
 
-def save_pretrained(directory, backbone: DiT, *, algo: dict, noise: dict, tokenizer, length: int,
+
+def save_pretrained(directory, backbone: torch.nn.Module, *, algo: dict, noise: dict, tokenizer, length: int,
                     extra: dict | None = None, dtype: torch.dtype = torch.float32):
     """Write the model directory atomically; dtype=float16 halves the file (weights are read
     back into float32 models)."""
@@ -151,11 +156,11 @@ def from_pretrained(directory, map_location="cpu", config: dict | None = None) -
                          f"algo, model, noise, tokenizer and length)")
     tokenizer = load_tokenizer(config["tokenizer"])
     method = method_from_config(config["algo"], config["noise"], tokenizer.vocab_size)
-    dit_cfg = DiTConfig(**config["model"])
-    if dit_cfg.vocab_size != method.model_vocab_size:
-        raise ValueError(f"{directory}: the network has {dit_cfg.vocab_size} outputs but algo "
+    net_cfg = backbone_config(config["model"])
+    if net_cfg.vocab_size != method.model_vocab_size:
+        raise ValueError(f"{directory}: the network has {net_cfg.vocab_size} outputs but algo "
                          f"{config['algo']['name']} with this tokenizer needs {method.model_vocab_size}")
-    backbone = DiT(dit_cfg)
+    backbone = build_backbone(net_cfg)
     try:
         state = load_file(weights, device=str(map_location))
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for corrupt files
@@ -176,7 +181,7 @@ def pretrained_from_run(ckpt: dict, use_ema: bool = True) -> Pretrained:
     config = ckpt["duolm"]
     tokenizer = load_tokenizer(config["tokenizer"])
     method = method_from_config(config["algo"], config["noise"], tokenizer.vocab_size)
-    backbone = DiT(DiTConfig(**config["model"]))
+    backbone = build_backbone(config["model"])
     backbone.load_state_dict(strip_prefix(ckpt["state_dict"], "backbone."), strict=True)
     if use_ema and "ema" in ckpt:
         with torch.no_grad():

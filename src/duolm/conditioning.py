@@ -1,0 +1,42 @@
+"""Class conditioning: labels bound to a backbone, label dropout for classifier-free guidance.
+
+A backbone is called as ``backbone(x, sigma, weights=None)`` by every method and sampler; a
+class-conditional one also takes ``class_cond`` (B,) labels, where label ``num_classes`` is the
+null label ("no class"). Binding the labels here keeps methods and samplers unaware of them.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def with_labels(backbone, labels: torch.Tensor | None):
+    """The backbone with its class labels bound (the backbone itself when labels is None)."""
+    if labels is None:
+        return backbone
+    return functools.partial(backbone, class_cond=labels)
+
+
+def null_labels(n: int, num_classes: int, device=None) -> torch.Tensor:
+    """n null labels: the unconditional model of a class-conditional network."""
+    return torch.full((n,), num_classes, dtype=torch.long, device=device)
+
+
+def drop_labels(labels: torch.Tensor, p: float, num_classes: int, generator=None) -> torch.Tensor:
+    """Each label replaced by the null label with probability p (training for guidance)."""
+    if p <= 0:
+        return labels
+    dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < p
+    return torch.where(dropped, torch.full_like(labels, num_classes), labels)
+
+
+def check_labels(labels, num_classes: int) -> None:
+    """One sentence when labels fall outside [0, num_classes] (num_classes itself is the null label)."""
+    labels = torch.as_tensor(labels)
+    if num_classes == 0:
+        raise ValueError("sampling.classes: the model is unconditional (trained without labels)")
+    bad = labels[(labels < 0) | (labels > num_classes)]
+    if bad.numel():
+        raise ValueError(f"sampling.classes: label {int(bad[0])} is outside the model's classes 0..{num_classes - 1} "
+                         f"({num_classes} is the null label)")
