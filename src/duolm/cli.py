@@ -102,10 +102,10 @@ def cmd_train(cfg, parts, init=None):
 
 
 def _sample_and_print(cfg, pre, device, checkpoint=None):
-    from duolm.sampling_job import generate, spec_from_config, write_samples
-
-    from duolm.config import ConfigError
+    from duolm.config import ConfigError, check_conditioning, parse_classes
+    from duolm.data.tokenizers import is_image
     from duolm.sampling import check_sampler
+    from duolm.sampling_job import generate, spec_from_config, write_pictures, write_samples
 
     s = cfg.sampling
     try:  # against the model that was loaded, not the config's algo and length
@@ -115,8 +115,16 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
     except ValueError as err:
         raise ConfigError(f"{err} (the model at {checkpoint or _checkpoint(cfg)} is {pre.method.name}, "
                           f"length {pre.config['length']})") from None
+    image = is_image(pre.tokenizer)
+    try:
+        check_conditioning(s.guidance, s.classes, pre.num_classes)
+        if s.trajectory and not image:
+            raise ValueError("sampling.trajectory draws image models' denoising; this model is a text model")
+    except ValueError as err:
+        raise ConfigError(f"{err} (the model at {checkpoint or _checkpoint(cfg)})") from None
     res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
-                   num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device)
+                   num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device,
+                   classes=parse_classes(s.classes), guidance=s.guidance, trajectory=s.trajectory if image else 0)
     res = {"checkpoint": str(checkpoint or _checkpoint(cfg)), **res}
     out = s.output or str(Path(cfg.run.dir) / "samples.json")
     write_samples(res, out)
@@ -126,6 +134,11 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
         how += f", {res['cache']['cached_calls']} of {res['cache']['cached_calls'] + res['cache']['denoiser_calls']} denoiser calls saved by the cache"
     print(f"\n{res['num_samples']} samples ({how}) in {res['seconds']:.2f} s = "
           f"{res['seconds_per_sample']:.3f} s/sample, {res['tokens_per_second']:.0f} tokens/s -> {out}")
+    if image:
+        if s.grid:
+            pictures = write_pictures(res, out)
+            print("pictures: " + ", ".join(pictures.values()))
+        return res
     for i, smp in enumerate(res["samples"][: s.print]):
         print(f"--- sample {i}\n{smp['text']}")
     return res

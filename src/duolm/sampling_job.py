@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from duolm.atomic import atomic_write_text
+from duolm.data.tokenizers import is_image
 from duolm.sampling import (SAMPLERS, KappaSchedule, SamplerSpec, SamplingModel, default_noise_removal, default_predictor,
                             held_positions, parse_kappa, semi_ar_sample)
 
@@ -40,9 +41,12 @@ def spec_from_config(sampling, method, tokenizer=None, eps: float = 1e-3) -> Sam
 
 def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *, bos_id: int, generator=None,
                  device=None, progress: bool = False, stats: dict | None = None, eos_id: int | None = None,
-                 fixed=None) -> torch.Tensor:
+                 fixed=None, labels: torch.Tensor | None = None, guidance: float | None = None,
+                 trajectory: list | None = None) -> torch.Tensor:
     """One batch of samples with the sampler `spec` names: (batch, length), or
-    (batch, spec.total_length) by semi-autoregressive windows when that is longer."""
+    (batch, spec.total_length) by semi-autoregressive windows when that is longer. labels (batch,)
+    and guidance: a class-conditional model's classes and guidance weight; trajectory: a list that
+    receives x_t at every step (x_0 samplers)."""
     if spec.total_length and spec.total_length > length and spec.predictor != "ar":
         one_window = replace(spec, total_length=None)
 
@@ -55,27 +59,55 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
     spec.check_length(length)
     if fixed is None and spec.prefix and spec.predictor != "ar":
         fixed = held_positions(batch, length, list(spec.prefix))
-    model = SamplingModel.from_method(method, backbone, spec.use_float64)
+    model = SamplingModel.from_method(method, backbone, spec.use_float64, labels=labels, guidance=guidance)
+    extra = {"trajectory": trajectory} if trajectory is not None else {}
+    if trajectory is not None and SAMPLERS[spec.predictor].needs != "x0":
+        raise ValueError(f"sampling.trajectory records x_t of the x_0 samplers (ancestral, psi), not "
+                         f"sampling.predictor={spec.predictor}")
     return SAMPLERS[spec.predictor].run(model, spec, (batch, length), bos_id=bos_id, fixed=fixed,
                                         generator=generator, device=device, disable_progress=not progress,
-                                        stats=stats)
+                                        stats=stats, **extra)
+
+
+def sample_labels(classes, num_samples: int, num_classes: int) -> list[int | None]:
+    """Each sample's class: None for an unconditional model; classes None: each class in turn;
+    'none': the null label (unconditional samples of a conditional model); a list: cycled."""
+    if not num_classes:
+        return [None] * num_samples
+    if classes is None:
+        return [i % num_classes for i in range(num_samples)]
+    if classes == "none":
+        return [num_classes] * num_samples
+    return [int(classes[i % len(classes)]) for i in range(num_samples)]
 
 
 def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num_samples: int, batch_size: int,
-             seed: int = 0, device=None, progress: bool = True) -> dict:
+             seed: int = 0, device=None, progress: bool = True, classes=None, guidance: float | None = None,
+             trajectory: int = 0) -> dict:
+    """Samples as a JSON-ready dict. Image models: classes and guidance as in sample_labels and
+    guided_denoiser; trajectory > 0 also records x_t of the first batch at that many steps."""
     backbone.eval()
     g = torch.Generator(device=device or "cpu").manual_seed(seed)
     torch.manual_seed(seed)
+    num_classes = getattr(backbone.config, "num_classes", 0)
+    labels = sample_labels(classes, num_samples, num_classes)
     out, stats, t0 = [], {"denoiser_calls": 0, "cached_calls": 0}, time.perf_counter()
+    frames = [] if trajectory else None
     for start in range(0, num_samples, batch_size):
         b = min(batch_size, num_samples - start)
         st = {}
+        batch_labels = (torch.tensor(labels[start:start + b], device=device) if num_classes else None)
         out.append(sample_batch(method, backbone, spec, b, length, bos_id=tokenizer.bos_id, generator=g,
-                                device=device, progress=progress, stats=st, eos_id=tokenizer.eos_id).cpu())
+                                device=device, progress=progress, stats=st, eos_id=tokenizer.eos_id,
+                                labels=batch_labels, guidance=guidance,
+                                trajectory=frames if start == 0 else None).cpu())
         for k in stats:
             stats[k] += st.get(k, 0)
     seconds = time.perf_counter() - t0
     ids = torch.cat(out)
+    if is_image(tokenizer):
+        return _image_result(method, spec, tokenizer, ids, labels, num_classes, seconds, seed=seed, guidance=guidance,
+                             frames=frames, trajectory=trajectory)
     texts = [tokenizer.decode([i for i in row.tolist() if i < tokenizer.vocab_size]) for row in ids]
     markers = sorted({tokenizer.decode([tokenizer.eos_id]), tokenizer.decode([tokenizer.bos_id])})
     return {"algo": method.name, "sampler": spec.describe(), "document_markers": markers, "steps": spec.steps if spec.predictor != "ar"
@@ -84,6 +116,39 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
             "seconds_per_sample": seconds / num_samples, **({"cache": stats} if spec.predictor == "ancestral_cache"
                                                             else {}),
             "samples": [{"ids": r.tolist(), "text": t} for r, t in zip(ids, texts)]}
+
+
+def _image_result(method, spec, tokenizer, ids, labels, num_classes, seconds, *, seed, guidance, frames,
+                  trajectory) -> dict:
+    res = {"algo": method.name, "sampler": spec.describe(), "steps": spec.steps, "noise_removal": spec.noise_removal,
+           "seed": seed, "num_samples": len(ids), "length": ids.shape[1], "seconds": seconds,
+           "tokens_per_second": ids.numel() / seconds, "seconds_per_sample": seconds / len(ids),
+           "image": tokenizer.to_dict(), "guidance": None if not num_classes else (1.0 if guidance is None
+                                                                                    else float(guidance)),
+           "samples": [{"ids": r.tolist(), "label": None if lab is None or lab == num_classes else lab}
+                       for r, lab in zip(ids, labels)]}
+    if frames:
+        keep = torch.linspace(0, len(frames) - 1, min(trajectory, len(frames))).round().long().unique().tolist()
+        res["trajectory"] = {"steps": keep, "ids": [frames[k][:8].tolist() for k in keep]}
+    return res
+
+
+def write_pictures(result: dict, json_path) -> dict[str, str]:
+    """The PNG grid of an image result (a row per class) next to its JSON, and the trajectory strip
+    when one was recorded: {'grid': path, 'trajectory': path}."""
+    import numpy as np
+
+    from duolm.data.tokenizers import load_tokenizer
+    from duolm.evaluation.pictures import sample_grid, trajectory_strip
+
+    tok = load_tokenizer(result["image"])
+    json_path = Path(json_path)
+    images = tok.decode_pixels(np.asarray([s["ids"] for s in result["samples"]]))
+    out = {"grid": str(sample_grid(images, [s["label"] for s in result["samples"]], json_path.with_suffix(".png")))}
+    if result.get("trajectory"):
+        frames = tok.decode_pixels(np.asarray(result["trajectory"]["ids"]))
+        out["trajectory"] = str(trajectory_strip(frames, json_path.with_suffix(".trajectory.png")))
+    return out
 
 
 def write_samples(result: dict, path) -> Path:

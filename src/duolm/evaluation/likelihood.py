@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from duolm.conditioning import with_labels
 from tqdm.auto import tqdm
 
 
@@ -15,12 +17,17 @@ def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, 
 
     The standard error is over sequences (each sequence's NELBO is one Monte
     Carlo draw); for AR it reflects only the spread between sequences. ids: (N, L) token ids with
-    their valid mask, or a store split (duolm.data.store.Split), read a batch at a time.
+    their valid mask, or a store split (duolm.data.store.Split), read a batch at a time. A
+    class-conditional network is given each image's label (an image split carries them), so the
+    figure is the conditional NELBO.
     """
+    conditional = getattr(getattr(backbone, "config", None), "num_classes", 0) > 0
+
     def batch(a: int, b: int):
         if valid is None:
-            return ids.blocks(a, b)
-        return ids[a:b], valid[a:b]
+            x, v = ids.blocks(a, b)
+            return x, v, (ids.labels(a, b) if conditional else None)
+        return ids[a:b], valid[a:b], None
 
     g = torch.Generator(device=device or "cpu").manual_seed(seed)
     backbone.eval()
@@ -29,11 +36,12 @@ def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, 
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
     for b in tqdm(range(n_batches), disable=not progress, desc="eval"):
-        x0, v = batch(b * batch_size, (b + 1) * batch_size)
+        x0, v, labels = batch(b * batch_size, (b + 1) * batch_size)
         x0, v = x0.to(device), v.to(device)
+        net = with_labels(backbone, None if labels is None else labels.to(device))
         total = 0.0
         for _ in range(time_samples):
-            out = method.token_loss(backbone, x0, v, generator=g)
+            out = method.token_loss(net, x0, v, generator=g)
             prior = method.prior_kl(x0).to(out.nll.device)
             total = total + ((out.nll.double() + prior.double()) * out.weight).sum(-1) / time_samples
         per_seq.append(total.cpu())

@@ -44,7 +44,8 @@ def nucleus(p: torch.Tensor, top_p: float) -> torch.Tensor:
 def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas: torch.Tensor | None = None,
                kappa: KappaSchedule | None = None, noise_removal: str = "greedy", p_nucleus: float = 1.0, fixed: tuple | None = None,
                cache: bool = False, generator=None, device=None, dtype=torch.float64,
-               disable_progress: bool = True, stats: dict | None = None, x_init: torch.Tensor | None = None):
+               disable_progress: bool = True, stats: dict | None = None, x_init: torch.Tensor | None = None,
+               trajectory: list | None = None):
     """Run the sampler over `grid` (n + 1 times from 1 down; n denoiser calls at most).
 
     kappas: (n,) mixing weights, one per step (None: all 1, ancestral); or kappa, a KappaSchedule
@@ -76,6 +77,8 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
         x = torch.where(fmask, fvals, x)
     calls = saved = 0
     p = prev_x = None
+    if trajectory is not None:
+        trajectory.append(x.cpu())
     for i in tqdm(range(n), disable=disable_progress, desc="sampling"):
         t, s = grid[i], grid[i + 1]
         alpha_t = schedule(t.reshape(1)).alpha.expand(B).to(device)
@@ -102,6 +105,8 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
         if fixed is not None:
             x_new = torch.where(fmask, fvals, x_new)
         x = x_new
+        if trajectory is not None:
+            trajectory.append(x.cpu())
     if stats is not None:
         stats.update(denoiser_calls=calls, cached_calls=saved)
     return x

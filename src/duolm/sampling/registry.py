@@ -11,7 +11,9 @@ from typing import Callable
 
 import torch
 
+from duolm.conditioning import null_labels, with_labels
 from duolm.sampling import analytic, ancestral, ar, psi
+from duolm.sampling.guidance import guided_denoiser
 from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
 
 # what a method's network gives, by method: log p(x_0 | x_t), SEDD's log score, or next-token logits
@@ -40,9 +42,18 @@ class SamplingModel:
     vocab_size: int | None = None        # AR: the output rows that are tokens
 
     @classmethod
-    def from_method(cls, method, backbone=None, use_float64: bool = True) -> "SamplingModel":
+    def from_method(cls, method, backbone=None, use_float64: bool = True, *, labels: torch.Tensor | None = None,
+                    guidance: float | None = None) -> "SamplingModel":
+        """labels (B,): a class-conditional backbone's classes (its null label: unconditional);
+        guidance: the classifier-free guidance weight (None or 1: the conditional model)."""
         output = output_of(method)
-        den = None if backbone is None or output == "ar" else ancestral.denoiser_from(method, backbone, use_float64)
+        den = None
+        if backbone is not None and output != "ar":
+            den = ancestral.denoiser_from(method, with_labels(backbone, labels), use_float64)
+            if labels is not None and guidance is not None and guidance != 1.0:
+                null = null_labels(len(labels), backbone.config.num_classes, labels.device)
+                den = guided_denoiser(den, ancestral.denoiser_from(method, with_labels(backbone, null), use_float64),
+                                      float(guidance))
         return cls(den, method.process, method.schedule, output, time_conditioned=method.time_conditioning,
                    backbone=backbone, vocab_size=method.vocab_size)
 
