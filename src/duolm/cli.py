@@ -126,6 +126,8 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
                    num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device,
                    classes=parse_classes(s.classes), guidance=s.guidance, trajectory=s.trajectory if image else 0)
     res = {"checkpoint": str(checkpoint or _checkpoint(cfg)), **res}
+    if image:
+        res["data"] = pre.config.get("data")  # which training images FID compares against
     out = s.output or str(Path(cfg.run.dir) / "samples.json")
     write_samples(res, out)
     how = (f"{spec.predictor}, {res['steps']} steps, last step {res['noise_removal']}"
@@ -219,6 +221,14 @@ def cmd_eval_samples(cfg):
     if cfg.eval.output and len(paths) > 1:
         raise ValueError("eval.output names one file; with several eval.samples each result goes next to its samples")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    images = {p: _read_samples(p) for p in paths}
+    images = {p: r for p, r in images.items() if "image" in r}
+    if images and len(images) < len(paths):
+        raise ValueError("eval.samples: score image samples and text samples in separate runs")
+    if images:
+        return cmd_eval_image_samples(cfg, images, device)
+    if "eval.image_features" in set(cfg.given):
+        raise ValueError(f"eval.image_features is for image samples; {paths[0]} holds text")
     judge = None
     if cfg.eval.judge or cfg.eval.mauve_texts:
         judge = load_judge(cfg.eval.judge or "smollm2", device=device, context=cfg.eval.judge_context)
@@ -239,6 +249,48 @@ def cmd_eval_samples(cfg):
         shown = {k: res[k] for k in ("algo", "steps", "gen_ppl", "entropy", "scoring_nelbo", "mauve", "judge")
                  if k in res}
         print(json.dumps(shown))
+        print(f"-> {out}")
+    return 0
+
+
+def _read_samples(path) -> dict:
+    try:
+        res = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"eval.samples: {path} is not a samples JSON ({type(err).__name__})") from None
+    if not isinstance(res, dict) or not isinstance(res.get("samples"), list):
+        raise ValueError(f"eval.samples: {path} has no 'samples' list (write one with duolm sample)")
+    return res
+
+
+def cmd_eval_image_samples(cfg, results: dict, device):
+    """FID / IS (classifier or Inception features) and class accuracy of image samples files."""
+    from duolm.data.images import IMAGE_SOURCES
+    from duolm.evaluation.image_metrics import check_inception, score_image_samples
+    from duolm.sampling_job import write_samples
+
+    given = set(cfg.given)
+    text_only = [k for k in ("eval.judge", "eval.mauve_texts", "eval.scoring_model", "eval.judge_context")
+                 if k in given]
+    if text_only:
+        raise ValueError(f"{text_only[0]} scores text; these samples are images (FID / IS: eval.image_features)")
+    _choice = cfg.eval.image_features
+    if _choice not in ("classifier", "inception"):
+        raise ValueError(f"eval.image_features must be one of ['classifier', 'inception'], got {_choice!r}")
+    if _choice == "inception":
+        check_inception(cfg.eval.inception_weights)  # before any work
+    for path, res in results.items():
+        source = cfg.data.source if ("data" in given or "data.source" in given) else res.get("data")
+        if source not in IMAGE_SOURCES:
+            raise ValueError(f"eval.samples: {path} does not say which image data it imitates; add data=<"
+                             f"{'|'.join(IMAGE_SOURCES)}>")
+        scored = score_image_samples(res, source=source, cache_dir=cfg.data.get("cache_dir"),
+                                     data_files=cfg.data.get("data_files") if cfg.data.get("source") == source else None,
+                                     features=_choice, inception_weights=cfg.eval.inception_weights,
+                                     fid_real=cfg.eval.fid_real, device=device, log=print)
+        out = cfg.eval.output or str(Path(path).with_suffix(".eval.json"))
+        write_samples(scored, out)
+        print(json.dumps({k: v for k, v in scored.items() if not isinstance(v, (list, dict))}))
         print(f"-> {out}")
     return 0
 
