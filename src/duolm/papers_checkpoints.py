@@ -11,6 +11,9 @@
   config.json with the DiT's ``config`` and ``vocab_size`` plus model.safetensors;
 - MDLM's Hugging Face model (``kuleshov-group/mdlm-owt``): config.json with ``model_type: mdlm``
   plus weights whose keys start with ``backbone.``.
+- the Psi-samplers paper's CIFAR-10 Lightning checkpoints (``jdeschena/duo2-cifar10``): the same
+  Lightning layout around their image UNet (duolm.models.unet), 256 pixel levels (257 states for
+  MDLM), class-conditional with 10 classes plus the null label.
 Algo, size and vocabulary are read from the file and checked; ``algo`` overrides what the file
 does not say (the weights alone cannot tell MDLM from SEDD). ``load_lightning_checkpoint`` reads
 any Lightning file this way, duolm's own run checkpoints included.
@@ -152,11 +155,62 @@ def _build(state: dict, *, algo: str, noise: dict, tokenizer_spec, n_heads: int 
 
 def _check_shapes(state: dict, shadow: list, names: list[str], source: str):
     if len(shadow) != len(names):
-        raise ValueError(f"{source}: the EMA has {len(shadow)} tensors but the DiT has {len(names)} parameters")
+        raise ValueError(f"{source}: the EMA has {len(shadow)} tensors but the network has {len(names)} parameters")
     for n, s in zip(names, shadow):
         if tuple(s.shape) != tuple(state[n].shape):
             raise ValueError(f"{source}: EMA tensor for {n} has shape {tuple(s.shape)}, expected "
                              f"{tuple(state[n].shape)}")
+
+
+def _with_ema(state: dict, shadow: list, probe: torch.nn.Module, source: str) -> dict:
+    """The state with each parameter replaced by its EMA (the papers keep it as a list in parameter order)."""
+    names = [n for n, _ in probe.named_parameters()]
+    _check_shapes(state, shadow, names, source)
+    state = dict(state)
+    for n, s in zip(names, shadow):
+        state[n] = s
+    return state
+
+
+def _unet_from_lightning(state: dict, ema, conf: dict, *, algo: str, noise: dict, source: str) -> Pretrained:
+    """A CIFAR-10 (or any image) UNet checkpoint of the papers: shape from the pickled config, the
+    class count from the label embedding, 256 pixel levels."""
+    from duolm.data.tokenizers import PixelTokenizer
+    from duolm.models.unet import UNet, UNetConfig
+
+    m, d = conf.get("model") or {}, conf.get("data") or {}
+    pixels = int(m.get("size") or d.get("size") or 1024)   # the papers' `size` is H x W
+    image_size = int(round(pixels ** 0.5))
+    channels = int(m.get("input_channels", 3))
+    num_classes = state["cond_map.embedding_table.weight"].shape[0] - 1 if "cond_map.embedding_table.weight" in state \
+        else 0
+    tokenizer = PixelTokenizer(256, channels, image_size, num_classes)
+    method = method_from_config({"name": algo}, noise, tokenizer.vocab_size)
+    try:
+        cfg = UNetConfig(vocab_size=method.model_vocab_size, channels=channels, image_size=image_size,
+                         ch=int(m.get("ch", 128)), num_res_blocks=int(m.get("num_res_blocks", 2)),
+                         ch_mult=list(m.get("ch_mult", [1, 2, 2, 2])), attn_scale=int(m.get("scale_count_to_put_attn", 1)),
+                         dropout=0.0, skip_rescale=bool(m.get("skip_rescale", True)),
+                         time_embed_dim=int(m.get("time_embed_dim", m.get("ch", 128))),
+                         time_scale_factor=float(m.get("time_scale_factor", 1000)), num_classes=num_classes,
+                         fix_logistic=bool(m.get("fix_logistic", False)))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: the checkpoint's model config does not describe a UNet ({err})") from None
+    net = UNet(cfg)
+    state = {k: v.float() for k, v in state.items()}
+    if ema is not None:
+        state = _with_ema(state, ema["shadow_params"], net, source)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[1:2] or [str(err)[:200]]
+        raise ValueError(f"{source}: the UNet weights do not fit the config the checkpoint records "
+                         f"({first[0].strip()})") from None
+    algo_cfg = {"name": algo, "T": method.num_steps, "time_conditioning": method.time_conditioning}
+    config = {"format": FORMAT, "algo": algo_cfg, "model": cfg.to_dict(), "noise": noise,
+              "tokenizer": tokenizer.to_dict(), "length": tokenizer.length, "source": source,
+              "data": "cifar10" if (channels, image_size) == (3, 32) else None}
+    return Pretrained(net.eval(), method, tokenizer, config)
 
 
 def from_lightning(ckpt: dict, source: str, *, algo: str | None = None, use_ema: bool = True, tokenizer="gpt2",
@@ -180,14 +234,12 @@ def from_lightning(ckpt: dict, source: str, *, algo: str | None = None, use_ema:
     model = conf.get("model") or {}
     noise = {"type": (conf.get("noise") or {}).get("type", "log-linear"), "eps": 1e-3}
     tok = ((conf.get("data") or {}).get("tokenizer_name_or_path")) or tokenizer
+    if "temb_modules.0.weight" in state:  # the Psi-samplers paper's image UNet
+        return _unet_from_lightning(state, ckpt.get("ema") if use_ema else None, conf, algo=algo, noise=noise,
+                                    source=source)
     if use_ema and ckpt.get("ema") is not None:
-        shadow = ckpt["ema"]["shadow_params"]
         probe = DiT(_dit_config_from_state({k: v for k, v in state.items()}, model.get("n_heads") or n_heads))
-        names = [n for n, _ in probe.named_parameters()]
-        _check_shapes(state, shadow, names, source)
-        state = dict(state)
-        for n, s in zip(names, shadow):
-            state[n] = s
+        state = _with_ema(state, ckpt["ema"]["shadow_params"], probe, source)
     return _build(state, algo=algo, noise=noise, tokenizer_spec=tok, n_heads=model.get("n_heads") or n_heads,
                   length=length or model.get("length", 1024), source=source)
 

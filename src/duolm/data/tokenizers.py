@@ -53,9 +53,10 @@ class PixelTokenizer:
     out channel-major (`b (c h w)`, the papers' CIFAR-10 layout). vocab_size = levels.
 
     Source pixels in [0, max_value] (255 for 8-bit images, 16 for scikit-learn's digits) map to
-    level floor(v (levels) / (max_value + 1)); a level maps back to round(level 255 / (levels - 1))
-    in 8 bits, so encode(decode(ids)) == ids for every level count, and 8-bit images at 256 levels
-    round-trip exactly.
+    level floor(v (levels) / (max_value + 1)); a level maps back to the first 8-bit value of its bin,
+    ceil(level 256 / levels), and the top level to 255 (white), so encode(decode(ids)) == ids for
+    every level count and 8-bit images at 256 levels round-trip exactly. (Rounding
+    level 255 / (levels - 1) instead lands outside the bin, e.g. level 2 of 100 -> 5 -> level 1.)
     """
 
     modality = "image"
@@ -92,7 +93,8 @@ class PixelTokenizer:
         import numpy as np
 
         ids = np.asarray(ids, dtype=np.int64).clip(0, self.levels - 1)
-        pixels = np.rint(ids * 255.0 / (self.levels - 1)).astype(np.uint8)
+        first = (ids * 256 + self.levels - 1) // self.levels  # ceil: inside the level's bin
+        pixels = np.where(ids == self.levels - 1, 255, first).astype(np.uint8)
         return pixels.reshape(*ids.shape[:-1], self.channels, self.image_size, self.image_size)
 
     def decode(self, ids) -> str:

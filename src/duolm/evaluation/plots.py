@@ -7,7 +7,10 @@ from pathlib import Path
 
 LABELS = {"gen_ppl": "generative perplexity (judge)", "entropy": "unigram entropy of samples (nats)",
           "mauve": "MAUVE", "gen_nll": "judge NLL per token (nats)",
-          "scoring_bits_per_token": "NELBO under the scoring model (bits/token)"}
+          "scoring_bits_per_token": "NELBO under the scoring model (bits/token)",
+          "classifier_fid": "FID (duolm's classifier features; not Inception)",
+          "classifier_is": "IS (duolm's classifier; not Inception)", "classifier_accuracy": "class accuracy of samples",
+          "inception_fid": "FID (Inception-v3)", "inception_is": "Inception Score"}
 
 
 def series_label(result: dict) -> str:
@@ -17,6 +20,9 @@ def series_label(result: dict) -> str:
     sampler = result.get("sampler") or {}
     predictor = sampler.get("predictor", "")
     tail = result.get("noise_removal") or sampler.get("noise_removal")
+    if predictor == "psi":  # which kappa modes: 'psi max-capped 0.005'
+        modes = {(k.get("mode"), k.get("eta")) for k in (sampler.get("kappa") or {}).values() if isinstance(k, dict)}
+        predictor += "".join(f" {m}" + (f" {e:g}" if e else "") for m, e in sorted(modes))
     text = f"{result.get('algo', '?')} {predictor}".strip()
     return f"{text} ({tail} tail)" if tail and predictor != "ar" else text
 
@@ -58,7 +64,7 @@ def plot_quality_vs_steps(results: list[dict], output, metrics=("gen_ppl", "entr
             if rows:
                 ax.plot([r["steps"] for r in rows], [r[metric] for r in rows], marker="o", label=label)
         ax.set_xscale("log", base=2)
-        if metric == "gen_ppl":
+        if metric in ("gen_ppl", "classifier_fid", "inception_fid"):
             ax.set_yscale("log")
         ax.set_xlabel("sampling steps")
         ax.set_title(LABELS.get(metric, metric))
