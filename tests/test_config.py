@@ -4,7 +4,7 @@ import torch
 
 from duolm.config import ConfigError, compose, compose_components, group_options
 from duolm.methods import build_method
-from duolm.models.dit import DiT
+from duolm.models.backbones import build_backbone
 
 VOCAB = {"char": 28, "gpt2": 50257, "bert-base-uncased": 30522}
 
@@ -13,10 +13,14 @@ VOCAB = {"char": 28, "gpt2": 50257, "bert-base-uncased": 30522}
 def test_every_preset_instantiates(group):
     for option in group_options(group):
         extra = ["data.path=/somewhere"] if (group, option) == ("data", "local") else []
+        if group == "model" and option.startswith("unet"):
+            extra = ["data=cifar10", "algo=duo_base"]  # an image network needs image data (and no curriculum)
+        if group == "data" and option in ("digits", "mnist", "cifar10"):
+            extra = ["model=unet-cpu", "algo=duo_base"]
         cfg, parts = compose_components([f"{group}={option}", *extra])
-        method = parts.method(VOCAB.get(cfg.data.tokenizer, 100))
+        method = parts.method(VOCAB.get(cfg.data.tokenizer, cfg.data.get("levels") or 100))
         with torch.device("meta"):  # the papers' sizes, without allocating them
-            net = DiT(parts.backbone_config(method))
+            net = build_backbone(parts.backbone_config(method))
         assert net.config.vocab_size == method.model_vocab_size
 
 

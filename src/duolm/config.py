@@ -99,6 +99,10 @@ def compose_components(overrides: list[str] | None = None, *,
             raise ConfigError(unknown) from None
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"bad override: {first}") from None
+    kind, image = cfg.model.get("type", "dit"), cfg.data.get("modality") == "image"
+    if kind == "unet" and not image:  # before resolving: the UNet's length is the image's
+        raise ConfigError(f"model={cfg.model.name} is an image network; it needs image data (data=digits, mnist "
+                          f"or cifar10), not data={cfg.data.name}")
     OmegaConf.resolve(cfg)
     cfg.given = sorted(set(given))
     return cfg, validate(cfg, model_from_checkpoint=model_from_checkpoint)
@@ -249,6 +253,9 @@ def _check_modality(cfg, parts) -> None:
     kind = cfg.model.get("type", "dit")
     if kind not in BACKBONES:
         raise ConfigError(f"model.type must be one of {sorted(BACKBONES)}, got {kind!r}")
+    if kind == "unet" and parts.curriculum is not None:
+        raise ConfigError(f"algo={cfg.algo.name} trains with Duo's curriculum, whose relaxed inputs the UNet does not "
+                          f"read; use algo=duo_base (as the papers' CIFAR-10 runs do) or algo.curriculum.mode=none")
     if not is_image_data(cfg):
         if kind == "unet":
             raise ConfigError(f"model={cfg.model.name} is an image network; it needs image data (data=digits, mnist "
@@ -262,7 +269,7 @@ def _check_modality(cfg, parts) -> None:
     length = d.channels * d.image_size ** 2
     if cfg.model.length != length:
         raise ConfigError(f"model.length ({cfg.model.length}) must equal the image's pixel count, data.channels x "
-                          f"data.image_size^2 = {length}")
+                          f"data.image_size^2 = {length}; train image data with model=unet-cpu or model=unet")
     if cfg.algo.name == "ar" and d.num_classes:
         raise ConfigError("algo=ar is unconditional here; set data.num_classes=0 to train it on images")
     _choice(cfg, "data.flip", (True, False))
@@ -284,8 +291,13 @@ def _backbone_placeholder(cfg, num_classes: int, causal: bool):
     m.pop("length", None)
     if kind == "unet":
         d = cfg.data
-        return backbone_config({**m, "type": "unet", "vocab_size": 2, "channels": d.channels,
-                                "image_size": d.image_size, "num_classes": num_classes})
+        config = backbone_config({**m, "type": "unet", "vocab_size": 2, "channels": d.channels,
+                                  "image_size": d.image_size, "num_classes": num_classes})
+        from duolm.models.backbones import build_backbone
+
+        with torch.device("meta"):  # the layers' own checks (GroupNorm's channel split), without memory
+            build_backbone(config)
+        return config
     return backbone_config({**m, "type": "dit", "vocab_size": 1, "num_classes": num_classes, "causal": causal})
 
 

@@ -48,9 +48,6 @@ class UNetConfig:
                 raise ValueError(f"{where}.{key} must be an integer >= {low}, got {value!r}")
         if not self.ch_mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.ch_mult):
             raise ValueError(f"model.ch_mult must be a list of integers >= 1, got {self.ch_mult!r}")
-        if any((self.ch * m) % _groups(self.ch * m) for m in self.ch_mult):
-            raise ValueError(f"model.ch ({self.ch}) times each model.ch_mult must split into GroupNorm groups "
-                             f"(a multiple of 4, and of 32 above 128)")
         if not 0 <= self.attn_scale < len(self.ch_mult):
             raise ValueError(f"model.attn_scale must index model.ch_mult (0..{len(self.ch_mult) - 1}), "
                              f"got {self.attn_scale}")
@@ -72,6 +69,14 @@ def _groups(ch: int) -> int:
     return min(ch // 4, 32)
 
 
+def group_norm(ch: int) -> nn.GroupNorm:
+    """The papers' GroupNorm (min(ch / 4, 32) groups); a channel count it cannot split is a config error."""
+    if ch % _groups(ch):
+        raise ValueError(f"model.ch and model.ch_mult give a layer of {ch} channels, which GroupNorm cannot split into "
+                         f"{_groups(ch)} groups; use a model.ch that is a multiple of 4 (of 32 above 128)")
+    return nn.GroupNorm(_groups(ch), ch, eps=1e-6)
+
+
 class NiN(nn.Module):
     """A 1 x 1 convolution written as a matrix W (in, out), as the papers store it."""
 
@@ -90,7 +95,7 @@ class AttnBlock(nn.Module):
     def __init__(self, ch: int, skip_rescale: bool):
         super().__init__()
         self.skip_rescale = skip_rescale
-        self.GroupNorm_0 = nn.GroupNorm(_groups(ch), ch, eps=1e-6)
+        self.GroupNorm_0 = group_norm(ch)
         self.NIN_0, self.NIN_1, self.NIN_2, self.NIN_3 = (NiN(ch, ch) for _ in range(4))
 
     def forward(self, x):
@@ -107,10 +112,10 @@ class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, skip_rescale: bool):
         super().__init__()
         self.skip_rescale = skip_rescale
-        self.groupnorm0 = nn.GroupNorm(_groups(in_ch), in_ch, eps=1e-6)
+        self.groupnorm0 = group_norm(in_ch)
         self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.dense0 = nn.Linear(temb_dim, out_ch)
-        self.groupnorm1 = nn.GroupNorm(_groups(out_ch), out_ch, eps=1e-6)
+        self.groupnorm1 = group_norm(out_ch)
         self.dropout0 = nn.Dropout(dropout)
         self.conv1 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         if in_ch != out_ch:
@@ -199,7 +204,7 @@ class UNet(nn.Module):
             if scale != 0:
                 up.append(Upsample(in_ch))
         self.upsampling_modules = nn.ModuleList(up)
-        self.output_modules = nn.ModuleList([nn.GroupNorm(_groups(in_ch), in_ch, eps=1e-6),
+        self.output_modules = nn.ModuleList([group_norm(in_ch),
                                              nn.Conv2d(in_ch, 2 * c.channels, 3, padding=1)])
         self.cond_map = LabelEmbedder(c.num_classes, temb_dim)
 
