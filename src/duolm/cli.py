@@ -257,9 +257,10 @@ def _read_samples(path) -> dict:
     try:
         res = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"eval.samples: {path} is not a samples JSON ({type(err).__name__})") from None
+        raise ValueError(f"eval.samples: {path} is not a duolm samples file ({type(err).__name__})") from None
     if not isinstance(res, dict) or not isinstance(res.get("samples"), list):
-        raise ValueError(f"eval.samples: {path} has no 'samples' list (write one with duolm sample)")
+        raise ValueError(f"eval.samples: {path} is not a duolm samples file (no 'samples' list; write one with "
+                         f"duolm sample)")
     return res
 
 

