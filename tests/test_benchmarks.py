@@ -22,3 +22,22 @@ def test_gpu_benchmark_refuses_to_run_without_cuda_unless_smoke():
         pytest.skip("a GPU is present")
     with pytest.raises(SystemExit, match="needs CUDA"):
         main([])
+
+
+def test_image_benchmark_smoke_mode_trains_samples_and_scores_both_models(tmp_path):
+    """benchmarks/images.py --smoke: Duo and MDLM trained through the training layer on digits,
+    sampled class-conditionally by ancestral and every Psi setting, scored, tabled, plotted."""
+    import json
+
+    from benchmarks.images import PSI_MODES, main
+
+    out = main(["--smoke", "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")])
+    assert set(out["models"]) == {"duo_base", "mdlm"} and all(m["steps"] == 2 for m in out["models"].values())
+    samplers = {(r["algo"], r["sampler"]) for r in out["results"]}
+    assert samplers == {(a, s) for a in ("duo_base", "mdlm") for s in ("ancestral", *PSI_MODES)}
+    assert all(r["classifier_fid"] > 0 and 0 <= r["classifier_accuracy"] <= 1 for r in out["results"])
+    assert out["real_validation_images"]["classifier_accuracy"] > 0.5  # the classifier works on real digits
+    for name in ("images.json", "images.md", "images.png"):
+        assert (tmp_path / "res" / name).exists()
+    assert json.loads((tmp_path / "res" / "images.json").read_text())["mode"] == "smoke"
+    assert list((tmp_path / "res").glob("*.png"))[0].stat().st_size > 0

@@ -21,7 +21,8 @@ USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,data,config} [ke
   sample   generate from eval.checkpoint_path (default: ${run.dir}/model)
   eval     validation NELBO / bits / perplexity of eval.checkpoint_path on data=... (also the
            zero-shot sets: data=ptb|wikitext2|wikitext103|lm1b|lambada|ag_news|pubmed|arxiv);
-           with eval.samples=<samples.json>: generative perplexity (eval.judge), entropy, MAUVE
+           with eval.samples=<samples.json>: generative perplexity (eval.judge), entropy, MAUVE;
+           for image samples FID, IS and class accuracy (eval.image_features)
   distill  Discrete Consistency Distillation of the Duo model at eval.checkpoint_path (distill.*)
   convert  write eval.checkpoint_path (duolm, a run's .ckpt, the papers' .ckpt or Hugging Face
            layouts) as a duolm directory: convert.output=<dir>
@@ -70,7 +71,9 @@ def _load_for_eval(cfg):
 
 
 def cmd_train(cfg, parts, init=None):
-    _quiet_libraries()
+    from duolm.training import quiet_libraries
+
+    quiet_libraries()
     import torch
 
     from duolm.checkpoints import from_pretrained
@@ -325,18 +328,23 @@ COMMAND_HELP = {
               ["algo", "model", "data", "trainer.max_steps", "loader.global_batch_size", "optim.lr", "run.dir",
                "trainer.devices", "trainer.precision"],
               ["duolm train", "duolm train algo=mdlm trainer.max_steps=2000",
-               "duolm train algo=duo model=small data=openwebtext-split trainer=gpu loader=papers optim=papers"]),
+               "duolm train algo=duo model=small data=openwebtext-split trainer=gpu loader=papers optim=papers",
+               "duolm train data=mnist model=unet-cpu algo=duo_base noise=cosine data.levels=16"]),
     "sample": ("generate from a trained model (eval.checkpoint_path, default: the model in run.dir) and write "
                "the samples as JSON",
                ["eval.checkpoint_path", "sampling.steps", "sampling.predictor", "sampling.noise_removal",
-                "sampling.num_samples", "sampling.prefix", "sampling.output"],
+                "sampling.num_samples", "sampling.prefix", "sampling.output", "sampling.classes", "sampling.guidance",
+                "sampling.trajectory"],
                ["duolm sample eval.checkpoint_path=builtin:duo-bigtxt-dcd sampling.steps=8",
-                "duolm sample sampling.predictor=psi sampling.psi.middle_mode=max-capped-0.02"]),
+                "duolm sample sampling.predictor=psi sampling.psi.middle_mode=max-capped-0.02",
+                "duolm sample eval.checkpoint_path=<image model> sampling.classes=[3,7] sampling.guidance=2"]),
     "eval": ("validation NELBO of a model on data=..., or with eval.samples=... the generative perplexity, "
-             "entropy and MAUVE of samples",
-             ["eval.checkpoint_path", "data", "eval.time_samples", "eval.samples", "eval.judge"],
+             "entropy and MAUVE of text samples, or the FID, IS and class accuracy of image samples",
+             ["eval.checkpoint_path", "data", "eval.time_samples", "eval.samples", "eval.judge",
+              "eval.image_features", "eval.inception_weights", "eval.fid_real"],
              ["duolm eval eval.checkpoint_path=outputs/bigtxt-duo-demo/model eval.time_samples=4",
-              "duolm eval eval.samples=s8.json eval.judge=smollm2"]),
+              "duolm eval eval.samples=s8.json eval.judge=smollm2",
+              "duolm eval eval.samples=images64.json eval.image_features=classifier"]),
     "distill": ("Discrete Consistency Distillation of the Duo model at eval.checkpoint_path",
                 ["eval.checkpoint_path", "distill.T", "distill.update_teacher_every", "distill.loss_type",
                  "trainer.max_steps", "run.dir"],
@@ -416,20 +424,6 @@ def main(argv=None) -> int:
             raise
         print(f"duolm: error: {user_message(err)}", file=sys.stderr)
         return 1
-
-
-def _quiet_libraries() -> None:
-    """Keep the console to what duolm says: Lightning's start-up notes and tips, and library
-    deprecation notices about their own internals, are not for a duolm user."""
-    import logging
-    import warnings
-
-    import lightning.pytorch  # noqa: F401 - it sets its loggers' levels when imported; set them after
-
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
 
 
 def user_message(err: BaseException) -> str:

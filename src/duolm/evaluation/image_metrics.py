@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+CLASSIFIER_VERSION = 2  # part of the cache key: a changed architecture or recipe trains a new classifier
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 
@@ -50,8 +51,12 @@ def frechet_distance(mu_a, cov_a, mu_b, cov_b) -> float:
     return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * trace_root)
 
 
-def inception_score(probs: torch.Tensor, splits: int = 10) -> tuple[float, float]:
-    """(mean, std) over `splits` parts of exp(E KL(p(y|x) || p(y))), as torchmetrics computes it."""
+def inception_score(probs: torch.Tensor, splits: int | None = None) -> tuple[float, float]:
+    """(mean, std) over `splits` parts of exp(E KL(p(y|x) || p(y))), as torchmetrics computes it
+    (10 parts there; None here: 10 parts of at least 100 samples, fewer for small sets, since
+    p(y) of a handful of samples makes IS meaningless: one sample per part gives exactly 1)."""
+    if splits is None:
+        splits = max(1, min(10, len(probs) // 100))
     p = probs.double().clamp_min(1e-12)
     scores = []
     for part in p.chunk(min(splits, len(p))):
@@ -64,16 +69,19 @@ def inception_score(probs: torch.Tensor, splits: int = 10) -> tuple[float, float
 # --- feature spaces --------------------------------------------------------------------------------
 
 class SmallClassifier(nn.Module):
-    """A CNN for C x H x W images with pixels in [0, 1]: features (B, 128) and logits (B, classes)."""
+    """A CNN for C x H x W images with pixels in [0, 1]: features (B, 64) and logits (B, classes).
 
-    def __init__(self, channels: int, num_classes: int, width: int = 32):
+    64 features, not Inception's 2,048: FID's small-sample bias grows with the dimension, and
+    CPU-sized evaluations score hundreds of samples, not 50,000."""
+
+    def __init__(self, channels: int, num_classes: int, width: int = 32, features: int = 64):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * width, 128), nn.ReLU())
-        self.head = nn.Linear(128, num_classes)
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * width, features), nn.ReLU())
+        self.head = nn.Linear(features, num_classes)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(images)
@@ -109,7 +117,7 @@ def train_classifier(train_images, train_labels, valid_images, valid_labels, num
 
 @torch.no_grad()
 def classifier_outputs(net: SmallClassifier, images, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, 128), class probabilities (N, classes)) of 8-bit images."""
+    """(features (N, 64), class probabilities (N, classes)) of 8-bit images."""
     feats, probs = [], []
     x = _as_float(images)
     for a in range(0, len(x), batch_size):
@@ -131,7 +139,7 @@ def cached_classifier(key: str, cache_dir, train, valid, num_classes: int, log=N
 
     from duolm.atomic import atomic_directory
 
-    directory = Path(cache_dir or "~/.cache/duolm").expanduser() / "image-classifiers" / key
+    directory = Path(cache_dir or "~/.cache/duolm").expanduser() / "image-classifiers" / f"{key}-v{CLASSIFIER_VERSION}"
     net = SmallClassifier(np.asarray(train[0]).shape[1], num_classes)
     if (directory / "info.json").exists():
         net.load_state_dict(load_file(directory / "model.safetensors"))
@@ -205,6 +213,15 @@ def image_quality(samples, sample_labels, real_images, *, features: str, classif
     return out
 
 
+def balanced_subset(split, n: int | None, seed: int = 0) -> torch.Tensor:
+    """n images of a split drawn without replacement by a seeded generator (all of them for None):
+    the first n would do only if the split were shuffled, and MNIST's subset is sorted by class."""
+    if n is None or n >= len(split):
+        return split.ids
+    idx = np.sort(np.random.default_rng(seed).choice(len(split), int(n), replace=False))
+    return split.ids[torch.from_numpy(idx)]
+
+
 def score_image_samples(result: dict, *, source: str, cache_dir=None, data_files=None, features: str = "classifier",
                         inception_weights=None, fid_real: int | None = None, device="cpu", log=None) -> dict:
     """The quality figures of one image samples result (duolm sample's JSON), against the training
@@ -218,8 +235,7 @@ def score_image_samples(result: dict, *, source: str, cache_dir=None, data_files
     if train.length != tok.length:
         raise ValueError(f"eval.samples: the samples are {tok.channels}x{tok.image_size}x{tok.image_size} images, "
                          f"data={source} has {train.length} pixels per image")
-    n_real = len(train) if fid_real is None else min(int(fid_real), len(train))
-    real = tok.decode_pixels(train.blocks(0, n_real)[0].numpy())
+    real = tok.decode_pixels(balanced_subset(train, fid_real).numpy())
     samples = tok.decode_pixels(np.asarray([s["ids"] for s in result["samples"]]))
     labels = [s.get("label") for s in result["samples"]]
     classifier, info = None, {}

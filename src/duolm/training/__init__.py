@@ -6,3 +6,17 @@
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message is one sentence for the user."""
+
+
+def quiet_libraries() -> None:
+    """Keep the console to what duolm says: Lightning's start-up notes and tips, and library
+    deprecation notices about their own internals, are not for a duolm user."""
+    import logging
+    import warnings
+
+    import lightning.pytorch  # noqa: F401 - it sets its loggers' levels when imported; set them after
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
