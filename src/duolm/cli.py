@@ -92,7 +92,7 @@ def cmd_train(cfg, parts, init=None):
     _, splits = load_data(cfg, pre.tokenizer, pre.config["length"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pre.backbone.to(device)
-    unit = "char" if pre.config["tokenizer"].get("type") == "char" else "token"
+    unit = {"char": "char", "pixels": "pixel"}.get(pre.config["tokenizer"].get("type"), "token")
     ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"],
                         batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
@@ -194,21 +194,52 @@ def cmd_eval(cfg, parts):
     from duolm.data.pipeline import unigram_entropy_bits
     from duolm.evaluation import evaluate_nelbo
     from duolm.sampling_job import write_samples
-    from duolm.training.run import load_data, perplexity_line
+    from duolm.training.run import perplexity_line
 
     pre, device = _load_for_eval(cfg)
-    _, splits = load_data(cfg, pre.tokenizer, pre.config["length"])
+    splits, data_name = _eval_splits(cfg, pre)
     ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"],
                         batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
     base = unigram_entropy_bits(splits["valid"], pre.tokenizer.vocab_size)
-    unit = "char" if pre.config["tokenizer"].get("type") == "char" else "token"
-    print(perplexity_line(f"{pre.method.name} on {cfg.data.name}", ev, base, unit))
+    kind = pre.config["tokenizer"].get("type")
+    unit = {"char": "char", "pixels": "pixel"}.get(kind, "token")
+    print(perplexity_line(f"{pre.method.name} on {data_name}", ev, base, unit))
     out = Path(cfg.run.dir) / "eval.json"
-    write_samples({**ev, "data": cfg.data.name, "algo": pre.method.name,
+    write_samples({**ev, "data": data_name, "algo": pre.method.name,
                    "unigram_bits_per_token": base}, out)
     print(json.dumps(ev))
     return 0
+
+
+def _eval_splits(cfg, pre) -> tuple[dict, str]:
+    """The validation data a loaded model is scored on: data=... for text models; for image models
+    the images they were trained on (or data=..., which must then be image data of their shape)."""
+    from duolm.config import is_image_data
+    from duolm.data.tokenizers import is_image
+    from duolm.training.run import load_data
+
+    given = set(cfg.given) & {"data", "data.source"}
+    if not is_image(pre.tokenizer):
+        if is_image_data(cfg):
+            raise ValueError(f"the model at {_checkpoint(cfg)} is a text model; data={cfg.data.name} is images")
+        return load_data(cfg, pre.tokenizer, pre.config["length"])[1], cfg.data.name
+    from duolm.data.images import IMAGE_SOURCES, build_image_splits
+
+    source = cfg.data.source if given else pre.config.get("data")
+    if given and not is_image_data(cfg):
+        raise ValueError(f"the model at {_checkpoint(cfg)} is an image model; evaluate it on image data "
+                         f"(data={pre.config.get('data') or 'mnist'}), not data={cfg.data.name}")
+    if source not in IMAGE_SOURCES:
+        raise ValueError(f"the model at {_checkpoint(cfg)} does not say which images it was trained on; add "
+                         f"data=<{'|'.join(IMAGE_SOURCES)}>")
+    tok = pre.tokenizer
+    splits = build_image_splits(source, tok.levels, cfg.data.get("cache_dir"),
+                                cfg.data.get("data_files") if given else None, num_classes=pre.num_classes)[1]
+    if splits["valid"].length != tok.length:
+        raise ValueError(f"the model at {_checkpoint(cfg)} reads {tok.channels}x{tok.image_size}x{tok.image_size} "
+                         f"images; data={source} has {splits['valid'].length} pixels per image")
+    return splits, source
 
 
 def cmd_eval_samples(cfg):

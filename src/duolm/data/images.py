@@ -131,6 +131,11 @@ class ImageSplit:
     def __len__(self) -> int:
         return self.count
 
+    @property
+    def meta(self) -> dict:
+        """What `duolm data` reports: the image count and how many of each class."""
+        return {"images": self.count, "per_class": np.bincount(self.labels().numpy()).tolist()}
+
     def blocks(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         stop = min(stop, self.count)
         ids = torch.from_numpy(np.array(self._open()["pixels"][start:stop], dtype=np.int64))
