@@ -170,3 +170,25 @@ def test_a_capped_real_set_draws_from_every_class(tmp_path):
     rows = {tuple(r.tolist()): i for i, r in enumerate(splits["train"].ids)}
     labels = splits["train"].labels()[[rows[tuple(r.tolist())] for r in picked]]
     assert len(picked) == 300 and np.bincount(labels.numpy(), minlength=10).min() >= 15
+
+
+@pytest.mark.parametrize("algo", ["duo_base", "mdlm"])
+def test_a_resumed_class_conditional_run_with_flips_ends_where_the_uninterrupted_one_does(tmp_path, algo):
+    """Labels, label dropout and random flips are drawn from the step's own generators, so a
+    resumed image run gives the uninterrupted run's weights."""
+    from pathlib import Path
+
+    from duolm.config import compose
+    from duolm.training.run import train
+
+    def cfg(where, steps):
+        return compose([*[a for a in DIGITS if not a.startswith("algo=")], f"algo={algo}", "data.flip=true", f"data.cache_dir={tmp_path / 'cache'}",
+                        f"run.dir={where}", f"trainer.max_steps={steps}"])
+
+    straight = train(cfg(tmp_path / "a", 4), log=lambda *_: None)
+    assert train(cfg(tmp_path / "b", 2), log=lambda *_: None)["steps"] == 2
+    resumed = train(cfg(tmp_path / "b", 4), log=lambda *_: None)
+    a = load_file(Path(straight["model_dir"]) / "model.safetensors")
+    b = load_file(Path(resumed["model_dir"]) / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
