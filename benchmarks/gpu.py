@@ -9,6 +9,9 @@ ids in a token store, once eagerly and once with `trainer.compile=true`, and rep
 median step time after --warmup steps, tokens/s, model FLOP utilisation (6 N + 12 n_blocks H L
 FLOPs per token against the device's dense bf16 peak, where known) and peak memory. Then it samples
 8 steps (ancestral, greedy tail) from the trained Duo model at length 1024 and reports tokens/s.
+Last, the Psi paper's CIFAR-10 UNet (`model=unet`, 3 x 32 x 32 pixel tokens of 256 levels, 10
+classes) trains Duo for --steps steps on random labelled images at batch 128 under bf16 autocast
+and samples 64 class-conditional images in 64 steps: images/s and peak memory.
 """
 from __future__ import annotations
 
@@ -114,6 +117,60 @@ def sample_once(model_dir: Path, args) -> dict:
             "tokens_per_second": round(res["tokens_per_second"])}
 
 
+def unet_once(args) -> dict:
+    """The papers' CIFAR-10 UNet: Duo training steps (label dropout 0.1) and class-conditional sampling."""
+    from duolm.methods import build_method
+    from duolm.models.backbones import build_backbone
+    from duolm.objectives import Nelbo
+    from duolm.sampling import SamplerSpec
+    from duolm.sampling_job import sample_batch
+    from duolm.schedules import make_schedule
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    method = build_method("duo_base", 256, schedule=make_schedule("cosine", 1e-3))
+    size, ch, batch = (8, 8, 4) if args.smoke else (32, 128, 128)
+    net = build_backbone({"type": "unet", "vocab_size": 256, "channels": 3, "image_size": size, "ch": ch,
+                          "num_res_blocks": 1 if args.smoke else 2, "ch_mult": [1, 2] if args.smoke else [1, 2, 2, 2],
+                          "time_embed_dim": ch, "num_classes": 10}).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-4)
+    objective = Nelbo(method, num_classes=10, class_dropout=0.1)
+    g = torch.Generator(device=device).manual_seed(0)
+    x0 = torch.randint(0, 256, (batch, 3 * size * size), device=device, generator=g)
+    labels = torch.randint(0, 10, (batch,), device=device, generator=g)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(args.steps):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+            loss = objective.token_loss(net, x0, None, step=step, generator=g, labels=labels).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times[args.warmup:] or times)
+    n = 4 if args.smoke else 64
+    spec = SamplerSpec(predictor="ancestral", steps=8 if args.smoke else 64)
+    net.eval()
+    t0 = time.perf_counter()
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+        sample_batch(method, net, spec, n, 3 * size * size, bos_id=0, device=device,
+                     labels=torch.arange(n, device=device) % 10, generator=g)
+    if cuda:
+        torch.cuda.synchronize()
+    sample_s = time.perf_counter() - t0
+    return {"parameters": sum(p.numel() for p in net.parameters()), "batch": batch, "image_size": size,
+            "median_step_seconds": round(step_s, 4), "train_images_per_second": round(batch / step_s, 1),
+            "loss": round(float(loss), 4), "sample_steps": spec.steps, "samples": n,
+            "sample_images_per_second": round(n / sample_s, 2),
+            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if cuda else None}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a toy size on the CPU, in seconds")
@@ -141,6 +198,7 @@ def main(argv=None) -> dict:
             runs.append(out)
         result["train"] = runs
         result["sample"] = sample_once(model_dir, args)
+    result["unet"] = unet_once(args)
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

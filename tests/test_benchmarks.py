@@ -10,6 +10,8 @@ def test_gpu_benchmark_smoke_mode_runs_the_real_path_on_a_cpu(tmp_path):
     assert out["device"] == "cpu" and train["steps"] == 3 and train["tokens_per_second"] > 0
     assert train["median_step_seconds"] > 0 and train["model_tflops"] > 0
     assert out["sample"]["steps"] == 8 and out["sample"]["tokens_per_second"] > 0
+    unet = out["unet"]
+    assert unet["train_images_per_second"] > 0 and unet["sample_images_per_second"] > 0 and unet["loss"] > 0
     assert (tmp_path / "gpu.json").exists()
 
 
