@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from duolm.atomic import atomic_directory
-from duolm.data.store import StoreError
+from duolm.data.store import MappedFiles, StoreError
 
 IMAGE_STORE_VERSION = 1
 
@@ -105,7 +105,7 @@ IMAGE_SOURCES = {
 # --- the store -----------------------------------------------------------------------------------
 
 @dataclass
-class ImageSplit:
+class ImageSplit(MappedFiles):
     """One split of an image store: len(), block(i) -> (ids, valid, label), blocks(a, b), labels(a, b).
     Picklable: the memory maps are reopened in each process."""
 
@@ -114,11 +114,6 @@ class ImageSplit:
     count: int
     num_classes: int
     _maps: dict = field(default=None, repr=False)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_maps"] = None
-        return state
 
     def _open(self) -> dict:
         if self._maps is None:

@@ -153,8 +153,18 @@ def _num_blocks(mode: str, length: int, meta: dict) -> int:
 
 # --- reading ----------------------------------------------------------------------------------
 
+class MappedFiles:
+    """Pickled without its memory maps (`_maps`), so each process that unpickles it (DataLoader
+    workers, DDP ranks) maps the files anew instead of receiving copies of their pages."""
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_maps"] = None
+        return state
+
+
 @dataclass
-class Split:
+class Split(MappedFiles):
     """One split of a store as fixed-length blocks: len(), block(i), blocks(a, b). Picklable: the
     memory maps are reopened in each process (DataLoader workers, DDP ranks)."""
 
@@ -171,11 +181,6 @@ class Split:
     def __post_init__(self):
         self.directory = Path(self.directory)
         self.body = self.length - 2
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_maps"] = None
-        return state
 
     def _open(self) -> dict:
         if self._maps is None:
