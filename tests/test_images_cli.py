@@ -69,7 +69,7 @@ def test_train_sample_score_and_plot_digits(tmp_path, capsys):
      "data.image_size (8) must be divisible by"),
     (["train", "data=digits", "model=unet-cpu"], "use algo=duo_base (as the papers' CIFAR-10 runs do)"),
     (["train", "data=digits", "model=unet-cpu", "algo=duo_base", "model.ch=6"], "which GroupNorm cannot split into 4 groups"),
-    (["train", "data=digits", "model=unet-cpu", "algo=ar"], "algo=ar is unconditional here"),
+    (["train", "data=digits", "model=unet-cpu", "algo=ar"], "algo=ar does not train on images here"),
     (["sample", "eval.checkpoint_path=builtin:duo-bigtxt-dcd", "sampling.guidance=1.5"],
      "sampling.guidance needs a class-conditional model"),
 ])

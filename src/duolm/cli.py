@@ -121,6 +121,9 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
     image = is_image(pre.tokenizer)
     try:
         check_conditioning(s.guidance, s.classes, pre.num_classes)
+        if s.guidance not in (None, 1, 1.0) and pre.method.parameterization == "score":
+            raise ValueError("sampling.guidance mixes x_0 predictions; a score model (sedd) gives none, so it samples "
+                             "with guidance 1 (the conditional model) only")
         if s.trajectory and not image:
             raise ValueError("sampling.trajectory draws image models' denoising; this model is a text model")
     except ValueError as err:

@@ -270,8 +270,9 @@ def _check_modality(cfg, parts) -> None:
     if cfg.model.length != length:
         raise ConfigError(f"model.length ({cfg.model.length}) must equal the image's pixel count, data.channels x "
                           f"data.image_size^2 = {length}; train image data with model=unet-cpu or model=unet")
-    if cfg.algo.name == "ar" and d.num_classes:
-        raise ConfigError("algo=ar is unconditional here; set data.num_classes=0 to train it on images")
+    if cfg.algo.name == "ar":
+        raise ConfigError("algo=ar does not train on images here: its sequences start with a BOS token, which pixel "
+                          "sequences do not have; use algo=duo_base or algo=mdlm")
     _choice(cfg, "data.flip", (True, False))
     from duolm.data.images import IMAGE_SOURCES, image_tokenizer
 

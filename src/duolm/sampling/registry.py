@@ -51,6 +51,9 @@ class SamplingModel:
         if backbone is not None and output != "ar":
             den = ancestral.denoiser_from(method, with_labels(backbone, labels), use_float64)
             if labels is not None and guidance is not None and guidance != 1.0:
+                if output == "score":
+                    raise ValueError("sampling.guidance mixes x_0 predictions; a score model (sedd) gives none, so "
+                                     "it samples with guidance 1 (the conditional model) only")
                 null = null_labels(len(labels), backbone.config.num_classes, labels.device)
                 den = guided_denoiser(den, ancestral.denoiser_from(method, with_labels(backbone, null), use_float64),
                                       float(guidance))
