@@ -91,7 +91,7 @@ def train_once(work: Path, args, compile_: bool) -> tuple[dict, Path]:
            "tokens_per_second": round(tokens / step)}
     m = cfg.model
     flops_per_token = 6 * report["parameters"] + 12 * m.n_blocks * m.hidden_size * args.length
-    out["model_tflops"] = round(flops_per_token * tokens / step / 1e12, 2)
+    out["model_tflops"] = float(f"{flops_per_token * tokens / step / 1e12:.3g}")  # 3 significant digits: a toy CPU run is ~1e-3
     if torch.cuda.is_available():
         out["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
         peak = bf16_peak(torch.cuda.get_device_name())
