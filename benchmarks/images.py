@@ -12,7 +12,7 @@ the training split (not Inception: Inception needs weights this machine cannot d
 the classifier's accuracy on the samples (is a sample of "3" a 3?). FID is against the training
 images, as in the papers; the validation images' own scores show the metric's floor at this size.
 
-    python -m benchmarks.images            # the full run (about 90 minutes on 2 CPU cores)
+    python -m benchmarks.images            # the full run (about 2 hours on 2 CPU cores)
     python -m benchmarks.images --quick    # under 10 minutes
     python -m benchmarks.images --smoke    # seconds: the pipeline, not the result
 """
