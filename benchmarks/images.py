@@ -23,7 +23,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 PRESETS = {
@@ -106,7 +105,7 @@ def main(argv=None) -> dict:
     from duolm.training import quiet_libraries
 
     quiet_libraries()
-    from duolm.evaluation.image_metrics import score_image_samples
+    from duolm.evaluation.image_metrics import score_image_samples, subset_indices
     from duolm.evaluation.plots import plot_quality_vs_steps
     from duolm.sampling_job import generate, write_pictures, write_samples
 
@@ -122,10 +121,10 @@ def main(argv=None) -> dict:
 
     _, splits = build_image_splits(p["data"], pre.tokenizer.levels, work / "cache")
     n_real = min(p["n_samples"], len(splits["valid"]))
-    pick = np.sort(np.random.default_rng(0).choice(len(splits["valid"]), n_real, replace=False))
+    pick = torch.from_numpy(subset_indices(len(splits["valid"]), n_real))
+    ids, labels = splits["valid"].ids[pick], splits["valid"].labels()[pick]
     real = {"image": pre.tokenizer.to_dict(), "algo": "real", "steps": 0,
-            "samples": [{"ids": splits["valid"].block(int(i))[0].tolist(), "label": int(splits["valid"].block(int(i))[2])}
-                        for i in pick]}
+            "samples": [{"ids": r.tolist(), "label": int(lab)} for r, lab in zip(ids, labels)]}
     floor = score_image_samples(real, source=p["data"], cache_dir=work / "cache", log=quiet)
     quiet(f"real validation images: FID {floor['classifier_fid']:.2f}, IS {floor['classifier_is']:.2f}, "
           f"accuracy {floor['classifier_accuracy']:.3f}")

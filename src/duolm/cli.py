@@ -92,7 +92,7 @@ def cmd_train(cfg, parts, init=None):
     _, splits = load_data(cfg, pre.tokenizer, pre.config["length"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pre.backbone.to(device)
-    unit = {"char": "char", "pixels": "pixel"}.get(pre.config["tokenizer"].get("type"), "token")
+    unit = _unit(pre)
     ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"],
                         batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
@@ -120,10 +120,7 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
                           f"length {pre.config['length']})") from None
     image = is_image(pre.tokenizer)
     try:
-        check_conditioning(s.guidance, s.classes, pre.num_classes)
-        if s.guidance not in (None, 1, 1.0) and pre.method.parameterization == "score":
-            raise ValueError("sampling.guidance mixes x_0 predictions; a score model (sedd) gives none, so it samples "
-                             "with guidance 1 (the conditional model) only")
+        check_conditioning(s.guidance, s.classes, pre.num_classes, score_model=pre.method.parameterization == "score")
         if s.trajectory and not image:
             raise ValueError("sampling.trajectory draws image models' denoising; this model is a text model")
     except ValueError as err:
@@ -205,14 +202,23 @@ def cmd_eval(cfg, parts):
                         batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
     base = unigram_entropy_bits(splits["valid"], pre.tokenizer.vocab_size)
-    kind = pre.config["tokenizer"].get("type")
-    unit = {"char": "char", "pixels": "pixel"}.get(kind, "token")
+    unit = _unit(pre)
     print(perplexity_line(f"{pre.method.name} on {data_name}", ev, base, unit))
     out = Path(cfg.run.dir) / "eval.json"
     write_samples({**ev, "data": data_name, "algo": pre.method.name,
                    "unigram_bits_per_token": base}, out)
     print(json.dumps(ev))
     return 0
+
+
+def _unit(pre) -> str:
+    """What one token of a loaded model is, for the likelihood line: a char, a pixel or a token."""
+    return {"char": "char", "pixels": "pixel"}.get(pre.config["tokenizer"].get("type"), "token")
+
+
+def _data_given(cfg) -> bool:
+    """Whether the command line chose the data (else an image model's own data is used)."""
+    return bool(set(cfg.given) & {"data", "data.source"})
 
 
 def _eval_splits(cfg, pre) -> tuple[dict, str]:
@@ -222,7 +228,7 @@ def _eval_splits(cfg, pre) -> tuple[dict, str]:
     from duolm.data.tokenizers import is_image
     from duolm.training.run import load_data
 
-    given = set(cfg.given) & {"data", "data.source"}
+    given = _data_given(cfg)
     if not is_image(pre.tokenizer):
         if is_image_data(cfg):
             raise ValueError(f"the model at {_checkpoint(cfg)} is a text model; data={cfg.data.name} is images")
@@ -312,19 +318,17 @@ def cmd_eval_image_samples(cfg, results: dict, device):
                  if k in given]
     if text_only:
         raise ValueError(f"{text_only[0]} scores text; these samples are images (FID / IS: eval.image_features)")
-    _choice = cfg.eval.image_features
-    if _choice not in ("classifier", "inception"):
-        raise ValueError(f"eval.image_features must be one of ['classifier', 'inception'], got {_choice!r}")
-    if _choice == "inception":
+    features = cfg.eval.image_features  # checked by duolm.config.validate
+    if features == "inception":
         check_inception(cfg.eval.inception_weights)  # before any work
     for path, res in results.items():
-        source = cfg.data.source if ("data" in given or "data.source" in given) else res.get("data")
+        source = cfg.data.source if _data_given(cfg) else res.get("data")
         if source not in IMAGE_SOURCES:
             raise ValueError(f"eval.samples: {path} does not say which image data it imitates; add data=<"
                              f"{'|'.join(IMAGE_SOURCES)}>")
         scored = score_image_samples(res, source=source, cache_dir=cfg.data.get("cache_dir"),
                                      data_files=cfg.data.get("data_files") if cfg.data.get("source") == source else None,
-                                     features=_choice, inception_weights=cfg.eval.inception_weights,
+                                     features=features, inception_weights=cfg.eval.inception_weights,
                                      fid_real=cfg.eval.fid_real, device=device, log=print)
         out = cfg.eval.output or str(Path(path).with_suffix(".eval.json"))
         write_samples(scored, out)

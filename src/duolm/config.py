@@ -225,6 +225,7 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     _positive(cfg, "loader.prefetch_factor")
     _choice(cfg, "loader.pin_memory", ("auto", True, False))
     _positive(cfg, "run.checkpoint_every")
+    _choice(cfg, "eval.image_features", ("classifier", "inception"))
     _positive(cfg, "eval.time_samples")
     _positive(cfg, "eval.batch_size")
     _positive(cfg, "eval.judge_batch_size")
@@ -353,10 +354,14 @@ def parse_classes(classes):
     return items
 
 
-def check_conditioning(guidance, classes, num_classes: int) -> None:
-    """Guidance and labels need a class-conditional model; labels must be among its classes."""
+def check_conditioning(guidance, classes, num_classes: int, score_model: bool = False) -> None:
+    """Guidance and labels need a class-conditional model; labels must be among its classes; a
+    score model (sedd) has no x_0 prediction for guidance to mix."""
     from duolm.conditioning import check_labels
 
+    if score_model and guidance not in (None, 1, 1.0):
+        raise ValueError("sampling.guidance mixes x_0 predictions; a score model (sedd) gives none, so it samples "
+                         "with guidance 1 (the conditional model) only")
     if not num_classes:
         if guidance is not None:
             raise ValueError("sampling.guidance needs a class-conditional model; this model was trained without labels")

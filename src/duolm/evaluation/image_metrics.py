@@ -213,13 +213,19 @@ def image_quality(samples, sample_labels, real_images, *, features: str, classif
     return out
 
 
+def subset_indices(total: int, n: int | None, seed: int = 0) -> np.ndarray:
+    """n of range(total) drawn without replacement by a seeded generator, sorted (all for None): the
+    first n would do only if a split were shuffled, and MNIST's subset is sorted by class."""
+    if n is None or n >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, int(n), replace=False))
+
+
 def balanced_subset(split, n: int | None, seed: int = 0) -> torch.Tensor:
-    """n images of a split drawn without replacement by a seeded generator (all of them for None):
-    the first n would do only if the split were shuffled, and MNIST's subset is sorted by class."""
+    """The pixel ids of n images of a split (subset_indices)."""
     if n is None or n >= len(split):
         return split.ids
-    idx = np.sort(np.random.default_rng(seed).choice(len(split), int(n), replace=False))
-    return split.ids[torch.from_numpy(idx)]
+    return split.ids[torch.from_numpy(subset_indices(len(split), n, seed))]
 
 
 def score_image_samples(result: dict, *, source: str, cache_dir=None, data_files=None, features: str = "classifier",
