@@ -112,13 +112,12 @@ class Curriculum:
         tau = s.tau(step)
         if s.top_k > 0:
             ids, weights, x_t = topk_relaxation(x0, gamma, self.K, s.top_k, tau, generator=generator)
-            out = method.denoise(backbone, x_t, alpha, model_input=ids, weights=weights)
-        else:
-            w = gaussian_latents(x0, gamma, self.K, generator=generator)  # (B, L, K)
-            x_t = w.argmax(-1)
-            out = method.denoise(backbone, x_t, alpha, model_input=w / tau)  # the DiT softmaxes it
-        nll = method.loss_from_output(out, x_t, x0, t, alpha, dalpha)
-        return TokenLoss(nll, valid.float())
+            return method.loss_at(backbone, x_t, x0, t, alpha, dalpha, valid.float(), model_input=ids,
+                                  weights=weights)
+        w = gaussian_latents(x0, gamma, self.K, generator=generator)  # (B, L, K)
+        x_t = w.argmax(-1)
+        # the DiT softmaxes the tempered latents into a weighted embedding
+        return method.loss_at(backbone, x_t, x0, t, alpha, dalpha, valid.float(), model_input=w / tau)
 
 
 def gaussian_latents(x0: torch.Tensor, gamma: torch.Tensor, K: int, generator=None) -> torch.Tensor:

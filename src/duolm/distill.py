@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from duolm.methods import TokenLoss
+from duolm.chunked_loss import Head
+from duolm.methods import PARAMETERIZATIONS, TokenLoss, accepts_head
 from duolm.operator import DiffusionTransform, gaussian_coefficients
 
 KL_KINDS = ("kl-bwd", "kl-fwd")
@@ -132,14 +133,41 @@ def dcd_loss(method, student, teacher_net, x0: torch.Tensor, t: torch.Tensor, de
     x_t, x_s = w_t.argmax(-1), w_s.argmax(-1)
     a_t = operator(g_t).alpha.float().reshape(-1, 1)
     a_s = operator(g_s).alpha.float().reshape(-1, 1)
-    # renormalised in `dtype`, so a float64 KL is a true KL (>= 0) of float32 network outputs
-    log_student = method.denoise(student, x_t, a_t).to(dtype).log_softmax(-1)
-    with torch.no_grad():
-        log_teacher = method.denoise(teacher_net, x_s, a_s).to(dtype).log_softmax(-1)
-    if kind == "kl-bwd":
-        kl = (log_student.exp() * (log_student - log_teacher)).sum(-1)
-    else:
-        kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
     if valid is None:
         valid = torch.ones_like(x0, dtype=torch.float32)
-    return TokenLoss(kl, valid.float())
+    valid = valid.float()
+    if not method.fused:
+        # renormalised in `dtype`, so a float64 KL is a true KL (>= 0) of float32 network outputs
+        log_student = method.denoise(student, x_t, a_t).to(dtype).log_softmax(-1)
+        with torch.no_grad():
+            log_teacher = method.denoise(teacher_net, x_s, a_s).to(dtype).log_softmax(-1)
+        return TokenLoss(_kl(kind, log_student, log_teacher), valid)
+    with torch.no_grad():  # the teacher's logits, made a chunk at a time inside the student's loss
+        teacher = _head_of(teacher_net, x_s, method.sigma(a_s))
+    B, L = x0.shape
+    x_t1, x_s1 = x_t.reshape(-1, 1), x_s.reshape(-1, 1)
+    a_t1, a_s1 = a_t.expand(B, L).reshape(-1, 1), a_s.expand(B, L).reshape(-1, 1)
+    param = PARAMETERIZATIONS[method.parameterization]
+
+    def per_token(z, rows):
+        log_student = param(method, z[:, None], x_t1[rows], a_t1[rows]).to(dtype).log_softmax(-1)
+        zt = teacher.logits(rows, method.loss_dtype)
+        log_teacher = param(method, zt[:, None], x_s1[rows], a_s1[rows]).to(dtype).log_softmax(-1)
+        return _kl(kind, log_student, log_teacher)[:, 0]
+
+    nll = method.chunked_token_losses(student, x_t, method.sigma(a_t), per_token, valid)
+    return TokenLoss(nll.reshape(B, L).to(dtype), valid)
+
+
+def _kl(kind: str, log_student: torch.Tensor, log_teacher: torch.Tensor) -> torch.Tensor:
+    if kind == "kl-bwd":
+        return (log_student.exp() * (log_student - log_teacher)).sum(-1)
+    return (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
+
+
+def _head_of(net, x, sigma) -> Head:
+    """The network's last features and projection (or, without a linear head, its logits)."""
+    if accepts_head(net):
+        return net(x, sigma, head=lambda f, w, b: Head(f.reshape(-1, f.shape[-1]), w, b))
+    logits = net(x, sigma)
+    return Head(logits.reshape(-1, logits.shape[-1]))

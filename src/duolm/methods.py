@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from duolm import losses, parameterizations
+from duolm.chunked_loss import Head, chunked_loss
 from duolm.processes import AbsorbingProcess, UniformProcess
 from duolm.schedules import LogLinear
 
@@ -33,6 +34,9 @@ class Method:
     name: table key. process: forward process (None for AR). parameterization:
     'ar' | 'subs' | 'mean' | 'score'. loss: 'ar' | 'mdlm' | 'd3pm' | 'uniform' | 'sedd'.
     num_steps: T for discrete-time losses (0 = continuous time).
+    fused: compute the output projection and the loss a chunk of tokens at a time
+    (duolm.chunked_loss), never holding (B, L, K) activations for backward; False is the
+    straightforward computation (same numbers; tests compare the two).
     """
 
     name: str
@@ -45,6 +49,7 @@ class Method:
     num_steps: int = 0
     loss_dtype: torch.dtype = torch.float32
     sampling_eps: float = 1e-3
+    fused: bool = True
 
     # --- the network's interface -------------------------------------------------
     @property
@@ -91,20 +96,68 @@ class Method:
             valid = torch.ones_like(x0, dtype=torch.float32)
         valid = valid.float()
         if self.process is None:
-            # the papers' AR has one more output row (their mask token); it is never a target
-            logits = backbone(x0[:, :-1], None)[..., :self.vocab_size]
-            return TokenLoss(losses.ar_nll(logits.to(self.loss_dtype), x0[:, 1:]), valid[:, 1:])
+            return self._ar_loss(backbone, x0, valid)
         if t is None:
             t = self.sample_times(x0.shape[0], generator=generator, device=x0.device)
         t = t.to(x0.device).reshape(-1, 1)
         sched = self.schedule(t.to(torch.float64) if self.loss_dtype == torch.float64 else t)
         alpha, dalpha = sched.alpha.to(self.loss_dtype), sched.dalpha.to(self.loss_dtype)
         x_t = self.process.sample_xt(x0, alpha, generator=generator)
-        out = self.denoise(backbone, x_t, alpha)
-        return TokenLoss(self.loss_from_output(out, x_t, x0, t, alpha, dalpha), valid)
+        return self.loss_at(backbone, x_t, x0, t, alpha, dalpha, valid)
+
+    def loss_at(self, backbone, x_t, x0, t, alpha, dalpha, valid, *, model_input=None, weights=None) -> TokenLoss:
+        """The per-token loss of the backbone's prediction at x_t (B, L); t, alpha, dalpha (B, 1).
+
+        model_input / weights let the curricula feed soft or weighted inputs in place of x_t.
+        """
+        sigma = self.sigma(alpha)
+        inputs = x_t if model_input is None else model_input
+        if not self.fused:
+            logits = backbone(inputs, sigma, weights=weights)
+            out = PARAMETERIZATIONS[self.parameterization](self, logits.to(self.loss_dtype), x_t, alpha)
+            return TokenLoss(self.loss_from_output(out, x_t, x0, t, alpha, dalpha), valid)
+        B, L = x_t.shape
+        per = [v.expand(B, L).reshape(-1, 1) for v in (t, alpha, dalpha)]  # per token, (N, 1)
+        x_t1, x01 = x_t.reshape(-1, 1), x0.reshape(-1, 1)
+
+        def per_token(z, rows):  # z (n, K) -> (n,): each token is a batch row of its own
+            tr, ar, dar = (v[rows] for v in per)
+            out = PARAMETERIZATIONS[self.parameterization](self, z[:, None], x_t1[rows], ar)
+            return self.loss_from_output(out, x_t1[rows], x01[rows], tr, ar, dar)[:, 0]
+
+        nll = self.chunked_token_losses(backbone, inputs, sigma, per_token, valid, weights=weights)
+        return TokenLoss(nll.reshape(B, L), valid)
+
+    def _ar_loss(self, backbone, x0, valid) -> TokenLoss:
+        # the papers' AR has one more output row (their mask token); it is never a target
+        targets = x0[:, 1:]
+        if not self.fused:
+            logits = backbone(x0[:, :-1], None)[..., :self.vocab_size]
+            return TokenLoss(losses.ar_nll(logits.to(self.loss_dtype), targets), valid[:, 1:])
+        flat = targets.reshape(-1, 1)
+        nll = self.chunked_token_losses(backbone, x0[:, :-1], None, lambda z, rows: losses.ar_nll(z[:, None], flat[rows])[:, 0],
+                          valid[:, 1:], rows=self.vocab_size)
+        return TokenLoss(nll.reshape(targets.shape), valid[:, 1:])
+
+    def chunked_token_losses(self, backbone, inputs, sigma, per_token, valid, *, weights=None, rows=None) -> torch.Tensor:
+        """Per-token losses (N,) with the projection and the loss chunked (duolm.chunked_loss)."""
+        reduction = valid.reshape(-1)
+
+        def head(features, weight, bias):
+            if rows is not None:
+                weight, bias = weight[:rows], None if bias is None else bias[:rows]
+            return chunked_loss(Head(features.reshape(-1, features.shape[-1]), weight, bias), per_token, reduction,
+                                dtype=self.loss_dtype)
+
+        if accepts_head(backbone):
+            return backbone(inputs, sigma, weights=weights, head=head)
+        logits = backbone(inputs, sigma, weights=weights)  # no linear head to fuse: chunk the loss only
+        if rows is not None:
+            logits = logits[..., :rows]
+        return chunked_loss(Head(logits.reshape(-1, logits.shape[-1])), per_token, reduction, dtype=self.loss_dtype)
 
     def loss_from_output(self, out, x_t, x0, t, alpha, dalpha) -> torch.Tensor:
-        """The per-token loss given the parameterised network output at x_t; used by curricula too."""
+        """The per-token loss given the parameterised network output at x_t."""
         return LOSSES[self.loss](self, out, x_t, x0, t, alpha, dalpha)
 
     def alpha_s(self, t):
@@ -126,6 +179,12 @@ class Method:
             return torch.zeros(x0.shape, dtype=torch.float32)
         alpha_1 = self.schedule(torch.ones(x0.shape[0], 1, dtype=torch.float64)).alpha
         return self.process.prior_kl(x0, alpha_1)
+
+
+def accepts_head(backbone) -> bool:
+    """Whether backbone(x, sigma, head=f) runs f on its final features (duolm.models.dit.DiT does);
+    looks through functools.partial (duolm.conditioning.with_labels)."""
+    return bool(getattr(getattr(backbone, "func", backbone), "accepts_head", False))
 
 
 # --- the tables -----------------------------------------------------------------------------
@@ -188,7 +247,7 @@ def same_model(a: str, b: str) -> bool:
 
 def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | None = None,
                  time_conditioning: bool | None = None, loss_dtype=torch.float32,
-                 sampling_eps: float = 1e-3) -> Method:
+                 sampling_eps: float = 1e-3, fused: bool = True) -> Method:
     """The method named `name` for a tokenizer of vocab_size tokens (num_steps, time_conditioning:
     None keeps the recipe's)."""
     if name not in METHODS:
@@ -207,4 +266,4 @@ def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | 
                   time_conditioning=r.time_conditioning if time_conditioning is None or process is None
                   else bool(time_conditioning),
                   num_steps=r.num_steps if num_steps is None else int(num_steps), loss_dtype=loss_dtype,
-                  sampling_eps=sampling_eps)
+                  sampling_eps=sampling_eps, fused=fused)

@@ -102,7 +102,8 @@ class TimestepEmbedder(nn.Module):
         half = self.frequency_size // 2
         freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
         args = sigma[:, None].float() * freqs[None]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+        features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))  # float32 features; a float64 copy stays float64
 
 
 class DiTBlock(nn.Module):
@@ -164,12 +165,15 @@ class EmbeddingLayer(nn.Module):
         if weights is not None:
             # weighted bag of token ids (the efficient curriculum): x (B, L, k) ids, weights (B, L, k)
             B, L, k = x.shape
-            out = F.embedding_bag(x.reshape(-1, k), self.embedding.float(),
-                                  per_sample_weights=weights.reshape(-1, k).float(), mode="sum")
+            table = self.embedding if self.embedding.dtype == torch.float64 else self.embedding.float()
+            out = F.embedding_bag(x.reshape(-1, k), table, per_sample_weights=weights.reshape(-1, k).to(table.dtype),
+                                  mode="sum")
             return out.view(B, L, -1)
         if x.dtype in (torch.int64, torch.int32):
             return self.embedding[x]
         # soft input (the original curriculum): logits (B, L, V), softmax-weighted embedding
+        if self.embedding.dtype == torch.float64:  # a float64 copy (the tests' exact comparisons)
+            return torch.einsum("blv,vh->blh", x.double().softmax(-1), self.embedding)
         return torch.einsum("blv,vh->blh", x.float().softmax(-1), self.embedding.float()).to(x.dtype)
 
 
@@ -185,12 +189,16 @@ class FinalLayer(nn.Module):
             nn.init.zeros_(self.adaLN_modulation.weight)
             nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def forward(self, x, c=None):
+    def features(self, x, c=None):
+        """What the output projection reads: the final norm, modulated by the conditioning."""
         x = self.norm_final(x)
         if c is not None:
             shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
             x = modulate(x, shift, scale)
-        return self.linear(x)
+        return x
+
+    def forward(self, x, c=None):
+        return self.linear(self.features(x, c))
 
 
 class DiT(nn.Module):
@@ -200,7 +208,12 @@ class DiT(nn.Module):
     sigma: (B,) noise conditioning (ignored, and may be None, when causal).
     class_cond: (B,) labels of a class-conditional DiT (num_classes > 0; label num_classes is the
     null label). The papers' DiT has no classes; duolm adds the label embedding to sigma's.
+    head: a function of (features (B, L, H), weight (V, H), bias (V,)) whose result forward returns in
+    place of the logits: losses that chunk the output projection (duolm.chunked_loss) run it inside
+    forward, so wrappers that hook forward (DDP, FSDP) see every parameter used.
     """
+
+    accepts_head = True
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -217,7 +230,8 @@ class DiT(nn.Module):
                                     for _ in range(c.n_blocks))
         self.output_layer = FinalLayer(c.hidden_size, c.vocab_size, cond)
 
-    def forward(self, x, sigma=None, weights=None, kv_caches=None, position_offset: int = 0, class_cond=None):
+    def forward(self, x, sigma=None, weights=None, kv_caches=None, position_offset: int = 0, class_cond=None,
+                head=None):
         h = self.vocab_embed(x, weights)  # (B, L, H)
         c = None
         if not self.config.causal:
@@ -232,6 +246,9 @@ class DiT(nn.Module):
         rotary = (cos[position_offset:], sin[position_offset:])
         for i, block in enumerate(self.blocks):
             h = block(h, rotary, c, None if kv_caches is None else kv_caches[i])
+        if head is not None:
+            out = self.output_layer
+            return head(out.features(h, c), out.linear.weight, out.linear.bias)
         return self.output_layer(h, c)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

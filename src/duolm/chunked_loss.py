@@ -1,0 +1,139 @@
+"""The output projection and a per-token loss over the vocabulary, a chunk of tokens at a time.
+
+A language model's last layer maps N token features (N, H) to N x K logits, and every loss of
+this library (AR cross-entropy, the MDLM / SEDD / D3PM / uniform-state NELBOs, DCD's KL) is a sum
+of per-token terms, each a function of that token's K logits. Written plainly, autograd keeps
+several (N, K) float32 tensors alive for the backward pass (the logits, the softmax, x̄_θ, its
+log, ...): at the papers' length 1024, batch 32 and K = 50,257 one of them is 6.6 GB.
+
+Here the logits of `chunk` tokens are made, the loss and its gradient with respect to them are
+computed at once, and the gradient is pushed through the projection before the next chunk:
+what survives the forward pass is the gradient of the features (N, H) and of the projection's
+weight (K, H) and bias, never an (N, K) tensor. This is what fused linear cross-entropy kernels
+do, here for any per-token loss (its gradient comes from autograd on the chunk).
+
+Writing the gradient in the forward pass needs to know how the per-token losses will be summed:
+the caller gives `reduction_weights` (N,), and backward accepts upstream gradients proportional
+to them (TokenLoss.mean() is such a sum); any other use of the losses' gradient raises.
+The logits are accumulated in float32 (or the loss's own dtype) whatever the autocast dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+TARGET_CHUNK_ELEMENTS = 1 << 21  # logits per chunk (8 MB in float32): cache-sized work per pass
+
+
+def chunk_tokens(num_states: int) -> int:
+    return max(1, TARGET_CHUNK_ELEMENTS // num_states)
+
+
+@dataclass
+class Head:
+    """Logits of N tokens, made a chunk at a time: features (N, H) @ weight (K, H)^T + bias.
+
+    weight None: the features are the logits themselves (a backbone without a linear head, such
+    as the UNet; only the loss is chunked then).
+    """
+
+    features: torch.Tensor
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+    @property
+    def num_states(self) -> int:
+        return self.features.shape[-1] if self.weight is None else self.weight.shape[0]
+
+    def logits(self, rows: slice, dtype: torch.dtype) -> torch.Tensor:
+        f = self.features[rows]
+        if self.weight is None:
+            return f.to(dtype)
+        w, b = self.weight, self.bias
+        if torch.is_autocast_enabled(f.device.type):  # the projection runs in the autocast dtype
+            low = torch.get_autocast_dtype(f.device.type)
+            f, w, b = f.to(low), w.to(low), None if b is None else b.to(low)
+        return F.linear(f, w, b).to(dtype)
+
+
+# loss_fn(logits (n, K), rows) -> per-token loss (n,) of the tokens in `rows`
+LossFn = Callable[[torch.Tensor, slice], torch.Tensor]
+
+
+def chunked_loss(head: Head, loss_fn: LossFn, reduction_weights: torch.Tensor, *, dtype=torch.float32,
+                 chunk: int | None = None) -> torch.Tensor:
+    """Per-token losses (N,) of loss_fn applied to the head's logits, never holding (N, K) for backward.
+
+    With gradients on, the result's gradient is written in the forward pass for the sum
+    sum_i c * reduction_weights[i] * loss[i] (any scalar c, read off in backward).
+    """
+    chunk = chunk or chunk_tokens(head.num_states)
+    params = [p for p in (head.features, head.weight, head.bias) if p is not None]
+    if not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+        with torch.no_grad():
+            return torch.cat([loss_fn(head.logits(slice(i, i + chunk), dtype), slice(i, i + chunk))
+                              for i in range(0, head.features.shape[0], chunk)])
+    return _ChunkedLoss.apply(head.features, head.weight, head.bias, reduction_weights.detach(), loss_fn, dtype,
+                              chunk)
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features, weight, bias, reduction_weights, loss_fn, dtype, chunk):
+        head = Head(features.detach(), None if weight is None else weight.detach(),
+                    None if bias is None else bias.detach())
+        N = features.shape[0]
+        out = torch.empty(N, dtype=dtype, device=features.device)
+        grad_features = torch.empty_like(features)
+        acc = torch.promote_types(features.dtype, torch.float32)  # parameter gradients accumulate in >= float32
+        grad_weight = None if weight is None else torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=bias.device)
+        if weight is not None:
+            low = torch.get_autocast_dtype(features.device.type) \
+                if torch.is_autocast_enabled(features.device.type) else features.dtype
+            w_mm = weight.detach().to(low)
+        for i in range(0, N, chunk):
+            rows = slice(i, min(N, i + chunk))
+            with torch.enable_grad():
+                z = head.logits(rows, dtype).detach().requires_grad_()
+                loss = loss_fn(z, rows)
+                (dz,) = torch.autograd.grad((loss * reduction_weights[rows].to(loss.dtype)).sum(), z)
+            out[rows] = loss.detach()
+            if weight is None:
+                grad_features[rows] = dz.to(features.dtype)
+                continue
+            f = head.features[rows]
+            dz_mm = dz.to(w_mm.dtype)
+            grad_features[rows] = (dz_mm @ w_mm).to(features.dtype)
+            grad_weight.addmm_(dz_mm.t().to(acc), f.to(acc))
+            if grad_bias is not None:
+                grad_bias += dz.sum(0).to(acc)
+        ctx.save_for_backward(grad_features, grad_weight, grad_bias, reduction_weights)
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        ctx.dtypes = (weight.dtype if weight is not None else None, bias.dtype if bias is not None else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_features, grad_weight, grad_bias, w = ctx.saved_tensors
+        scale = _proportionality(grad_out, w)
+        gw = grad_weight * scale if ctx.has_weight else None
+        gb = grad_bias * scale if ctx.has_bias else None
+        return (grad_features * scale.to(grad_features.dtype),
+                None if gw is None else gw.to(ctx.dtypes[0]), None if gb is None else gb.to(ctx.dtypes[1]),
+                None, None, None, None)
+
+
+def _proportionality(grad_out: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """c such that grad_out = c * w; raises when the upstream gradient is not of that form."""
+    g, w = grad_out.double(), w.double()
+    norm = (w * w).sum()
+    c = (g * w).sum() / norm.clamp_min(1e-300)
+    residual = (g - c * w).abs().max() if g.numel() else g.new_zeros(())
+    if residual > 1e-6 * g.abs().max().clamp_min(1e-30):
+        raise RuntimeError("the chunked loss wrote its gradient for a weighted sum of its per-token losses "
+                           "(TokenLoss.mean()); reduce them that way, or build the method with fused=False")
+    return c.to(grad_out.dtype)
