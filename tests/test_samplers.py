@@ -7,8 +7,8 @@ from scipy.stats import chisquare
 from duolm.processes import AbsorbingProcess, UniformProcess
 from duolm.sampling import SAMPLERS as SAMPLER_TABLE
 from duolm.sampling import (Kappa, KappaSchedule, SamplerSpec, SamplingModel, analytic_sample, ancestral_sample,
-                            linear_constant_linear_grid, linear_grid, nucleus, parse_kappa, psi_sample,
-                            sample_categorical)
+                            draw_categorical, linear_constant_linear_grid, linear_grid, nucleus, parse_kappa,
+                            psi_sample, race_categorical)
 from duolm.schedules import LogLinear
 from oracles import all_sequences, oracle_posterior_marginals, random_joint
 
@@ -201,10 +201,47 @@ def test_nucleus_keeps_the_top_mass_and_renormalises():
     torch.testing.assert_close(nucleus(p, 1.0), p)
 
 
-def test_sample_categorical_matches_its_probabilities():
-    p = torch.tensor([0.1, 0.6, 0.3], dtype=torch.float64)
-    x = sample_categorical(p.expand(60_000, 3), torch.Generator().manual_seed(0))
-    assert chisquare(torch.bincount(x, minlength=3).double().numpy(), (p * 60_000).numpy()).pvalue > 1e-3
+@pytest.mark.parametrize("draw", ["inverse-cdf", "race"])
+def test_categorical_draws_match_their_probabilities(draw):
+    p = torch.tensor([0.1, 0.6, 0.0, 0.3], dtype=torch.float64)
+    rows = p.log().expand(60_000, 4)
+    g = torch.Generator().manual_seed(0)
+    x = draw_categorical(rows, g) if draw == "inverse-cdf" else race_categorical(p.expand(60_000, 4), g)
+    counts = torch.bincount(x, minlength=4).double()
+    assert counts[2] == 0
+    assert chisquare(counts[[0, 1, 3]].numpy(), (p[[0, 1, 3]] * 60_000).numpy()).pvalue > 1e-3
+    # an excluded state (the mask) is never drawn; the rest is renormalised
+    x = draw_categorical(rows, g, exclude=1)
+    counts = torch.bincount(x, minlength=4).double()
+    assert counts[1] == 0 and chisquare(counts[[0, 3]].numpy(), (torch.tensor([0.25, 0.75]) * 60_000).numpy()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["absorbing", "uniform"])
+@pytest.mark.parametrize("kappa", [1.0, 0.3, 0.0])
+def test_one_step_drawn_by_components_is_the_full_mixture(kind, kappa):
+    """process.sample_step (stay / draw from p / noise, per token) against the dense
+    kappa q(x_s | x_t, p) + (1 - kappa) q(x_s | x_0 ~ q(x_0 | x_t, p)): chi-square per x_t, n = 20,000."""
+    process = make(kind)
+    S = process.num_states
+    p = torch.tensor([0.5, 0.2, 0.3] + [0.0] * (S - K), dtype=torch.float64)
+    a_s, a_t = torch.tensor([0.6], dtype=torch.float64), torch.tensor([0.25], dtype=torch.float64)
+    n = 20_000
+    for x_t in range(S):
+        xt = torch.full((n, 1), x_t)
+        q = process.posterior(p.expand(n, 1, S), xt, a_s, a_t)[0, 0]
+        if kappa < 1:
+            q_x0 = process.posterior(p.expand(n, 1, S), xt, torch.ones(1, dtype=torch.float64), a_t)
+            q = kappa * q + (1 - kappa) * process.marginal(q_x0, a_s)[0, 0]
+        log_p = p.clamp_min(1e-300).log().expand(n, 1, S)
+        x_s = process.sample_step(log_p, xt, a_s, a_t, kappa=kappa, draw=draw_categorical,
+                                  generator=torch.Generator().manual_seed(x_t))
+        counts = torch.bincount(x_s.reshape(-1), minlength=S).double()
+        assert (counts[q == 0] == 0).all()
+        live = q > 0
+        if live.sum() == 1:  # a visible token of a masked model stays
+            assert counts[live] == n
+            continue
+        assert chisquare(counts[live].numpy(), (q[live] * n).numpy()).pvalue > 1e-3, (x_t, counts, q * n)
 
 
 # --- kappa schedules and grids, with the reference's defects -------------------------------

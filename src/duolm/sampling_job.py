@@ -59,7 +59,7 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
     spec.check_length(length)
     if fixed is None and spec.prefix and spec.predictor != "ar":
         fixed = held_positions(batch, length, list(spec.prefix))
-    model = SamplingModel.from_method(method, backbone, spec.use_float64, labels=labels, guidance=guidance)
+    model = SamplingModel.from_method(method, backbone, labels=labels, guidance=guidance)
     extra = {"trajectory": trajectory} if trajectory is not None else {}
     if trajectory is not None and SAMPLERS[spec.predictor].needs != "x0":
         raise ValueError(f"sampling.trajectory records x_t of the x_0 samplers (ancestral, psi), not "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from duolm.processes.steps import DRAW, NOISE, STAY, expand_level, posterior_or_pc, resolve
+
 
 def _expand(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Append trailing singleton dims so alpha (B,) / (B, 1) broadcasts against like."""
@@ -14,6 +16,9 @@ def _expand(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 class AbsorbingProcess:
     kind = "absorbing"
+    # a mask's unmasking time does not depend on the model, so a run whose
+    # denoiser ignores t can draw it up front (duolm.sampling.first_hitting)
+    first_hitting = True
 
     def __init__(self, vocab_size: int, mask_id: int | None = None):
         """vocab_size counts the data tokens; the mask is an extra state unless mask_id names one."""
@@ -49,6 +54,34 @@ class AbsorbingProcess:
         stay = torch.nn.functional.one_hot(x_t, self.num_states).to(p.dtype)
         is_masked = (x_t == self.mask_id)[..., None]
         return torch.where(is_masked, out, stay)
+
+    def sample_step(self, log_p, x_t, alpha_s, alpha_t, *, kappa: float = 1.0, draw, generator=None):
+        """x_s ~ kappa q(x_s | x_t, p) + (1 - kappa) q(x_s | x_0 ~ q(x_0 | x_t, p)), token by token.
+
+        Posterior: a visible token stays; a mask unmasks with (a_s - a_t) / (1 - a_t) to a draw
+        from p (its mass on the mask dropped). Predictor-corrector (ReMDM's remasking): every
+        mask draws x_0 from p, then each token is kept with a_s, else masked.
+        """
+        a_s, a_t = expand_level(alpha_s, x_t), expand_level(alpha_t, x_t)
+        masked = x_t == self.mask_id
+        u = torch.rand(x_t.shape, device=x_t.device, generator=generator, dtype=torch.float64)
+        component = torch.where(masked & (u < (a_s - a_t) / (1 - a_t)), DRAW, STAY)
+        posterior = posterior_or_pc(kappa, x_t, generator)
+        if posterior is not None:
+            pc = torch.where(masked, DRAW, STAY)
+            kept = torch.rand(x_t.shape, device=x_t.device, generator=generator, dtype=torch.float64) < a_s
+            component = torch.where(posterior, component, torch.where(kept, pc, NOISE))
+        return resolve(x_t, component, log_p, draw, lambda n: torch.full((n,), self.mask_id, device=x_t.device),
+                       generator, exclude=self.mask_id)
+
+    def greedy(self, log_p, x_t):
+        """The greedy tail: every mask to its most likely x_0; visible tokens stay."""
+        masked = x_t == self.mask_id
+        rows = log_p[masked]  # only the masks' rows
+        rows[:, self.mask_id] = -torch.inf
+        x = x_t.clone()
+        x[masked] = rows.argmax(-1)
+        return x
 
     def prior_sample(self, shape, device=None, generator=None) -> torch.Tensor:
         """All mask: deterministic, so the generator is unused (the contract takes one for every process)."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 import torch
 
 from duolm.processes.absorbing import _expand
+from duolm.processes.steps import DRAW, NOISE, STAY, expand_level, posterior_or_pc, resolve
 
 
 class UniformProcess:
     kind = "uniform"
+    # a token's next change depends on the model's prediction
+    first_hitting = False
 
     def __init__(self, vocab_size: int):
         self.num_states = vocab_size
@@ -41,6 +44,36 @@ class UniformProcess:
         q_s_xt = torch.gather(q_s, -1, x_t[..., None])
         joint = (q_s * base).scatter_add(-1, x_t[..., None], a_ts * q_s_xt)
         return joint / (base * q_s.sum(-1, keepdim=True) + a_ts * q_s_xt)
+
+    def sample_step(self, log_p, x_t, alpha_s, alpha_t, *, kappa: float = 1.0, draw, generator=None):
+        """x_s ~ kappa q(x_s | x_t, p) + (1 - kappa) q(x_s | x_0 ~ q(x_0 | x_t, p)), token by token.
+
+        The posterior (see `posterior`) is a three-way mixture: stay at x_t with mass
+        a_ts q_s(x_t), a draw from p with a_s (1 - a_ts) / K, a uniform token with
+        (1 - a_s)(1 - a_ts) / K. The predictor-corrector step draws x_0 (a draw from p with
+        (1 - a_t) / K, x_t with a_t p(x_t)) and noises it to a_s: kept with a_s, else uniform.
+        log_p (B, L, K) log p(x_0 | x_t); draw(rows of log_p, generator) -> ids.
+        """
+        K = self.num_states
+        a_s, a_t = expand_level(alpha_s, x_t), expand_level(alpha_t, x_t)
+        p_xt = torch.gather(log_p, -1, x_t[..., None])[..., 0].to(torch.float64).exp()
+        u = torch.rand(x_t.shape, device=x_t.device, generator=generator, dtype=torch.float64)
+        a_ts = a_t / a_s
+        w_draw, w_noise = a_s * (1 - a_ts) / K, (1 - a_s) * (1 - a_ts) / K
+        v = u * (w_draw + w_noise + a_ts * (a_s * p_xt + (1 - a_s) / K))
+        component = torch.where(v < w_draw, DRAW, torch.where(v < w_draw + w_noise, NOISE, STAY))
+        posterior = posterior_or_pc(kappa, x_t, generator)
+        if posterior is not None:
+            w0 = (1 - a_t) / K
+            pc = torch.where(u * (w0 + a_t * p_xt) < w0, DRAW, STAY)  # each token uses u in one branch only
+            kept = torch.rand(x_t.shape, device=x_t.device, generator=generator, dtype=torch.float64) < a_s
+            component = torch.where(posterior, component, torch.where(kept, pc, NOISE))
+        return resolve(x_t, component, log_p, draw,
+                       lambda n: torch.randint(0, K, (n,), device=x_t.device, generator=generator), generator)
+
+    def greedy(self, log_p, x_t):
+        """The greedy tail: every token to its most likely x_0."""
+        return log_p.argmax(-1)
 
     def prior_sample(self, shape, device=None, generator=None) -> torch.Tensor:
         return torch.randint(0, self.num_states, shape, device=device, generator=generator)

@@ -5,7 +5,7 @@ import torch
 from tqdm.auto import tqdm
 
 from duolm.sampling.grids import linear_grid
-from duolm.sampling.psi import sample_categorical
+from duolm.sampling.categorical import race_categorical
 from duolm.sampling.spec import SamplerSpec
 
 
@@ -54,14 +54,14 @@ def analytic_sample(score_fn, process, schedule, shape, *, steps: int, noise_rem
         t, s = grid[i], grid[i + 1]
         alpha_t = schedule(t.reshape(1)).alpha.expand(B).to(device)
         score = score_fn(x, alpha_t).to(dtype).exp()
-        x = sample_categorical(_step_probs(score, x, sigma_at(t) - sigma_at(s), m), generator)
+        x = race_categorical(_step_probs(score, x, sigma_at(t) - sigma_at(s), m), generator)
     if noise_removal == "ancestral":
         t = grid[-1]
         alpha_t = schedule(t.reshape(1)).alpha.expand(B).to(device)
         score = score_fn(x, alpha_t).to(dtype).exp()
         probs = _step_probs(score, x, sigma_at(t), m)
         probs[..., m] = 0.0
-        x = sample_categorical(probs, generator)
+        x = race_categorical(probs, generator)
     return x
 
 

@@ -8,13 +8,16 @@ from duolm.sampling.psi import psi_sample
 from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
 
 
-def denoiser_from(method, backbone, use_float64: bool = True):
-    """The sampling contract for one method and backbone: (x_t, alpha_t) -> log p(x_0 | x_t)."""
+def denoiser_from(method, backbone):
+    """The sampling contract for one method and backbone: (x_t, alpha_t) -> log p(x_0 | x_t).
+
+    In the network's precision (float32): samplers draw in float64 from the rows they need,
+    rather than copying all (B, L, K) to float64 at every step.
+    """
 
     @torch.no_grad()
     def denoiser(x_t, alpha_t):
-        out = method.denoise(backbone, x_t, alpha_t.reshape(-1, 1).float())
-        return out.double() if use_float64 else out.float()
+        return method.denoise(backbone, x_t, alpha_t.reshape(-1, 1).float())
 
     return denoiser
 

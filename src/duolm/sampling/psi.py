@@ -5,26 +5,22 @@
 kappa = 1 everywhere is ancestral sampling (``ancestral_sample`` is this loop
 with kappa = 1). Also here: nucleus filtering of x0_hat, MDLM's cache of the
 denoiser output when no token changed, and positions held fixed.
+
+Each step is drawn token by token as a mixture (process.sample_step): stay, a draw
+from x0_hat, or noise; only the tokens that draw read their row of x0_hat, in float64
+(duolm.sampling.categorical). An absorbing model whose denoiser ignores t runs
+ancestral sampling with the cache by first-hitting times (duolm.sampling.first_hitting).
 """
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
 
+from duolm.sampling.categorical import categorical_draw
+from duolm.sampling.first_hitting import first_hitting_sample
 from duolm.sampling.grids import linear_constant_linear_grid, linear_grid
 from duolm.sampling.kappa import KappaSchedule
 from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
-
-
-def sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
-    """Draw one index per row of probs (..., S); probs may be unnormalised.
-
-    An exponential race, argmax(p / E) with E ~ Exp(1), which is the Gumbel-max trick
-    without the two logarithms over the whole vocabulary (one log, of the noise).
-    """
-    u = torch.rand(probs.shape, dtype=probs.dtype, device=probs.device, generator=generator)
-    e = (-torch.log1p(-u)).clamp_min(torch.finfo(probs.dtype).tiny)  # Exp(1), never 0 (0/0 would be NaN)
-    return (probs.clamp_min(0) / e).argmax(-1)
 
 
 def nucleus(p: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -67,7 +63,13 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
             raise ValueError(f"{len(kappas)} kappas for a grid of {n} steps")
         if (kappas < 0).any() or (kappas > 1).any():
             raise ValueError("every kappa must lie in [0, 1]")
+    if cache and process.first_hitting and (kappas is None or bool((kappas == 1).all())):
+        return first_hitting_sample(denoiser, process, schedule, shape, grid=grid, noise_removal=noise_removal,
+                                    p_nucleus=p_nucleus, fixed=fixed, generator=generator, device=device,
+                                    dtype=dtype, disable_progress=disable_progress, stats=stats, x_init=x_init,
+                                    trajectory=trajectory)
     B = shape[0]
+    draw = categorical_draw(dtype)
     if x_init is not None:
         x = x_init.to(device)
     else:
@@ -76,32 +78,24 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
         fmask, fvals = fixed[0].to(device), fixed[1].to(device)
         x = torch.where(fmask, fvals, x)
     calls = saved = 0
-    p = prev_x = None
+    log_p = prev_x = None
     if trajectory is not None:
         trajectory.append(x.cpu())
     for i in tqdm(range(n), disable=disable_progress, desc="sampling"):
         t, s = grid[i], grid[i + 1]
         alpha_t = schedule(t.reshape(1)).alpha.expand(B).to(device)
-        if cache and p is not None and torch.equal(x, prev_x):
+        if cache and log_p is not None and torch.equal(x, prev_x):
             saved += 1
         else:
-            p = nucleus(denoiser(x, alpha_t).to(dtype).exp(), p_nucleus)
+            log_p = nucleus_log(denoiser(x, alpha_t), p_nucleus, dtype)
             calls += 1
         prev_x = x
-        last = i == n - 1
-        if last and noise_removal == "greedy":
-            x_new = p.argmax(-1)
-            if process.kind == "absorbing":
-                x_new = torch.where(x == process.mask_id, x_new, x)
+        if i == n - 1 and noise_removal == "greedy":
+            x_new = process.greedy(log_p, x)
         else:
             alpha_s = torch.ones_like(alpha_t) if s == 0 else schedule(s.reshape(1)).alpha.expand(B).to(device)
-            a_s, a_t = alpha_s.to(dtype), alpha_t.to(dtype)
-            q = process.posterior(p, x, a_s, a_t)
-            kappa = 1.0 if kappas is None else float(kappas[i])
-            if kappa < 1.0:
-                q_x0 = process.posterior(p, x, torch.ones_like(a_s), a_t)
-                q = kappa * q + (1.0 - kappa) * process.marginal(q_x0, a_s)
-            x_new = sample_categorical(q, generator)
+            x_new = process.sample_step(log_p, x, alpha_s, alpha_t, kappa=1.0 if kappas is None else float(kappas[i]),
+                                        draw=draw, generator=generator)
         if fixed is not None:
             x_new = torch.where(fmask, fvals, x_new)
         x = x_new
@@ -110,6 +104,13 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
     if stats is not None:
         stats.update(denoiser_calls=calls, cached_calls=saved)
     return x
+
+
+def nucleus_log(log_p: torch.Tensor, top_p: float, dtype=torch.float64) -> torch.Tensor:
+    """log of nucleus(p) (p itself, untouched, when top_p = 1)."""
+    if top_p >= 1.0:
+        return log_p
+    return nucleus(log_p.to(dtype).exp(), top_p).log()
 
 
 def schedule_kappas(kappa: KappaSchedule, grid: torch.Tensor, schedule, noise_removal: str) -> torch.Tensor:

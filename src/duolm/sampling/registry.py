@@ -42,20 +42,20 @@ class SamplingModel:
     vocab_size: int | None = None        # AR: the output rows that are tokens
 
     @classmethod
-    def from_method(cls, method, backbone=None, use_float64: bool = True, *, labels: torch.Tensor | None = None,
+    def from_method(cls, method, backbone=None, *, labels: torch.Tensor | None = None,
                     guidance: float | None = None) -> "SamplingModel":
         """labels (B,): a class-conditional backbone's classes (its null label: unconditional);
         guidance: the classifier-free guidance weight (None or 1: the conditional model)."""
         output = output_of(method)
         den = None
         if backbone is not None and output != "ar":
-            den = ancestral.denoiser_from(method, with_labels(backbone, labels), use_float64)
+            den = ancestral.denoiser_from(method, with_labels(backbone, labels))
             if labels is not None and guidance is not None and guidance != 1.0:
                 if output == "score":
                     raise ValueError("sampling.guidance mixes x_0 predictions; a score model (sedd) gives none, so "
                                      "it samples with guidance 1 (the conditional model) only")
                 null = null_labels(len(labels), backbone.config.num_classes, labels.device)
-                den = guided_denoiser(den, ancestral.denoiser_from(method, with_labels(backbone, null), use_float64),
+                den = guided_denoiser(den, ancestral.denoiser_from(method, with_labels(backbone, null)),
                                       float(guidance))
         return cls(den, method.process, method.schedule, output, time_conditioned=method.time_conditioning,
                    backbone=backbone, vocab_size=method.vocab_size)

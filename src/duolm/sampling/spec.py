@@ -20,7 +20,7 @@ class SamplerSpec:
     predictor: str = "ancestral"          # a name in duolm.sampling.SAMPLERS
     steps: int = 64                       # updates from t = 1 to eps; the noise-removal call comes after
     noise_removal: str = "greedy"         # ancestral | greedy | none
-    use_float64: bool = True
+    use_float64: bool = True             # float64 categorical draws; false: the papers' float32 race (lower entropy)
     p_nucleus: float = 1.0
     time_profile: str = "linear"          # psi: linear | linear-constant-linear
     plateau: float = 0.1

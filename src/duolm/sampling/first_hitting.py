@@ -1,0 +1,69 @@
+"""Ancestral sampling of a masked model whose denoiser ignores t, by first-hitting times.
+
+On a grid t_0 = 1 > t_1 > ... > t_n, ancestral sampling unmasks each mask at step i with
+probability (a_{i+1} - a_i) / (1 - a_i), whatever the model says; so a mask still hidden after
+step i has survived with probability S_i = (1 - a_{i+1}) / (1 - a_0), and its unmasking step can
+be drawn up front: the first i with S_i <= V, V ~ U(0, 1). What it unmasks to is drawn at that
+step from p(x_0 | x) for the tokens visible then; when the denoiser ignores t, p changes only
+when x does, so the network runs once per step at which some token unmasks (at most
+min(n, L) times) and the steps in between cost nothing. The samples have exactly the
+distribution of the step-by-step sampler (tests/test_samplers.py's oracle suite runs both).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from duolm.sampling.categorical import categorical_draw
+
+
+@torch.no_grad()
+def first_hitting_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, noise_removal: str = "greedy",
+                         p_nucleus: float = 1.0, fixed: tuple | None = None, generator=None, device=None,
+                         dtype=torch.float64, disable_progress: bool = True, stats: dict | None = None,
+                         x_init: torch.Tensor | None = None, trajectory: list | None = None):
+    """psi_sample's ancestral run (kappa = 1) with cache=True for an absorbing process."""
+    from duolm.sampling.psi import nucleus_log
+
+    n = len(grid) - 1
+    B = shape[0]
+    draw = categorical_draw(dtype)
+    x = x_init.to(device) if x_init is not None else process.prior_sample(shape, device=device, generator=generator)
+    if fixed is not None:
+        fmask, fvals = fixed[0].to(device), fixed[1].to(device)
+        x = torch.where(fmask, fvals, x)
+    mask_id = process.mask_id
+    alphas = schedule(grid.to(torch.float64)).alpha.to(torch.float64)
+    alphas = torch.where(grid == 0, torch.ones_like(alphas), alphas).to(device)
+    survival = (1 - alphas[1:]) / (1 - alphas[0])  # (n,): still masked after step i
+    v = torch.rand(x.shape, device=device, generator=generator, dtype=torch.float64)
+    # the first step whose survival falls to V or below (n: never, when the grid stops at eps)
+    hit = torch.searchsorted(-survival.contiguous(), -v.reshape(-1), right=False).reshape(x.shape)
+    hit = torch.where(x == mask_id, hit, torch.full_like(hit, n))
+    events = torch.unique(hit[hit < n]).tolist()
+    recorded = 0  # steps whose x the trajectory holds (x before the first step is its first entry)
+    if trajectory is not None:
+        trajectory.append(x.cpu())
+    for i in tqdm(events, disable=disable_progress, desc="sampling"):
+        if trajectory is not None:  # the steps in between changed nothing
+            trajectory.extend([x.cpu()] * (i - recorded))
+        log_p = nucleus_log(denoiser(x, alphas[i].reshape(1).expand(B)), p_nucleus, dtype)
+        now = hit == i
+        rows = log_p[now]
+        if i == n - 1 and noise_removal == "greedy":
+            rows[:, mask_id] = -torch.inf
+            values = rows.argmax(-1)
+        else:
+            values = draw(rows, generator, exclude=mask_id)
+        x = x.clone()
+        x[now] = values
+        if fixed is not None:
+            x = torch.where(fmask, fvals, x)
+        if trajectory is not None:
+            trajectory.append(x.cpu())
+        recorded = i + 1
+    if trajectory is not None:
+        trajectory.extend([x.cpu()] * (n - recorded))
+    if stats is not None:
+        stats.update(denoiser_calls=len(events), cached_calls=n - len(events))
+    return x
