@@ -251,6 +251,16 @@ class DiT(nn.Module):
             return head(out.features(h, c), out.linear.weight, out.linear.bias)
         return self.output_layer(h, c)
 
+    def compile(self, **kwargs):
+        """torch.compile the transformer blocks in place (parameter names, so checkpoints, unchanged).
+
+        The blocks are the hot path and compile without graph breaks; the embedding (three input
+        kinds) and the output head stay eager, because the chunked loss runs Python loops and
+        autograd inside the head (duolm.chunked_loss), which a compiled graph would break around.
+        """
+        for block in self.blocks:
+            block.compile(**kwargs)
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:

@@ -197,7 +197,7 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
         f"global batch {cfg.loader.global_batch_size} = {per_device} x {accum} accumulation"
         + (f" | resuming from {resume}" if resume else ""))
     if cfg.trainer.get("compile"):
-        module.backbone.compile()  # in place: parameter names, and so checkpoints, stay as they are
+        module.backbone.compile()  # in place (the DiT: its blocks): parameter names, so checkpoints, stay as they are
     from duolm.training.interrupt import GracefulStop
 
     stop = GracefulStop()
