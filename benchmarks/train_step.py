@@ -1,24 +1,37 @@
-"""Training-step throughput, peak memory and achieved FLOP/s of the DiT on this machine; prints JSON.
+"""Training-step time and peak memory: the chunked (fused) loss against the straightforward one; prints JSON.
 
-Each configuration runs in a fresh subprocess so its peak resident memory is its own.
-The model's FLOP/s (6 x non-embedding parameters + attention, per token, forward
-and backward; the output layer counted) is shown next to the FLOP/s of a large
-float32 matmul measured in the same run, which is the ceiling on this hardware.
+    python benchmarks/train_step.py [--quick] [--models tiny small] [--steps 3] [--out FILE]
 
-    python benchmarks/train_step.py [--models demo tiny small] [--steps 5]
+Every configuration runs in a fresh subprocess, so its peak resident memory is its own. Per model
+(GPT-2 vocabulary) and method (duo, mdlm, ar): the fused and the plain loss (``Method.fused``),
+next to the baseline of the same backbone with a plain cross-entropy head and the same optimizer
+(``ce``), and Duo fused with ``trainer.compile`` (the DiT's blocks compiled). Then Duo at length 1024,
+fused against plain, for memory. The summary gives the ratios, each against its baseline from
+this same run:
+
+- ``speedup_fused``: plain step time / fused step time, per method;
+- ``loss_overhead``: (fused Duo step - ce step) / ce step, the loss and its backward beyond a
+  plain cross-entropy head;
+- ``compile_speedup``: fused Duo eager / compiled (after the first, compiling, step);
+- ``memory_ratio_1024``: the plain step's growth of peak memory over the model and optimizer
+  state / the fused step's.
+
+The model's FLOP/s (6 x non-embedding parameters + attention + the output layer, per token)
+is shown next to a large float32 matmul's FLOP/s measured in the same run.
 """
 from __future__ import annotations
 
-import sys
-
-
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
+import sys
 import time
 
 import torch
+
+SHAPES = {"demo": (64, 128, 28), "tiny": (4, 256, 50257), "small": (2, 256, 50257)}
 
 
 def matmul_flops(n: int = 2048, reps: int = 10) -> float:
@@ -30,62 +43,136 @@ def matmul_flops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t0)
 
 
-def one(model: str, algo: str, batch: int, length: int, vocab: int, steps: int) -> dict:
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def one(model: str, algo: str, batch: int, length: int, vocab: int, loss: str, compiled: bool, steps: int) -> dict:
+    """One configuration's step time and memory (run in its own process)."""
+    import torch.nn.functional as F
+
     from duolm.config import compose_components
     from duolm.models.dit import DiT
 
-    cfg, parts = compose_components([f"model={model}", f"algo={algo}", f"model.length={length}", "model.dropout=0.0"])
-    method = parts.method(vocab)
+    ce = algo == "ce"
+    _, parts = compose_components([f"model={model}", f"algo={'duo' if ce else algo}", f"model.length={length}",
+                                   "model.dropout=0.0"])
+    method = dataclasses.replace(parts.method(vocab), fused=loss == "fused")
+    torch.manual_seed(0)
     net = DiT(parts.backbone_config(method))
+    if compiled:
+        net.compile()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     x0 = torch.randint(0, vocab, (batch, length))
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def step():
-        loss = method.token_loss(net, x0).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if ce:  # the baseline: the backbone with a plain cross-entropy head
+            logits = net(x0, torch.zeros(batch))
+            value = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x0.reshape(-1))
+        else:
+            value = method.token_loss(net, x0, generator=torch.Generator().manual_seed(0)).mean()
+        opt.zero_grad(set_to_none=False)
+        value.backward()
         opt.step()
 
-    step()  # warm-up (allocations, first-call overheads)
+    for p in net.parameters():  # the optimizer state and the gradients exist before the first measurement
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    before = rss_mb()
     t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    times = []
     for _ in range(steps):
+        t0 = time.perf_counter()
         step()
-    dt = (time.perf_counter() - t0) / steps
+        times.append(time.perf_counter() - t0)
+    dt = sorted(times)[len(times) // 2]
     c = net.config
-    n_body = net.num_parameters(exclude_embeddings=True)
-    attn = 12 * c.n_blocks * c.hidden_size * length  # QK^T and AV, forward + backward, per token
-    flops_per_token = 6 * n_body + attn
+    flops_per_token = 6 * net.num_parameters(exclude_embeddings=True) + 12 * c.n_blocks * c.hidden_size * length
     tokens = batch * length
-    return {"model": model, "algo": algo, "parameters": net.num_parameters(), "vocab": vocab, "batch": batch,
-            "length": length, "seconds_per_step": dt, "tokens_per_second": tokens / dt,
-            "model_flops_per_second": flops_per_token * tokens / dt,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_before_mb": rss0 / 1024}
+    peak = rss_mb()
+    return {"model": model, "algo": algo, "loss": "ce" if ce else loss, "compiled": compiled,
+            "parameters": net.num_parameters(), "vocab": vocab, "batch": batch, "length": length,
+            "seconds_per_step": dt, "first_step_seconds": first, "tokens_per_second": tokens / dt,
+            "model_flops_per_second": flops_per_token * tokens / dt, "peak_rss_mb": peak,
+            "rss_before_step_mb": before, "step_memory_mb": peak - before}
+
+
+def configurations(models, quick: bool) -> list[tuple]:
+    """(model, algo, loss, compiled, length or None) in the order they run."""
+    out = []
+    for m in models:
+        out.append((m, "ce", "plain", False, None))
+        for algo in (("duo",) if quick else ("duo", "mdlm", "ar")):
+            out += [(m, algo, "fused", False, None), (m, algo, "plain", False, None)]
+        if not quick and m != "demo":
+            out.append((m, "duo", "fused", True, None))
+    if not quick:
+        out += [("tiny", "duo", "fused", False, 1024), ("tiny", "duo", "plain", False, 1024)]
+    return out
+
+
+def summarise(runs: list[dict]) -> dict:
+    def find(model, algo, loss, compiled=False, length=256):
+        return next((r for r in runs if r["model"] == model and r["algo"] == algo and r["loss"] == loss
+                     and r["compiled"] == compiled and r["length"] == length), None)
+
+    out = {}
+    for model in dict.fromkeys(r["model"] for r in runs):
+        length = SHAPES[model][1]
+        s = {}
+        for algo in ("duo", "mdlm", "ar"):
+            f, p = find(model, algo, "fused", length=length), find(model, algo, "plain", length=length)
+            if f and p:
+                s[f"speedup_fused_{algo}"] = p["seconds_per_step"] / f["seconds_per_step"]
+        ce, f = find(model, "ce", "ce", length=length), find(model, "duo", "fused", length=length)
+        if ce and f:
+            s["loss_overhead_duo"] = (f["seconds_per_step"] - ce["seconds_per_step"]) / ce["seconds_per_step"]
+            p = find(model, "duo", "plain", length=length)
+            s["loss_overhead_duo_plain"] = (p["seconds_per_step"] - ce["seconds_per_step"]) / ce["seconds_per_step"]
+        c = find(model, "duo", "fused", True, length)
+        if c and f:
+            s["compile_speedup_duo"] = f["seconds_per_step"] / c["seconds_per_step"]
+        out[model] = s
+    f, p = find("tiny", "duo", "fused", length=1024), find("tiny", "duo", "plain", length=1024)
+    if f and p:
+        out["memory_ratio_1024"] = p["step_memory_mb"] / f["step_memory_mb"]
+        out["peak_rss_ratio_1024"] = p["peak_rss_mb"] / f["peak_rss_mb"]
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["demo", "tiny", "small"])
-    ap.add_argument("--algo", default="duo")
+    ap.add_argument("--models", nargs="+", default=["tiny", "small"], choices=list(SHAPES))
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="Duo and the baseline only, no compile, no length 1024")
+    ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        m, algo, b, L, v = args.one
-        print(json.dumps(one(m, algo, int(b), int(L), int(v), args.steps)))
+        print(json.dumps(one(**json.loads(args.one))))
         return
-    shapes = {"demo": (64, 128, 28), "tiny": (4, 256, 50257), "small": (2, 256, 50257), "medium": (1, 256, 50257)}
-    out = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "matmul_flops_per_second": matmul_flops(), "runs": []}
-    for m in args.models:
-        b, L, v = shapes[m]
-        proc = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one", m, args.algo,
-                               str(b), str(L), str(v)], capture_output=True, text=True, check=True)
+    result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "matmul_flops_per_second": matmul_flops(), "runs": []}
+    for model, algo, loss, compiled, length in configurations(args.models, args.quick):
+        batch, default_length, vocab = SHAPES[model]
+        spec = dict(model=model, algo=algo, batch=batch, length=length or default_length, vocab=vocab, loss=loss,
+                    compiled=compiled, steps=1 if length else args.steps)
+        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"train_step: {spec} failed:\n{proc.stderr[-2000:]}")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        r["fraction_of_matmul_peak"] = r["model_flops_per_second"] / out["matmul_flops_per_second"]
-        out["runs"].append(r)
-    print(json.dumps(out, indent=1))
+        r["fraction_of_matmul_peak"] = r["model_flops_per_second"] / result["matmul_flops_per_second"]
+        result["runs"].append(r)
+        print(f"{model:6s} {algo:5s} {r['loss']:6s} {'compiled' if compiled else 'eager':8s} L={r['length']:5d} "
+              f"{r['seconds_per_step']:.3f} s/step, step memory {r['step_memory_mb']:.0f} MB", file=sys.stderr)
+    result["summary"] = summarise(result["runs"])
+    text = json.dumps(result, indent=1)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
