@@ -5,9 +5,11 @@
 
 On CUDA it trains Duo (`model=small`: 12 blocks x 768, length 1024) for --steps optimizer steps
 through `duolm.training.run.train` (Lightning, bf16-mixed, SDPA attention) on random GPT-2 token
-ids in a token store, once eagerly and once with `trainer.compile=true`, and reports per run the
+ids in a token store, once eagerly and once with `trainer.compile=true` (both with the chunked
+loss), then eagerly with `training.fused_loss=false` as the baseline, and reports per run the
 median step time after --warmup steps, tokens/s, model FLOP utilisation (6 N + 12 n_blocks H L
-FLOPs per token against the device's dense bf16 peak, where known) and peak memory. Then it samples
+FLOPs per token against the device's dense bf16 peak, where known) and peak memory. (Peak memory of
+the plain-loss run includes several (32, 1024, 50257) float32 tensors, 6.6 GB each.) Then it samples
 8 steps (ancestral, greedy tail) from the trained Duo model at length 1024 and reports tokens/s.
 Last, the Psi paper's CIFAR-10 UNet (`model=unet`, 3 x 32 x 32 pixel tokens of 256 levels, 10
 classes) trains Duo for --steps steps on random labelled images at batch 128 under bf16 autocast
@@ -60,7 +62,7 @@ def write_random_ids(path: Path, n_seqs: int, seq_len: int, vocab: int, seed: in
             f.write(" ".join(map(str, torch.randint(0, vocab - 1, (seq_len,), generator=g).tolist())) + "\n")
 
 
-def train_once(work: Path, args, compile_: bool) -> tuple[dict, Path]:
+def train_once(work: Path, args, compile_: bool, fused: bool = True) -> tuple[dict, Path]:
     import lightning.pytorch as pl
 
     from duolm.config import compose_components
@@ -75,7 +77,9 @@ def train_once(work: Path, args, compile_: bool) -> tuple[dict, Path]:
                  f"loader.global_batch_size={args.batch}", f"loader.num_workers={0 if args.smoke else 2}",
                  f"run.dir={work / ('run-compiled' if compile_ else 'run-eager')}", "run.resume=false",
                  f"run.checkpoint_every={10 * args.steps}", "logging.csv=false", "training.ema=0",
-                 "trainer.limit_val_batches=1", "eval.max_batches=1"]
+                 "trainer.limit_val_batches=1", "eval.max_batches=1", f"training.fused_loss={str(fused).lower()}"]
+    if not fused:
+        overrides = [o if not o.startswith("run.dir=") else f"run.dir={work / 'run-plain-loss'}" for o in overrides]
     if args.smoke:
         overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true"]
     cfg, parts = compose_components(overrides)
@@ -86,7 +90,7 @@ def train_once(work: Path, args, compile_: bool) -> tuple[dict, Path]:
     steady = timer.times[args.warmup:] or timer.times
     step = statistics.median(steady)
     tokens = args.batch * args.length
-    out = {"compile": compile_, "steps": report["steps"], "parameters": report["parameters"],
+    out = {"compile": compile_, "loss": "fused" if fused else "plain", "steps": report["steps"], "parameters": report["parameters"],
            "first_step_seconds": round(timer.times[0], 3), "median_step_seconds": round(step, 4),
            "tokens_per_second": round(tokens / step)}
     m = cfg.model
@@ -196,6 +200,8 @@ def main(argv=None) -> dict:
         for compile_ in ([False] if args.no_compile or args.smoke else [False, True]):
             out, model_dir = train_once(work, args, compile_)
             runs.append(out)
+        if not args.smoke:  # the baseline in the same run: the straightforward loss, eager
+            runs.append(train_once(work, args, False, fused=False)[0])
         result["train"] = runs
         result["sample"] = sample_once(model_dir, args)
     result["unet"] = unet_once(args)

@@ -43,6 +43,7 @@ def test_papers_overrides_work():
     ("model.n_heads=5", "model.hidden_size (192) must be divisible by model.n_heads (5)"),
     ("loader.batch_size=7", "loader.global_batch_size (64) must be a multiple"),
     ("trainer.precision=fp8", "trainer.precision must be one of"),
+    ("training.fused_loss=maybe", "training.fused_loss must be one of"),
     ("algo=d3pm algo.T=0", "algo.T must be >= 1 for d3pm"),
     ("optim.lr=-1", "optim.lr must be"),
     ("nonsense.key=1", "nonsense.key is not a known key (duolm config prints every key)"),

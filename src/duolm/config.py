@@ -141,11 +141,12 @@ class Components:
     batch: tuple[int, int, int] = (1, 1, 1)      # per-device batch, eval batch, accumulation steps
     num_classes: int = 0                         # > 0: class-conditional training (image data with labels)
     class_dropout: float = 0.0                   # the share of labels replaced by the null label
+    fused_loss: bool = True                      # duolm.chunked_loss (False: the straightforward loss)
 
     def method(self, vocab_size: int) -> Method:
         m = build_method(self.algo["name"], vocab_size, schedule=self.schedule, num_steps=self.algo["T"],
                          time_conditioning=self.algo["time_conditioning"], loss_dtype=self.loss_dtype,
-                         sampling_eps=self.sampling_eps)
+                         sampling_eps=self.sampling_eps, fused=self.fused_loss)
         return m
 
     def backbone_config(self, method: Method):
@@ -171,10 +172,11 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
 
     schedule = _built("noise", lambda: make_schedule(cfg.noise.type, cfg.noise.eps))
     _choice(cfg, "training.loss_precision", ("float32", "float64"))
+    _choice(cfg, "training.fused_loss", (True, False))
     algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
     parts = Components(schedule=schedule, algo=algo, sampling_eps=cfg.training.sampling_eps,
                        loss_dtype=torch.float64 if cfg.training.loss_precision == "float64" else torch.float32,
-                       backbone=None)
+                       backbone=None, fused_loss=cfg.training.get("fused_loss", True))
     probe = _built("algo", lambda: parts.method(2))  # the method's own checks; the vocabulary comes later
     c = cfg.algo.get("curriculum")
     if c is not None:
