@@ -119,15 +119,26 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
         raise ConfigError(f"{err} (the model at {checkpoint or _checkpoint(cfg)} is {pre.method.name}, "
                           f"length {pre.config['length']})") from None
     image = is_image(pre.tokenizer)
+    template = None
     try:
         check_conditioning(s.guidance, s.classes, pre.num_classes, score_model=pre.method.parameterization == "score")
         if s.trajectory and not image:
             raise ValueError("sampling.trajectory draws image models' denoising; this model is a text model")
+        if s.get("infill"):
+            from duolm.infill import parse_template
+            from duolm.sampling_job import check_infill
+
+            if image:
+                raise ValueError("sampling.infill fills text templates; this is an image model")
+            template = parse_template(s.infill, pre.tokenizer, blank_length=s.get("blank_length", 8),
+                                      max_length=pre.config["length"])
+            check_infill(spec, pre.method, pre.config["length"])
     except ValueError as err:
         raise ConfigError(f"{err} (the model at {checkpoint or _checkpoint(cfg)})") from None
     res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
                    num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device,
-                   classes=parse_classes(s.classes), guidance=s.guidance, trajectory=s.trajectory if image else 0)
+                   classes=parse_classes(s.classes), guidance=s.guidance, trajectory=s.trajectory if image else 0,
+                   template=template)
     res = {"checkpoint": str(checkpoint or _checkpoint(cfg)), **res}
     if image:
         res["data"] = pre.config.get("data")  # which training images FID compares against
@@ -371,9 +382,10 @@ COMMAND_HELP = {
     "sample": ("generate from a trained model (eval.checkpoint_path, default: the model in run.dir) and write "
                "the samples as JSON",
                ["eval.checkpoint_path", "sampling.steps", "sampling.predictor", "sampling.noise_removal",
-                "sampling.num_samples", "sampling.prefix", "sampling.output", "sampling.classes", "sampling.guidance",
-                "sampling.trajectory"],
+                "sampling.num_samples", "sampling.prefix", "sampling.infill", "sampling.output", "sampling.classes",
+                "sampling.guidance", "sampling.trajectory"],
                ["duolm sample eval.checkpoint_path=builtin:duo-bigtxt-dcd sampling.steps=8",
+                "duolm sample eval.checkpoint_path=builtin:duo-bigtxt-dcd sampling.infill='the [___] sat on the [___:3] mat'",
                 "duolm sample sampling.predictor=psi sampling.psi.middle_mode=max-capped-0.02",
                 "duolm sample eval.checkpoint_path=<image model> sampling.classes=[3,7] sampling.guidance=2"]),
     "eval": ("validation NELBO of a model on data=..., or with eval.samples=... the generative perplexity, "

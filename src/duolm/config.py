@@ -327,6 +327,11 @@ def _check_sampling(cfg, method, *, model_known: bool, num_classes: int = 0) -> 
     if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float))):
         raise ConfigError(f"sampling.guidance must be a number (a classifier-free guidance weight), got {g!r}")
     _built("sampling.classes", lambda: parse_classes(s.get("classes")))
+    if s.get("infill") is not None and not isinstance(s.infill, str):
+        raise ConfigError(f"sampling.infill must be a template string such as \"the [___] sat\", got {s.infill!r}")
+    b = s.get("blank_length", 8)
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        raise ConfigError(f"sampling.blank_length must be an integer >= 1, got {b!r}")
     if model_known:
         _built("sampling", lambda: check_conditioning(g, s.get("classes"), num_classes))
 

@@ -90,8 +90,12 @@ class Method:
                                    index=index, total=total, num_steps=self.num_steps, device=device)
 
     def token_loss(self, backbone, x0: torch.Tensor, valid: torch.Tensor | None = None,
-                   t: torch.Tensor | None = None, generator=None) -> TokenLoss:
-        """Per-token training loss of clean tokens x0 (B, L); t (B,) is drawn when not given."""
+                   t: torch.Tensor | None = None, generator=None, clean: torch.Tensor | None = None) -> TokenLoss:
+        """Per-token training loss of clean tokens x0 (B, L); t (B,) is drawn when not given.
+
+        clean (B, L) bool: positions never noised (a context the continuation is scored given);
+        give them weight 0 in `valid`.
+        """
         if valid is None:
             valid = torch.ones_like(x0, dtype=torch.float32)
         valid = valid.float()
@@ -103,6 +107,8 @@ class Method:
         sched = self.schedule(t.to(torch.float64) if self.loss_dtype == torch.float64 else t)
         alpha, dalpha = sched.alpha.to(self.loss_dtype), sched.dalpha.to(self.loss_dtype)
         x_t = self.process.sample_xt(x0, alpha, generator=generator)
+        if clean is not None:
+            x_t = torch.where(clean, x0, x_t)
         return self.loss_at(backbone, x_t, x0, t, alpha, dalpha, valid)
 
     def loss_at(self, backbone, x_t, x0, t, alpha, dalpha, valid, *, model_input=None, weights=None) -> TokenLoss:

@@ -69,6 +69,18 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
                                         stats=stats, **extra)
 
 
+def check_infill(spec: SamplerSpec, method, length: int) -> None:
+    """Infilling holds the template's text: a diffusion sampler that can hold positions, one window."""
+    if method.process is None:
+        raise ValueError("sampling.infill needs a diffusion model; an AR model (algo=ar) only continues text")
+    if not SAMPLERS[spec.predictor].holds_positions:
+        raise ValueError(f"sampling.infill holds the template's text fixed, which sampling.predictor="
+                         f"{spec.predictor} cannot do; use ancestral or psi")
+    if spec.prefix or (spec.total_length and spec.total_length > length):
+        raise ValueError("sampling.infill fills one window of the model: drop sampling.prefix and "
+                         "sampling.total_length (the template's text is the prompt)")
+
+
 def sample_labels(classes, num_samples: int, num_classes: int) -> list[int | None]:
     """Each sample's class: None for an unconditional model; classes None: each class in turn;
     'none': the null label (unconditional samples of a conditional model); a list: cycled."""
@@ -83,9 +95,13 @@ def sample_labels(classes, num_samples: int, num_classes: int) -> list[int | Non
 
 def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num_samples: int, batch_size: int,
              seed: int = 0, device=None, progress: bool = True, classes=None, guidance: float | None = None,
-             trajectory: int = 0) -> dict:
+             trajectory: int = 0, template=None) -> dict:
     """Samples as a JSON-ready dict. Image models: classes and guidance as in sample_labels and
-    guided_denoiser; trajectory > 0 also records x_t of the first batch at that many steps."""
+    guided_denoiser; trajectory > 0 also records x_t of the first batch at that many steps.
+    template: a duolm.infill.Template whose text is held and whose blanks are filled; each
+    sample then gives the filled template's text and the character spans generated."""
+    if template is not None:
+        check_infill(spec, method, length)
     backbone.eval()
     g = torch.Generator(device=device or "cpu").manual_seed(seed)
     torch.manual_seed(seed)
@@ -100,7 +116,8 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
         out.append(sample_batch(method, backbone, spec, b, length, bos_id=tokenizer.bos_id, generator=g,
                                 device=device, progress=progress, stats=st, eos_id=tokenizer.eos_id,
                                 labels=batch_labels, guidance=guidance,
-                                trajectory=frames if start == 0 else None).cpu())
+                                trajectory=frames if start == 0 else None,
+                                fixed=None if template is None else template.held(b, length)).cpu())
         for k in stats:
             stats[k] += st.get(k, 0)
     seconds = time.perf_counter() - t0
@@ -108,14 +125,18 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
     if is_image(tokenizer):
         return _image_result(method, spec, tokenizer, ids, labels, num_classes, seconds, seed=seed, guidance=guidance,
                              frames=frames, trajectory=trajectory)
-    texts = [tokenizer.decode([i for i in row.tolist() if i < tokenizer.vocab_size]) for row in ids]
+    if template is not None:
+        samples = [{"ids": r.tolist(), **template.fill(r.tolist(), tokenizer.decode)} for r in ids]
+    else:
+        texts = [tokenizer.decode([i for i in row.tolist() if i < tokenizer.vocab_size]) for row in ids]
+        samples = [{"ids": r.tolist(), "text": t} for r, t in zip(ids, texts)]
     markers = sorted({tokenizer.decode([tokenizer.eos_id]), tokenizer.decode([tokenizer.bos_id])})
     return {"algo": method.name, "sampler": spec.describe(), "document_markers": markers, "steps": spec.steps if spec.predictor != "ar"
             else length - 1, "noise_removal": spec.noise_removal, "seed": seed, "num_samples": num_samples,
             "length": ids.shape[1], "seconds": seconds, "tokens_per_second": ids.numel() / seconds,
             "seconds_per_sample": seconds / num_samples, **({"cache": stats} if spec.predictor == "ancestral_cache"
                                                             else {}),
-            "samples": [{"ids": r.tolist(), "text": t} for r, t in zip(ids, texts)]}
+            **({"template": template.source} if template is not None else {}), "samples": samples}
 
 
 def _image_result(method, spec, tokenizer, ids, labels, num_classes, seconds, *, seed, guidance, frames,

@@ -38,6 +38,11 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         return [self._index[c] for c in self.normalize(text)]
 
+    def encode_fragment(self, text: str) -> list[int]:
+        """A piece of a longer text (an infilling template's): normalised, but its edge spaces kept."""
+        text = re.sub(" +", " ", self._drop.sub(" ", text.lower()))
+        return [self._index[c] for c in text if c in self._index]
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 

@@ -1,0 +1,157 @@
+"""duolm in three lines:
+
+    m = duolm.load("builtin:duo-bigtxt-dcd")          # a built-in name, a folder, a .ckpt, a hub id
+    m.generate(n=4, steps=8, prompt="the old man", sampler="psi").texts
+    m.infill("the [___] sat on the [___:3] mat").texts ; m.nelbo(["some text"])
+
+A thin layer over the library: `duolm.checkpoints.load`, `SamplerSpec` and the sampler table,
+`duolm.infill` and `duolm.evaluation.likelihood.continuation_nelbo`. Every bad argument gets one
+sentence naming it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from duolm.data.tokenizers import is_image
+
+
+@dataclass
+class Generation:
+    texts: list[str]
+    ids: list[list[int]]
+    spans: list[list[dict]] = field(default_factory=list)  # infill: the generated {start, end, text} per sample
+    result: dict = field(default_factory=dict, repr=False)  # the full JSON-ready result (settings, timing)
+
+
+@dataclass
+class Score:
+    nelbo: float   # -log p(text) bound, nats (exact NLL for AR)
+    se: float      # Monte Carlo standard error of that estimate (0 for AR)
+    tokens: int
+
+    @property
+    def per_token(self) -> float:
+        return self.nelbo / max(1, self.tokens)
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.per_token / math.log(2)
+
+
+class Model:
+    """A loaded model with generate / infill / nelbo; `pretrained` keeps the library objects."""
+
+    def __init__(self, pretrained, device=None):
+        self.pretrained = pretrained
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        pretrained.backbone.to(self.device).eval()
+
+    @property
+    def method(self):
+        return self.pretrained.method
+
+    @property
+    def tokenizer(self):
+        return self.pretrained.tokenizer
+
+    @property
+    def length(self) -> int:
+        return self.pretrained.config["length"]
+
+    def __repr__(self) -> str:
+        return (f"duolm.Model({self.method.name}, {self.pretrained.backbone.num_parameters() / 1e6:.2f}M parameters, "
+                f"length {self.length}, vocabulary {self.tokenizer.vocab_size})")
+
+    # --- sampling ---------------------------------------------------------------------------
+    def spec(self, *, steps: int = 64, sampler: str = "auto", noise_removal: str = "auto", kappa=None,
+             p_nucleus: float = 1.0, prompt_ids=None, total_length: int | None = None, **options):
+        """The SamplerSpec these keywords describe, checked against the model (one sentence on error).
+        kappa: a Psi mode string for every part ('max-capped-0.02') or a KappaSchedule."""
+        from duolm.sampling import (KappaSchedule, SamplerSpec, check_sampler, default_noise_removal,
+                                    default_predictor, parse_kappa)
+
+        predictor = default_predictor(self.method) if sampler == "auto" else sampler
+        if isinstance(kappa, str):
+            k = parse_kappa(kappa)
+            kappa = KappaSchedule(k, k, k)
+        spec = SamplerSpec(predictor=predictor, steps=steps,
+                           noise_removal=default_noise_removal(self.method) if noise_removal == "auto"
+                           else noise_removal, p_nucleus=p_nucleus, prefix=prompt_ids, total_length=total_length,
+                           **({"kappa": kappa} if kappa is not None else {}), **options)
+        check_sampler(spec, self.method)
+        spec.check_length(self.length)
+        return spec
+
+    def generate(self, n: int = 1, *, steps: int = 64, prompt: str | None = None, sampler: str = "auto",
+                 length: int | None = None, seed: int = 0, batch_size: int = 16, progress: bool = False,
+                 **options) -> Generation:
+        """n samples (texts and ids). prompt: text held at the start; length > the model's window:
+        semi-autoregressive windows. Other keywords: noise_removal, kappa, p_nucleus, and any
+        SamplerSpec field (time_profile, plateau, stride, stop_at_eos, use_float64, ...)."""
+        from duolm.sampling_job import generate
+
+        if is_image(self.tokenizer):
+            raise ValueError("generate() writes text; this is an image model: use `duolm sample` for its grid")
+        prompt_ids = None if prompt is None else [self.tokenizer.bos_id] + self.tokenizer.encode(prompt)
+        spec = self.spec(steps=steps, sampler=sampler, prompt_ids=prompt_ids,
+                         total_length=length if length and length > self.length else None, **options)
+        res = generate(self.method, self.pretrained.backbone, self.tokenizer, spec, length=self.length,
+                       num_samples=n, batch_size=batch_size, seed=seed, device=self.device, progress=progress)
+        if length and length < self.length:  # a shorter request: the first `length` tokens
+            for smp in res["samples"]:
+                smp["ids"] = smp["ids"][:length]
+                smp["text"] = self.tokenizer.decode([i for i in smp["ids"] if i < self.tokenizer.vocab_size])
+        return Generation([s["text"] for s in res["samples"]], [s["ids"] for s in res["samples"]], result=res)
+
+    def infill(self, template: str, *, n: int = 1, steps: int = 64, sampler: str = "auto", blank_length: int = 8,
+               seed: int = 0, batch_size: int = 16, progress: bool = False, **options) -> Generation:
+        """Fill the blanks of `template` ('[___]', or '[___:n]' for n tokens): texts, ids of the
+        template's positions, and each sample's generated character spans."""
+        from duolm.infill import parse_template
+        from duolm.sampling_job import generate
+
+        if is_image(self.tokenizer):
+            raise ValueError("infill() fills text templates; this is an image model")
+        tpl = parse_template(template, self.tokenizer, blank_length=blank_length, max_length=self.length,
+                             key="template")
+        spec = self.spec(steps=steps, sampler=sampler, **options)
+        res = generate(self.method, self.pretrained.backbone, self.tokenizer, spec, length=self.length,
+                       num_samples=n, batch_size=batch_size, seed=seed, device=self.device, progress=progress,
+                       template=tpl)
+        return Generation([s["text"] for s in res["samples"]], [s["ids"][:tpl.length] for s in res["samples"]],
+                          [s["spans"] for s in res["samples"]], result=res)
+
+    # --- likelihood -------------------------------------------------------------------------
+    def nelbo(self, texts, *, num_mc_samples: int = 8, seed: int = 0, batch_size: int = 16,
+              context: str | None = None) -> list[Score]:
+        """Each text's -log p bound in nats (exact NLL for AR) with its Monte Carlo standard error,
+        after the BOS token (and `context`, held clean, when given). Texts longer than the model are
+        scored window by window."""
+        from duolm.evaluation.likelihood import continuation_nelbo
+
+        if isinstance(texts, str):
+            texts = [texts]
+        if is_image(self.tokenizer):
+            raise ValueError("nelbo() scores text; this is an image model: use `duolm eval` for bits per pixel")
+        tok = self.tokenizer
+        ctx = [tok.bos_id] + (tok.encode(context) if context else [])
+        pairs = [(ctx, tok.encode(t)) for t in texts]
+        if any(not cont for _, cont in pairs):
+            raise ValueError("nelbo() got an empty text")
+        out = continuation_nelbo(self.method, self.pretrained.backbone, pairs, length=self.length, pad_id=tok.pad_id,
+                                 num_samples=num_mc_samples, seed=seed, batch_size=batch_size, device=self.device)
+        return [Score(r["nelbo"], r["se"], r["tokens"]) for r in out]
+
+
+def load(name_or_path, *, device=None, **hints) -> Model:
+    """Any model the one loader takes (duolm.checkpoints.load: built-in names, folders, run
+    checkpoints, the papers' files, hub ids), ready to generate, infill and score."""
+    from duolm.checkpoints import load as load_checkpoint
+
+    return Model(load_checkpoint(name_or_path, **hints), device=device)
+
+
+__all__ = ["Generation", "Model", "Score", "load"]

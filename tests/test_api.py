@@ -1,0 +1,65 @@
+"""The three-line Python API (duolm.load -> generate / infill / nelbo) on the built-in model."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import duolm
+
+
+@pytest.fixture(scope="module")
+def model():
+    return duolm.load("builtin:duo-bigtxt-dcd", device="cpu")
+
+
+def test_generate_holds_the_prompt_and_gives_n_texts(model):
+    g = model.generate(n=3, steps=4, prompt="the old man", seed=1)
+    assert len(g.texts) == 3 and len(g.ids) == 3 and all(len(i) == model.length for i in g.ids)
+    assert all(t.startswith("|the old man") for t in g.texts)  # | is the BOS token
+    again = model.generate(n=3, steps=4, prompt="the old man", seed=1)
+    assert again.texts == g.texts  # seeded
+    psi = model.generate(n=1, steps=4, sampler="psi", kappa="max-capped-0.02")
+    assert psi.result["sampler"]["predictor"] == "psi"
+    assert len(model.generate(n=1, steps=2, length=40).ids[0]) == 40
+    assert len(model.generate(n=1, steps=2, length=200).ids[0]) == 200  # semi-autoregressive windows
+
+
+def test_infill_keeps_the_template_and_marks_what_it_generated(model):
+    f = model.infill("the [___] sat on the [___:3] mat", n=2, steps=8)
+    for text, spans in zip(f.texts, f.spans):
+        assert text.startswith("the ") and text.endswith(" mat") and " sat on the " in text
+        assert [s["end"] - s["start"] for s in spans] == [8, 3]
+        assert all(text[s["start"]:s["end"]] == s["text"] for s in spans)
+
+
+def test_nelbo_prefers_english_and_reports_its_standard_error(model):
+    english, noise = model.nelbo(["the old man and the sea", "qxz vkjw zzq pqx wvvkj"], num_mc_samples=64)
+    assert english.tokens == 23 and noise.tokens == 22
+    assert english.se > 0 and noise.nelbo - english.nelbo > 3 * (english.se ** 2 + noise.se ** 2) ** 0.5
+    assert english.bits_per_token < noise.bits_per_token
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m: m.generate(sampler="nope"), "sampling.predictor must be one of"),
+    (lambda m: m.generate(sampler="analytic"), "needs a score model"),
+    (lambda m: m.infill("no blanks"), "template has no blank"),
+    (lambda m: m.infill("a [___:500]"), "the model's length is 128"),
+    (lambda m: m.nelbo([""]), "empty text"),
+])
+def test_bad_arguments_get_one_sentence(model, call, message):
+    with pytest.raises(ValueError, match=message) as err:
+        call(model)
+    assert "\n" not in str(err.value)
+
+
+def test_the_cli_fills_a_template_into_the_samples_json(tmp_path):
+    out = tmp_path / "infill.json"
+    run = subprocess.run([sys.executable, "-m", "duolm.cli", "sample", "eval.checkpoint_path=builtin:duo-bigtxt-dcd",
+                          "sampling.infill='the [___] sat on the [___:3] mat'", "sampling.num_samples=2",
+                          "sampling.steps=4", f"sampling.output={out}", f"run.dir={tmp_path}"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    res = json.loads(out.read_text())
+    assert res["template"] == "the [___] sat on the [___:3] mat"
+    assert all(s["text"].endswith(" mat") and len(s["spans"]) == 2 for s in res["samples"])
