@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,data,config} [key=value ...]
+USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,data,config} [key=value ...]
 
   train    train a model (default: a small Duo model on the built-in corpus, on the CPU),
            then report its validation NELBO and print samples
@@ -28,6 +28,8 @@ USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,data,config} [ke
            layouts) as a duolm directory: convert.output=<dir>
   plot     draw quality against sampling steps from results files: duolm plot a.json b.json
            [plot.output=quality.png]
+  view     one self-contained HTML page per samples file that plays how each sample formed, step by
+           step (sample with sampling.trajectory=true): duolm view samples.json
   data     build (or check) the token store of data=... for model.length and exit: run it once
            before a multi-node launch so no rank waits on tokenization
   config   print the composed config
@@ -122,8 +124,6 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
     template = None
     try:
         check_conditioning(s.guidance, s.classes, pre.num_classes, score_model=pre.method.parameterization == "score")
-        if s.trajectory and not image:
-            raise ValueError("sampling.trajectory draws image models' denoising; this model is a text model")
         if s.get("infill"):
             from duolm.infill import parse_template
             from duolm.sampling_job import check_infill
@@ -137,7 +137,7 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
         raise ConfigError(f"{err} (the model at {checkpoint or _checkpoint(cfg)})") from None
     res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
                    num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device,
-                   classes=parse_classes(s.classes), guidance=s.guidance, trajectory=s.trajectory if image else 0,
+                   classes=parse_classes(s.classes), guidance=s.guidance, trajectory=s.trajectory,
                    template=template)
     res = {"checkpoint": str(checkpoint or _checkpoint(cfg)), **res}
     if image:
@@ -158,6 +158,31 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
     for i, smp in enumerate(res["samples"][: s.print]):
         print(f"--- sample {i}\n{smp['text']}")
     return res
+
+
+def cmd_view(files) -> int:
+    """duolm view samples.json [...]: one self-contained HTML page per file, next to it."""
+    from duolm.evaluation.trajectory_page import write_page
+
+    if not files:
+        raise ValueError("duolm view needs a samples JSON written with sampling.trajectory=true "
+                         "(duolm view outputs/run/samples.json)")
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"{name}: no such samples file")
+        try:
+            result = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{name} is not a samples JSON (duolm sample's output)") from None
+        if not isinstance(result, dict) or "samples" not in result:
+            raise ValueError(f"{name} is not a samples JSON (duolm sample's output)")
+        try:
+            out = write_page(result, path.with_suffix(".html"), title=f"duolm · {path.name}")
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+        print(f"wrote {out} (open it in any browser)")
+    return 0
 
 
 def cmd_sample(cfg, parts):
@@ -439,8 +464,18 @@ def main(argv=None) -> int:
         print(command_help(command))
         return 0
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill, "data": cmd_data,
-                "convert": cmd_convert, "plot": cmd_plot, "config": None}
+                "convert": cmd_convert, "plot": cmd_plot, "view": cmd_view, "config": None}
     files = []
+    if command == "view":  # no config: samples files in, pages out
+        if any(a in ("-h", "--help") for a in overrides):
+            print("usage: duolm view SAMPLES.json [...]\n\n  writes SAMPLES.html next to each file: a slider plays "
+                  "x_t step by step\n  (record it with: duolm sample sampling.trajectory=true)")
+            return 0
+        try:
+            return cmd_view(overrides)
+        except ValueError as err:
+            print(f"duolm: error: {err}", file=sys.stderr)
+            return 1
     if command == "plot":  # bare arguments are results files
         files = [a for a in overrides if "=" not in a]
         overrides = [a for a in overrides if "=" in a]

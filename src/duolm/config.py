@@ -329,6 +329,9 @@ def _check_sampling(cfg, method, *, model_known: bool, num_classes: int = 0) -> 
     _built("sampling.classes", lambda: parse_classes(s.get("classes")))
     if s.get("infill") is not None and not isinstance(s.infill, str):
         raise ConfigError(f"sampling.infill must be a template string such as \"the [___] sat\", got {s.infill!r}")
+    tr = s.get("trajectory", 0)
+    if not isinstance(tr, bool) and (not isinstance(tr, int) or tr < 0):
+        raise ConfigError(f"sampling.trajectory must be true (every step), false, or a number of steps >= 0, got {tr!r}")
     b = s.get("blank_length", 8)
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
         raise ConfigError(f"sampling.blank_length must be an integer >= 1, got {b!r}")

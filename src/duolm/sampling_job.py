@@ -97,7 +97,8 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
              seed: int = 0, device=None, progress: bool = True, classes=None, guidance: float | None = None,
              trajectory: int = 0, template=None) -> dict:
     """Samples as a JSON-ready dict. Image models: classes and guidance as in sample_labels and
-    guided_denoiser; trajectory > 0 also records x_t of the first batch at that many steps.
+    guided_denoiser; trajectory > 0 (True: every step) also records x_t of the first batch at that
+    many steps (duolm view plays it).
     template: a duolm.infill.Template whose text is held and whose blanks are filled; each
     sample then gives the filled template's text and the character spans generated."""
     if template is not None:
@@ -131,12 +132,19 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
         texts = [tokenizer.decode([i for i in row.tolist() if i < tokenizer.vocab_size]) for row in ids]
         samples = [{"ids": r.tolist(), "text": t} for r, t in zip(ids, texts)]
     markers = sorted({tokenizer.decode([tokenizer.eos_id]), tokenizer.decode([tokenizer.bos_id])})
+    extra = {}
+    if frames:
+        extra["trajectory"] = trajectory_record(frames, trajectory)
+        used = sorted({i for frame in extra["trajectory"]["ids"] for row in frame for i in row})
+        # what each token id reads as, so a page can show the trajectory without the tokenizer
+        extra["trajectory"]["tokens"] = {str(i): tokenizer.decode([i]) for i in used if i < tokenizer.vocab_size}
+        extra["trajectory"]["mask_id"] = method.mask_id
     return {"algo": method.name, "sampler": spec.describe(), "document_markers": markers, "steps": spec.steps if spec.predictor != "ar"
             else length - 1, "noise_removal": spec.noise_removal, "seed": seed, "num_samples": num_samples,
             "length": ids.shape[1], "seconds": seconds, "tokens_per_second": ids.numel() / seconds,
             "seconds_per_sample": seconds / num_samples, **({"cache": stats} if spec.predictor == "ancestral_cache"
                                                             else {}),
-            **({"template": template.source} if template is not None else {}), "samples": samples}
+            **({"template": template.source} if template is not None else {}), **extra, "samples": samples}
 
 
 def _image_result(method, spec, tokenizer, ids, labels, num_classes, seconds, *, seed, guidance, frames,
@@ -149,9 +157,16 @@ def _image_result(method, spec, tokenizer, ids, labels, num_classes, seconds, *,
            "samples": [{"ids": r.tolist(), "label": None if lab is None or lab == num_classes else lab}
                        for r, lab in zip(ids, labels)]}
     if frames:
-        keep = torch.linspace(0, len(frames) - 1, min(trajectory, len(frames))).round().long().unique().tolist()
-        res["trajectory"] = {"steps": keep, "ids": [frames[k][:8].tolist() for k in keep]}
+        res["trajectory"] = trajectory_record(frames, trajectory)
     return res
+
+
+def trajectory_record(frames: list[torch.Tensor], wanted) -> dict:
+    """x_t of the first (up to 8) samples at `wanted` evenly spaced frames (True: every frame; the first
+    frame is the prior draw, frame k the state after step k): {'steps', 'ids': [frame][sample][position]}."""
+    count = len(frames) if wanted is True else min(int(wanted), len(frames))
+    keep = torch.linspace(0, len(frames) - 1, max(count, 2)).round().long().unique().tolist()
+    return {"steps": keep, "ids": [frames[k][:8].tolist() for k in keep]}
 
 
 def write_pictures(result: dict, json_path) -> dict[str, str]:

@@ -1,0 +1,96 @@
+"""`duolm view`: a self-contained page that plays each sample's denoising, checked in headless Chromium."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import duolm
+from duolm.evaluation.trajectory_page import page_data, write_page
+from duolm.sampling import SamplerSpec
+from duolm.sampling_job import generate
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
+                                                              "(scripts/test.sh installs Debian's chromium)")
+
+
+def _chromium(*args, timeout=120):
+    run = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                          "--enable-logging=stderr", "--v=0", *args], capture_output=True, text=True, timeout=timeout)
+    return run
+
+
+def _page_title(url: str) -> tuple[str, str]:
+    run = _chromium("--virtual-time-budget=10000", "--dump-dom", url)
+    assert run.returncode == 0, run.stderr[-2000:]
+    start = run.stdout.index("<title>") + len("<title>")
+    return run.stdout[start:run.stdout.index("</title>")], run.stdout, run.stderr
+
+
+@pytest.fixture(scope="module")
+def text_result():
+    m = duolm.load("builtin:duo-bigtxt-dcd", device="cpu")
+    return generate(m.method, m.pretrained.backbone, m.tokenizer, SamplerSpec(steps=8), length=m.length,
+                    num_samples=3, batch_size=3, seed=0, progress=False, trajectory=True)
+
+
+def test_a_trajectory_is_recorded_at_every_step(text_result):
+    traj = text_result["trajectory"]
+    assert traj["steps"] == list(range(10))  # the prior draw, 8 updates, the noise-removal call
+    assert len(traj["ids"]) == 10 and len(traj["ids"][0]) == 3
+    assert traj["ids"][-1] == [s["ids"] for s in text_result["samples"]]  # the last frame is the sample
+    assert all(str(i) in traj["tokens"] for frame in traj["ids"] for row in frame for i in row)
+
+
+@needs_chromium
+def test_the_page_plays_every_step_without_errors_and_ends_on_the_sample(text_result, tmp_path):
+    page = write_page(text_result, tmp_path / "samples.html")
+    assert "http://" not in page.read_text() and "https://" not in page.read_text()  # nothing fetched
+    title, _, stderr = _page_title(page.as_uri() + "#selftest")
+    assert title == "selftest ok: 10 frames", title
+    assert "Uncaught" not in stderr and "CONSOLE" not in stderr, stderr[-2000:]
+    # the last step shows the sample's final tokens
+    title, dom, _ = _page_title(page.as_uri() + "#last")
+    tokens = text_result["trajectory"]["tokens"]
+    final = "".join(tokens[str(i)] for i in text_result["samples"][0]["ids"])
+    assert ">frame 9 / 9 (step 9)<" in dom
+    shown = dom[dom.index('id="text-0"'):]
+    shown = "".join(part.split("<", 1)[0] for part in shown.split(">")[1:])  # the spans' text, in order
+    assert shown.startswith(final.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    shot = tmp_path / "last.png"
+    run = _chromium("--window-size=1100,700", f"--screenshot={shot}", page.as_uri() + "#last")
+    assert run.returncode == 0 and shot.stat().st_size > 5000
+    from PIL import Image
+
+    pixels = torch.tensor(list(Image.open(shot).convert("L").getdata()), dtype=torch.float32)
+    assert pixels.std() > 10  # text on a page, not a blank screenshot
+
+
+@needs_chromium
+def test_an_image_trajectory_plays_as_pictures(tmp_path):
+    image = {"type": "pixels", "levels": 17, "channels": 1, "image_size": 8, "num_classes": 10}
+    g = torch.Generator().manual_seed(0)
+    frames = [torch.randint(0, 18, (2, 64), generator=g).tolist() for _ in range(5)]  # 17 is the mask
+    result = {"algo": "mdlm", "steps": 4, "image": image, "trajectory": {"steps": list(range(5)), "ids": frames},
+              "samples": [{"ids": frames[-1][0], "label": 3}, {"ids": frames[-1][1], "label": None}]}
+    page = write_page(result, tmp_path / "images.html")
+    title, _, stderr = _page_title(page.as_uri() + "#selftest")
+    assert title == "selftest ok: 5 frames", title
+    assert len(page_data(result)["frames"][0]) == 2
+
+
+def test_a_samples_file_without_a_trajectory_gets_one_sentence(tmp_path):
+    with pytest.raises(ValueError, match="sampling.trajectory=true"):
+        page_data({"samples": [{"ids": [1], "text": "a"}]})
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"samples": [{"ids": [1], "text": "a"}]}))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for path, message in ((plain, "has no trajectory to show"), (bad, "is not a samples JSON"),
+                          (tmp_path / "none.json", "no such samples file")):
+        run = subprocess.run([sys.executable, "-m", "duolm.cli", "view", str(path)], capture_output=True, text=True)
+        assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1
