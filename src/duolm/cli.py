@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,data,config} [key=value ...]
+USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,push,data,config} [key=value ...]
 
   train    train a model (default: a small Duo model on the built-in corpus, on the CPU),
            then report its validation NELBO and print samples
@@ -28,6 +28,7 @@ USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,data,config
            layouts) as a duolm directory: convert.output=<dir>
   plot     draw quality against sampling steps from results files: duolm plot a.json b.json
            [plot.output=quality.png]
+  push     upload eval.checkpoint_path to the Hugging Face Hub as hub.repo=<owner/name>, with a model card
   view     one self-contained HTML page per samples file that plays how each sample formed, step by
            step (sample with sampling.trajectory=true): duolm view samples.json
   data     build (or check) the token store of data=... for model.length and exit: run it once
@@ -103,6 +104,26 @@ def cmd_train(cfg, parts, init=None):
     print(perplexity_line(f"validation {bound}", ev, report["unigram_bits_per_token"], unit))
     res = _sample_and_print(cfg, pre, device, checkpoint=report["model_dir"])
     write_samples({**res, "validation": ev, "train": report}, Path(cfg.run.dir) / "report.json")
+    from duolm.hub import METRICS_FILE
+
+    # what a model card reports (duolm push): next to the weights, so the model folder is self-describing
+    write_samples({"validation": ev, "unit": unit, "data": cfg.data.name, "sampler": res.get("sampler"),
+                   "train": {k: report[k] for k in ("steps", "train_seconds", "parameters")},
+                   "samples": [smp["text"] for smp in res.get("samples", [])[:3] if "text" in smp]},
+                  Path(report["model_dir"]) / METRICS_FILE)
+    return 0
+
+
+def cmd_push(cfg, parts):
+    """Upload eval.checkpoint_path to hub.repo in duolm's format, with a generated model card."""
+    from duolm.hub import push
+
+    if not cfg.eval.checkpoint_path:
+        raise ValueError("duolm push needs eval.checkpoint_path=<a model> and hub.repo=<owner/name>")
+    if not cfg.hub.repo:
+        raise ValueError("duolm push needs hub.repo=<owner/name>, the Hugging Face repository to create or update")
+    url = push(cfg.eval.checkpoint_path, cfg.hub.repo, private=cfg.hub.private, message=cfg.hub.message)
+    print(f"pushed {cfg.eval.checkpoint_path} to {cfg.hub.repo}: {url}\nload it with duolm.load(\"{cfg.hub.repo}\")")
     return 0
 
 
@@ -432,6 +453,9 @@ COMMAND_HELP = {
              ["duolm data data=openwebtext-split model.length=1024 data.num_proc=32"]),
     "plot": ("draw quality against sampling steps from results files", ["plot.output", "plot.metrics"],
              ["duolm plot s4.eval.json s8.eval.json plot.output=quality.png"]),
+    "push": ("upload a model (eval.checkpoint_path) to the Hugging Face Hub with a generated model card",
+             ["eval.checkpoint_path", "hub.repo", "hub.private", "hub.message"],
+             ["duolm push eval.checkpoint_path=outputs/bigtxt-duo-demo/model hub.repo=me/duo-bigtxt"]),
     "config": ("print the composed, checked config", ["any key"], ["duolm config algo=mdlm noise=cosine"]),
 }
 
@@ -464,7 +488,7 @@ def main(argv=None) -> int:
         print(command_help(command))
         return 0
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill, "data": cmd_data,
-                "convert": cmd_convert, "plot": cmd_plot, "view": cmd_view, "config": None}
+                "convert": cmd_convert, "plot": cmd_plot, "view": cmd_view, "push": cmd_push, "config": None}
     files = []
     if command == "view":  # no config: samples files in, pages out
         if any(a in ("-h", "--help") for a in overrides):
@@ -486,7 +510,8 @@ def main(argv=None) -> int:
     from duolm.training import NonFiniteLossError  # not training.module: that loads Lightning (seconds)
 
     try:
-        cfg, parts = compose_components(overrides, model_from_checkpoint=command in ("sample", "eval", "convert"))
+        cfg, parts = compose_components(overrides,
+                                        model_from_checkpoint=command in ("sample", "eval", "convert", "push"))
         if command == "config":
             from omegaconf import OmegaConf
 

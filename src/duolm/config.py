@@ -173,6 +173,7 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     schedule = _built("noise", lambda: make_schedule(cfg.noise.type, cfg.noise.eps))
     _choice(cfg, "training.loss_precision", ("float32", "float64"))
     _choice(cfg, "training.fused_loss", (True, False))
+    _choice(cfg, "hub.private", (True, False))
     algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
     parts = Components(schedule=schedule, algo=algo, sampling_eps=cfg.training.sampling_eps,
                        loss_dtype=torch.float64 if cfg.training.loss_precision == "float64" else torch.float32,
