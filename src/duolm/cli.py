@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,push,data,config} [key=value ...]
+USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,push,lm-eval,data,config} [key=value ...]
 
   train    train a model (default: a small Duo model on the built-in corpus, on the CPU),
            then report its validation NELBO and print samples
@@ -28,6 +28,7 @@ USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,push,data,c
            layouts) as a duolm directory: convert.output=<dir>
   plot     draw quality against sampling steps from results files: duolm plot a.json b.json
            [plot.output=quality.png]
+  lm-eval  EleutherAI's lm-evaluation-harness tasks (lm_eval.tasks=[...]) on eval.checkpoint_path
   push     upload eval.checkpoint_path to the Hugging Face Hub as hub.repo=<owner/name>, with a model card
   view     one self-contained HTML page per samples file that plays how each sample formed, step by
            step (sample with sampling.trajectory=true): duolm view samples.json
@@ -111,6 +112,50 @@ def cmd_train(cfg, parts, init=None):
                    "train": {k: report[k] for k in ("steps", "train_seconds", "parameters")},
                    "samples": [smp["text"] for smp in res.get("samples", [])[:3] if "text" in smp]},
                   Path(report["model_dir"]) / METRICS_FILE)
+    return 0
+
+
+def cmd_lm_eval(cfg, parts):
+    """eval.checkpoint_path on lm-eval-harness tasks (lm_eval.tasks), through duolm's adapter."""
+    import time
+
+    from omegaconf import OmegaConf
+
+    from duolm.sampling_job import write_samples
+
+    c = cfg.lm_eval
+    if not c.tasks:
+        raise ValueError("duolm lm-eval needs lm_eval.tasks=[<task>, ...] (lm-eval's names, or YAML tasks in "
+                         "lm_eval.include_path)")
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise ValueError("duolm lm-eval needs the harness: pip install 'duolm[lm_eval]'") from None
+    from duolm.evaluation.lm_eval_adapter import DuolmLM
+
+    pre, device = _load_for_eval(cfg)
+    from duolm.api import Model
+
+    tasks = list(OmegaConf.to_container(c.tasks)) if not isinstance(c.tasks, str) else [c.tasks]
+    if c.include_path and not Path(c.include_path).is_dir():
+        raise ValueError(f"lm_eval.include_path={c.include_path} is not a folder of task YAML files")
+    manager = TaskManager(include_path=c.include_path) if c.include_path else TaskManager()
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise ValueError(f"lm_eval.tasks: {unknown[0]!r} is not a task lm-eval knows (nor one in lm_eval.include_path)")
+    lm = DuolmLM(Model(pre, device=device), num_mc_samples=c.num_mc_samples, batch_size=c.batch_size, steps=c.steps)
+    t0 = time.perf_counter()
+    out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=c.num_fewshot, limit=c.limit,
+                                  task_manager=manager, log_samples=False, bootstrap_iters=1000)
+    seconds = time.perf_counter() - t0
+    from lm_eval.utils import make_table
+
+    print(make_table(out))
+    path = Path(c.output or Path(cfg.run.dir) / "lm_eval.json")
+    write_samples({"checkpoint": str(_checkpoint(cfg)), "algo": pre.method.name, "tasks": tasks, "seconds": seconds,
+                   "num_mc_samples": c.num_mc_samples, "results": out["results"]}, path)
+    print(f"{len(tasks)} task(s) in {seconds:.1f} s -> {path}")
     return 0
 
 
@@ -453,6 +498,12 @@ COMMAND_HELP = {
              ["duolm data data=openwebtext-split model.length=1024 data.num_proc=32"]),
     "plot": ("draw quality against sampling steps from results files", ["plot.output", "plot.metrics"],
              ["duolm plot s4.eval.json s8.eval.json plot.output=quality.png"]),
+    "lm-eval": ("run lm-evaluation-harness tasks on a model (multiple-choice log-likelihoods by the NELBO with the "
+                "context held clean, perplexity, generation)",
+                ["eval.checkpoint_path", "lm_eval.tasks", "lm_eval.include_path", "lm_eval.num_mc_samples",
+                 "lm_eval.limit", "lm_eval.num_fewshot"],
+                ["duolm lm-eval eval.checkpoint_path=builtin:duo-bigtxt-dcd lm_eval.tasks=[arc_easy] lm_eval.limit=100",
+                 "duolm lm-eval lm_eval.include_path=my_tasks lm_eval.tasks=[my_task] lm_eval.num_mc_samples=32"]),
     "push": ("upload a model (eval.checkpoint_path) to the Hugging Face Hub with a generated model card",
              ["eval.checkpoint_path", "hub.repo", "hub.private", "hub.message"],
              ["duolm push eval.checkpoint_path=outputs/bigtxt-duo-demo/model hub.repo=me/duo-bigtxt"]),
@@ -488,7 +539,8 @@ def main(argv=None) -> int:
         print(command_help(command))
         return 0
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill, "data": cmd_data,
-                "convert": cmd_convert, "plot": cmd_plot, "view": cmd_view, "push": cmd_push, "config": None}
+                "convert": cmd_convert, "plot": cmd_plot, "view": cmd_view, "push": cmd_push, "lm-eval": cmd_lm_eval,
+                "config": None}
     files = []
     if command == "view":  # no config: samples files in, pages out
         if any(a in ("-h", "--help") for a in overrides):
@@ -511,7 +563,7 @@ def main(argv=None) -> int:
 
     try:
         cfg, parts = compose_components(overrides,
-                                        model_from_checkpoint=command in ("sample", "eval", "convert", "push"))
+                                        model_from_checkpoint=command in ("sample", "eval", "convert", "push", "lm-eval"))
         if command == "config":
             from omegaconf import OmegaConf
 

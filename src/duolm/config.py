@@ -174,6 +174,8 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     _choice(cfg, "training.loss_precision", ("float32", "float64"))
     _choice(cfg, "training.fused_loss", (True, False))
     _choice(cfg, "hub.private", (True, False))
+    for key in ("lm_eval.num_mc_samples", "lm_eval.batch_size", "lm_eval.steps"):
+        _positive(cfg, key)
     algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
     parts = Components(schedule=schedule, algo=algo, sampling_eps=cfg.training.sampling_eps,
                        loss_dtype=torch.float64 if cfg.training.loss_precision == "float64" else torch.float32,
