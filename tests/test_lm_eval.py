@@ -124,7 +124,9 @@ def test_an_ar_model_gives_its_exact_log_likelihood_and_greedy_flag():
     targets = ids[-3:]
     exact = sum(float(logp[len(ids) - 4 + k, t]) for k, t in enumerate(targets))
     assert abs(ll - exact) < 1e-4
-    best = [int(logp[len(ids) - 4 + k].argmax()) for k in range(3)]
-    assert greedy == (best == targets)
-    # the continuation greedy decoding would write is flagged greedy
-    assert lm._greedy([(ids[:-3], best)]) == [True]
+    assert greedy == ([int(logp[len(ids) - 4 + k].argmax()) for k in range(3)] == targets)
+    best = ids[:-3]  # greedy decoding of three tokens is flagged greedy
+    with torch.no_grad():
+        for _ in range(3):
+            best = best + [int(net(torch.tensor([best]), None)[0, -1, :tok.vocab_size].argmax())]
+    assert lm._greedy([(ids[:-3], best[-3:])]) == [True]
