@@ -130,3 +130,17 @@ def test_an_ar_model_gives_its_exact_log_likelihood_and_greedy_flag():
         for _ in range(3):
             best = best + [int(net(torch.tensor([best]), None)[0, -1, :tok.vocab_size].argmax())]
     assert lm._greedy([(ids[:-3], best[-3:])]) == [True]
+
+
+def test_lm_evals_own_command_line_runs_the_duolm_model(task_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")}
+    run = subprocess.run([sys.executable, "-m", "duolm.evaluation.lm_eval_adapter", "--model", "duolm",
+                          "--model_args", "pretrained=builtin:duo-bigtxt-dcd,num_mc_samples=8", "--tasks",
+                          "duolm_phrases", "--include_path", str(task_dir)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "|duolm_phrases|" in run.stdout

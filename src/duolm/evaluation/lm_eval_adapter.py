@@ -2,6 +2,8 @@
 
     duolm lm-eval eval.checkpoint_path=builtin:duo-bigtxt-dcd lm_eval.tasks=[arc_easy] lm_eval.limit=100
 
+or lm-eval's own command line with the model registered:
+``python -m duolm.evaluation.lm_eval_adapter --model duolm --model_args pretrained=<model> --tasks ...``,
 or from Python, after ``import duolm.evaluation.lm_eval_adapter`` (which registers the model name
 ``duolm``): ``lm_eval.simple_evaluate(model="duolm", model_args="pretrained=<model>,num_mc_samples=16", ...)``.
 
@@ -40,6 +42,8 @@ class DuolmLM(LM):
         super().__init__()
         import duolm
 
+        if device in ("cuda", "cuda:0") and not torch.cuda.is_available():
+            device = "cpu"  # lm-eval's command line asks for cuda unless told otherwise
         self.model = duolm.load(pretrained, device=device) if isinstance(pretrained, str) else pretrained
         self.num_mc_samples, self.batch_size = int(num_mc_samples), int(batch_size)
         self.steps, self.sampler, self.seed = int(steps), sampler, int(seed)
@@ -131,3 +135,10 @@ class DuolmLM(LM):
             cut = min([text.find(s) for s in until if s and s in text] or [len(text)])
             out.append(text[:cut])
         return out
+
+
+if __name__ == "__main__":  # lm-eval's own command line, with the `duolm` model registered:
+    # python -m duolm.evaluation.lm_eval_adapter run --model duolm --model_args pretrained=<model> --tasks ...
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
