@@ -34,7 +34,7 @@ def _page_title(url: str) -> tuple[str, str]:
 def text_result():
     m = duolm.load("builtin:duo-bigtxt-dcd", device="cpu")
     return generate(m.method, m.pretrained.backbone, m.tokenizer, SamplerSpec(steps=8), length=m.length,
-                    num_samples=3, batch_size=3, seed=0, progress=False, trajectory=True)
+                    num_samples=3, batch_size=3, seed=0, progress=False, trajectory=True, predictions=True)
 
 
 def test_a_trajectory_is_recorded_at_every_step(text_result):
@@ -43,6 +43,18 @@ def test_a_trajectory_is_recorded_at_every_step(text_result):
     assert len(traj["ids"]) == 10 and len(traj["ids"][0]) == 3
     assert traj["ids"][-1] == [s["ids"] for s in text_result["samples"]]  # the last frame is the sample
     assert all(str(i) in traj["tokens"] for frame in traj["ids"] for row in frame for i in row)
+    # the model's most likely x_0 from each frame: what its denoiser gives on that frame
+    m = duolm.load("builtin:duo-bigtxt-dcd", device="cpu")
+    from duolm.sampling import SamplingModel
+    from duolm.sampling.grids import linear_grid
+
+    den = SamplingModel.from_method(m.method, m.pretrained.backbone).denoiser
+    grid = linear_grid(8, 1e-3)
+    for k in (0, 4, 8):
+        x = torch.tensor(traj["ids"][k])
+        alpha = m.method.schedule(grid[k].reshape(1)).alpha.expand(3)
+        assert den(x, alpha).argmax(-1).tolist() == traj["predictions"][k]
+    assert traj["predictions"][-1] is None and len(traj["predictions"]) == 10
 
 
 @needs_chromium

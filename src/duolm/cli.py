@@ -204,6 +204,7 @@ def _sample_and_print(cfg, pre, device, checkpoint=None):
     res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
                    num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device,
                    classes=parse_classes(s.classes), guidance=s.guidance, trajectory=s.trajectory,
+                   predictions=bool(s.get("trajectory_predictions", False)),
                    template=template)
     res = {"checkpoint": str(checkpoint or _checkpoint(cfg)), **res}
     if image:

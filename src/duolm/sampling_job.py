@@ -42,11 +42,12 @@ def spec_from_config(sampling, method, tokenizer=None, eps: float = 1e-3) -> Sam
 def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *, bos_id: int, generator=None,
                  device=None, progress: bool = False, stats: dict | None = None, eos_id: int | None = None,
                  fixed=None, labels: torch.Tensor | None = None, guidance: float | None = None,
-                 trajectory: list | None = None) -> torch.Tensor:
+                 trajectory: list | None = None, predictions: list | None = None) -> torch.Tensor:
     """One batch of samples with the sampler `spec` names: (batch, length), or
     (batch, spec.total_length) by semi-autoregressive windows when that is longer. labels (batch,)
     and guidance: a class-conditional model's classes and guidance weight; trajectory: a list that
-    receives x_t at every step (x_0 samplers)."""
+    receives x_t at every step (x_0 samplers); predictions: a list that receives the denoiser's
+    most likely x_0 at every step (samplers that call it once per step)."""
     if spec.total_length and spec.total_length > length and spec.predictor != "ar":
         one_window = replace(spec, total_length=None)
 
@@ -64,6 +65,11 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
     if trajectory is not None and SAMPLERS[spec.predictor].needs != "x0":
         raise ValueError(f"sampling.trajectory records x_t of the x_0 samplers (ancestral, psi), not "
                          f"sampling.predictor={spec.predictor}")
+    if predictions is not None:
+        if SAMPLERS[spec.predictor].needs != "x0" or SAMPLERS[spec.predictor].reuses_output:
+            raise ValueError(f"sampling.trajectory_predictions records one prediction per step, which "
+                             f"sampling.predictor={spec.predictor} does not make; use ancestral or psi")
+        model = replace(model, denoiser=_recording(model.denoiser, predictions))
     return SAMPLERS[spec.predictor].run(model, spec, (batch, length), bos_id=bos_id, fixed=fixed,
                                         generator=generator, device=device, disable_progress=not progress,
                                         stats=stats, **extra)
@@ -81,6 +87,17 @@ def check_infill(spec: SamplerSpec, method, length: int) -> None:
                          "sampling.total_length (the template's text is the prompt)")
 
 
+def _recording(denoiser, predictions: list):
+    """The denoiser, appending its argmax over x_0 (B, L) to `predictions` at every call."""
+
+    def den(x_t, alpha_t):
+        out = denoiser(x_t, alpha_t)
+        predictions.append(out.argmax(-1).cpu())
+        return out
+
+    return den
+
+
 def sample_labels(classes, num_samples: int, num_classes: int) -> list[int | None]:
     """Each sample's class: None for an unconditional model; classes None: each class in turn;
     'none': the null label (unconditional samples of a conditional model); a list: cycled."""
@@ -95,7 +112,7 @@ def sample_labels(classes, num_samples: int, num_classes: int) -> list[int | Non
 
 def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num_samples: int, batch_size: int,
              seed: int = 0, device=None, progress: bool = True, classes=None, guidance: float | None = None,
-             trajectory: int = 0, template=None) -> dict:
+             trajectory: int = 0, template=None, predictions: bool = False) -> dict:
     """Samples as a JSON-ready dict. Image models: classes and guidance as in sample_labels and
     guided_denoiser; trajectory > 0 (True: every step) also records x_t of the first batch at that
     many steps (duolm view plays it).
@@ -110,6 +127,7 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
     labels = sample_labels(classes, num_samples, num_classes)
     out, stats, t0 = [], {"denoiser_calls": 0, "cached_calls": 0}, time.perf_counter()
     frames = [] if trajectory else None
+    guesses = [] if trajectory and predictions else None
     for start in range(0, num_samples, batch_size):
         b = min(batch_size, num_samples - start)
         st = {}
@@ -118,6 +136,7 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
                                 device=device, progress=progress, stats=st, eos_id=tokenizer.eos_id,
                                 labels=batch_labels, guidance=guidance,
                                 trajectory=frames if start == 0 else None,
+                                predictions=guesses if start == 0 else None,
                                 fixed=None if template is None else template.held(b, length)).cpu())
         for k in stats:
             stats[k] += st.get(k, 0)
@@ -134,8 +153,9 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
     markers = sorted({tokenizer.decode([tokenizer.eos_id]), tokenizer.decode([tokenizer.bos_id])})
     extra = {}
     if frames:
-        extra["trajectory"] = trajectory_record(frames, trajectory)
-        used = sorted({i for frame in extra["trajectory"]["ids"] for row in frame for i in row})
+        extra["trajectory"] = trajectory_record(frames, trajectory, guesses)
+        used = sorted({i for key in ("ids", "predictions") for frame in extra["trajectory"].get(key, [])
+                       if frame is not None for row in frame for i in row})
         # what each token id reads as, so a page can show the trajectory without the tokenizer
         extra["trajectory"]["tokens"] = {str(i): tokenizer.decode([i]) for i in used if i < tokenizer.vocab_size}
         extra["trajectory"]["mask_id"] = method.mask_id
@@ -161,12 +181,17 @@ def _image_result(method, spec, tokenizer, ids, labels, num_classes, seconds, *,
     return res
 
 
-def trajectory_record(frames: list[torch.Tensor], wanted) -> dict:
+def trajectory_record(frames: list[torch.Tensor], wanted, predictions: list | None = None) -> dict:
     """x_t of the first (up to 8) samples at `wanted` evenly spaced frames (True: every frame; the first
-    frame is the prior draw, frame k the state after step k): {'steps', 'ids': [frame][sample][position]}."""
+    frame is the prior draw, frame k the state after step k): {'steps', 'ids': [frame][sample][position]};
+    with predictions (one per step), also the most likely x_0 the denoiser saw from each kept frame
+    (None at the last frame, which no step reads)."""
     count = len(frames) if wanted is True else min(int(wanted), len(frames))
     keep = torch.linspace(0, len(frames) - 1, max(count, 2)).round().long().unique().tolist()
-    return {"steps": keep, "ids": [frames[k][:8].tolist() for k in keep]}
+    out = {"steps": keep, "ids": [frames[k][:8].tolist() for k in keep]}
+    if predictions is not None:
+        out["predictions"] = [predictions[k][:8].tolist() if k < len(predictions) else None for k in keep]
+    return out
 
 
 def write_pictures(result: dict, json_path) -> dict[str, str]:

@@ -7,7 +7,8 @@ masks are drawn as blocks. Image models' frames are embedded as PNGs.
 
 Opening the page with ``#last`` shows the final step; ``#selftest`` moves the slider through
 every step, checks what is drawn against the data and writes the verdict into the page's title
-(the tests run it in headless Chromium).
+(the tests run it in headless Chromium). With `sampling.trajectory_predictions=true` each frame
+also shows, in green, the model's most likely x_0 from it.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def page_data(result: dict) -> dict:
     data["tokens"] = traj.get("tokens", {})
     data["mask_id"] = traj.get("mask_id")
     data["final_ids"] = [s["ids"] for s in result["samples"][:len(traj["ids"][0])]]
+    data["predictions"] = traj.get("predictions")  # the denoiser's most likely x_0 from each frame, or None
     return data
 
 
@@ -84,6 +86,8 @@ header { display: flex; gap: 1em; align-items: center; flex-wrap: wrap; position
 .tok.mask { color: #bbb; }
 .images img { margin: 4px; image-rendering: pixelated; border: 1px solid #ddd; }
 .legend { color: #666; font-size: 13px; }
+.pred { font-family: ui-monospace, monospace; white-space: pre-wrap; word-break: break-word; color: #2a6;
+        border-top: 1px dashed #ccc; margin-top: .4em; padding-top: .3em; }
 </style></head>
 <body>
 <header>
@@ -145,6 +149,14 @@ function render(f) {
         text.appendChild(span);
       });
       div.appendChild(text);
+      if (DATA.predictions && DATA.predictions[f]) {
+        const pred = document.createElement("div");
+        pred.className = "pred";
+        pred.id = "pred-" + s;
+        pred.title = "the model's most likely x_0 from this step";
+        pred.textContent = DATA.predictions[f][s].map(tokenText).join("");
+        div.appendChild(pred);
+      }
     }
     box.appendChild(div);
   }
@@ -176,6 +188,10 @@ function selftest() {
         const changed = document.querySelectorAll("#text-" + s + " .changed").length;
         const expected = f === 0 ? 0 : DATA.frames[f][s].filter((id, i) => id !== DATA.frames[f - 1][s][i]).length;
         if (changed !== expected) problems.push("changes of sample " + s + " at frame " + f);
+        if (DATA.predictions && DATA.predictions[f]) {
+          const p = document.getElementById("pred-" + s);
+          if (!p || p.textContent !== DATA.predictions[f][s].map(tokenText).join("")) problems.push("prediction of sample " + s + " at frame " + f);
+        }
       }
     } else if (document.querySelectorAll(".images img").length !== DATA.frames[f].length) {
       problems.push("images at frame " + f);
