@@ -50,8 +50,8 @@ class Head:
 
     def logits(self, rows: slice, dtype: torch.dtype) -> torch.Tensor:
         f = self.features[rows]
-        if self.weight is None:
-            return f.to(dtype)
+        if self.weight is None:  # a copy: parameterisations may normalise their input in place
+            return f.to(dtype, copy=True)
         w, b = self.weight, self.bias
         if torch.is_autocast_enabled(f.device.type):  # the projection runs in the autocast dtype
             low = torch.get_autocast_dtype(f.device.type)
