@@ -168,3 +168,36 @@ def test_autocast_keeps_the_loss_in_float32():
     with torch.no_grad():
         plain = dataclasses.replace(method, fused=False).token_loss(ref, x0, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(loss.nll.detach(), plain.nll, rtol=0.05, atol=0.05)  # bf16 projection
+
+
+def test_duos_written_out_gradient_is_autograds():
+    from duolm import losses
+
+    g = torch.Generator().manual_seed(0)
+    n, K = 40, 9
+    z = torch.randn(n, K, generator=g, dtype=torch.float64) * 2
+    x0 = torch.randint(0, K, (n,), generator=g)
+    x_t = torch.where(torch.rand(n, generator=g) < 0.5, x0, torch.randint(0, K, (n,), generator=g))
+    alpha = torch.rand(n, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    dalpha = -torch.rand(n, generator=g, dtype=torch.float64) - 0.1
+    w = torch.rand(n, generator=g, dtype=torch.float64)
+    loss, grad = losses.uniform_nelbo_and_grad(z.clone(), x_t, x0, alpha, dalpha, w)
+    zz = z.clone().requires_grad_()
+    ref = losses.uniform_nelbo(zz.log_softmax(-1)[:, None], x_t[:, None], x0[:, None], alpha[:, None, None][:, 0],
+                               dalpha[:, None])[:, 0]
+    (ref_grad,) = torch.autograd.grad((ref * w).sum(), zz)
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
+    assert (x0 == x_t).any() and (x0 != x_t).any()
+
+
+def test_duo_training_uses_the_written_out_gradient(monkeypatch):
+    from duolm import losses
+
+    calls = []
+    real = losses.uniform_nelbo_and_grad
+    monkeypatch.setattr(losses, "uniform_nelbo_and_grad", lambda *a: calls.append(1) or real(*a))
+    method = build_method("duo", K, loss_dtype=torch.float64)
+    x0 = torch.randint(0, K, (2, 7), generator=torch.Generator().manual_seed(1))
+    method.token_loss(_net(method), x0, generator=torch.Generator().manual_seed(2)).mean().backward()
+    assert len(calls) == 5  # 14 tokens in chunks of 3

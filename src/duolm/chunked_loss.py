@@ -61,14 +61,17 @@ class Head:
 
 # loss_fn(logits (n, K), rows) -> per-token loss (n,) of the tokens in `rows`
 LossFn = Callable[[torch.Tensor, slice], torch.Tensor]
+# grad_fn(logits (n, K), rows, weights (n,)) -> (per-token loss (n,), d sum(weights * loss) / d logits (n, K))
+GradFn = Callable[[torch.Tensor, slice, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def chunked_loss(head: Head, loss_fn: LossFn, reduction_weights: torch.Tensor, *, dtype=torch.float32,
-                 chunk: int | None = None) -> torch.Tensor:
+                 chunk: int | None = None, grad_fn: GradFn | None = None) -> torch.Tensor:
     """Per-token losses (N,) of loss_fn applied to the head's logits, never holding (N, K) for backward.
 
     With gradients on, the result's gradient is written in the forward pass for the sum
-    sum_i c * reduction_weights[i] * loss[i] (any scalar c, read off in backward).
+    sum_i c * reduction_weights[i] * loss[i] (any scalar c, read off in backward): by autograd on
+    each chunk, or by grad_fn when the loss has its gradient written out (fewer passes).
     """
     chunk = chunk or chunk_tokens(head.num_states)
     params = [p for p in (head.features, head.weight, head.bias) if p is not None]
@@ -77,12 +80,12 @@ def chunked_loss(head: Head, loss_fn: LossFn, reduction_weights: torch.Tensor, *
             return torch.cat([loss_fn(head.logits(slice(i, i + chunk), dtype), slice(i, i + chunk))
                               for i in range(0, head.features.shape[0], chunk)])
     return _ChunkedLoss.apply(head.features, head.weight, head.bias, reduction_weights.detach(), loss_fn, dtype,
-                              chunk)
+                              chunk, grad_fn)
 
 
 class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, features, weight, bias, reduction_weights, loss_fn, dtype, chunk):
+    def forward(ctx, features, weight, bias, reduction_weights, loss_fn, dtype, chunk, grad_fn):
         head = Head(features.detach(), None if weight is None else weight.detach(),
                     None if bias is None else bias.detach())
         N = features.shape[0]
@@ -97,10 +100,13 @@ class _ChunkedLoss(torch.autograd.Function):
             w_mm = weight.detach().to(low)
         for i in range(0, N, chunk):
             rows = slice(i, min(N, i + chunk))
-            with torch.enable_grad():
-                z = head.logits(rows, dtype).detach().requires_grad_()
-                loss = loss_fn(z, rows)
-                (dz,) = torch.autograd.grad((loss * reduction_weights[rows].to(loss.dtype)).sum(), z)
+            if grad_fn is not None:
+                loss, dz = grad_fn(head.logits(rows, dtype), rows, reduction_weights[rows])
+            else:
+                with torch.enable_grad():
+                    z = head.logits(rows, dtype).detach().requires_grad_()
+                    loss = loss_fn(z, rows)
+                    (dz,) = torch.autograd.grad((loss * reduction_weights[rows].to(loss.dtype)).sum(), z)
             out[rows] = loss.detach()
             if weight is None:
                 grad_features[rows] = dz.to(features.dtype)
@@ -124,7 +130,7 @@ class _ChunkedLoss(torch.autograd.Function):
         gb = grad_bias * scale if ctx.has_bias else None
         return (grad_features * scale.to(grad_features.dtype),
                 None if gw is None else gw.to(ctx.dtypes[0]), None if gb is None else gb.to(ctx.dtypes[1]),
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def _proportionality(grad_out: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

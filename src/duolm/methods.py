@@ -131,7 +131,13 @@ class Method:
             out = PARAMETERIZATIONS[self.parameterization](self, z[:, None], x_t1[rows], ar)
             return self.loss_from_output(out, x_t1[rows], x01[rows], tr, ar, dar)[:, 0]
 
-        nll = self.chunked_token_losses(backbone, inputs, sigma, per_token, valid, weights=weights)
+        grad_fn = None
+        if (self.loss, self.parameterization, self.num_steps, self.mask_id) == ("uniform", "mean", 0, None):
+            def grad_fn(z, rows, w):  # Duo's NELBO with its gradient written out (losses.uniform_nelbo_and_grad)
+                return losses.uniform_nelbo_and_grad(z, x_t1[rows, 0], x01[rows, 0], per[1][rows, 0],
+                                                     per[2][rows, 0], w)
+
+        nll = self.chunked_token_losses(backbone, inputs, sigma, per_token, valid, weights=weights, grad_fn=grad_fn)
         return TokenLoss(nll.reshape(B, L), valid)
 
     def _ar_loss(self, backbone, x0, valid) -> TokenLoss:
@@ -145,7 +151,8 @@ class Method:
                           valid[:, 1:], rows=self.vocab_size)
         return TokenLoss(nll.reshape(targets.shape), valid[:, 1:])
 
-    def chunked_token_losses(self, backbone, inputs, sigma, per_token, valid, *, weights=None, rows=None) -> torch.Tensor:
+    def chunked_token_losses(self, backbone, inputs, sigma, per_token, valid, *, weights=None, rows=None,
+                             grad_fn=None) -> torch.Tensor:
         """Per-token losses (N,) with the projection and the loss chunked (duolm.chunked_loss)."""
         reduction = valid.reshape(-1)
 
@@ -153,14 +160,15 @@ class Method:
             if rows is not None:
                 weight, bias = weight[:rows], None if bias is None else bias[:rows]
             return chunked_loss(Head(features.reshape(-1, features.shape[-1]), weight, bias), per_token, reduction,
-                                dtype=self.loss_dtype)
+                                dtype=self.loss_dtype, grad_fn=grad_fn)
 
         if accepts_head(backbone):
             return backbone(inputs, sigma, weights=weights, head=head)
         logits = backbone(inputs, sigma, weights=weights)  # no linear head to fuse: chunk the loss only
         if rows is not None:
             logits = logits[..., :rows]
-        return chunked_loss(Head(logits.reshape(-1, logits.shape[-1])), per_token, reduction, dtype=self.loss_dtype)
+        return chunked_loss(Head(logits.reshape(-1, logits.shape[-1])), per_token, reduction, dtype=self.loss_dtype,
+                            grad_fn=grad_fn)
 
     def loss_from_output(self, out, x_t, x0, t, alpha, dalpha) -> torch.Tensor:
         """The per-token loss given the parameterised network output at x_t."""
