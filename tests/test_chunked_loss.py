@@ -191,13 +191,32 @@ def test_duos_written_out_gradient_is_autograds():
     assert (x0 == x_t).any() and (x0 != x_t).any()
 
 
-def test_duo_training_uses_the_written_out_gradient(monkeypatch):
+@pytest.mark.parametrize("name,written", [("duo", "uniform_nelbo_and_grad"), ("mdlm", "cross_entropy_and_grad"),
+                                          ("ar", "cross_entropy_and_grad")])
+def test_training_uses_the_written_out_gradient(monkeypatch, name, written):
     from duolm import losses
 
     calls = []
-    real = losses.uniform_nelbo_and_grad
-    monkeypatch.setattr(losses, "uniform_nelbo_and_grad", lambda *a: calls.append(1) or real(*a))
-    method = build_method("duo", K, loss_dtype=torch.float64)
+    real = getattr(losses, written)
+    monkeypatch.setattr(losses, written, lambda *a, **k: calls.append(1) or real(*a, **k))
+    method = build_method(name, K, loss_dtype=torch.float64)
     x0 = torch.randint(0, K, (2, 7), generator=torch.Generator().manual_seed(1))
     method.token_loss(_net(method), x0, generator=torch.Generator().manual_seed(2)).mean().backward()
-    assert len(calls) == 5  # 14 tokens in chunks of 3
+    assert len(calls) == (4 if name == "ar" else 5)  # 14 tokens (12 for AR) in chunks of 3
+
+
+def test_the_cross_entropy_gradient_is_autograds():
+    from duolm import losses
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(30, 8, generator=g, dtype=torch.float64) * 3
+    t = torch.randint(0, 7, (30,), generator=g)
+    scale, w = torch.rand(30, generator=g, dtype=torch.float64), torch.rand(30, generator=g, dtype=torch.float64)
+    for exclude in (None, 7):
+        loss, grad = losses.cross_entropy_and_grad(z.clone(), t, scale, w, exclude=exclude)
+        zz = z.clone().requires_grad_()
+        masked = zz if exclude is None else zz.index_fill(-1, torch.tensor([exclude]), -1e6)
+        ref = scale * -masked.log_softmax(-1).gather(-1, t[:, None])[:, 0]
+        (ref_grad,) = torch.autograd.grad((ref * w).sum(), zz)
+        torch.testing.assert_close(loss, ref.detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from duolm.parameterizations import NEG_INF
+
 
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, -1, idx[..., None])[..., 0]
@@ -77,6 +79,24 @@ def uniform_nelbo(log_p_x0: torch.Tensor, x_t, x0, alpha, dalpha) -> torch.Tenso
     log_ratio_sum = (cross - self_term - (K - xbar_xt) * (log_xbar_theta_xt - xbar_xt.log())) / xbar_xt
     coef = -dalpha.to(log_p_x0.dtype) / (K * a)  # beta / K
     return coef * (rates - log_ratio_sum)
+
+
+def cross_entropy_and_grad(logits: torch.Tensor, targets, scale, weight, exclude: int | None = None):
+    """scale * -log softmax(logits)[target] for n tokens and the gradient of sum_i weight_i * loss_i
+    with respect to the logits, scale * weight * (p - onehot(target)): (loss (n,), grad (n, K)).
+
+    AR's cross-entropy is scale 1; MDLM's NELBO (SUBS) is scale -alpha'/(1 - alpha) on masked
+    tokens and 0 elsewhere, with the mask state excluded from the softmax (`exclude`).
+    """
+    if exclude is not None:
+        logits = logits.index_fill(-1, torch.tensor([exclude], device=logits.device), NEG_INF)
+    s = scale.to(logits.dtype)[:, None]
+    lse = logits.logsumexp(-1, keepdim=True)
+    loss = s * (lse - logits.gather(-1, targets[:, None]))
+    grad = logits.sub_(lse).exp_() if exclude is not None else (logits - lse).exp_()  # p
+    sw = s * weight.to(logits.dtype)[:, None]
+    grad.mul_(sw).scatter_add_(-1, targets[:, None], -sw)
+    return loss[:, 0], grad
 
 
 def uniform_nelbo_and_grad(logits: torch.Tensor, x_t, x0, alpha, dalpha, weight):

@@ -131,11 +131,17 @@ class Method:
             out = PARAMETERIZATIONS[self.parameterization](self, z[:, None], x_t1[rows], ar)
             return self.loss_from_output(out, x_t1[rows], x01[rows], tr, ar, dar)[:, 0]
 
-        grad_fn = None
+        grad_fn = None  # the losses whose gradient is written out: fewer passes than autograd on the chunk
         if (self.loss, self.parameterization, self.num_steps, self.mask_id) == ("uniform", "mean", 0, None):
-            def grad_fn(z, rows, w):  # Duo's NELBO with its gradient written out (losses.uniform_nelbo_and_grad)
+            def grad_fn(z, rows, w):  # Duo
                 return losses.uniform_nelbo_and_grad(z, x_t1[rows, 0], x01[rows, 0], per[1][rows, 0],
                                                      per[2][rows, 0], w)
+        elif (self.loss, self.parameterization) == ("mdlm", "subs"):
+            # -alpha'/(1 - alpha) * -log p(x_0) on masks, 0 on visible tokens (SUBS copies them)
+            scale = (-per[2] / (1.0 - per[1]))[:, 0] * (x_t1[:, 0] == self.mask_id).to(per[1].dtype)
+
+            def grad_fn(z, rows, w):
+                return losses.cross_entropy_and_grad(z, x01[rows, 0], scale[rows], w, exclude=self.mask_id)
 
         nll = self.chunked_token_losses(backbone, inputs, sigma, per_token, valid, weights=weights, grad_fn=grad_fn)
         return TokenLoss(nll.reshape(B, L), valid)
@@ -147,8 +153,12 @@ class Method:
             logits = backbone(x0[:, :-1], None)[..., :self.vocab_size]
             return TokenLoss(losses.ar_nll(logits.to(self.loss_dtype), targets), valid[:, 1:])
         flat = targets.reshape(-1, 1)
-        nll = self.chunked_token_losses(backbone, x0[:, :-1], None, lambda z, rows: losses.ar_nll(z[:, None], flat[rows])[:, 0],
-                          valid[:, 1:], rows=self.vocab_size)
+        ones = torch.ones(flat.shape[0], dtype=self.loss_dtype, device=flat.device)
+        nll = self.chunked_token_losses(backbone, x0[:, :-1], None,
+                                        lambda z, rows: losses.ar_nll(z[:, None], flat[rows])[:, 0],
+                                        valid[:, 1:], rows=self.vocab_size,
+                                        grad_fn=lambda z, rows, w: losses.cross_entropy_and_grad(z, flat[rows, 0],
+                                                                                                 ones[rows], w))
         return TokenLoss(nll.reshape(targets.shape), valid[:, 1:])
 
     def chunked_token_losses(self, backbone, inputs, sigma, per_token, valid, *, weights=None, rows=None,
