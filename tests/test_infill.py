@@ -78,3 +78,16 @@ def test_windows_cover_a_long_continuation_with_the_text_before_it():
     assert w[1] == ([3, 4, 5, 6], 3) and w[-1] == ([7, 8, 9, 10], 1)
     with pytest.raises(ValueError, match="at least one context token"):
         windows([], [1], 4)
+
+
+def test_a_bpe_template_leaves_the_space_before_a_blank_to_the_blank():
+    """GPT-2 writes "the cat sat" as the, " cat", " sat": the held "the " must not end in a lone space token."""
+    from duolm.data.tokenizers import load_tokenizer
+
+    tok = load_tokenizer("gpt2")
+    tpl = parse_template("the [___:1] sat on the [___:1] mat", tok)
+    held = [p.tokens for p in tpl.pieces if p.text is not None]
+    assert held == [tok.encode("the"), tok.encode(" sat on the"), tok.encode(" mat")]
+    ids = [tok.bos_id] + tok.encode("the cat sat on the red mat")
+    assert tpl.fill(ids, tok.decode)["text"] == "the cat sat on the red mat"
+    assert [s["text"] for s in tpl.fill(ids, tok.decode)["spans"]] == [" cat", " red"]

@@ -72,7 +72,7 @@ def parse_template(source: str, tokenizer, *, blank_length: int = 8, max_length:
     pieces, at = [], 0
     for m in BLANK.finditer(source):
         if m.start() > at:
-            pieces.append(_held(source[at:m.start()], tokenizer))
+            pieces.append(_held(source[at:m.start()], tokenizer, before_blank=True))
         n = int(m.group(1)) if m.group(1) else blank_length
         if n < 1:
             raise ValueError(f"{key}: a blank needs at least one token, got {m.group(0)!r}")
@@ -89,7 +89,14 @@ def parse_template(source: str, tokenizer, *, blank_length: int = 8, max_length:
     return template
 
 
-def _held(text: str, tokenizer) -> Piece:
-    # a fragment keeps the spaces at its edges where a tokenizer would strip a whole text's
-    ids = getattr(tokenizer, "encode_fragment", tokenizer.encode)(text)
+def _held(text: str, tokenizer, before_blank: bool = False) -> Piece:
+    if hasattr(tokenizer, "encode_fragment"):
+        # a character tokenizer: the fragment keeps the spaces at its edges (encode strips a whole text's)
+        ids = tokenizer.encode_fragment(text)
+    else:
+        # a BPE tokenizer attaches a space to the word after it (GPT-2's " sat"): a space before a blank
+        # belongs to the blank's first word, so it is left for the model to write, not held as a lone token
+        if before_blank:
+            text = text.rstrip(" ")
+        ids = tokenizer.encode(text) if text else []
     return Piece(text, ids, len(ids))
