@@ -48,15 +48,21 @@ class Head:
     def num_states(self) -> int:
         return self.features.shape[-1] if self.weight is None else self.weight.shape[0]
 
+    def for_matmul(self) -> "Head":
+        """This head with its projection cast once to the dtype the matmul runs in (autocast's, when
+        on), so each chunk does not copy the (K, H) weight again."""
+        if self.weight is None or not torch.is_autocast_enabled(self.features.device.type):
+            return self
+        low = torch.get_autocast_dtype(self.features.device.type)
+        return Head(self.features, self.weight.to(low), None if self.bias is None else self.bias.to(low))
+
     def logits(self, rows: slice, dtype: torch.dtype) -> torch.Tensor:
+        """The logits of the tokens in `rows` in `dtype`; the matmul runs in the weight's dtype
+        (call for_matmul() first under autocast)."""
         f = self.features[rows]
         if self.weight is None:  # a copy: parameterisations may normalise their input in place
             return f.to(dtype, copy=True)
-        w, b = self.weight, self.bias
-        if torch.is_autocast_enabled(f.device.type):  # the projection runs in the autocast dtype
-            low = torch.get_autocast_dtype(f.device.type)
-            f, w, b = f.to(low), w.to(low), None if b is None else b.to(low)
-        return F.linear(f, w, b).to(dtype)
+        return F.linear(f.to(self.weight.dtype), self.weight, self.bias).to(dtype)
 
 
 # loss_fn(logits (n, K), rows) -> per-token loss (n,) of the tokens in `rows`
@@ -77,7 +83,8 @@ def chunked_loss(head: Head, loss_fn: LossFn, reduction_weights: torch.Tensor, *
     params = [p for p in (head.features, head.weight, head.bias) if p is not None]
     if not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
         with torch.no_grad():
-            return torch.cat([loss_fn(head.logits(slice(i, i + chunk), dtype), slice(i, i + chunk))
+            cast = head.for_matmul()
+            return torch.cat([loss_fn(cast.logits(slice(i, i + chunk), dtype), slice(i, i + chunk))
                               for i in range(0, head.features.shape[0], chunk)])
     return _ChunkedLoss.apply(head.features, head.weight, head.bias, reduction_weights.detach(), loss_fn, dtype,
                               chunk, grad_fn)
@@ -87,17 +94,13 @@ class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, weight, bias, reduction_weights, loss_fn, dtype, chunk, grad_fn):
         head = Head(features.detach(), None if weight is None else weight.detach(),
-                    None if bias is None else bias.detach())
+                    None if bias is None else bias.detach()).for_matmul()
         N = features.shape[0]
         out = torch.empty(N, dtype=dtype, device=features.device)
         grad_features = torch.empty_like(features)
         acc = torch.promote_types(features.dtype, torch.float32)  # parameter gradients accumulate in >= float32
         grad_weight = None if weight is None else torch.zeros(weight.shape, dtype=acc, device=weight.device)
         grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=bias.device)
-        if weight is not None:
-            low = torch.get_autocast_dtype(features.device.type) \
-                if torch.is_autocast_enabled(features.device.type) else features.dtype
-            w_mm = weight.detach().to(low)
         for i in range(0, N, chunk):
             rows = slice(i, min(N, i + chunk))
             if grad_fn is not None:
@@ -112,8 +115,8 @@ class _ChunkedLoss(torch.autograd.Function):
                 grad_features[rows] = dz.to(features.dtype)
                 continue
             f = head.features[rows]
-            dz_mm = dz.to(w_mm.dtype)
-            grad_features[rows] = (dz_mm @ w_mm).to(features.dtype)
+            dz_mm = dz.to(head.weight.dtype)
+            grad_features[rows] = (dz_mm @ head.weight).to(features.dtype)
             grad_weight.addmm_(dz_mm.t().to(acc), f.to(acc))
             if grad_bias is not None:
                 grad_bias += dz.sum(0).to(acc)

@@ -168,6 +168,6 @@ def _kl(kind: str, log_student: torch.Tensor, log_teacher: torch.Tensor) -> torc
 def _head_of(net, x, sigma) -> Head:
     """The network's last features and projection (or, without a linear head, its logits)."""
     if accepts_head(net):
-        return net(x, sigma, head=lambda f, w, b: Head(f.reshape(-1, f.shape[-1]), w, b))
+        return net(x, sigma, head=lambda f, w, b: Head(f.reshape(-1, f.shape[-1]), w, b).for_matmul())
     logits = net(x, sigma)
     return Head(logits.reshape(-1, logits.shape[-1]))
