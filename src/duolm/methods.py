@@ -116,12 +116,11 @@ class Method:
 
         model_input / weights let the curricula feed soft or weighted inputs in place of x_t.
         """
+        if not self.fused:
+            out = self.denoise(backbone, x_t, alpha, model_input=model_input, weights=weights)
+            return TokenLoss(self.loss_from_output(out, x_t, x0, t, alpha, dalpha), valid)
         sigma = self.sigma(alpha)
         inputs = x_t if model_input is None else model_input
-        if not self.fused:
-            logits = backbone(inputs, sigma, weights=weights)
-            out = PARAMETERIZATIONS[self.parameterization](self, logits.to(self.loss_dtype), x_t, alpha)
-            return TokenLoss(self.loss_from_output(out, x_t, x0, t, alpha, dalpha), valid)
         B, L = x_t.shape
         per = [v.expand(B, L).reshape(-1, 1) for v in (t, alpha, dalpha)]  # per token, (N, 1)
         x_t1, x01 = x_t.reshape(-1, 1), x0.reshape(-1, 1)

@@ -29,8 +29,7 @@ def subs(logits: torch.Tensor, x_t: torch.Tensor, mask_id: int) -> torch.Tensor:
 def _subs_in_place(logits, x_t, mask_id):
     """subs without autograd (sampling, evaluation): the fresh logits are overwritten, so no
     (B, L, K) copy is made; four passes over them instead of nine."""
-    logits[..., mask_id] = NEG_INF
-    logits.sub_(logits.logsumexp(-1, keepdim=True))
+    logits = mean(logits, mask_id)  # normalised in place, the mask excluded
     visible = (x_t != mask_id)[..., None]
     logits.masked_fill_(visible, NEG_INF)
     return logits.scatter_(-1, x_t[..., None], torch.where(visible, 0.0, NEG_INF).to(logits.dtype))
