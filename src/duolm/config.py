@@ -336,9 +336,7 @@ def _check_sampling(cfg, method, *, model_known: bool, num_classes: int = 0) -> 
     if not isinstance(tr, bool) and (not isinstance(tr, int) or tr < 0):
         raise ConfigError(f"sampling.trajectory must be true (every step), false, or a number of steps >= 0, got {tr!r}")
     _choice(cfg, "sampling.trajectory_predictions", (True, False))
-    b = s.get("blank_length", 8)
-    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-        raise ConfigError(f"sampling.blank_length must be an integer >= 1, got {b!r}")
+    _positive(cfg, "sampling.blank_length")
     if model_known:
         _built("sampling", lambda: check_conditioning(g, s.get("classes"), num_classes))
 

@@ -13,16 +13,16 @@ from __future__ import annotations
 import torch
 
 
-def draw_categorical(log_p: torch.Tensor, generator=None, *, exclude: int | None = None,
-                     dtype=torch.float64) -> torch.Tensor:
-    """One index per row of log_p (m, K) (log-probabilities, normalised or not): (m,) long.
+def draw_categorical(log_p: torch.Tensor, generator=None, *, exclude: int | None = None) -> torch.Tensor:
+    """One index per row of log_p (m, K) (log-probabilities, normalised or not): (m,) long, in float64.
 
     exclude: a state never drawn (the mask of an absorbing process; its mass is dropped and
-    the rest renormalised). dtype float32 keeps the running sum in float32 (for comparisons).
+    the rest renormalised).
     """
     m, K = log_p.shape
     if m == 0:
         return torch.zeros(0, dtype=torch.long, device=log_p.device)
+    dtype = torch.float64
     z = log_p.to(dtype)
     p = (z - z.max(-1, keepdim=True).values).exp_()
     if exclude is not None:

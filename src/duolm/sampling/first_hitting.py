@@ -48,15 +48,12 @@ def first_hitting_sample(denoiser, process, schedule, shape, *, grid: torch.Tens
         if trajectory is not None:  # the steps in between changed nothing
             trajectory.extend([x.cpu()] * (i - recorded))
         log_p = nucleus_log(denoiser(x, alphas[i].reshape(1).expand(B)), p_nucleus, dtype)
-        now = hit == i
-        rows = log_p[now]
-        if i == n - 1 and noise_removal == "greedy":
-            rows[:, mask_id] = -torch.inf
-            values = rows.argmax(-1)
+        if i == n - 1 and noise_removal == "greedy":  # every mask left hits the last step
+            x = process.greedy(log_p, x)
         else:
-            values = draw(rows, generator, exclude=mask_id)
-        x = x.clone()
-        x[now] = values
+            now = hit == i
+            x = x.clone()
+            x[now] = draw(log_p[now], generator, exclude=mask_id)
         if fixed is not None:
             x = torch.where(fmask, fvals, x)
         if trajectory is not None:
