@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from duolm.data.tokenizers import encode_fragment
+
 BLANK = re.compile(r"\[_+(?::(\d+))?\]")
 
 
@@ -90,13 +92,9 @@ def parse_template(source: str, tokenizer, *, blank_length: int = 8, max_length:
 
 
 def _held(text: str, tokenizer, before_blank: bool = False) -> Piece:
-    if hasattr(tokenizer, "encode_fragment"):
-        # a character tokenizer: the fragment keeps the spaces at its edges (encode strips a whole text's)
-        ids = tokenizer.encode_fragment(text)
-    else:
+    if before_blank and not hasattr(tokenizer, "encode_fragment"):
         # a BPE tokenizer attaches a space to the word after it (GPT-2's " sat"): a space before a blank
         # belongs to the blank's first word, so it is left for the model to write, not held as a lone token
-        if before_blank:
-            text = text.rstrip(" ")
-        ids = tokenizer.encode(text) if text else []
+        text = text.rstrip(" ")
+    ids = encode_fragment(tokenizer, text)  # a character tokenizer keeps the edge spaces
     return Piece(text, ids, len(ids))

@@ -53,6 +53,15 @@ class CharTokenizer:
         return {"type": "char", "alphabet": self.alphabet}
 
 
+def encode_fragment(tokenizer, text: str) -> list[int]:
+    """The ids of a piece of a longer text (a template's piece, an lm-eval context or continuation):
+    the tokenizer's own encode_fragment where it has one (a character tokenizer keeps the piece's
+    edge spaces, which encode strips from a whole text), else encode."""
+    if not text:
+        return []
+    return getattr(tokenizer, "encode_fragment", tokenizer.encode)(text)
+
+
 class PixelTokenizer:
     """Images as sequences of pixel tokens: C x H x W values quantised to `levels` gray levels, laid
     out channel-major (`b (c h w)`, the papers' CIFAR-10 layout). vocab_size = levels.

@@ -27,11 +27,8 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from duolm.data.tokenizers import encode_fragment
 from duolm.evaluation.likelihood import continuation_nelbo
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return getattr(tokenizer, "encode_fragment", tokenizer.encode)(text) if text else []
 
 
 @register_model("duolm")
@@ -57,7 +54,7 @@ class DuolmLM(LM):
         pairs = []
         for req in requests:
             context, continuation = req.args[0], req.args[1]
-            pairs.append(([tok.bos_id] + _encode(tok, context), _encode(tok, continuation)))
+            pairs.append(([tok.bos_id] + encode_fragment(tok, context), encode_fragment(tok, continuation)))
         return pairs
 
     def _score(self, pairs) -> list[dict]:
@@ -78,7 +75,7 @@ class DuolmLM(LM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         tok = self.model.tokenizer
-        pairs = [([tok.bos_id], _encode(tok, req.args[0])) for req in requests]
+        pairs = [([tok.bos_id], encode_fragment(tok, req.args[0])) for req in requests]
         return [-r["nelbo"] for r in self._score(pairs)]
 
     @torch.no_grad()
@@ -116,7 +113,7 @@ class DuolmLM(LM):
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             new = int(kwargs.get("max_gen_toks", self.max_gen_toks))
-            prompt = [tok.bos_id] + _encode(tok, context)
+            prompt = [tok.bos_id] + encode_fragment(tok, context)
             if len(prompt) >= m.length:
                 prompt = [tok.bos_id] + prompt[-(m.length // 2 - 1):]  # the most recent context that leaves room
             total = len(prompt) + new
