@@ -91,7 +91,7 @@ class Model:
         """n samples (texts and ids). prompt: text held at the start; length > the model's window:
         semi-autoregressive windows. Other keywords: noise_removal, kappa, p_nucleus, and any
         SamplerSpec field (time_profile, plateau, stride, stop_at_eos, use_float64, ...)."""
-        from duolm.sampling_job import generate
+        from duolm.sampling_job import decode_text, generate
 
         if is_image(self.tokenizer):
             raise ValueError("generate() writes text; this is an image model: use `duolm sample` for its grid")
@@ -103,7 +103,7 @@ class Model:
         if length and length < self.length:  # a shorter request: the first `length` tokens
             for smp in res["samples"]:
                 smp["ids"] = smp["ids"][:length]
-                smp["text"] = self.tokenizer.decode([i for i in smp["ids"] if i < self.tokenizer.vocab_size])
+                smp["text"] = decode_text(self.tokenizer, smp["ids"])
         return Generation([s["text"] for s in res["samples"]], [s["ids"] for s in res["samples"]], result=res)
 
     def infill(self, template: str, *, n: int = 1, steps: int = 64, sampler: str = "auto", blank_length: int = 8,

@@ -75,6 +75,12 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
                                         stats=stats, **extra)
 
 
+def decode_text(tokenizer, ids: list[int]) -> str:
+    """The text of sampled ids; states that are not tokens (a mask left by sampling.noise_removal=none)
+    are dropped."""
+    return tokenizer.decode([i for i in ids if i < tokenizer.vocab_size])
+
+
 def check_infill(spec: SamplerSpec, method, length: int) -> None:
     """Infilling holds the template's text: a diffusion sampler that can hold positions, one window."""
     if method.process is None:
@@ -146,10 +152,9 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
         return _image_result(method, spec, tokenizer, ids, labels, num_classes, seconds, seed=seed, guidance=guidance,
                              frames=frames, trajectory=trajectory)
     if template is not None:
-        samples = [{"ids": r.tolist(), **template.fill(r.tolist(), tokenizer.decode)} for r in ids]
+        samples = [{"ids": row, **template.fill(row, tokenizer.decode)} for row in ids.tolist()]
     else:
-        texts = [tokenizer.decode([i for i in row.tolist() if i < tokenizer.vocab_size]) for row in ids]
-        samples = [{"ids": r.tolist(), "text": t} for r, t in zip(ids, texts)]
+        samples = [{"ids": row, "text": decode_text(tokenizer, row)} for row in ids.tolist()]
     markers = sorted({tokenizer.decode([tokenizer.eos_id]), tokenizer.decode([tokenizer.bos_id])})
     extra = {}
     if frames:

@@ -123,12 +123,12 @@ class DuolmLM(LM):
                                  f"max_gen_toks")
             spec = m.spec(steps=self.steps, sampler=self.sampler, prompt_ids=prompt,
                           total_length=total if total > m.length else None)
-            from duolm.sampling_job import sample_batch
+            from duolm.sampling_job import decode_text, sample_batch
 
             g = torch.Generator().manual_seed(self.seed)
             ids = sample_batch(m.method, m.pretrained.backbone, spec, 1, m.length, bos_id=tok.bos_id, generator=g,
                                device=m.device, eos_id=tok.eos_id)[0].tolist()
-            text = tok.decode([i for i in ids[len(prompt):total] if i < tok.vocab_size])
+            text = decode_text(tok, ids[len(prompt):total])
             cut = min([text.find(s) for s in until if s and s in text] or [len(text)])
             out.append(text[:cut])
         return out
