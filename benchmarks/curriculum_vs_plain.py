@@ -19,7 +19,7 @@ from pathlib import Path
 
 def run(name: str, overrides: list[str], out: Path) -> dict:
     run_dir = out / name
-    cmd = [sys.executable, "-m", "duolm.cli", "train", f"run.dir={run_dir}", "run.resume=false",
+    cmd = [sys.executable, "-m", "duolm", "train", f"run.dir={run_dir}", "run.resume=false",
            "trainer.enable_progress_bar=false", *overrides]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     report = json.loads((run_dir / "report.json").read_text())

@@ -4,7 +4,7 @@
     python benchmarks/gpu.py --smoke         # seconds on a CPU: the same path at a toy size (the tests run it)
 
 On CUDA it trains Duo (`model=small`: 12 blocks x 768, length 1024) for --steps optimizer steps
-through `duolm.training.run.train` (Lightning, bf16-mixed, SDPA attention) on random GPT-2 token
+through `duolm.app.training_run.train` (Lightning, bf16-mixed, SDPA attention) on random GPT-2 token
 ids in a token store, once eagerly and once with `trainer.compile=true` (both with the chunked
 loss), then eagerly with `training.fused_loss=false` as the baseline, and reports per run the
 median step time after --warmup steps, tokens/s, model FLOP utilisation (6 N + 12 n_blocks H L
@@ -65,8 +65,8 @@ def write_random_ids(path: Path, n_seqs: int, seq_len: int, vocab: int, seed: in
 def train_once(work: Path, args, compile_: bool, fused: bool = True) -> tuple[dict, Path]:
     import lightning.pytorch as pl
 
-    from duolm.config import compose_components
-    from duolm.training.run import train
+    from duolm.app.config import compose_components
+    from duolm.app.training_run import train
 
     size = ["model.hidden_size=64", "model.cond_dim=32", "model.n_blocks=1", "model.n_heads=2"] if args.smoke \
         else ["model=small"]
@@ -104,9 +104,9 @@ def train_once(work: Path, args, compile_: bool, fused: bool = True) -> tuple[di
 
 
 def sample_once(model_dir: Path, args) -> dict:
-    from duolm.checkpoints import load
+    from duolm.checkpoints import load_pretrained as load
     from duolm.sampling import SamplerSpec
-    from duolm.sampling_job import generate
+    from duolm.sampling.generate import generate
 
     pre = load(model_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -127,7 +127,7 @@ def unet_once(args) -> dict:
     from duolm.models.backbones import build_backbone
     from duolm.objectives import Nelbo
     from duolm.sampling import SamplerSpec
-    from duolm.sampling_job import sample_batch
+    from duolm.sampling.generate import sample_batch
     from duolm.schedules import make_schedule
 
     cuda = torch.cuda.is_available()

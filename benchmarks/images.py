@@ -57,9 +57,10 @@ def train_model(p: dict, algo: str, work: Path, log) -> dict:
     import shutil
 
     from duolm.checkpoints import from_pretrained
-    from duolm.config import compose_components
+    from duolm.app.config import compose_components
     from duolm.evaluation import evaluate_nelbo
-    from duolm.training.run import load_data, train
+    from duolm.app.data_settings import load_data
+from duolm.app.training_run import train
 
     cfg, parts = compose_components(overrides(p, algo, work))
     shutil.rmtree(cfg.run.dir, ignore_errors=True)  # a fresh run each time: the budget is the point
@@ -107,7 +108,9 @@ def main(argv=None) -> dict:
     quiet_libraries()
     from duolm.evaluation.image_metrics import score_image_samples, subset_indices
     from duolm.evaluation.plots import plot_quality_vs_steps
-    from duolm.sampling_job import generate, write_pictures, write_samples
+    from duolm.atomic import write_json
+from duolm.evaluation.pictures import write_result_pictures
+from duolm.sampling.generate import generate
 
     models = {}
     for algo in MODELS:
@@ -136,7 +139,7 @@ def main(argv=None) -> dict:
                            seed=0, progress=False, guidance=1.0)
             res["data"] = p["data"]
             name = f"{algo}-{label.replace(' ', '-')}-{steps}"
-            write_samples(res, work / "samples" / f"{name}.json")
+            write_json(res, work / "samples" / f"{name}.json")
             scored = score_image_samples(res, source=p["data"], cache_dir=work / "cache")
             row = {"label": f"{algo} {label}", "algo": algo, "sampler": label, "steps": steps,
                    **{k: scored[k] for k in ("classifier_fid", "classifier_is", "classifier_accuracy")},
@@ -147,7 +150,7 @@ def main(argv=None) -> dict:
                   f"({row['seconds_per_sample']:.3f} s/sample)")
             if steps == max(p["steps"]) and label == "ancestral" or steps == max(p["psi_steps"]) and \
                     label == "psi max-capped":
-                grid = write_pictures({**res, "samples": res["samples"][:100]}, out / f"{name}.json")["grid"]
+                grid = write_result_pictures({**res, "samples": res["samples"][:100]}, out / f"{name}.json")["grid"]
                 row["grid"] = Path(grid).name
     plot = plot_quality_vs_steps(rows, out / "images.png",
                                  metrics=("classifier_fid", "classifier_is", "classifier_accuracy"))

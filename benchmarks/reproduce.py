@@ -39,7 +39,8 @@ from duolm.models.dit import DiT, DiTConfig
 from duolm.models.ema import EMA
 from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
 from duolm.sampling import KappaSchedule, ar_sample, parse_kappa
-from duolm.sampling_job import SamplerSpec, sample_batch
+from duolm.sampling import SamplerSpec
+from duolm.sampling.generate import sample_batch
 
 PRESETS = {
     # minutes of training per model, DCD rounds x steps, samples per setting, step counts

@@ -51,7 +51,7 @@ def one(model: str, algo: str, batch: int, length: int, vocab: int, loss: str, c
     """One configuration's step time and memory (run in its own process)."""
     import torch.nn.functional as F
 
-    from duolm.config import compose_components
+    from duolm.app.config import compose_components
     from duolm.models.dit import DiT
 
     ce = algo == "ce"

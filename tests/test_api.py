@@ -55,7 +55,7 @@ def test_bad_arguments_get_one_sentence(model, call, message):
 
 def test_the_cli_fills_a_template_into_the_samples_json(tmp_path):
     out = tmp_path / "infill.json"
-    run = subprocess.run([sys.executable, "-m", "duolm.cli", "sample", "eval.checkpoint_path=builtin:duo-bigtxt-dcd",
+    run = subprocess.run([sys.executable, "-m", "duolm", "sample", "eval.checkpoint_path=builtin:duo-bigtxt-dcd",
                           "sampling.infill='the [___] sat on the [___:3] mat'", "sampling.num_samples=2",
                           "sampling.steps=4", f"sampling.output={out}", f"run.dir={tmp_path}"],
                          capture_output=True, text=True)

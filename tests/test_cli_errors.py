@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from duolm.cli import main
+from duolm.app.cli import main
 from tiny_run import TINY
 
 
@@ -67,12 +67,12 @@ def test_broken_model_folders_are_one_sentence(tmp_path, corpus, capsys):
 
 
 def test_an_unexpected_exception_names_itself_and_points_to_debug(monkeypatch, capsys):
-    import duolm.cli
+    import duolm.app.jobs.data
 
     def boom(cfg, parts):
         raise AttributeError("'NoneType' object has no attribute 'x'")
 
-    monkeypatch.setattr(duolm.cli, "cmd_data", boom)
+    monkeypatch.setattr(duolm.app.jobs.data, "cmd_data", boom)
     code, err = run_cli(capsys, "data")
     assert code == 1 and "AttributeError" in err and "DUOLM_DEBUG=1" in err and "Traceback" not in err
     monkeypatch.setenv("DUOLM_DEBUG", "1")
@@ -124,7 +124,7 @@ def test_ctrl_c_writes_a_checkpoint_and_a_rerun_resumes(tmp_path, corpus):
     import torch
 
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "duolm.cli", "train", *TINY, "data=local", f"data.path={corpus}",
+    args = [sys.executable, "-m", "duolm", "train", *TINY, "data=local", f"data.path={corpus}",
             f"data.cache_dir={tmp_path / 'c'}", f"run.dir={run}", "run.checkpoint_every=100000",
             "trainer.max_steps=100000", "trainer.max_minutes=null"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

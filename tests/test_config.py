@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from duolm.config import ConfigError, compose, compose_components, group_options
+from duolm.app.config import ConfigError, compose, compose_components, group_options
 from duolm.methods import build_method
 from duolm.models.backbones import build_backbone
 

@@ -15,7 +15,8 @@ from duolm.schedules import SCHEDULES
 def test_processes_share_one_signature(name):
     process = PROCESSES[name](5)
     assert isinstance(process, Process)
-    for method in ("sample_xt", "marginal", "posterior", "prior_sample", "prior_kl"):
+    for method in ("sample_xt", "marginal", "posterior", "prior_sample", "prior_kl", "nelbo_prior", "sample_step",
+                   "greedy"):
         expected = list(inspect.signature(getattr(Process, method)).parameters)[1:]
         assert list(inspect.signature(getattr(process, method)).parameters) == expected, (name, method)
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)

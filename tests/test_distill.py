@@ -93,7 +93,7 @@ def test_loss_vanishes_when_the_teacher_is_the_student_and_delta_shrinks(kind):
 def test_distill_command_trains_a_student_and_resumes_its_teacher(tmp_path, corpus):
     """`duolm distill` from a trained Duo model: the checkpoint holds the student's weights (no
     teacher keys) and the teacher's round, and a resumed run continues the round count."""
-    from duolm.cli import main
+    from duolm.app.cli import main
     from tiny_run import TINY
 
     common = [*TINY, "data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}"]

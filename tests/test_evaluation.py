@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from duolm.cli import main
+from duolm.app.cli import main
 from duolm.data.tokenizers import load_gpt2
 from duolm.evaluation.judge import Judge, generative_perplexity, judge_ids, load_judge, scored_mask
 

@@ -6,8 +6,8 @@ import json
 import pytest
 
 import duolm
-from duolm import hub
-from duolm.cli import main
+from duolm.app import hub
+from duolm.app.cli import main
 from tiny_run import TINY
 
 

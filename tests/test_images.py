@@ -163,7 +163,7 @@ def test_every_sampler_draws_each_class_and_guidance_mixes_the_class_and_null_pr
     predictions as normalise(w log p_c + (1 - w) log p_null) for any real w."""
     from duolm.sampling import SamplerSpec, SamplingModel
     from duolm.sampling.kappa import Kappa, KappaSchedule
-    from duolm.sampling_job import sample_batch
+    from duolm.sampling.generate import sample_batch
 
     method = build_method("duo_base", 3, schedule=LogLinear(eps=0.0))
     joints = [random_joint(3, 1, seed=1), random_joint(3, 1, seed=2)]

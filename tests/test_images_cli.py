@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from duolm.cli import main
+from duolm.app.cli import main
 
 UNET_FIX = Path(__file__).parent / "fixtures" / "reference-unet"
 DIGITS = ["data=digits", "model=unet-cpu", "algo=duo_base", "noise=cosine", "model.ch=8", "model.time_embed_dim=8",
@@ -117,7 +117,7 @@ def test_the_papers_cifar10_checkpoints_load_and_convert(tmp_path, capsys, use_e
     """Through duolm.checkpoints.load: the UNet, EMA or raw weights, 256 levels with 10 classes,
     cosine noise; the fixture's logits to 1e-4 (above e^-8); converted to a duolm folder that
     reloads to the same logits."""
-    from duolm.checkpoints import from_pretrained, load
+    from duolm.checkpoints import from_pretrained, load_pretrained as load
 
     ckpt = tmp_path / "papers.ckpt"
     case = _papers_cifar_checkpoint(ckpt)
@@ -178,8 +178,8 @@ def test_a_resumed_class_conditional_run_with_flips_ends_where_the_uninterrupted
     resumed image run gives the uninterrupted run's weights."""
     from pathlib import Path
 
-    from duolm.config import compose
-    from duolm.training.run import train
+    from duolm.app.config import compose
+    from duolm.app.training_run import train
 
     def cfg(where, steps):
         return compose([*[a for a in DIGITS if not a.startswith("algo=")], f"algo={algo}", "data.flip=true", f"data.cache_dir={tmp_path / 'cache'}",

@@ -7,9 +7,9 @@ import pytest
 lm_eval = pytest.importorskip("lm_eval")  # the test extra installs it
 
 import duolm  # noqa: E402
-from duolm.cli import main  # noqa: E402
+from duolm.app.cli import main  # noqa: E402
 from duolm.evaluation.likelihood import continuation_nelbo  # noqa: E402
-from duolm.evaluation.lm_eval_adapter import DuolmLM  # noqa: E402
+from duolm.app.lm_eval_adapter import DuolmLM  # noqa: E402
 
 # real phrases against strings of rare letters of the same length: the built-in character model (2M
 # parameters, distilled; 3.7 bits/char) should prefer the first; anagrams are too hard for it
@@ -103,7 +103,7 @@ def test_what_the_harness_cannot_get_is_one_sentence(task_dir, capsys):
 def test_an_ar_model_gives_its_exact_log_likelihood_and_greedy_flag():
     import torch
 
-    from duolm.api import Model
+    from duolm.app.api import Model
     from duolm.checkpoints import Pretrained
     from duolm.data.tokenizers import CharTokenizer
     from duolm.methods import build_method
@@ -138,7 +138,7 @@ def test_lm_evals_own_command_line_runs_the_duolm_model(task_dir, tmp_path):
     import sys
 
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")}
-    run = subprocess.run([sys.executable, "-m", "duolm.evaluation.lm_eval_adapter", "--model", "duolm",
+    run = subprocess.run([sys.executable, "-m", "duolm.app.lm_eval_adapter", "--model", "duolm",
                           "--model_args", "pretrained=builtin:duo-bigtxt-dcd,num_mc_samples=8", "--tasks",
                           "duolm_phrases", "--include_path", str(task_dir)],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from duolm.checkpoints import from_pretrained, save_pretrained
-from duolm.checkpoints import load
+from duolm.checkpoints import load_pretrained as load
 from duolm.papers_checkpoints import load_lightning_checkpoint
 
 FIX = Path(__file__).parent / "fixtures" / "reference-dit"
@@ -161,7 +161,8 @@ def test_bad_files_get_clear_errors(tmp_path):
 
 
 def test_round_trip_gives_identical_outputs_and_samples(tmp_path):
-    from duolm.sampling_job import SamplerSpec, generate
+    from duolm.sampling import SamplerSpec
+from duolm.sampling.generate import generate
 
     pre = load(FIX / "duo" / "lightning.ckpt", algo="duo", tokenizer=_char_tok_for("duo"), n_heads=4)
     out = save_pretrained(tmp_path / "m", pre.backbone, algo=pre.config["algo"], noise=pre.config["noise"],
@@ -180,7 +181,7 @@ def test_round_trip_gives_identical_outputs_and_samples(tmp_path):
 
 
 def test_convert_command_writes_a_duolm_directory(tmp_path, capsys):
-    from duolm.cli import main
+    from duolm.app.cli import main
 
     out = tmp_path / "converted"
     assert main(["convert", f"eval.checkpoint_path={_hub_duo_dir(tmp_path)}", f"convert.output={out}"]) == 0
@@ -200,7 +201,7 @@ def test_an_unreachable_hub_id_is_one_sentence(monkeypatch):
 
 
 def test_float16_storage_halves_the_file_and_keeps_the_logits_close(tmp_path):
-    from duolm.cli import main
+    from duolm.app.cli import main
 
     full, half = tmp_path / "f32", tmp_path / "f16"
     assert main(["convert", f"eval.checkpoint_path={_hub_duo_dir(tmp_path)}", f"convert.output={full}"]) == 0
@@ -230,7 +231,7 @@ def test_the_shipped_model_loads_and_samples():
     """The float16 built-in model ships with the package (a missing file fails here, not later)."""
     from safetensors import safe_open
 
-    from duolm.checkpoints import builtin_models, load
+    from duolm.checkpoints import builtin_models, load_pretrained as load
     from duolm.sampling import SAMPLERS, SamplerSpec, SamplingModel
 
     models = builtin_models()

@@ -377,7 +377,8 @@ def test_semi_ar_extends_past_the_window_keeping_the_overlap_and_stops_at_eos():
 @pytest.mark.parametrize("predictor", ["ancestral", "psi", "ancestral_cache"])
 def test_seeded_generation_is_reproducible(predictor):
     from duolm.data.tokenizers import CharTokenizer
-    from duolm.sampling_job import SamplerSpec, generate
+    from duolm.sampling import SamplerSpec
+from duolm.sampling.generate import generate
     from duolm.methods import build_method
     from duolm.models.dit import DiT, DiTConfig
     from duolm.sampling import Kappa

@@ -156,7 +156,7 @@ def test_a_full_disk_gets_one_sentence_and_leaves_no_partial_store(tmp_path, mon
 
 
 def test_the_data_command_builds_the_store_once(tmp_path, corpus, capsys):
-    from duolm.cli import main
+    from duolm.app.cli import main
 
     args = ["data", "data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'c'}", "model.length=16"]
     assert main(args) == 0

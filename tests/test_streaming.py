@@ -91,7 +91,7 @@ def test_an_empty_stream_gets_one_sentence(tmp_path):
 def test_a_streaming_run_resumes_where_the_uninterrupted_one_ends(tmp_path):
     from safetensors.torch import load_file
 
-    from duolm.cli import main
+    from duolm.app.cli import main
     from tiny_run import TINY
 
     f = _jsonl(tmp_path / "owt.jsonl", TEXTS * 3)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from duolm.cli import main
-from duolm.config import compose
+from duolm.app.cli import main
+from duolm.app.config import compose
 from duolm.training.module import NonFiniteLossError
-from duolm.training.run import train
+from duolm.app.training_run import train
 from tiny_run import TINY
 
 def _cfg(tmp_path, corpus, *extra):
@@ -45,7 +45,7 @@ def test_every_algo_trains_through_the_same_call(tmp_path, corpus, algo):
     from duolm.data.pipeline import unigram_entropy_bits
     from duolm.evaluation import evaluate_nelbo
     from duolm.models.dit import DiT
-    from duolm.training.run import load_data
+    from duolm.app.data_settings import load_data
 
     cfg = _cfg(tmp_path, corpus, f"algo={algo}", "trainer.max_steps=120", "optim.lr=3e-3", "training.ema=0")
     report = train(cfg, log=lambda *_: None)
@@ -71,7 +71,7 @@ def test_each_curriculum_mode_trains_and_switches_to_plain_duo(tmp_path, corpus,
     from duolm.checkpoints import from_pretrained
     from duolm.evaluation import evaluate_nelbo
     from duolm.models.dit import DiT
-    from duolm.training.run import load_data
+    from duolm.app.data_settings import load_data
 
     cfg = _cfg(tmp_path, corpus, "algo=duo", "trainer.max_steps=120", "optim.lr=3e-3", "training.ema=0",
                f"algo.curriculum.mode={mode}", f"algo.curriculum.top_k={top_k}", "algo.curriculum.start=0",
@@ -94,8 +94,8 @@ def test_each_curriculum_mode_trains_and_switches_to_plain_duo(tmp_path, corpus,
 
 
 def test_the_papers_owt_curriculum_is_expressible():
-    from duolm.config import compose_components
-    from duolm.training.run import build_objective
+    from duolm.app.config import compose_components
+    from duolm.app.training_run import build_objective
 
     cfg, parts = compose_components(["algo=duo", "algo.curriculum.mode=simple",
                                      "algo.curriculum.gumbel_tau_log10_start=-3", "algo.curriculum.gumbel_tau_log10_end=-3",
@@ -183,7 +183,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, corpus):
 
     def run_cli(name, devices, steps, cache):
         run = tmp_path / name
-        cmd = [sys.executable, "-m", "duolm.cli", "train", "algo=ar", "data=local", f"data.path={corpus}",
+        cmd = [sys.executable, "-m", "duolm", "train", "algo=ar", "data=local", f"data.path={corpus}",
                f"data.cache_dir={cache}", f"run.dir={run}", f"trainer.max_steps={steps}",
                "trainer.accelerator=cpu", f"trainer.devices={devices}", "run.checkpoint_every=1",
                f"trainer.strategy={'ddp' if devices == 2 else 'auto'}", *TINY]
@@ -244,7 +244,7 @@ def test_every_predictor_samples_from_the_cli(tmp_path, corpus, algo, extra):
     (["algo=ar", "sampling.predictor=psi"], "sampling.predictor=psi needs x_0 probabilities"),
 ])
 def test_bad_sampler_settings_get_one_sentence(overrides, msg):
-    from duolm.config import ConfigError
+    from duolm.app.config import ConfigError
 
     with pytest.raises(ConfigError) as err:
         compose(overrides)

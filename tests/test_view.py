@@ -10,7 +10,7 @@ import torch
 import duolm
 from duolm.evaluation.trajectory_page import page_data, write_page
 from duolm.sampling import SamplerSpec
-from duolm.sampling_job import generate
+from duolm.sampling.generate import generate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
@@ -103,6 +103,6 @@ def test_a_samples_file_without_a_trajectory_gets_one_sentence(tmp_path):
     bad.write_text("{not json")
     for path, message in ((plain, "has no trajectory to show"), (bad, "is not a samples JSON"),
                           (tmp_path / "none.json", "no such samples file")):
-        run = subprocess.run([sys.executable, "-m", "duolm.cli", "view", str(path)], capture_output=True, text=True)
+        run = subprocess.run([sys.executable, "-m", "duolm", "view", str(path)], capture_output=True, text=True)
         assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
         assert len(run.stderr.strip().splitlines()) == 1

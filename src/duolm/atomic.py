@@ -3,6 +3,7 @@ resumed run) never see half a file, and a failed write leaves nothing behind."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -40,6 +41,11 @@ def atomic_torch_save(obj, path) -> Path:
 
 def atomic_write_text(path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(obj, path) -> Path:
+    """Write a JSON file atomically (a reader never sees half a file): results, reports, metrics."""
+    return atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 @contextlib.contextmanager

@@ -1,66 +1,23 @@
 """Checkpoints: the one door to load any model, and duolm's own format.
 
-    pre = duolm.checkpoints.load("builtin:duo-bigtxt-dcd")   # -> Pretrained(backbone, method, tokenizer, config)
+    pre = duolm.checkpoints.load_pretrained("builtin:duo-bigtxt-dcd")   # -> Pretrained(backbone, method, tokenizer, config)
 
-``load`` takes a built-in name (``builtin:<name>``), a duolm model directory, a `duolm train`
+``load_pretrained`` takes a built-in name (``builtin:<name>``), a duolm model directory, a `duolm train`
 run checkpoint (``.ckpt``, EMA weights by default), the papers' Lightning checkpoints and their
 Hugging Face layouts (duolm.papers_checkpoints), or a Hugging Face Hub id where the network
-allows. duolm's format is a directory with model.safetensors and config.json, which records
-everything needed to sample or evaluate: the algo, the DiT shape, the noise schedule, the
-tokenizer and the sequence length; it is written atomically.
+allows. duolm's own format (a folder with model.safetensors and config.json) is duolm.model_format.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+from duolm import papers_checkpoints as papers
+from duolm.model_format import (FORMAT, Pretrained, from_pretrained, method_from_config, pretrained_from_run,
+                                read_config_json, save_pretrained, strip_prefix, training_of)
 
-from duolm.atomic import atomic_directory
-from duolm.data.tokenizers import load_tokenizer
-from duolm.methods import build_method
-from duolm.models.backbones import backbone_config, build_backbone
-from duolm.schedules import make_schedule
-
-FORMAT = "duolm/1"
-
-
-@dataclass
-class Pretrained:
-    backbone: torch.nn.Module  # a DiT or a UNet (duolm.models.backbones)
-    method: object
-    tokenizer: object
-    config: dict
-
-    @property
-    def num_classes(self) -> int:
-        """> 0 for a class-conditional model (label num_classes is the null label)."""
-        return getattr(self.backbone.config, "num_classes", 0)
-
-
-def save_pretrained(directory, backbone: torch.nn.Module, *, algo: dict, noise: dict, tokenizer, length: int,
-                    extra: dict | None = None, dtype: torch.dtype = torch.float32):
-    """Write the model directory atomically; dtype=float16 halves the file (weights are read
-    back into float32 models)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    config = {"format": FORMAT, "algo": algo, "model": backbone.config.to_dict(), "noise": noise,
-              "tokenizer": tokenizer.to_dict(), "length": length, **(extra or {})}
-    state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
-             for k, v in backbone.state_dict().items()}
-    with atomic_directory(directory) as tmp:
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    return directory
-
-
-def method_from_config(algo: dict, noise: dict, vocab_size: int):
-    return build_method(algo["name"], vocab_size, schedule=make_schedule(noise.get("type", "log-linear"),
-                                                                         noise.get("eps", 1e-3)),
-                        num_steps=algo.get("T"), time_conditioning=algo.get("time_conditioning"))
-
+__all__ = ["BUILTIN_PREFIX", "FORMAT", "Pretrained", "builtin_models", "from_pretrained", "load_pretrained",
+           "looks_like_hub_id", "method_from_config", "pretrained_from_run", "read_config_json", "resolve_builtin",
+           "save_pretrained", "strip_prefix", "training_of"]
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -83,23 +40,7 @@ def resolve_builtin(path: str) -> str:
     return str(models[name])
 
 
-def strip_prefix(state: dict, prefix: str) -> dict:
-    """The entries of a state dict under `prefix`, with the prefix removed (a Lightning module's
-    `backbone.` weights as the bare network's)."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def read_config_json(directory: Path) -> dict:
-    cfg_path = Path(directory) / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{directory}: no config.json")
-    try:
-        return json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg_path}: not valid JSON ({err.msg})") from None
-
-
-def load(path_or_name, *, algo: str | None = None, use_ema: bool = True, tokenizer="gpt2", n_heads=None,
+def load_pretrained(path_or_name, *, algo: str | None = None, use_ema: bool = True, tokenizer="gpt2", n_heads=None,
          length: int | None = None) -> Pretrained:
     """Any supported checkpoint (see the module docstring) as a Pretrained model on the CPU.
 
@@ -111,8 +52,6 @@ def load(path_or_name, *, algo: str | None = None, use_ema: bool = True, tokeniz
         path = _download(str(path_or_name))
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    from duolm import papers_checkpoints as papers
-
     if path.is_dir():
         config = read_config_json(path)
         if config.get("format") == FORMAT:
@@ -141,50 +80,3 @@ def _download(repo_id: str) -> Path:
                                 f"({type(err).__name__}); download it elsewhere and pass the folder") from None
 
 
-def from_pretrained(directory, map_location="cpu", config: dict | None = None) -> Pretrained:
-    """A duolm model directory (config: its config.json, when already read)."""
-    directory = Path(directory)
-    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
-    if not cfg_path.exists() or not weights.exists():
-        raise FileNotFoundError(f"{directory} is not a duolm checkpoint: it needs config.json and model.safetensors")
-    config = config if config is not None else read_config_json(directory)
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path}: format {config.get('format')!r}, expected {FORMAT!r}")
-    missing = [k for k in ("algo", "model", "noise", "tokenizer", "length") if k not in config]
-    if missing:
-        raise ValueError(f"{cfg_path}: no {', '.join(repr(k) for k in missing)} entry (a duolm config.json records "
-                         f"algo, model, noise, tokenizer and length)")
-    tokenizer = load_tokenizer(config["tokenizer"])
-    method = method_from_config(config["algo"], config["noise"], tokenizer.vocab_size)
-    net_cfg = backbone_config(config["model"])
-    if net_cfg.vocab_size != method.model_vocab_size:
-        raise ValueError(f"{directory}: the network has {net_cfg.vocab_size} outputs but algo "
-                         f"{config['algo']['name']} with this tokenizer needs {method.model_vocab_size}")
-    backbone = build_backbone(net_cfg)
-    try:
-        state = load_file(weights, device=str(map_location))
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for corrupt files
-        raise ValueError(f"{weights}: cannot read the weights ({err})") from None
-    try:
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shapes that config.json does not describe
-        bad = [line.strip() for line in str(err).splitlines() if "size mismatch" in line][:1]
-        raise ValueError(f"{weights}: the weights do not have the shapes config.json describes "
-                         f"({bad[0] if bad else 'size mismatch'})") from None
-    if missing or unexpected:
-        raise ValueError(f"{weights}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    return Pretrained(backbone.eval(), method, tokenizer, config)
-
-
-def pretrained_from_run(ckpt: dict, use_ema: bool = True) -> Pretrained:
-    """The model in an already-loaded `duolm train` checkpoint."""
-    config = ckpt["duolm"]
-    tokenizer = load_tokenizer(config["tokenizer"])
-    method = method_from_config(config["algo"], config["noise"], tokenizer.vocab_size)
-    backbone = build_backbone(config["model"])
-    backbone.load_state_dict(strip_prefix(ckpt["state_dict"], "backbone."), strict=True)
-    if use_ema and "ema" in ckpt:
-        with torch.no_grad():
-            for n, p in backbone.named_parameters():
-                p.copy_(ckpt["ema"]["shadow"][n])
-    return Pretrained(backbone.eval(), method, tokenizer, config)

@@ -53,13 +53,18 @@ class Method:
 
     # --- the network's interface -------------------------------------------------
     @property
+    def is_autoregressive(self) -> bool:
+        """AR: no forward process; the network is causal and predicts the next token."""
+        return self.process is None
+
+    @property
     def model_vocab_size(self) -> int:
         """Width of the network's input and output layers."""
-        return self.vocab_size if self.process is None else self.process.num_states
+        return self.vocab_size if self.is_autoregressive else self.process.num_states
 
     @property
     def causal(self) -> bool:
-        return self.process is None
+        return self.is_autoregressive
 
     @property
     def mask_id(self) -> int | None:
@@ -67,7 +72,7 @@ class Method:
 
     def sigma(self, alpha: torch.Tensor) -> torch.Tensor | None:
         """The conditioning the backbone receives, (B,): -log(alpha), or zeros without time conditioning."""
-        if self.process is None:
+        if self.is_autoregressive:
             return None
         alpha = alpha.reshape(alpha.shape[0], -1)[:, 0]
         sigma = -torch.log(alpha)
@@ -99,7 +104,7 @@ class Method:
         if valid is None:
             valid = torch.ones_like(x0, dtype=torch.float32)
         valid = valid.float()
-        if self.process is None:
+        if self.is_autoregressive:
             return self._ar_loss(backbone, x0, valid)
         if t is None:
             t = self.sample_times(x0.shape[0], generator=generator, device=x0.device)
@@ -188,20 +193,22 @@ class Method:
         s = (t - 1.0 / self.num_steps).clamp_min(0.0)  # t >= 1/T by construction; s never below 0
         return self.schedule(s.to(self.loss_dtype)).alpha
 
-    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
-        """The NELBO's prior term per token (B, L); zero for AR.
+    def sequence_nelbo(self, backbone, x0: torch.Tensor, valid: torch.Tensor | None = None, *, generator=None,
+                       clean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Monte Carlo draw of each sequence's NELBO in nats, prior term included (exact NLL for
+        AR), (B,) float64, and each sequence's number of scored tokens (B,): the one computation
+        behind validation, `duolm eval` and continuation likelihoods."""
+        out = self.token_loss(backbone, x0, valid, generator=generator, clean=clean)
+        prior = self.prior_kl(x0).to(out.nll.device).double()
+        return ((out.nll.double() + prior) * out.weight).sum(-1), out.weight.sum(-1).double()
 
-        For absorbing processes the all-mask prior makes this term infinite
-        whenever alpha(1) > 0 (the default schedules end at alpha = eps); like
-        the papers we then report the NELBO without it, which is a bound on
-        the model that starts from q(x_1 | x_0)'s mask-or-keep marginal.
-        """
-        if self.process is None:
+    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
+        """The NELBO's prior term per token (B, L); zero for AR (its likelihood is exact). The
+        process says what a reported NELBO carries (process.nelbo_prior: 0 for absorbing ones)."""
+        if self.is_autoregressive:
             return torch.zeros(x0.shape[0], x0.shape[1] - 1)
-        if self.process.kind == "absorbing":
-            return torch.zeros(x0.shape, dtype=torch.float32)
         alpha_1 = self.schedule(torch.ones(x0.shape[0], 1, dtype=torch.float64)).alpha
-        return self.process.prior_kl(x0, alpha_1)
+        return self.process.nelbo_prior(x0, alpha_1)
 
 
 def accepts_head(backbone) -> bool:

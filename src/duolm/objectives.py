@@ -18,7 +18,9 @@ from typing import Protocol
 import torch
 
 from duolm.conditioning import drop_labels, with_labels
+from duolm.distill import Teacher, check_settings, dcd_loss
 from duolm.methods import Method, TokenLoss
+from duolm.operator import DiffusionTransform
 
 
 class Objective(Protocol):
@@ -61,7 +63,7 @@ class Nelbo:
         return with_labels(backbone, drop_labels(labels, self.class_dropout, self.num_classes, generator))
 
     def sample_times(self, x0, generator=None, index=None, total=None) -> torch.Tensor | None:
-        if self.method.process is None:
+        if self.method.is_autoregressive:
             return None  # AR: no diffusion time
         return self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=x0.device, index=index,
                                         total=total, generator=generator)
@@ -116,10 +118,7 @@ class Distillation(Nelbo):
     def __init__(self, method: Method, student: torch.nn.Module, *, schedule, kind: str = "kl-bwd",
                  gamma_min: float = -4.0, gamma_max: float = -1.0, teacher_from: str = "weights",
                  dtype=torch.float32, antithetic: bool = True):
-        from duolm.distill import Teacher, check_settings
-        from duolm.operator import DiffusionTransform
-
-        if method.process is None or method.process.kind != "uniform":
+        if method.is_autoregressive or not method.process.gaussian_dual:
             raise ValueError(f"distillation needs a uniform-state (Duo) teacher, not {method.name}")
         check_settings(kind, teacher_from, gamma_min, gamma_max)
         super().__init__(method, antithetic=antithetic)
@@ -129,8 +128,6 @@ class Distillation(Nelbo):
         self.teacher = Teacher(student)
 
     def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None):
-        from duolm.distill import dcd_loss
-
         if labels is not None:
             raise ValueError("distillation of class-conditional models is not supported yet")
         if self.teacher_from == "ema" and ema is None:

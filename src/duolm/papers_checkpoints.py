@@ -26,10 +26,12 @@ from pathlib import Path
 
 import torch
 
-from duolm.checkpoints import FORMAT, Pretrained, method_from_config, strip_prefix
+from duolm.model_format import FORMAT, Pretrained, method_from_config, strip_prefix
 from duolm.data.tokenizers import load_tokenizer
 from duolm.methods import same_model
 from duolm.models.dit import DiT, DiTConfig
+from duolm.data.tokenizers import PixelTokenizer
+from duolm.models.unet import UNet, UNetConfig
 
 _SAFE_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "int", "float", "str", "bytes", "bytearray",
                   "complex", "bool", "slice", "range", "object"}
@@ -175,9 +177,6 @@ def _with_ema(state: dict, shadow: list, probe: torch.nn.Module, source: str) ->
 def _unet_from_lightning(state: dict, ema, conf: dict, *, algo: str, noise: dict, source: str) -> Pretrained:
     """A CIFAR-10 (or any image) UNet checkpoint of the papers: shape from the pickled config, the
     class count from the label embedding, 256 pixel levels."""
-    from duolm.data.tokenizers import PixelTokenizer
-    from duolm.models.unet import UNet, UNetConfig
-
     m, d = conf.get("model") or {}, conf.get("data") or {}
     pixels = int(m.get("size") or d.get("size") or 1024)   # the papers' `size` is H x W
     image_size = int(round(pixels ** 0.5))

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from duolm.atomic import atomic_directory
-from duolm.data.store import MappedFiles, StoreError
+from duolm.data.store import MappedFiles, StoreError, file_lock
+from duolm.data.tokenizers import PixelTokenizer
 
 IMAGE_STORE_VERSION = 1
 
@@ -178,8 +179,6 @@ def _key(source: str, tokenizer, data_files) -> str:
 def image_tokenizer(source: str, levels: int | None, num_classes: int | None = None):
     """The pixel tokenizer of a source at `levels` gray levels (None: the source's own); num_classes
     None: the source's classes, 0: unconditional."""
-    from duolm.data.tokenizers import PixelTokenizer
-
     src = IMAGE_SOURCES[source]
     if num_classes not in (None, 0, src.num_classes):
         raise ValueError(f"data.num_classes must be {src.num_classes} (the classes of data={source}) or 0 "
@@ -191,15 +190,13 @@ def image_tokenizer(source: str, levels: int | None, num_classes: int | None = N
 def build_image_splits(source: str, levels: int | None, cache_dir=None, data_files=None,
                        num_classes: int | None = None) -> tuple:
     """(tokenizer, {'train': ImageSplit, 'valid': ImageSplit}), built once into cache_dir."""
-    from duolm.data.pipeline import _file_lock  # one builder at a time, as for text stores
-
     if source not in IMAGE_SOURCES:
         raise ValueError(f"data.source must be one of {sorted(IMAGE_SOURCES)} for images, got {source!r}")
     tokenizer = image_tokenizer(source, levels, num_classes)
     root = Path(cache_dir or "~/.cache/duolm").expanduser() / "images"
     directory = root / f"{source}-{tokenizer.levels}-{_key(source, tokenizer, data_files)}"
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{directory.name}.lock"):
+    with file_lock(root / f".{directory.name}.lock"):  # one builder at a time, as for text stores
         try:
             return tokenizer, open_image_store(directory, tokenizer)
         except StoreError:

@@ -8,7 +8,6 @@ is atomic and under a file lock: one process builds, the others wait and map the
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -16,10 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from duolm.atomic import atomic_directory
 from duolm.data import corpora
 from duolm.data.encode import encode_documents
-from duolm.data.store import STORE_VERSION, Split, SplitWriter, StoreError, open_store
+from duolm.data.store import STORE_VERSION, Split, SplitWriter, StoreError, file_lock, open_store
+from duolm.data.streaming import STREAMS, StreamingBlocks, stream_texts
 from duolm.data.zero_shot import ZERO_SHOT, load_zero_shot
 
 EVAL_ONLY = tuple(ZERO_SHOT)  # the papers' zero-shot sets
@@ -64,8 +66,6 @@ def load_documents(source: str, vocab_size: int | None = None, **kwargs) -> tupl
 
 def check_data(source: str, mode: str, streaming: bool = False) -> None:
     """The data settings that need no file: a known source and block mode, and streaming's limits."""
-    from duolm.data.streaming import STREAMS
-
     if source not in SOURCES:
         raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
     if mode not in BLOCK_MODES:
@@ -79,24 +79,6 @@ def check_data(source: str, mode: str, streaming: bool = False) -> None:
         raise ValueError(f"data.source={source} is read in streaming mode only: set data.streaming=true")
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock across processes (ranks on one machine, or a shared file system that
-    honours flock); a no-op where fcntl does not exist."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class StreamingSource:
     """A training split read in streaming mode: blocks_for(rank, world, start) gives that rank's
     StreamingBlocks (duolm.data.streaming)."""
@@ -105,8 +87,6 @@ class StreamingSource:
         self.source, self.texts, self.tokenizer, self.length, self.num_proc = source, texts, tokenizer, length, num_proc
 
     def blocks_for(self, rank: int, world: int, start=(0, 0, 0)):
-        from duolm.data.streaming import StreamingBlocks
-
         return StreamingBlocks(self.texts, self.tokenizer, self.length, rank=rank, world=world, num_proc=self.num_proc,
                                start=start, source=f"data ({self.source}, streaming)")
 
@@ -115,8 +95,6 @@ def stream_splits(source: str, tokenizer, length: int, cache_dir=None, num_proc=
                   shuffle_buffer: int = 0, valid_docs: int = 1000, data_files=None) -> dict:
     """{'train': StreamingSource, 'valid': Split}: the training split streams; validation is the first
     valid_docs documents of the validation split (or held out of the training stream) in a store."""
-    from duolm.data.streaming import STREAMS, stream_texts
-
     spec = STREAMS[source]
     held_out = 0 if spec.valid_split else valid_docs  # the training stream starts after them
     train = stream_texts(source, data_files=data_files, seed=seed, shuffle_buffer=shuffle_buffer, skip=held_out)
@@ -153,7 +131,7 @@ def _cached_splits(source, tokenizer, length, mode, cache_dir, num_proc, docs, a
     frame = dict(key=key, mode=mode, length=length, bos=tokenizer.bos_id, eos=tokenizer.eos_id,
                  pad=tokenizer.pad_id, keepalive=keepalive)
     try:
-        with _file_lock(root / f".{source}-{digest}.lock"):
+        with file_lock(root / f".{source}-{digest}.lock"):
             if store.exists():
                 try:
                     return open_store(store, **frame)
@@ -183,8 +161,13 @@ def _build_store(store: Path, source: str, tokenizer, length: int, mode: str, ke
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
+def entropy_of_counts(counts) -> float:
+    """Entropy in nats of the frequencies `counts` (a tensor or array of occurrence counts)."""
+    p = torch.as_tensor(counts).double()
+    p = p / p.sum()
+    return float(-torch.xlogy(p, p).sum())
+
+
 def unigram_entropy_bits(split: Split, vocab_size: int) -> float:
     """Entropy of the token frequencies of a split, bits per token: the baseline any model must beat."""
-    from duolm.evaluation.samples import entropy_of_counts
-
     return entropy_of_counts(split.token_counts(vocab_size)) / math.log(2)

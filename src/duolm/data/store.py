@@ -20,6 +20,7 @@ Memory while building is a batch of documents; memory while reading is what the 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -275,3 +276,21 @@ def open_store(directory: Path, *, key: str, mode: str, length: int, bos: int, e
                 raise StoreError(f"{d / fname}: {actual} bytes where the store needs {size} (truncated or corrupt)")
         out[name] = Split(d, mode, length, bos, eos, pad, m, keepalive)
     return out
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock across processes (ranks on one machine, or a shared file system that
+    honours flock); a no-op where fcntl does not exist."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from duolm.data.encode import encode_documents
+from duolm.data import detokenizers
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,6 @@ def stream_texts(source: str, *, data_files=None, split: str | None = None, seed
     spec = STREAMS[source]
     detok = None
     if spec.detokenize:
-        from duolm.data import detokenizers
-
         detok = getattr(detokenizers, spec.detokenize)
     split = split or spec.split
 

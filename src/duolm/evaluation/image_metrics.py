@@ -22,6 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from duolm.atomic import atomic_directory
+from duolm.data.images import build_image_splits
+from duolm.data.tokenizers import load_tokenizer
 CLASSIFIER_VERSION = 2  # part of the cache key: a changed architecture or recipe trains a new classifier
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -137,8 +140,6 @@ def cached_classifier(key: str, cache_dir, train, valid, num_classes: int, log=N
     train / valid: (8-bit images, labels)."""
     from safetensors.torch import load_file, save_file
 
-    from duolm.atomic import atomic_directory
-
     directory = Path(cache_dir or "~/.cache/duolm").expanduser() / "image-classifiers" / f"{key}-v{CLASSIFIER_VERSION}"
     net = SmallClassifier(np.asarray(train[0]).shape[1], num_classes)
     if (directory / "info.json").exists():
@@ -232,9 +233,6 @@ def score_image_samples(result: dict, *, source: str, cache_dir=None, data_files
                         inception_weights=None, fid_real: int | None = None, device="cpu", log=None) -> dict:
     """The quality figures of one image samples result (duolm sample's JSON), against the training
     split of `source` at the samples' gray levels (FID against the training set, as the papers)."""
-    from duolm.data.images import build_image_splits
-    from duolm.data.tokenizers import load_tokenizer
-
     tok = load_tokenizer(result["image"])
     _, splits = build_image_splits(source, tok.levels, cache_dir, data_files)
     train, valid = splits["train"], splits["valid"]

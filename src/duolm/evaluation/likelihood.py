@@ -41,11 +41,10 @@ def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, 
         net = with_labels(backbone, None if labels is None else labels.to(device))
         total = 0.0
         for _ in range(time_samples):
-            out = method.token_loss(net, x0, v, generator=g)
-            prior = method.prior_kl(x0).to(out.nll.device)
-            total = total + ((out.nll.double() + prior.double()) * out.weight).sum(-1) / time_samples
+            nelbo, count = method.sequence_nelbo(net, x0, v, generator=g)
+            total = total + nelbo / time_samples
         per_seq.append(total.cpu())
-        tokens.append(out.weight.sum(-1).double().cpu())
+        tokens.append(count.cpu())
     per_seq, tokens = torch.cat(per_seq), torch.cat(tokens)
     nll = float(per_seq.sum() / tokens.sum())
     # standard error of a ratio estimator: per-sequence NELBO per token, weighted by length
@@ -102,18 +101,15 @@ def continuation_nelbo(method, backbone, pairs: list[tuple[list[int], list[int]]
             clean[r, :len(ids) - n] = True
         x0, scored, clean = x0.to(device), scored.to(device), clean.to(device)
         rows = torch.tensor([i for i, _, _ in chunk])
-        for k in range(num_samples if method.process is not None else 1):
-            out = method.token_loss(backbone, x0, scored.float(), generator=g, clean=clean)
-            if method.process is None:  # AR: exact; every draw is the same number
-                per = (out.nll.double() * out.weight).sum(-1).cpu()
+        for k in range(num_samples if not method.is_autoregressive else 1):
+            per = method.sequence_nelbo(backbone, x0, scored.float(), generator=g, clean=clean)[0].cpu()
+            if method.is_autoregressive:  # AR: exact; every draw is the same number
                 draws[:, :].index_add_(0, rows, per[:, None].expand(-1, num_samples))
                 break
-            prior = method.prior_kl(x0).to(out.nll.device).double()  # the bound's t = 1 term
-            per = ((out.nll.double() + prior) * out.weight).sum(-1).cpu()
             draws[:, k].index_add_(0, rows, per)
     results = []
     for i, (_, cont) in enumerate(pairs):
         d = draws[i]
-        se = float(d.std() / math.sqrt(num_samples)) if num_samples > 1 and method.process is not None else 0.0
+        se = float(d.std() / math.sqrt(num_samples)) if num_samples > 1 and not method.is_autoregressive else 0.0
         results.append({"nelbo": float(d.mean()), "se": se, "tokens": len(cont)})
     return results

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from duolm.atomic import atomic_write
+from duolm.data.tokenizers import load_tokenizer
 
 
 def tile(images: np.ndarray, columns: int, pad: int = 1, scale: int = 1) -> np.ndarray:
@@ -68,3 +69,16 @@ def trajectory_strip(frames: np.ndarray, path) -> Path:
     steps, n = frames.shape[:2]
     cells = frames.transpose(1, 0, 2, 3, 4).reshape(n * steps, *frames.shape[2:])
     return save_png(tile(cells, steps, scale=upscale_for(frames.shape[-1])), path)
+
+
+def write_result_pictures(result: dict, json_path) -> dict[str, str]:
+    """The PNG grid of an image result (a row per class) next to its JSON, and the trajectory strip
+    when one was recorded: {'grid': path, 'trajectory': path}."""
+    tok = load_tokenizer(result["image"])
+    json_path = Path(json_path)
+    images = tok.decode_pixels(np.asarray([s["ids"] for s in result["samples"]]))
+    out = {"grid": str(sample_grid(images, [s["label"] for s in result["samples"]], json_path.with_suffix(".png")))}
+    if result.get("trajectory"):
+        frames = tok.decode_pixels(np.asarray(result["trajectory"]["ids"]))
+        out["trajectory"] = str(trajectory_strip(frames, json_path.with_suffix(".trajectory.png")))
+    return out

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import torch
 
-
-def entropy_of_counts(counts) -> float:
-    """Entropy in nats of the frequencies `counts` (a tensor or array of occurrence counts)."""
-    p = torch.as_tensor(counts).double()
-    p = p / p.sum()
-    return float(-torch.xlogy(p, p).sum())
+from duolm.data.pipeline import entropy_of_counts
+from duolm.evaluation.judge import generative_perplexity, load_judge
+from duolm.evaluation.likelihood import evaluate_nelbo
 
 
 def token_entropy(ids: torch.Tensor) -> float:
@@ -67,8 +64,6 @@ def scoring_nelbo(scoring_model, ids: list[list[int]], *, time_samples: int = 8,
     a judge that shares the samples' tokenizer. Lower means more likely under the scoring model."""
     import math
 
-    from duolm.evaluation.likelihood import evaluate_nelbo
-
     lengths = {len(r) for r in ids}
     if lengths != {scoring_model.config["length"]}:
         raise ValueError(f"eval.scoring_model reads blocks of {scoring_model.config['length']} tokens; the samples "
@@ -112,8 +107,6 @@ def score_samples_file(path, *, judge: str | None = "smollm2", judge_context: in
     if scoring_model is not None:
         out.update(scoring_nelbo(scoring_model, ids, time_samples=scoring_time_samples, device=device))
     if judge or mauve_texts:
-        from duolm.evaluation.judge import generative_perplexity, load_judge
-
         j = loaded_judge or load_judge(judge or "smollm2", device=device, context=judge_context)
         if judge:
             out.update(generative_perplexity(j, texts, markers=data.get("document_markers", ()),

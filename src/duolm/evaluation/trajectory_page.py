@@ -18,6 +18,8 @@ import io
 import json
 from pathlib import Path
 
+from duolm.atomic import atomic_write_text
+from duolm.data.tokenizers import load_tokenizer
 
 def page_data(result: dict) -> dict:
     """What the page's script reads, from a samples JSON with a trajectory."""
@@ -45,8 +47,6 @@ def _png_data_uri(image_config: dict, ids: list[int]) -> str:
     import numpy as np
     from PIL import Image
 
-    from duolm.data.tokenizers import load_tokenizer
-
     tok = load_tokenizer(image_config)
     ids = np.asarray(ids)
     masked = ids >= tok.levels
@@ -66,8 +66,6 @@ def write_page(result: dict, path, title: str = "duolm samples") -> Path:
     data = json.dumps(page_data(result)).replace("</", "<\\/")  # never closes the script element
     text = PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
     path = Path(path)
-    from duolm.atomic import atomic_write_text
-
     atomic_write_text(path, text)
     return path
 

@@ -261,6 +261,10 @@ class DiT(nn.Module):
         for block in self.blocks:
             block.compile(**kwargs)
 
+    def new_kv_caches(self) -> list["KVCache"]:
+        """One empty key-value cache per block, for incremental causal decoding (forward's kv_caches)."""
+        return [KVCache() for _ in self.blocks]
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:

@@ -19,6 +19,7 @@ class AbsorbingProcess:
     # a mask's unmasking time does not depend on the model, so a run whose
     # denoiser ignores t can draw it up front (duolm.sampling.first_hitting)
     first_hitting = True
+    gaussian_dual = False
 
     def __init__(self, vocab_size: int, mask_id: int | None = None):
         """vocab_size counts the data tokens; the mask is an extra state unless mask_id names one."""
@@ -86,6 +87,13 @@ class AbsorbingProcess:
     def prior_sample(self, shape, device=None, generator=None) -> torch.Tensor:
         """All mask: deterministic, so the generator is unused (the contract takes one for every process)."""
         return torch.full(shape, self.mask_id, dtype=torch.long, device=device)
+
+    def nelbo_prior(self, x0: torch.Tensor, alpha_1: torch.Tensor) -> torch.Tensor:
+        """The prior term a reported NELBO carries, per token: 0. The exact term (prior_kl) is
+        infinite whenever alpha(1) > 0 (the default schedules end at alpha = eps); like the papers
+        we report the NELBO without it, a bound on the model that starts from q(x_1 | x_0)'s
+        mask-or-keep marginal."""
+        return torch.zeros(x0.shape, dtype=torch.float32, device=x0.device)
 
     def prior_kl(self, x0: torch.Tensor, alpha_1: torch.Tensor) -> torch.Tensor:
         """KL(q(x_1 | x_0) || all-mask prior), per token.

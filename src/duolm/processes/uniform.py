@@ -12,6 +12,9 @@ class UniformProcess:
     kind = "uniform"
     # a token's next change depends on the model's prediction
     first_hitting = False
+    mask_id = None  # no mask state: every state is a token
+    # argmax of Gaussian diffusion on the one-hot is this process (Duo's duality: curriculum, DCD)
+    gaussian_dual = True
 
     def __init__(self, vocab_size: int):
         self.num_states = vocab_size
@@ -77,6 +80,10 @@ class UniformProcess:
 
     def prior_sample(self, shape, device=None, generator=None) -> torch.Tensor:
         return torch.randint(0, self.num_states, shape, device=device, generator=generator)
+
+    def nelbo_prior(self, x0: torch.Tensor, alpha_1: torch.Tensor) -> torch.Tensor:
+        """The prior term of the NELBO, per token: the exact KL (finite for the uniform prior)."""
+        return self.prior_kl(x0, alpha_1)
 
     def prior_kl(self, x0: torch.Tensor, alpha_1: torch.Tensor) -> torch.Tensor:
         """KL(q(x_1 | x_0) || Uniform), per token; about K a^2 / 2 for small alpha(1) = a."""

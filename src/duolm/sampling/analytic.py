@@ -37,7 +37,7 @@ def analytic_sample(score_fn, process, schedule, shape, *, steps: int, noise_rem
     adds the final denoising step (one more score call); 'none' stops at eps. The
     greedy tail needs x_0 probabilities, which a score model does not give.
     """
-    if process.kind != "absorbing":
+    if process.mask_id is None:
         raise ValueError("the analytic sampler is for absorbing (SEDD) score models")
     if noise_removal not in ("ancestral", "none"):
         raise ValueError(f"sampling.noise_removal={noise_removal} is not available for the analytic sampler "

@@ -5,7 +5,7 @@ import torch
 
 from duolm.sampling.grids import linear_grid
 from duolm.sampling.psi import psi_sample
-from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
+from duolm.sampling.spec import SamplerSpec
 
 
 def denoiser_from(method, backbone):
@@ -32,8 +32,6 @@ def ancestral_sample(denoiser, process, schedule, shape, *, steps: int, noise_re
     of p(x_0 | x_eps) (the greedy tail); 'none' stops at t = eps.
     Other keywords (p_nucleus, fixed, cache, generator, device, stats, ...) go to psi_sample.
     """
-    if noise_removal not in NOISE_REMOVAL:
-        raise ValueError(f"sampling.noise_removal must be one of {list(NOISE_REMOVAL)}, got {noise_removal!r}")
     grid = linear_grid(steps, eps, final_zero=noise_removal != "none")
     return psi_sample(denoiser, process, schedule, shape, grid=grid, kappas=None, noise_removal=noise_removal,
                       **kwargs)

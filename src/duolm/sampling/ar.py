@@ -4,22 +4,20 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from duolm.models.dit import KVCache
-
 
 @torch.no_grad()
 def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None, device=None,
               use_cache: bool = True, disable_progress: bool = True, vocab_size: int | None = None,
               prompt=None) -> torch.Tensor:
     """Sample (batch, length) tokens starting from BOS (or from `prompt`, token ids that start
-    with BOS); with the cache each step costs one position.
+    with BOS); with the cache each step costs one position (the backbone's new_kv_caches()).
 
     vocab_size drops extra output rows (the papers' AR has one for its mask token)."""
     if prompt is None:
         x = torch.full((batch, 1), bos_id, dtype=torch.long, device=device)
     else:
         x = torch.as_tensor(prompt, dtype=torch.long, device=device).reshape(1, -1).expand(batch, -1).clone()
-    caches = [KVCache() for _ in backbone.blocks] if use_cache else None
+    caches = backbone.new_kv_caches() if use_cache else None
     start = x.shape[1]
     for i in tqdm(range(length - start), disable=disable_progress, desc="sampling"):
         if use_cache:

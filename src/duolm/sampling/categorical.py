@@ -56,3 +56,27 @@ def categorical_draw(dtype: torch.dtype):
         return race_categorical(p, generator)
 
     return draw
+
+
+def check_top_p(top_p: float) -> None:
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"sampling.p_nucleus must lie in (0, 1], got {top_p}")
+
+
+def nucleus(p: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of states whose mass reaches top_p (per row), renormalised."""
+    if top_p >= 1.0:
+        return p
+    check_top_p(top_p)
+    srt, idx = p.sort(-1, descending=True)
+    before = srt.cumsum(-1) - srt  # mass strictly above each state
+    keep = (before < top_p).to(p.dtype)
+    kept = torch.zeros_like(p).scatter(-1, idx, srt * keep)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def nucleus_log(log_p: torch.Tensor, top_p: float, dtype=torch.float64) -> torch.Tensor:
+    """log of nucleus(p) (p itself, untouched, when top_p = 1)."""
+    if top_p >= 1.0:
+        return log_p
+    return nucleus(log_p.to(dtype).exp(), top_p).log()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from duolm.sampling.categorical import categorical_draw
+from duolm.sampling.categorical import categorical_draw, nucleus_log
 
 
 @torch.no_grad()
@@ -23,8 +23,6 @@ def first_hitting_sample(denoiser, process, schedule, shape, *, grid: torch.Tens
                          dtype=torch.float64, disable_progress: bool = True, stats: dict | None = None,
                          x_init: torch.Tensor | None = None, trajectory: list | None = None):
     """psi_sample's ancestral run (kappa = 1) with cache=True for an absorbing process."""
-    from duolm.sampling.psi import nucleus_log
-
     n = len(grid) - 1
     B = shape[0]
     draw = categorical_draw(dtype)

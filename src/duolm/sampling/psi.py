@@ -16,24 +16,11 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from duolm.sampling.categorical import categorical_draw
+from duolm.sampling.categorical import categorical_draw, nucleus, nucleus_log
 from duolm.sampling.first_hitting import first_hitting_sample
 from duolm.sampling.grids import linear_constant_linear_grid, linear_grid
 from duolm.sampling.kappa import KappaSchedule
-from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
-
-
-def nucleus(p: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of states whose mass reaches top_p (per row), renormalised."""
-    if top_p >= 1.0:
-        return p
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"sampling.p_nucleus must lie in (0, 1], got {top_p}")
-    srt, idx = p.sort(-1, descending=True)
-    before = srt.cumsum(-1) - srt  # mass strictly above each state
-    keep = (before < top_p).to(p.dtype)
-    kept = torch.zeros_like(p).scatter(-1, idx, srt * keep)
-    return kept / kept.sum(-1, keepdim=True)
+from duolm.sampling.spec import SamplerSpec, check_noise_removal
 
 
 @torch.no_grad()
@@ -51,8 +38,7 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
     denoiser output while x_t is unchanged (only valid when the denoiser ignores
     alpha_t, as MDLM's does); `stats` receives the number of calls made and saved.
     """
-    if noise_removal not in NOISE_REMOVAL:
-        raise ValueError(f"sampling.noise_removal must be one of {list(NOISE_REMOVAL)}, got {noise_removal!r}")
+    check_noise_removal(noise_removal)
     n = len(grid) - 1
     if kappa is not None:
         if kappas is not None:
@@ -106,13 +92,6 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
     return x
 
 
-def nucleus_log(log_p: torch.Tensor, top_p: float, dtype=torch.float64) -> torch.Tensor:
-    """log of nucleus(p) (p itself, untouched, when top_p = 1)."""
-    if top_p >= 1.0:
-        return log_p
-    return nucleus(log_p.to(dtype).exp(), top_p).log()
-
-
 def schedule_kappas(kappa: KappaSchedule, grid: torch.Tensor, schedule, noise_removal: str) -> torch.Tensor:
     """One kappa per step of `grid`: the schedule over the updates, then 1 for the noise-removal call."""
     updates = grid[:-1] if noise_removal != "none" else grid
@@ -145,3 +124,6 @@ def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **c
     return psi_sample(model.denoiser, model.process, model.schedule, shape, grid=spec_grid(spec, model.schedule),
                       kappa=spec.kappa, noise_removal=spec.noise_removal, p_nucleus=spec.p_nucleus,
                       dtype=spec.dtype, **common)
+
+
+__all__ = ["check_spec", "from_spec", "nucleus", "psi_sample", "schedule_kappas", "spec_grid"]

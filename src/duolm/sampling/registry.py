@@ -14,18 +14,11 @@ import torch
 from duolm.conditioning import null_labels, with_labels
 from duolm.sampling import analytic, ancestral, ar, psi
 from duolm.sampling.guidance import guided_denoiser
-from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec
+from duolm.sampling.spec import AUTO, NOISE_REMOVAL, SamplerSpec, default_predictor, output_of
 
 # what a method's network gives, by method: log p(x_0 | x_t), SEDD's log score, or next-token logits
 NEEDS = {"x0": "x_0 probabilities from a diffusion denoiser (algo=mdlm, d3pm, duo_base or duo)",
          "score": "a score model (algo=sedd)", "ar": "a causal model (algo=ar)"}
-
-
-def output_of(method) -> str:
-    """What a method's network gives (a key of NEEDS)."""
-    if method.process is None:
-        return "ar"
-    return "score" if method.parameterization == "score" else "x0"
 
 
 @dataclass
@@ -37,7 +30,6 @@ class SamplingModel:
     process: object | None
     schedule: object | None
     output: str                          # a key of NEEDS
-    time_conditioned: bool = True        # False: the denoiser ignores alpha_t (MDLM)
     backbone: torch.nn.Module | None = None
     vocab_size: int | None = None        # AR: the output rows that are tokens
 
@@ -57,8 +49,7 @@ class SamplingModel:
                 null = null_labels(len(labels), backbone.config.num_classes, labels.device)
                 den = guided_denoiser(den, ancestral.denoiser_from(method, with_labels(backbone, null)),
                                       float(guidance))
-        return cls(den, method.process, method.schedule, output, time_conditioned=method.time_conditioning,
-                   backbone=backbone, vocab_size=method.vocab_size)
+        return cls(den, method.process, method.schedule, output, backbone=backbone, vocab_size=method.vocab_size)
 
 
 @dataclass(frozen=True)
@@ -83,22 +74,14 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
-def default_predictor(method) -> str:
-    """The sampler a method uses when sampling.predictor=auto."""
-    return {"ar": "ar", "score": "analytic"}.get(output_of(method), "ancestral")
-
-
-def default_noise_removal(method) -> str:
-    return "ancestral" if output_of(method) == "score" else "greedy"
-
-
 def check_sampler(spec: SamplerSpec, method=None) -> None:
     """Raise one ValueError sentence naming the key when spec cannot sample from method (None: the
     model is not known yet, so only that the sampler exists)."""
-    if spec.predictor not in SAMPLERS:
-        raise ValueError(f"sampling.predictor must be one of {['auto', *SAMPLERS]}, got {spec.predictor!r}")
+    if spec.predictor not in SAMPLERS and spec.predictor != AUTO:
+        raise ValueError(f"sampling.predictor must be one of {[AUTO, *SAMPLERS]}, got {spec.predictor!r}")
     if method is None:
         return
+    spec = spec.resolve(method)
     entry = SAMPLERS[spec.predictor]
     if entry.needs != output_of(method):
         raise ValueError(f"sampling.predictor={spec.predictor} needs {NEEDS[entry.needs]}, not algo={method.name}; "
@@ -117,3 +100,29 @@ def check_sampler(spec: SamplerSpec, method=None) -> None:
     if not entry.holds_positions and (spec.prefix or spec.total_length is not None):
         raise ValueError(f"sampling.predictor={spec.predictor} cannot hold tokens fixed, so sampling.prefix and "
                          f"sampling.total_length are not available with it")
+
+
+def checked_spec(spec: SamplerSpec, method, length: int | None = None, *, infill: bool = False) -> SamplerSpec:
+    """`spec` resolved for `method` ('auto' filled), checked against it and, given the model's
+    length window, against that; infill: it will fill a template (check_infill). The one path
+    from settings to a runnable spec, for the CLI and the API alike."""
+    spec = spec.resolve(method)
+    check_sampler(spec, method)
+    if length is not None:
+        spec.check_length(length)
+        if infill:
+            check_infill(spec, method, length)
+    return spec
+
+
+def check_infill(spec: SamplerSpec, method, length: int) -> None:
+    """Infilling holds the template's text: a diffusion sampler that can hold positions, one window."""
+    if method.is_autoregressive:
+        raise ValueError("sampling.infill needs a diffusion model; an AR model (algo=ar) only continues text")
+    if not SAMPLERS[spec.predictor].holds_positions:
+        raise ValueError(f"sampling.infill holds the template's text fixed, which sampling.predictor="
+                         f"{spec.predictor} cannot do; use ancestral or psi")
+    if spec.prefix or (spec.total_length and spec.total_length > length):
+        raise ValueError("sampling.infill fills one window of the model: drop sampling.prefix and "
+                         "sampling.total_length (the template's text is the prompt)")
+

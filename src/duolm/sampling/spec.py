@@ -1,25 +1,53 @@
 """SamplerSpec: everything a sampler needs besides the model, typed and checked once.
 
-Built from the config by ``duolm.sampling_job.spec_from_config`` (or by hand); each field's
-check names the config key a user types, so a bad value fails before any work.
+Built from the `sampling` config group by the application (duolm.app.sampling_settings) or by
+hand (duolm.app.api.Model.spec); each field's check names the config key a user types, so a bad
+value fails before any work. These checks are the only ones: the samplers trust a spec.
+``resolve(method)`` fills the 'auto' choices with the method's defaults, for the CLI and the API alike.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from duolm.sampling.categorical import check_top_p
 from duolm.sampling.kappa import KappaSchedule
+from duolm.sampling.semi_ar import check_windows
 
 NOISE_REMOVAL = ("ancestral", "greedy", "none")
 TIME_PROFILES = ("linear", "linear-constant-linear")
+AUTO = "auto"  # predictor / noise_removal: the method's default (SamplerSpec.resolve)
+
+
+def check_noise_removal(value: str) -> None:
+    if value not in NOISE_REMOVAL:
+        raise ValueError(f"sampling.noise_removal must be one of {list(NOISE_REMOVAL)}, got {value!r}")
+
+
+def output_of(method) -> str:
+    """What a method's network gives: 'x0' (log p(x_0 | x_t)), 'score' (SEDD's log score) or 'ar'
+    (next-token logits); a key of duolm.sampling.registry.NEEDS."""
+    if method.is_autoregressive:
+        return "ar"
+    return "score" if method.parameterization == "score" else "x0"
+
+
+def default_predictor(method) -> str:
+    """The sampler a method uses when sampling.predictor=auto."""
+    return {"ar": "ar", "score": "analytic"}.get(output_of(method), "ancestral")
+
+
+def default_noise_removal(method) -> str:
+    """The last step a method uses when sampling.noise_removal=auto."""
+    return "ancestral" if output_of(method) == "score" else "greedy"
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    predictor: str = "ancestral"          # a name in duolm.sampling.SAMPLERS
+    predictor: str = "ancestral"          # a name in duolm.sampling.SAMPLERS, or auto (resolve)
     steps: int = 64                       # updates from t = 1 to eps; the noise-removal call comes after
-    noise_removal: str = "greedy"         # ancestral | greedy | none
+    noise_removal: str = "greedy"         # ancestral | greedy | none, or auto (resolve)
     use_float64: bool = True             # float64 categorical draws; false: the papers' float32 race (lower entropy)
     p_nucleus: float = 1.0
     time_profile: str = "linear"          # psi: linear | linear-constant-linear
@@ -35,10 +63,9 @@ class SamplerSpec:
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"sampling.steps must be an integer >= 1, got {self.steps!r}")
-        if self.noise_removal not in NOISE_REMOVAL:
-            raise ValueError(f"sampling.noise_removal must be one of {list(NOISE_REMOVAL)}, got {self.noise_removal!r}")
-        if not 0.0 < self.p_nucleus <= 1.0:
-            raise ValueError(f"sampling.p_nucleus must lie in (0, 1], got {self.p_nucleus}")
+        if self.noise_removal != AUTO:
+            check_noise_removal(self.noise_removal)
+        check_top_p(self.p_nucleus)
         if self.time_profile not in TIME_PROFILES:
             raise ValueError(f"sampling.psi.time_profile must be one of {list(TIME_PROFILES)}, "
                              f"got {self.time_profile!r}")
@@ -47,6 +74,12 @@ class SamplerSpec:
         if self.prefix is not None:
             object.__setattr__(self, "prefix", tuple(int(i) for i in self.prefix))
 
+    def resolve(self, method) -> "SamplerSpec":
+        """This spec with 'auto' replaced by the method's sampler and last step."""
+        return replace(self, predictor=default_predictor(method) if self.predictor == AUTO else self.predictor,
+                       noise_removal=default_noise_removal(method) if self.noise_removal == AUTO
+                       else self.noise_removal)
+
     @property
     def dtype(self) -> torch.dtype:
         """The precision of the sampler's probabilities."""
@@ -54,8 +87,6 @@ class SamplerSpec:
 
     def check_length(self, length: int) -> None:
         """The settings that depend on the model's length window."""
-        from duolm.sampling.semi_ar import check_windows
-
         check_windows(length, self.total_length, self.stride)
         if self.prefix and len(self.prefix) >= length:
             raise ValueError(f"sampling.prefix is {len(self.prefix)} tokens; the model's length is {length}")

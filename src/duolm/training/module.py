@@ -107,10 +107,9 @@ class LitDiffusionLM(pl.LightningModule):
         backbone = with_labels(self.backbone, labels[0] if labels else None)  # the NELBO given the true class
         g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
         for _ in range(self.eval_time_samples):
-            out = self.method.token_loss(backbone, x0, valid, generator=g)
-            prior = self.method.prior_kl(x0).to(self.device)
-            self._val[0] += ((out.nll + prior) * out.weight).sum().double() / self.eval_time_samples
-        self._val[1] += out.weight.sum().double()
+            nelbo, count = self.method.sequence_nelbo(backbone, x0, valid, generator=g)
+            self._val[0] += nelbo.sum() / self.eval_time_samples
+        self._val[1] += count.sum()
 
     def on_validation_epoch_end(self):
         if self.ema is not None:

@@ -7,12 +7,25 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+import difflib
 
+import torch
+from hydra import compose as hydra_compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from duolm.app.sampling_settings import spec_from_config
+from duolm.conditioning import check_labels
+from duolm.curriculum import CurriculumSchedule
+from duolm.data.images import IMAGE_SOURCES, image_tokenizer
 from duolm.data.pipeline import check_data
+from duolm.distill import DeltaSchedule, check_settings
 from duolm.methods import Method, build_method
-from duolm.models.backbones import BACKBONES, backbone_config
+from duolm.model_format import LOSS_DTYPES
+from duolm.models.backbones import BACKBONES, backbone_config, backbone_row, build_backbone
+from duolm.models.ema import check_decay
+from duolm.sampling import check_sampler, checked_spec
 from duolm.schedules import make_schedule
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -25,8 +38,6 @@ class ConfigError(ValueError):
 
 def known_keys(overrides: list[str] | None = None) -> list[str]:
     """Every key of the config composed with the group choices among `overrides` (dotted)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
     groups = [o for o in (overrides or []) if o.partition("=")[0] in GROUPS]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = OmegaConf.to_container(hydra_compose("config", overrides=groups), resolve=False)
@@ -44,8 +55,6 @@ def known_keys(overrides: list[str] | None = None) -> list[str]:
 
 def _unknown_keys(overrides: list[str]) -> str | None:
     """One sentence for the first override whose key the config does not have, with the nearest keys."""
-    import difflib
-
     try:
         keys = known_keys(overrides)
     except Exception:  # noqa: BLE001 - a bad group choice: reported by the caller
@@ -74,10 +83,6 @@ def compose_components(overrides: list[str] | None = None, *,
     """(config, what validate built). model_from_checkpoint: the command reads a trained model
     (sample, eval, convert), so the sampler is checked against it once loaded, not against the
     config's algo and model."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     overrides = list(overrides or [])
     given = []
     for o in overrides:
@@ -99,10 +104,7 @@ def compose_components(overrides: list[str] | None = None, *,
             raise ConfigError(unknown) from None
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"bad override: {first}") from None
-    kind, image = cfg.model.get("type", "dit"), cfg.data.get("modality") == "image"
-    if kind == "unet" and not image:  # before resolving: the UNet's length is the image's
-        raise ConfigError(f"model={cfg.model.name} is an image network; it needs image data (data=digits, mnist "
-                          f"or cifar10), not data={cfg.data.name}")
+    _check_backbone_data(cfg)  # before resolving: an image network's length is the image's
     OmegaConf.resolve(cfg)
     cfg.given = sorted(set(given))
     return cfg, validate(cfg, model_from_checkpoint=model_from_checkpoint)
@@ -150,9 +152,8 @@ class Components:
         return m
 
     def backbone_config(self, method: Method):
-        if self.backbone.type == "unet":
-            return replace(self.backbone, vocab_size=method.model_vocab_size)
-        return replace(self.backbone, vocab_size=method.model_vocab_size, causal=method.causal)
+        causal = {"causal": method.causal} if backbone_row(self.backbone.type).causal_option else {}
+        return replace(self.backbone, vocab_size=method.model_vocab_size, **causal)
 
 
 def _built(key_hint: str, build):
@@ -166,10 +167,6 @@ def _built(key_hint: str, build):
 
 def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Components:
     """Check every value before work starts and build what the run needs from them, once."""
-    from duolm.curriculum import CurriculumSchedule
-    from duolm.distill import DeltaSchedule, check_settings
-    from duolm.models.ema import check_decay
-
     schedule = _built("noise", lambda: make_schedule(cfg.noise.type, cfg.noise.eps))
     _choice(cfg, "training.loss_precision", ("float32", "float64"))
     _choice(cfg, "training.fused_loss", (True, False))
@@ -178,7 +175,7 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
         _positive(cfg, key)
     algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
     parts = Components(schedule=schedule, algo=algo, sampling_eps=cfg.training.sampling_eps,
-                       loss_dtype=torch.float64 if cfg.training.loss_precision == "float64" else torch.float32,
+                       loss_dtype=LOSS_DTYPES[cfg.training.loss_precision],
                        backbone=None, fused_loss=cfg.training.get("fused_loss", True))
     probe = _built("algo", lambda: parts.method(2))  # the method's own checks; the vocabulary comes later
     c = cfg.algo.get("curriculum")
@@ -251,21 +248,26 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
 
 
 def is_image_data(cfg) -> bool:
+    """The one answer to "are these data images?": the data group says so (data.modality)."""
     return cfg.data.get("modality") == "image"
+
+
+def _check_backbone_data(cfg) -> None:
+    """The network reads the kind of data the data group gives (the backbone table's row says which)."""
+    row = BACKBONES.get(cfg.model.get("type", "dit"))  # an unknown type: validate names it
+    if row is not None and ("image" if is_image_data(cfg) else "text") not in row.data:
+        raise ConfigError(f"model={cfg.model.name} is an image network; it needs image data (data=digits, mnist "
+                          f"or cifar10), not data={cfg.data.name}")
 
 
 def _check_modality(cfg, parts) -> None:
     """Image data with an image-sized model, text with a text model; the classes of image data."""
     kind = cfg.model.get("type", "dit")
-    if kind not in BACKBONES:
-        raise ConfigError(f"model.type must be one of {sorted(BACKBONES)}, got {kind!r}")
-    if kind == "unet" and parts.curriculum is not None:
-        raise ConfigError(f"algo={cfg.algo.name} trains with Duo's curriculum, whose relaxed inputs the UNet does not "
+    row = _built("model", lambda: backbone_row(kind))
+    if not row.relaxed_inputs and parts.curriculum is not None:
+        raise ConfigError(f"algo={cfg.algo.name} trains with Duo's curriculum, whose relaxed inputs the {kind} does not "
                           f"read; use algo=duo_base (as the papers' CIFAR-10 runs do) or algo.curriculum.mode=none")
     if not is_image_data(cfg):
-        if kind == "unet":
-            raise ConfigError(f"model={cfg.model.name} is an image network; it needs image data (data=digits, mnist "
-                              f"or cifar10), not data={cfg.data.name}")
         return
     d = cfg.data
     for key in ("levels", "channels", "image_size", "num_classes"):
@@ -280,8 +282,6 @@ def _check_modality(cfg, parts) -> None:
         raise ConfigError("algo=ar does not train on images here: its sequences start with a BOS token, which pixel "
                           "sequences do not have; use algo=duo_base or algo=mdlm")
     _choice(cfg, "data.flip", (True, False))
-    from duolm.data.images import IMAGE_SOURCES, image_tokenizer
-
     _choice(cfg, "data.source", tuple(IMAGE_SOURCES))
     _built("data", lambda: image_tokenizer(d.source, d.levels, d.num_classes))
     p = cfg.training.get("class_dropout", 0.1)
@@ -296,16 +296,13 @@ def _backbone_placeholder(cfg, num_classes: int, causal: bool):
     kind = m.pop("type", "dit")
     m.pop("name", None)
     m.pop("length", None)
-    if kind == "unet":
-        d = cfg.data
-        config = backbone_config({**m, "type": "unet", "vocab_size": 2, "channels": d.channels,
-                                  "image_size": d.image_size, "num_classes": num_classes})
-        from duolm.models.backbones import build_backbone
-
-        with torch.device("meta"):  # the layers' own checks (GroupNorm's channel split), without memory
-            build_backbone(config)
-        return config
-    return backbone_config({**m, "type": "dit", "vocab_size": 1, "num_classes": num_classes, "causal": causal})
+    row = backbone_row(kind)
+    shape = {"channels": cfg.data.channels, "image_size": cfg.data.image_size} if row.image_shaped else {}
+    config = backbone_config({**m, "type": kind, "vocab_size": 2, "num_classes": num_classes, **shape,
+                              **({"causal": causal} if row.causal_option else {})})
+    with torch.device("meta"):  # the layers' own checks (GroupNorm's channel split, heads), without memory
+        build_backbone(config)
+    return config
 
 
 def batch_plan(cfg) -> tuple[int, int, int]:
@@ -322,9 +319,6 @@ def batch_plan(cfg) -> tuple[int, int, int]:
 def _check_sampling(cfg, method, *, model_known: bool, num_classes: int = 0) -> None:
     """The sampler spec's and the sampler table's checks. model_known=False (sample, eval, convert):
     only what needs no model; the rest is checked against the checkpoint once it is loaded."""
-    from duolm.sampling import check_sampler
-    from duolm.sampling_job import spec_from_config
-
     s = cfg.sampling
     g = s.get("guidance")
     if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float))):
@@ -342,14 +336,13 @@ def _check_sampling(cfg, method, *, model_known: bool, num_classes: int = 0) -> 
 
     def check():
         # the prefix is tokenized when the tokenizer has loaded; its length is checked then
-        spec = spec_from_config(OmegaConf.merge(s, {"prefix": None}), method, eps=cfg.training.sampling_eps)
+        spec = spec_from_config(OmegaConf.merge(s, {"prefix": None}), method)
         if not model_known:
             check_sampler(spec)
             return
         if s.get("prefix"):
             spec = replace(spec, prefix=(0,))  # a stand-in: the sampler must be able to hold tokens
-        check_sampler(spec, method)
-        spec.check_length(cfg.model.length)
+        checked_spec(spec, method, cfg.model.length)
 
     _built("sampling.psi", check)
 
@@ -369,8 +362,6 @@ def parse_classes(classes):
 def check_conditioning(guidance, classes, num_classes: int, score_model: bool = False) -> None:
     """Guidance and labels need a class-conditional model; labels must be among its classes; a
     score model (sedd) has no x_0 prediction for guidance to mix."""
-    from duolm.conditioning import check_labels
-
     if score_model and guidance not in (None, 1, 1.0):
         raise ValueError("sampling.guidance mixes x_0 predictions; a score model (sedd) gives none, so it samples "
                          "with guidance 1 (the conditional model) only")

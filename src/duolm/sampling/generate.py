@@ -1,42 +1,21 @@
-"""A sampling job: config -> SamplerSpec -> batches through the sampler table -> timed JSON.
+"""Generation: a SamplerSpec and a model -> batches through the sampler table -> a timed, JSON-ready result.
 
-The samplers themselves are plain functions in duolm.sampling; this file adapts the config to
-them, times them and writes what they drew.
+The samplers themselves are plain functions in duolm.sampling; this file runs one over batches
+(semi-autoregressive windows past the model's length, held template positions, class labels,
+a recorded trajectory), times it and describes what it drew. It takes typed objects only; the
+application builds the spec from its config (duolm.app.sampling_settings).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-from duolm.atomic import atomic_write_text
 from duolm.data.tokenizers import is_image
-from duolm.sampling import (SAMPLERS, KappaSchedule, SamplerSpec, SamplingModel, default_noise_removal, default_predictor,
-                            held_positions, parse_kappa, semi_ar_sample)
-
-
-def spec_from_config(sampling, method, tokenizer=None, eps: float = 1e-3) -> SamplerSpec:
-    """The typed spec of the `sampling` config group for `method` ('auto' resolved per method)."""
-    psi = sampling.psi
-    prefix = None
-    if sampling.get("prefix"):
-        if tokenizer is None:
-            raise ValueError("sampling.prefix needs the tokenizer")
-        prefix = [tokenizer.bos_id] + tokenizer.encode(sampling.prefix)
-    predictor = default_predictor(method) if sampling.predictor == "auto" else sampling.predictor
-    # kappa matters to psi only: other samplers ignore it, so their specs keep the default
-    kappa = KappaSchedule(parse_kappa(psi.high_mode), parse_kappa(psi.middle_mode), parse_kappa(psi.low_mode),
-                          psi.high_frac, psi.middle_frac) if predictor == "psi" else KappaSchedule()
-    return SamplerSpec(predictor=predictor, steps=sampling.steps,
-                       noise_removal=default_noise_removal(method) if sampling.noise_removal == "auto"
-                       else sampling.noise_removal,
-                       use_float64=sampling.use_float64, p_nucleus=sampling.p_nucleus,
-                       time_profile=psi.time_profile, plateau=psi.plateau, plateau_in=psi.plateau_in,
-                       kappa=kappa, prefix=prefix, eps=eps, total_length=sampling.get("total_length"),
-                       stride=sampling.get("stride"), stop_at_eos=bool(sampling.get("stop_at_eos", False)))
+from duolm.sampling.registry import SAMPLERS, SamplingModel
+from duolm.sampling.semi_ar import held_positions, semi_ar_sample
+from duolm.sampling.spec import SamplerSpec
 
 
 def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *, bos_id: int, generator=None,
@@ -81,18 +60,6 @@ def decode_text(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode([i for i in ids if i < tokenizer.vocab_size])
 
 
-def check_infill(spec: SamplerSpec, method, length: int) -> None:
-    """Infilling holds the template's text: a diffusion sampler that can hold positions, one window."""
-    if method.process is None:
-        raise ValueError("sampling.infill needs a diffusion model; an AR model (algo=ar) only continues text")
-    if not SAMPLERS[spec.predictor].holds_positions:
-        raise ValueError(f"sampling.infill holds the template's text fixed, which sampling.predictor="
-                         f"{spec.predictor} cannot do; use ancestral or psi")
-    if spec.prefix or (spec.total_length and spec.total_length > length):
-        raise ValueError("sampling.infill fills one window of the model: drop sampling.prefix and "
-                         "sampling.total_length (the template's text is the prompt)")
-
-
 def _recording(denoiser, predictions: list):
     """The denoiser, appending its argmax over x_0 (B, L) to `predictions` at every call."""
 
@@ -123,9 +90,9 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
     guided_denoiser; trajectory > 0 (True: every step) also records x_t of the first batch at that
     many steps (duolm view plays it).
     template: a duolm.infill.Template whose text is held and whose blanks are filled; each
-    sample then gives the filled template's text and the character spans generated."""
-    if template is not None:
-        check_infill(spec, method, length)
+    sample then gives the filled template's text and the character spans generated.
+    spec: as duolm.sampling.checked_spec returns it (infill=True with a template), which is where
+    every setting, and the template's needs, are checked."""
     backbone.eval()
     g = torch.Generator(device=device or "cpu").manual_seed(seed)
     torch.manual_seed(seed)
@@ -197,26 +164,3 @@ def trajectory_record(frames: list[torch.Tensor], wanted, predictions: list | No
     if predictions is not None:
         out["predictions"] = [predictions[k][:8].tolist() if k < len(predictions) else None for k in keep]
     return out
-
-
-def write_pictures(result: dict, json_path) -> dict[str, str]:
-    """The PNG grid of an image result (a row per class) next to its JSON, and the trajectory strip
-    when one was recorded: {'grid': path, 'trajectory': path}."""
-    import numpy as np
-
-    from duolm.data.tokenizers import load_tokenizer
-    from duolm.evaluation.pictures import sample_grid, trajectory_strip
-
-    tok = load_tokenizer(result["image"])
-    json_path = Path(json_path)
-    images = tok.decode_pixels(np.asarray([s["ids"] for s in result["samples"]]))
-    out = {"grid": str(sample_grid(images, [s["label"] for s in result["samples"]], json_path.with_suffix(".png")))}
-    if result.get("trajectory"):
-        frames = tok.decode_pixels(np.asarray(result["trajectory"]["ids"]))
-        out["trajectory"] = str(trajectory_strip(frames, json_path.with_suffix(".trajectory.png")))
-    return out
-
-
-def write_samples(result: dict, path) -> Path:
-    """Write a JSON result atomically (a reader never sees half a file)."""
-    return atomic_write_text(path, json.dumps(result, indent=1))

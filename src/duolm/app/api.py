@@ -4,9 +4,9 @@
     m.generate(n=4, steps=8, prompt="the old man", sampler="psi").texts
     m.infill("the [___] sat on the [___:3] mat").texts ; m.nelbo(["some text"])
 
-A thin layer over the library: `duolm.checkpoints.load`, `SamplerSpec` and the sampler table,
-`duolm.infill` and `duolm.evaluation.likelihood.continuation_nelbo`. Every bad argument gets one
-sentence naming it.
+A thin layer over the library: `duolm.checkpoints.load_pretrained`, `SamplerSpec` and the sampler
+table (`checked_spec`), `duolm.infill` and `duolm.evaluation.likelihood.continuation_nelbo`. Every
+bad argument gets one sentence naming it.
 """
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from duolm.checkpoints import load_pretrained
 from duolm.data.tokenizers import is_image
+from duolm.evaluation.likelihood import continuation_nelbo
+from duolm.infill import parse_template
+from duolm.sampling import KappaSchedule, SamplerSpec, checked_spec, parse_kappa
+from duolm.sampling.generate import decode_text, generate
 
 
 @dataclass
@@ -67,23 +72,19 @@ class Model:
 
     # --- sampling ---------------------------------------------------------------------------
     def spec(self, *, steps: int = 64, sampler: str = "auto", noise_removal: str = "auto", kappa=None,
-             p_nucleus: float = 1.0, prompt_ids=None, total_length: int | None = None, **options):
+             p_nucleus: float = 1.0, prompt_ids=None, total_length: int | None = None, infill: bool = False,
+             **options):
         """The SamplerSpec these keywords describe, checked against the model (one sentence on error).
-        kappa: a Psi mode string for every part ('max-capped-0.02') or a KappaSchedule."""
-        from duolm.sampling import (KappaSchedule, SamplerSpec, check_sampler, default_noise_removal,
-                                    default_predictor, parse_kappa)
-
-        predictor = default_predictor(self.method) if sampler == "auto" else sampler
+        kappa: a Psi mode string for every part ('max-capped-0.02') or a KappaSchedule. The spec's last
+        time is the model's own sampling_eps (the floor it was trained with) unless `eps` is given."""
         if isinstance(kappa, str):
             k = parse_kappa(kappa)
             kappa = KappaSchedule(k, k, k)
-        spec = SamplerSpec(predictor=predictor, steps=steps,
-                           noise_removal=default_noise_removal(self.method) if noise_removal == "auto"
-                           else noise_removal, p_nucleus=p_nucleus, prefix=prompt_ids, total_length=total_length,
+        options.setdefault("eps", self.method.sampling_eps)
+        spec = SamplerSpec(predictor=sampler, steps=steps, noise_removal=noise_removal, p_nucleus=p_nucleus,
+                           prefix=prompt_ids, total_length=total_length,
                            **({"kappa": kappa} if kappa is not None else {}), **options)
-        check_sampler(spec, self.method)
-        spec.check_length(self.length)
-        return spec
+        return checked_spec(spec, self.method, self.length, infill=infill)
 
     def generate(self, n: int = 1, *, steps: int = 64, prompt: str | None = None, sampler: str = "auto",
                  length: int | None = None, seed: int = 0, batch_size: int = 16, progress: bool = False,
@@ -91,8 +92,6 @@ class Model:
         """n samples (texts and ids). prompt: text held at the start; length > the model's window:
         semi-autoregressive windows. Other keywords: noise_removal, kappa, p_nucleus, and any
         SamplerSpec field (time_profile, plateau, stride, stop_at_eos, use_float64, ...)."""
-        from duolm.sampling_job import decode_text, generate
-
         if is_image(self.tokenizer):
             raise ValueError("generate() writes text; this is an image model: use `duolm sample` for its grid")
         prompt_ids = None if prompt is None else [self.tokenizer.bos_id] + self.tokenizer.encode(prompt)
@@ -110,14 +109,11 @@ class Model:
                seed: int = 0, batch_size: int = 16, progress: bool = False, **options) -> Generation:
         """Fill the blanks of `template` ('[___]', or '[___:n]' for n tokens): texts, ids of the
         template's positions, and each sample's generated character spans."""
-        from duolm.infill import parse_template
-        from duolm.sampling_job import generate
-
         if is_image(self.tokenizer):
             raise ValueError("infill() fills text templates; this is an image model")
         tpl = parse_template(template, self.tokenizer, blank_length=blank_length, max_length=self.length,
                              key="template")
-        spec = self.spec(steps=steps, sampler=sampler, **options)
+        spec = self.spec(steps=steps, sampler=sampler, infill=True, **options)
         res = generate(self.method, self.pretrained.backbone, self.tokenizer, spec, length=self.length,
                        num_samples=n, batch_size=batch_size, seed=seed, device=self.device, progress=progress,
                        template=tpl)
@@ -130,8 +126,6 @@ class Model:
         """Each text's -log p bound in nats (exact NLL for AR) with its Monte Carlo standard error,
         after the BOS token (and `context`, held clean, when given). Texts longer than the model are
         scored window by window."""
-        from duolm.evaluation.likelihood import continuation_nelbo
-
         if isinstance(texts, str):
             texts = [texts]
         if is_image(self.tokenizer):
@@ -147,11 +141,9 @@ class Model:
 
 
 def load(name_or_path, *, device=None, **hints) -> Model:
-    """Any model the one loader takes (duolm.checkpoints.load: built-in names, folders, run
+    """Any model the one loader takes (duolm.checkpoints.load_pretrained: built-in names, folders, run
     checkpoints, the papers' files, hub ids), ready to generate, infill and score."""
-    from duolm.checkpoints import load as load_checkpoint
-
-    return Model(load_checkpoint(name_or_path, **hints), device=device)
+    return Model(load_pretrained(name_or_path, **hints), device=device)
 
 
 __all__ = ["Generation", "Model", "Score", "load"]

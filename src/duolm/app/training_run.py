@@ -1,20 +1,31 @@
 """Build everything a training run needs from a validated config, and run it on Lightning."""
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
+from duolm.app.config import is_image_data, validate
+from duolm.app.data_settings import load_data
 from duolm.atomic import atomic_torch_save
-from duolm.checkpoints import FORMAT, save_pretrained
-from duolm.data.pipeline import build_splits, unigram_entropy_bits
+from duolm.checkpoints import FORMAT, save_pretrained, training_of
+from duolm.curriculum import Curriculum
+from duolm.data.images import horizontal_flip
+from duolm.data.pipeline import EVAL_ONLY, unigram_entropy_bits
 from duolm.data.tokenizers import load_tokenizer
 from duolm.models.backbones import build_backbone
+from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
 from duolm.training.datamodule import BlockDataModule
+from duolm.training.history import AppendingCSVLogger, check_resumable, drop_rows_after
+from duolm.training.interrupt import GracefulStop
 from duolm.training.module import LitDiffusionLM, NonFiniteLossError
+from duolm.training.progress import StepProgress
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -24,38 +35,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
-def source_kwargs(data_cfg) -> dict:
-    keys = ("path", "format", "text_field", "valid_path", "valid_fraction", "data_files")
-    return {k: data_cfg[k] for k in keys if k in data_cfg and data_cfg[k] is not None}
-
-
-def load_data(cfg, tokenizer=None, length: int | None = None):
-    """(tokenizer, splits) of cfg.data in blocks of `length` (default: model.length); images come
-    with their own pixel tokenizer and labels."""
-    if cfg.data.get("modality") == "image":
-        from duolm.data.images import build_image_splits
-
-        return build_image_splits(cfg.data.source, cfg.data.levels, cfg.data.get("cache_dir"),
-                                  cfg.data.get("data_files"), num_classes=cfg.data.num_classes)
-    tokenizer = tokenizer or load_tokenizer(cfg.data.tokenizer)
-    if cfg.data.get("streaming"):
-        from duolm.data.pipeline import stream_splits
-
-        splits = stream_splits(cfg.data.source, tokenizer, length or cfg.model.length, cfg.data.get("cache_dir"),
-                               cfg.data.get("num_proc"), seed=cfg.seed, shuffle_buffer=cfg.data.get("shuffle_buffer", 0),
-                               valid_docs=cfg.data.get("valid_docs", 1000), data_files=cfg.data.get("data_files"))
-        return tokenizer, splits
-    splits = build_splits(cfg.data.source, tokenizer, length or cfg.model.length, cfg.data.blocks,
-                          cfg.data.get("cache_dir"), num_proc=cfg.data.get("num_proc"), **source_kwargs(cfg.data))
-    return tokenizer, splits
-
-
 def build_objective(parts, method, backbone, *, distill_cfg=None, curriculum: bool = True, antithetic: bool = True,
                     num_classes: int = 0):
     """The training objective: DCD when distill_cfg is given, Duo's curriculum when configured (and
     `curriculum`: not when continuing a trained model), else the method's NELBO (duolm.objectives)."""
-    from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
-
     if distill_cfg is not None:
         d = distill_cfg
         if num_classes:
@@ -65,8 +48,6 @@ def build_objective(parts, method, backbone, *, distill_cfg=None, curriculum: bo
                             antithetic=antithetic)
     labels = dict(num_classes=num_classes, class_dropout=parts.class_dropout)
     if curriculum and parts.curriculum is not None:
-        from duolm.curriculum import Curriculum
-
         return CurriculumNelbo(method, Curriculum(parts.curriculum, method.process.num_states), antithetic=antithetic,
                                **labels)
     return Nelbo(method, antithetic=antithetic, **labels)
@@ -92,10 +73,6 @@ def _precision(cfg) -> str:
 
 
 def _loggers(cfg, run_dir: Path):
-    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-
-    from duolm.training.history import AppendingCSVLogger
-
     out = []
     if cfg.logging.csv:
         out.append(AppendingCSVLogger(run_dir, name="logs", version=""))
@@ -107,8 +84,6 @@ def _loggers(cfg, run_dir: Path):
 
 
 def build_trainer(cfg, run_dir: Path, accumulate: int, callbacks=()):
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", every_n_train_steps=
                            cfg.run.checkpoint_every, save_last=True, save_top_k=1, monitor=None,
                            auto_insert_metric_name=False)
@@ -130,12 +105,9 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
 
     init: a loaded model (duolm.checkpoints.Pretrained) to start from; with cfg.distill.enabled,
     the run is Discrete Consistency Distillation of that model (its tokenizer and length are used).
-    parts: what duolm.config.validate built from cfg (built here when not given). callbacks: more
+    parts: what duolm.app.config.validate built from cfg (built here when not given). callbacks: more
     Lightning callbacks (benchmarks time the steps with one).
     """
-    from duolm.config import validate
-    from duolm.data.pipeline import EVAL_ONLY
-
     if cfg.data.source in EVAL_ONLY:
         raise ValueError(f"data={cfg.data.name} is an evaluation-only (zero-shot) set: train on another "
                          f"corpus, then run duolm eval data={cfg.data.name}")
@@ -148,8 +120,8 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
         _, splits = load_data(cfg, tokenizer, length)
     else:
         # bad data fails here, before anything is written; image data bring their pixel tokenizer
-        tokenizer, splits = load_data(cfg, None if cfg.data.get("modality") == "image"
-                                      else load_tokenizer(cfg.data.tokenizer), cfg.model.length)
+        tokenizer, splits = load_data(cfg, None if is_image_data(cfg) else load_tokenizer(cfg.data.tokenizer),
+                                      cfg.model.length)
         method, algo = parts.method(tokenizer.vocab_size), parts.algo
         length, noise = cfg.model.length, dict(cfg.noise)
         backbone = build_backbone(parts.backbone_config(method))
@@ -158,11 +130,7 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
     objective = build_objective(parts, method, backbone, distill_cfg=cfg.distill if distilling else None,
                                 curriculum=init is None, antithetic=cfg.training.antithetic, num_classes=num_classes)
     augment = None
-    if cfg.data.get("modality") == "image" and cfg.data.get("flip"):
-        import functools
-
-        from duolm.data.images import horizontal_flip
-
+    if is_image_data(cfg) and cfg.data.get("flip"):
         augment = functools.partial(horizontal_flip, channels=tokenizer.channels, image_size=tokenizer.image_size)
     per_device, eval_bs, accum = parts.batch
     module = LitDiffusionLM(objective, backbone, lr=cfg.optim.lr,
@@ -173,6 +141,7 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
                             eval_time_samples=cfg.eval.time_samples,
                             export_config={"format": FORMAT, "algo": algo, "noise": noise,
                                            "tokenizer": tokenizer.to_dict(), "length": length,
+                                           "training": training_of(method),
                                            "data": _data_fingerprint(cfg, splits)},
                             seed=cfg.seed, augment=augment)
     dm = BlockDataModule(splits["train"], splits["valid"], batch_size=per_device, eval_batch_size=eval_bs,
@@ -183,8 +152,6 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if cfg.run.resume and last.exists() else None
     if resume:  # the same run? checked before anything in run.dir changes
-        from duolm.training.history import check_resumable, drop_rows_after
-
         saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
         check_resumable(saved.get("duolm", {}), module.checkpoint_config(), run_dir)
         drop_rows_after(run_dir / "logs" / "metrics.csv", int(saved.get("global_step", 0)))
@@ -198,12 +165,8 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
         + (f" | resuming from {resume}" if resume else ""))
     if cfg.trainer.get("compile"):
         module.backbone.compile()  # in place (the DiT: its blocks): parameter names, so checkpoints, stay as they are
-    from duolm.training.interrupt import GracefulStop
-
     stop = GracefulStop()
     if cfg.trainer.enable_progress_bar:
-        from duolm.training.progress import StepProgress
-
         callbacks = [StepProgress(cfg.loader.global_batch_size * length), *callbacks]
     trainer = build_trainer(cfg, run_dir, accum, [stop, *callbacks])
     t0 = time.perf_counter()
@@ -222,16 +185,8 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
         report["interrupted"] = True
     if trainer.global_rank == 0:
         model_dir = save_pretrained(run_dir / "model", module.ema_backbone(), algo=algo, noise=noise,
-                                    tokenizer=tokenizer, length=length,
+                                    tokenizer=tokenizer, length=length, training=training_of(method),
                                     extra={"data": cfg.data.name, "steps": trainer.global_step})
         report["model_dir"] = str(model_dir)
         report["unigram_bits_per_token"] = unigram_entropy_bits(splits["valid"], tokenizer.vocab_size)
     return report
-
-
-def perplexity_line(name: str, ev: dict, baseline_bits: float | None, unit: str = "token") -> str:
-    line = (f"{name}: {ev['nll']:.4f} +- {ev['nll_se']:.4f} nats/{unit} = {ev['bits_per_token']:.3f} bits/{unit}, "
-            f"perplexity {ev['ppl']:.2f}")
-    if baseline_bits is not None:
-        line += f" (token frequencies alone: {baseline_bits:.3f} bits/{unit})"
-    return line

@@ -6,7 +6,7 @@ Any checkpoint the loader takes is written in duolm's format into a staging fold
 folder is never modified) with a generated model card (README.md): algo, data, size, training
 steps and time, the measured validation NELBO, the sampler settings of its samples and how to
 load it; then the folder is uploaded. Loading by hub id is `duolm.load("me/duo-owt")` (a snapshot
-download, then the normal loader: duolm.checkpoints.load).
+download, then the normal loader: duolm.checkpoints.load_pretrained).
 """
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-METRICS_FILE = "metrics.json"  # written next to a trained model by `duolm train`: validation, training, sampler
+from duolm.checkpoints import load_pretrained, looks_like_hub_id, read_config_json, resolve_builtin, save_pretrained
+from duolm.model_format import METRICS_FILE, training_of
+from duolm.models.backbones import backbone_row
 
 
 def model_card(config: dict, metrics: dict | None, *, repo_id: str, parameters: int) -> str:
@@ -25,8 +27,7 @@ def model_card(config: dict, metrics: dict | None, *, repo_id: str, parameters: 
     algo = config["algo"]["name"]
     model = config["model"]
     tok = config["tokenizer"]
-    shape = (f"DiT, {model['n_blocks']} blocks x {model['hidden_size']}" if model.get("type", "dit") == "dit"
-             else f"{model.get('type')}")
+    shape = backbone_row(model.get("type", "dit")).describe(model)
     lines = ["---", "library_name: duolm", "tags: [discrete-diffusion, duolm, " + algo + "]", "---", "",
              f"# {repo_id}", "",
              f"A {algo} model trained with duolm (discrete diffusion language models: Duo, MDLM, SEDD, D3PM, AR).",
@@ -66,15 +67,15 @@ def model_card(config: dict, metrics: dict | None, *, repo_id: str, parameters: 
 
 
 def stage(path, repo_id: str, directory: Path) -> Path:
-    """Write the model at `path` (anything duolm.checkpoints.load takes) in duolm's format into
-    `directory` with its model card; the source is only read."""
-    from duolm.checkpoints import load, read_config_json, resolve_builtin, save_pretrained
-
-    pre = load(path)
+    """Write the model at `path` (anything duolm.checkpoints.load_pretrained takes) in duolm's format
+    into `directory` with its model card; the source is only read."""
+    pre = load_pretrained(path)
     src = Path(resolve_builtin(str(path)))
-    extra = {k: v for k, v in pre.config.items() if k not in ("format", "algo", "model", "noise", "tokenizer", "length")}
+    extra = {k: v for k, v in pre.config.items()
+             if k not in ("format", "algo", "model", "noise", "tokenizer", "length", "training")}
     out = save_pretrained(directory / "model", pre.backbone.cpu(), algo=pre.config["algo"], noise=pre.config["noise"],
-                          tokenizer=pre.tokenizer, length=pre.config["length"], extra=extra)
+                          tokenizer=pre.tokenizer, length=pre.config["length"], training=training_of(pre.method),
+                          extra=extra)
     metrics = None
     if src.is_dir() and (src / METRICS_FILE).is_file():
         metrics = json.loads((src / METRICS_FILE).read_text())
@@ -97,8 +98,6 @@ def _upload(folder: Path, repo_id: str, *, private: bool, message: str) -> str:
 
 def push(path, repo_id: str, *, private: bool = False, message: str = "Upload a duolm model", upload=None) -> str:
     """Stage the model at `path` with its card and upload it to `repo_id`; returns the commit's URL."""
-    from duolm.checkpoints import looks_like_hub_id
-
     if not isinstance(repo_id, str) or not looks_like_hub_id(repo_id):
         raise ValueError(f"hub.repo must be a Hugging Face repository id such as me/duo-owt, got {repo_id!r}")
     upload = upload or _upload

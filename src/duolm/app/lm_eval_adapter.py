@@ -3,8 +3,8 @@
     duolm lm-eval eval.checkpoint_path=builtin:duo-bigtxt-dcd lm_eval.tasks=[arc_easy] lm_eval.limit=100
 
 or lm-eval's own command line with the model registered:
-``python -m duolm.evaluation.lm_eval_adapter --model duolm --model_args pretrained=<model> --tasks ...``,
-or from Python, after ``import duolm.evaluation.lm_eval_adapter`` (which registers the model name
+``python -m duolm.app.lm_eval_adapter --model duolm --model_args pretrained=<model> --tasks ...``,
+or from Python, after ``import duolm.app.lm_eval_adapter`` (which registers the model name
 ``duolm``): ``lm_eval.simple_evaluate(model="duolm", model_args="pretrained=<model>,num_mc_samples=16", ...)``.
 
 - ``loglikelihood``: AR models give the exact log-likelihood of the continuation; diffusion
@@ -27,8 +27,10 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from duolm.app.api import load
 from duolm.data.tokenizers import encode_fragment
 from duolm.evaluation.likelihood import continuation_nelbo
+from duolm.sampling.generate import decode_text, sample_batch
 
 
 @register_model("duolm")
@@ -37,11 +39,9 @@ class DuolmLM(LM):
                  steps: int = 64, sampler: str = "auto", seed: int = 0, device=None, semi_ar: bool = True,
                  max_gen_toks: int = 64, **_ignored):
         super().__init__()
-        import duolm
-
         if device in ("cuda", "cuda:0") and not torch.cuda.is_available():
             device = "cpu"  # lm-eval's command line asks for cuda unless told otherwise
-        self.model = duolm.load(pretrained, device=device) if isinstance(pretrained, str) else pretrained
+        self.model = load(pretrained, device=device) if isinstance(pretrained, str) else pretrained
         self.num_mc_samples, self.batch_size = int(num_mc_samples), int(batch_size)
         self.steps, self.sampler, self.seed = int(steps), sampler, int(seed)
         self.semi_ar = semi_ar if isinstance(semi_ar, bool) else str(semi_ar).lower() == "true"
@@ -91,7 +91,7 @@ class DuolmLM(LM):
             ids = (ctx + cont)[-L:]
             n_ctx = len(ids) - len(cont)
             x = torch.tensor([ids + [m.tokenizer.pad_id] * (L - len(ids))])
-            if method.process is None:  # AR: argmax of each next-token distribution
+            if method.is_autoregressive:  # AR: argmax of each next-token distribution
                 logits = net(x[:, :-1], None)[..., :method.vocab_size]
                 pred = logits[0, n_ctx - 1:len(ids) - 1].argmax(-1)
             else:
@@ -117,14 +117,12 @@ class DuolmLM(LM):
             if len(prompt) >= m.length:
                 prompt = [tok.bos_id] + prompt[-(m.length // 2 - 1):]  # the most recent context that leaves room
             total = len(prompt) + new
-            if total > m.length and (not self.semi_ar or m.method.process is None):
+            if total > m.length and (not self.semi_ar or m.method.is_autoregressive):
                 raise ValueError(f"lm-eval asked for {new} new tokens after a {len(prompt)}-token context, more than "
                                  f"the model's length {m.length}; pass semi_ar=true (diffusion models) or a smaller "
                                  f"max_gen_toks")
             spec = m.spec(steps=self.steps, sampler=self.sampler, prompt_ids=prompt,
                           total_length=total if total > m.length else None)
-            from duolm.sampling_job import decode_text, sample_batch
-
             g = torch.Generator().manual_seed(self.seed)
             ids = sample_batch(m.method, m.pretrained.backbone, spec, 1, m.length, bos_id=tok.bos_id, generator=g,
                                device=m.device, eos_id=tok.eos_id)[0].tolist()
@@ -135,7 +133,7 @@ class DuolmLM(LM):
 
 
 if __name__ == "__main__":  # lm-eval's own command line, with the `duolm` model registered:
-    # python -m duolm.evaluation.lm_eval_adapter run --model duolm --model_args pretrained=<model> --tasks ...
+    # python -m duolm.app.lm_eval_adapter run --model duolm --model_args pretrained=<model> --tasks ...
     from lm_eval.__main__ import cli_evaluate
 
     cli_evaluate()

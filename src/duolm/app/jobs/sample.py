@@ -1,0 +1,62 @@
+"""duolm sample: generate from a model and write the samples as JSON (and image grids)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from duolm.app.config import ConfigError, check_conditioning, parse_classes
+from duolm.app.loading import load_for_eval, model_path
+from duolm.app.sampling_settings import spec_for_model, template_from_config
+from duolm.atomic import write_json
+from duolm.data.tokenizers import is_image
+from duolm.evaluation.pictures import write_result_pictures
+from duolm.sampling import checked_spec
+from duolm.sampling.generate import generate
+
+
+def cmd_sample(cfg, parts):
+    pre, device = load_for_eval(cfg)
+    sample_and_print(cfg, pre, device)
+    return 0
+
+
+def sample_and_print(cfg, pre, device, checkpoint=None) -> dict:
+    """Sample from a loaded model (Pretrained) as cfg.sampling says, write the JSON (and for image
+    models the PNG grid), print a summary and the first texts; returns the result."""
+    s = cfg.sampling
+    where = checkpoint or model_path(cfg)
+    try:  # against the model that was loaded, not the config's algo and length
+        spec = spec_for_model(s, pre)
+    except ValueError as err:
+        raise ConfigError(f"{err} (the model at {where} is {pre.method.name}, length {pre.config['length']})") from None
+    image = is_image(pre.tokenizer)
+    try:
+        check_conditioning(s.guidance, s.classes, pre.num_classes, score_model=pre.method.parameterization == "score")
+        template = template_from_config(s, pre)
+        if template is not None:
+            spec = checked_spec(spec, pre.method, pre.config["length"], infill=True)
+    except ValueError as err:
+        raise ConfigError(f"{err} (the model at {where})") from None
+    res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
+                   num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device,
+                   classes=parse_classes(s.classes), guidance=s.guidance, trajectory=s.trajectory,
+                   predictions=bool(s.get("trajectory_predictions", False)), template=template)
+    res = {"checkpoint": str(where), **res}
+    if image:
+        res["data"] = pre.config.get("data")  # which training images FID compares against
+    out = s.output or str(Path(cfg.run.dir) / "samples.json")
+    write_json(res, out)
+    how = (f"{spec.predictor}, {res['steps']} steps, last step {res['noise_removal']}"
+           if not pre.method.is_autoregressive else "autoregressive, KV cache")
+    if "cache" in res:
+        how += (f", {res['cache']['cached_calls']} of {res['cache']['cached_calls'] + res['cache']['denoiser_calls']} "
+                f"denoiser calls saved by the cache")
+    print(f"\n{res['num_samples']} samples ({how}) in {res['seconds']:.2f} s = "
+          f"{res['seconds_per_sample']:.3f} s/sample, {res['tokens_per_second']:.0f} tokens/s -> {out}")
+    if image:
+        if s.grid:
+            pictures = write_result_pictures(res, out)
+            print("pictures: " + ", ".join(pictures.values()))
+        return res
+    for i, smp in enumerate(res["samples"][: s.print]):
+        print(f"--- sample {i}\n{smp['text']}")
+    return res

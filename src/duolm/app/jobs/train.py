@@ -1,0 +1,56 @@
+"""duolm train and duolm distill: a run on Lightning, then its validation NELBO and samples."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from duolm.app.jobs.sample import sample_and_print
+from duolm.app.loading import device as default_device, load_for_eval, perplexity_line, unit_of
+from duolm.app.training_run import load_data, train
+from duolm.atomic import write_json
+from duolm.checkpoints import from_pretrained
+from duolm.evaluation import evaluate_nelbo
+from duolm.model_format import METRICS_FILE
+from duolm.training import quiet_libraries
+
+
+def cmd_train(cfg, parts, init=None):
+    quiet_libraries()
+    report = train(cfg, init=init, parts=parts)
+    if report.get("interrupted"):
+        print(f"duolm: interrupted at step {report['steps']}; the checkpoint is {report['checkpoint']} and the model "
+              f"{report.get('model_dir', '(rank 0 writes it)')}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if "model_dir" not in report:  # not rank 0
+        return 0
+    pre = from_pretrained(report["model_dir"])
+    _, splits = load_data(cfg, pre.tokenizer, pre.config["length"])
+    device = default_device()
+    pre.backbone.to(device)
+    unit = unit_of(pre)
+    ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"],
+                        batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
+                        max_batches=cfg.eval.max_batches, device=device, progress=True)
+    print(f"\ntrained {report['steps']} steps in {report['train_seconds'] / 60:.1f} min -> {report['model_dir']}")
+    bound = "exact NLL" if pre.method.is_autoregressive else "NELBO (an upper bound on the NLL)"
+    print(perplexity_line(f"validation {bound}", ev, report["unigram_bits_per_token"], unit))
+    res = sample_and_print(cfg, pre, device, checkpoint=report["model_dir"])
+    write_json({**res, "validation": ev, "train": report}, Path(cfg.run.dir) / "report.json")
+    # what a model card reports (duolm push): next to the weights, so the model folder is self-describing
+    write_json({"validation": ev, "unit": unit, "data": cfg.data.name, "sampler": res.get("sampler"),
+                "train": {k: report[k] for k in ("steps", "train_seconds", "parameters")},
+                "samples": [smp["text"] for smp in res.get("samples", [])[:3] if "text" in smp]},
+               Path(report["model_dir"]) / METRICS_FILE)
+    return 0
+
+
+def cmd_distill(cfg, parts):
+    """Discrete Consistency Distillation of a trained Duo model (eval.checkpoint_path)."""
+    if not cfg.eval.checkpoint_path:
+        raise ValueError("duolm distill needs eval.checkpoint_path=<a trained Duo model>")
+    pre, _ = load_for_eval(cfg)
+    pre.backbone.cpu().train()
+    OmegaConf.update(cfg, "distill.enabled", True)
+    return cmd_train(cfg, parts, init=pre)

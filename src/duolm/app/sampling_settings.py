@@ -1,0 +1,41 @@
+"""The `sampling` config group -> a typed SamplerSpec (and an infilling template): the only place
+the application reads sampler settings. Every check lives in the library (SamplerSpec's fields,
+the sampler table's check_sampler, the template parser); this file only maps keys to arguments."""
+from __future__ import annotations
+
+from duolm.infill import Template, parse_template
+from duolm.sampling import KappaSchedule, SamplerSpec, checked_spec, parse_kappa
+
+
+def spec_from_config(sampling, method, tokenizer=None) -> SamplerSpec:
+    """The spec of the `sampling` group, 'auto' left for SamplerSpec.resolve. Its last time is the
+    method's own sampling_eps: a model samples down to the time floor it was trained with."""
+    psi = sampling.psi
+    prefix = None
+    if sampling.get("prefix"):
+        if tokenizer is None:
+            raise ValueError("sampling.prefix needs the tokenizer")
+        prefix = [tokenizer.bos_id] + tokenizer.encode(sampling.prefix)
+    # kappa matters to psi only: other samplers ignore it, so their specs keep the default
+    kappa = (KappaSchedule(parse_kappa(psi.high_mode), parse_kappa(psi.middle_mode), parse_kappa(psi.low_mode),
+                           psi.high_frac, psi.middle_frac) if sampling.predictor == "psi" else KappaSchedule())
+    return SamplerSpec(predictor=sampling.predictor, steps=sampling.steps, noise_removal=sampling.noise_removal,
+                       use_float64=sampling.use_float64, p_nucleus=sampling.p_nucleus,
+                       time_profile=psi.time_profile, plateau=psi.plateau, plateau_in=psi.plateau_in,
+                       kappa=kappa, prefix=prefix, eps=method.sampling_eps, total_length=sampling.get("total_length"),
+                       stride=sampling.get("stride"), stop_at_eos=bool(sampling.get("stop_at_eos", False)))
+
+
+def spec_for_model(sampling, pre) -> SamplerSpec:
+    """The checked, resolved spec of the `sampling` group for a loaded model (Pretrained)."""
+    return checked_spec(spec_from_config(sampling, pre.method, pre.tokenizer), pre.method, pre.config["length"])
+
+
+def template_from_config(sampling, pre) -> Template | None:
+    """sampling.infill parsed against the loaded model's tokenizer and length (None: no template)."""
+    if not sampling.get("infill"):
+        return None
+    if pre.tokenizer.modality == "image":
+        raise ValueError("sampling.infill fills text templates; this is an image model")
+    return parse_template(sampling.infill, pre.tokenizer, blank_length=sampling.get("blank_length", 8),
+                          max_length=pre.config["length"])

@@ -1,0 +1,150 @@
+"""duolm's model format: a folder with model.safetensors and config.json, written atomically.
+
+config.json records everything needed to sample or evaluate: the algo, the network's shape, the
+noise schedule, the tokenizer, the sequence length and how the method was trained (its
+training-time draw floor sampling_eps, the loss precision and the loss path), so a loaded model
+behaves as it was trained. ``duolm.checkpoints.load`` is the one door that reads every format;
+this file holds duolm's own, which the papers' readers (duolm.papers_checkpoints) build on.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from duolm.atomic import atomic_directory
+from duolm.data.tokenizers import load_tokenizer
+from duolm.methods import build_method
+from duolm.models.backbones import backbone_config, build_backbone
+from duolm.schedules import make_schedule
+
+FORMAT = "duolm/1"
+METRICS_FILE = "metrics.json"  # written next to a trained model by `duolm train`: validation, training, sampler
+LOSS_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# what a model trained before config.json recorded "training" was trained with
+TRAINING_DEFAULTS = {"sampling_eps": 1e-3, "loss_precision": "float32", "fused_loss": True}
+
+
+def training_of(method) -> dict:
+    """The training settings a Method carries, as config.json records them."""
+    precision = next(k for k, v in LOSS_DTYPES.items() if v == method.loss_dtype)
+    return {"sampling_eps": float(method.sampling_eps), "loss_precision": precision, "fused_loss": bool(method.fused)}
+
+
+@dataclass
+class Pretrained:
+    backbone: torch.nn.Module  # a DiT or a UNet (duolm.models.backbones)
+    method: object
+    tokenizer: object
+    config: dict
+
+    @property
+    def num_classes(self) -> int:
+        """> 0 for a class-conditional model (label num_classes is the null label)."""
+        return getattr(self.backbone.config, "num_classes", 0)
+
+
+def save_pretrained(directory, backbone: torch.nn.Module, *, algo: dict, noise: dict, tokenizer, length: int,
+                    training: dict | None = None, extra: dict | None = None, dtype: torch.dtype = torch.float32):
+    """Write the model directory atomically; dtype=float16 halves the file (weights are read
+    back into float32 models). training: how the method was trained (training_of(method)), so a
+    loaded model samples and evaluates as it was trained."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    config = {"format": FORMAT, "algo": algo, "model": backbone.config.to_dict(), "noise": noise,
+              "tokenizer": tokenizer.to_dict(), "length": length, "training": training_settings(training),
+              **(extra or {})}
+    state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
+             for k, v in backbone.state_dict().items()}
+    with atomic_directory(directory) as tmp:
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+def training_settings(training: dict | None) -> dict:
+    """How a model was trained, as a config.json records it ("training": sampling_eps,
+    loss_precision, fused_loss), with today's defaults for folders written before it was recorded."""
+    t = {**TRAINING_DEFAULTS, **(training or {})}
+    if t["loss_precision"] not in LOSS_DTYPES:
+        raise ValueError(f"config.json: training.loss_precision must be one of {sorted(LOSS_DTYPES)}, "
+                         f"got {t['loss_precision']!r}")
+    return t
+
+
+def method_from_config(algo: dict, noise: dict, vocab_size: int, training: dict | None = None):
+    """The Method a saved config describes, as it was trained (training_settings)."""
+    t = training_settings(training)
+    return build_method(algo["name"], vocab_size, schedule=make_schedule(noise.get("type", "log-linear"),
+                                                                         noise.get("eps", 1e-3)),
+                        num_steps=algo.get("T"), time_conditioning=algo.get("time_conditioning"),
+                        sampling_eps=float(t["sampling_eps"]), loss_dtype=LOSS_DTYPES[t["loss_precision"]],
+                        fused=bool(t["fused_loss"]))
+
+
+def strip_prefix(state: dict, prefix: str) -> dict:
+    """The entries of a state dict under `prefix`, with the prefix removed (a Lightning module's
+    `backbone.` weights as the bare network's)."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_config_json(directory: Path) -> dict:
+    cfg_path = Path(directory) / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{directory}: no config.json")
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path}: not valid JSON ({err.msg})") from None
+
+
+def from_pretrained(directory, map_location="cpu", config: dict | None = None) -> Pretrained:
+    """A duolm model directory (config: its config.json, when already read)."""
+    directory = Path(directory)
+    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+    if not cfg_path.exists() or not weights.exists():
+        raise FileNotFoundError(f"{directory} is not a duolm checkpoint: it needs config.json and model.safetensors")
+    config = config if config is not None else read_config_json(directory)
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path}: format {config.get('format')!r}, expected {FORMAT!r}")
+    missing = [k for k in ("algo", "model", "noise", "tokenizer", "length") if k not in config]
+    if missing:
+        raise ValueError(f"{cfg_path}: no {', '.join(repr(k) for k in missing)} entry (a duolm config.json records "
+                         f"algo, model, noise, tokenizer and length)")
+    tokenizer = load_tokenizer(config["tokenizer"])
+    method = method_from_config(config["algo"], config["noise"], tokenizer.vocab_size, config.get("training"))
+    net_cfg = backbone_config(config["model"])
+    if net_cfg.vocab_size != method.model_vocab_size:
+        raise ValueError(f"{directory}: the network has {net_cfg.vocab_size} outputs but algo "
+                         f"{config['algo']['name']} with this tokenizer needs {method.model_vocab_size}")
+    backbone = build_backbone(net_cfg)
+    try:
+        state = load_file(weights, device=str(map_location))
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for corrupt files
+        raise ValueError(f"{weights}: cannot read the weights ({err})") from None
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that config.json does not describe
+        bad = [line.strip() for line in str(err).splitlines() if "size mismatch" in line][:1]
+        raise ValueError(f"{weights}: the weights do not have the shapes config.json describes "
+                         f"({bad[0] if bad else 'size mismatch'})") from None
+    if missing or unexpected:
+        raise ValueError(f"{weights}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    return Pretrained(backbone.eval(), method, tokenizer, config)
+
+
+def pretrained_from_run(ckpt: dict, use_ema: bool = True) -> Pretrained:
+    """The model in an already-loaded `duolm train` checkpoint."""
+    config = ckpt["duolm"]
+    tokenizer = load_tokenizer(config["tokenizer"])
+    method = method_from_config(config["algo"], config["noise"], tokenizer.vocab_size, config.get("training"))
+    backbone = build_backbone(config["model"])
+    backbone.load_state_dict(strip_prefix(ckpt["state_dict"], "backbone."), strict=True)
+    if use_ema and "ema" in ckpt:
+        with torch.no_grad():
+            for n, p in backbone.named_parameters():
+                p.copy_(ckpt["ema"]["shadow"][n])
+    return Pretrained(backbone.eval(), method, tokenizer, config)
