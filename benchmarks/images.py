@@ -60,7 +60,7 @@ def train_model(p: dict, algo: str, work: Path, log) -> dict:
     from duolm.app.config import compose_components
     from duolm.evaluation import evaluate_nelbo
     from duolm.app.data_settings import load_data
-from duolm.app.training_run import train
+    from duolm.app.training_run import train
 
     cfg, parts = compose_components(overrides(p, algo, work))
     shutil.rmtree(cfg.run.dir, ignore_errors=True)  # a fresh run each time: the budget is the point
@@ -109,8 +109,8 @@ def main(argv=None) -> dict:
     from duolm.evaluation.image_metrics import score_image_samples, subset_indices
     from duolm.evaluation.plots import plot_quality_vs_steps
     from duolm.atomic import write_json
-from duolm.evaluation.pictures import write_result_pictures
-from duolm.sampling.generate import generate
+    from duolm.evaluation.pictures import write_result_pictures
+    from duolm.sampling.generate import generate
 
     models = {}
     for algo in MODELS:

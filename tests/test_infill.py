@@ -58,7 +58,7 @@ def test_a_blank_follows_the_exact_conditional_and_held_tokens_never_change(name
     den, cond = _conditional_oracle(process, joint, 3, held)
     label, table_name, kappa = next(v for v in variants() if v[0] == name)
     # alpha(1) > 0, so the held (visible) tokens have non-zero likelihood under q and the oracle is defined
-    model = SamplingModel(den, process, LogLinear(1e-3), "x0", time_conditioned=not SAMPLERS[table_name].reuses_output)
+    model = SamplingModel(den, process, LogLinear(1e-3), "x0")
     spec = SamplerSpec(predictor=table_name, steps=8, noise_removal="ancestral", eps=1e-4,
                        **({"kappa": kappa} if kappa is not None else {}))
     n = 4000

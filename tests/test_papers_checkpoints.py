@@ -162,7 +162,7 @@ def test_bad_files_get_clear_errors(tmp_path):
 
 def test_round_trip_gives_identical_outputs_and_samples(tmp_path):
     from duolm.sampling import SamplerSpec
-from duolm.sampling.generate import generate
+    from duolm.sampling.generate import generate
 
     pre = load(FIX / "duo" / "lightning.ckpt", algo="duo", tokenizer=_char_tok_for("duo"), n_heads=4)
     out = save_pretrained(tmp_path / "m", pre.backbone, algo=pre.config["algo"], noise=pre.config["noise"],

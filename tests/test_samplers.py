@@ -79,8 +79,7 @@ def run(name, process, joint, L, n, steps, seed):
     if entry.needs == "score":  # sigma = -log alpha must stay finite at t = 1, as in SEDD (alpha(1) = 1e-3)
         model = SamplingModel(score_oracle(process, joint, L), process, LogLinear(1e-3), "score")
     else:
-        model = SamplingModel(oracle(process, joint, L), process, SCHED, "x0",
-                              time_conditioned=not entry.reuses_output)
+        model = SamplingModel(oracle(process, joint, L), process, SCHED, "x0")  # the oracle ignores alpha_t
     spec = SamplerSpec(predictor=table_name, steps=steps, noise_removal="ancestral", eps=1e-4,
                        **({"kappa": kappa} if kappa is not None else {}))
     return entry.run(model, spec, (n, L), generator=g)
@@ -378,7 +377,7 @@ def test_semi_ar_extends_past_the_window_keeping_the_overlap_and_stops_at_eos():
 def test_seeded_generation_is_reproducible(predictor):
     from duolm.data.tokenizers import CharTokenizer
     from duolm.sampling import SamplerSpec
-from duolm.sampling.generate import generate
+    from duolm.sampling.generate import generate
     from duolm.methods import build_method
     from duolm.models.dit import DiT, DiTConfig
     from duolm.sampling import Kappa

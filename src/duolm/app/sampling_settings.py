@@ -3,6 +3,7 @@ the application reads sampler settings. Every check lives in the library (Sample
 the sampler table's check_sampler, the template parser); this file only maps keys to arguments."""
 from __future__ import annotations
 
+from duolm.data.tokenizers import is_image
 from duolm.infill import Template, parse_template
 from duolm.sampling import KappaSchedule, SamplerSpec, checked_spec, parse_kappa
 
@@ -35,7 +36,7 @@ def template_from_config(sampling, pre) -> Template | None:
     """sampling.infill parsed against the loaded model's tokenizer and length (None: no template)."""
     if not sampling.get("infill"):
         return None
-    if pre.tokenizer.modality == "image":
+    if is_image(pre.tokenizer):
         raise ValueError("sampling.infill fills text templates; this is an image model")
     return parse_template(sampling.infill, pre.tokenizer, blank_length=sampling.get("blank_length", 8),
                           max_length=pre.config["length"])
