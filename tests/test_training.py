@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 
 from duolm.app.cli import main
 from duolm.app.config import compose
-from duolm.training.module import NonFiniteLossError
 from duolm.app.training_run import train
+from duolm.training.module import NonFiniteLossError
 from tiny_run import TINY
+
 
 def _cfg(tmp_path, corpus, *extra):
     return compose(TINY + ["data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
@@ -150,6 +151,34 @@ def test_cli_trains_samples_and_evaluates(tmp_path, corpus, capsys):
     # the run's Lightning checkpoint loads too
     assert main(["sample", f"eval.checkpoint_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
                  f"sampling.output={tmp_path / 's2.json'}", *args]) == 0
+
+
+def test_a_loaded_model_samples_and_evaluates_as_it_was_trained(tmp_path, corpus):
+    """training.sampling_eps, the loss precision and the loss path are recorded in config.json and in
+    the run's checkpoint, and come back with the model: its sampler stops at the trained time floor."""
+    import duolm
+    from duolm.checkpoints import builtin_models, from_pretrained, load_pretrained
+
+    args = TINY + ["data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
+                   f"run.dir={tmp_path / 'run'}"]
+    trained = ["training.sampling_eps=0.01", "training.loss_precision=float64", "training.fused_loss=false"]
+    assert main(["train", "trainer.max_steps=2", *args, *trained]) == 0
+    model = tmp_path / "run" / "model"
+    assert json.loads((model / "config.json").read_text())["training"] == {
+        "sampling_eps": 0.01, "loss_precision": "float64", "fused_loss": False}
+    for loaded in (from_pretrained(model), load_pretrained(tmp_path / "run" / "checkpoints" / "last.ckpt")):
+        m = loaded.method
+        assert (m.sampling_eps, m.loss_dtype, m.fused) == (0.01, torch.float64, False)
+    # the samples written after training, `duolm sample` (without the training keys) and the API
+    assert json.loads((tmp_path / "run" / "samples.json").read_text())["sampler"]["eps"] == 0.01
+    assert main(["sample", f"eval.checkpoint_path={model}", *args, f"sampling.output={tmp_path / 's.json'}"]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["sampler"]["eps"] == 0.01
+    assert duolm.load(str(model), device="cpu").spec(steps=4).eps == 0.01
+    # a folder written before the record existed (the built-in models) loads with today's defaults
+    builtin = next(iter(builtin_models().values()))
+    assert "training" not in json.loads((builtin / "config.json").read_text())
+    m = from_pretrained(builtin).method
+    assert (m.sampling_eps, m.loss_dtype, m.fused) == (1e-3, torch.float32, True)
 
 
 def test_cli_bad_input_exits_nonzero_without_output(tmp_path, capsys):
