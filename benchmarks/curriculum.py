@@ -47,11 +47,12 @@ def one(kind: str, k: int, vocab: int, batch: int, length: int, what: str) -> di
     t = torch.rand(batch)
 
     def input_path():
-        from duolm.curriculum import gaussian_latents, topk_relaxation
+        from duolm.curriculum import topk_relaxation
+        from duolm.operator import gaussian_latents
 
         gamma = (-3.55 + t * 1.7)[:, None]
         if kind == "dense":
-            w = gaussian_latents(x0, gamma, vocab)
+            (w,) = gaussian_latents(x0, [gamma], vocab)
             h = net.vocab_embed(w / 1e-3)
         else:
             ids, weights, _ = topk_relaxation(x0, gamma, vocab, k, 1e-3)

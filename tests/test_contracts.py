@@ -40,3 +40,13 @@ def test_every_diffusion_method_gives_a_denoiser(algo):
     assert isinstance(den, Denoiser)
     out = den(torch.zeros(2, 3, dtype=torch.long), torch.full((2,), 0.5))
     assert out.shape == (2, 3, method.model_vocab_size)
+
+
+@pytest.mark.parametrize("algo", sorted(METHODS))
+def test_every_recipe_names_rows_that_exist(algo):
+    """A recipe's parameterisation and loss are rows of their tables (AR's included), so a method is
+    composed from the tables and nothing is matched by name elsewhere."""
+    from duolm.methods import LOSSES, PARAMETERIZATIONS
+
+    recipe = METHODS[algo]
+    assert recipe.parameterization in PARAMETERIZATIONS and recipe.loss in LOSSES

@@ -5,9 +5,9 @@ import pytest
 import torch
 from scipy import stats
 
-from duolm.curriculum import (CurriculumSchedule, _distinct_other_ids, gaussian_latents, top_order_statistics,
+from duolm.curriculum import (CurriculumSchedule, _distinct_other_ids, top_order_statistics,
                               topk_relaxation)
-from duolm.operator import DiffusionTransform
+from duolm.operator import DiffusionTransform, gaussian_latents
 
 
 def test_top_order_statistics_match_sorting_dense_draws():
@@ -57,7 +57,7 @@ def test_topk_weights_approach_the_dense_tempered_softmax_as_k_grows(tau):
     K, gamma, n = 400, 0.0, 6000
     g = torch.Generator().manual_seed(3)
     x0 = torch.randint(0, K, (n, 1), generator=g)
-    w = gaussian_latents(x0, torch.full((n, 1), gamma), K, generator=g).double()
+    w = gaussian_latents(x0, [torch.full((n, 1), gamma)], K, generator=g)[0].double()
     soft = (w / tau).softmax(-1)
     dense = {"top": soft.max(-1).values.mean().item(),
              "true": soft.gather(-1, x0[..., None]).mean().item()}
@@ -96,7 +96,7 @@ def test_true_token_weight_has_the_dense_distribution(k, gamma):
     K, tau, n = 400, 0.5, 5000
     g = torch.Generator().manual_seed(4)
     x0 = torch.randint(0, K, (n, 1), generator=g)
-    w = gaussian_latents(x0, torch.full((n, 1), gamma), K, generator=g).double()
+    w = gaussian_latents(x0, [torch.full((n, 1), gamma)], K, generator=g)[0].double()
     dense = (w / tau).softmax(-1).gather(-1, x0[..., None]).reshape(-1)
     in_dense_top = ((w > w.gather(-1, x0[..., None])).sum(-1) < k).reshape(-1)
     ids, weights, _ = topk_relaxation(x0, torch.full((n, 1), gamma), K, k, tau, generator=g)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from duolm.distill import DeltaSchedule, Teacher, dcd_loss, paired_gaussian_latents
+from duolm.distill import DeltaSchedule, Teacher, dcd_loss
+from duolm.operator import gaussian_latents
 from duolm.methods import build_method
 from duolm.models.dit import DiT, DiTConfig
 from duolm.models.ema import EMA
@@ -22,7 +23,7 @@ def _net(seed=0):
 def test_paired_latents_share_their_noise():
     x0 = torch.randint(0, K, (3, 5))
     g_t, g_s = torch.tensor([-1.0, 0.0, 2.0]), torch.tensor([-2.0, -1.0, 1.0])
-    w_t, w_s = paired_gaussian_latents(x0, g_t, g_s, K, torch.Generator().manual_seed(0))
+    w_t, w_s = gaussian_latents(x0, [g_t, g_s], K, torch.Generator().manual_seed(0))
     onehot = torch.nn.functional.one_hot(x0, K).float()
     eps = []
     for w, g in ((w_t, g_t), (w_s, g_s)):

@@ -23,11 +23,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from duolm import losses
 from duolm.methods import TokenLoss
-from duolm.operator import FIT_KINDS, DiffusionTransform, fit_alpha, gaussian_coefficients
+from duolm.operator import FIT_KINDS, DiffusionTransform, fit_alpha, gaussian_coefficients, gaussian_latents
 
 MODES = ("none", "simple", *FIT_KINDS)
 
@@ -114,17 +113,10 @@ class Curriculum:
             ids, weights, x_t = topk_relaxation(x0, gamma, self.K, s.top_k, tau, generator=generator)
             return method.loss_at(backbone, x_t, x0, t, alpha, dalpha, valid.float(), model_input=ids,
                                   weights=weights)
-        w = gaussian_latents(x0, gamma, self.K, generator=generator)  # (B, L, K)
+        (w,) = gaussian_latents(x0, [gamma], self.K, generator=generator)  # (B, L, K)
         x_t = w.argmax(-1)
         # the DiT softmaxes the tempered latents into a weighted embedding
         return method.loss_at(backbone, x_t, x0, t, alpha, dalpha, valid.float(), model_input=w / tau)
-
-
-def gaussian_latents(x0: torch.Tensor, gamma: torch.Tensor, K: int, generator=None) -> torch.Tensor:
-    """w = alpha~ onehot(x_0) + sigma~ eps, (B, L, K) float32; gamma (B, 1)."""
-    a, s = (c.float()[..., None] for c in gaussian_coefficients(gamma.double()))
-    eps = torch.randn((*x0.shape, K), device=x0.device, generator=generator)
-    return s * eps + a * F.one_hot(x0, K).float()
 
 
 def _distinct_other_ids(x0: torch.Tensor, K: int, k: int, generator=None) -> torch.Tensor:

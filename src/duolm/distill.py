@@ -16,11 +16,10 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from duolm.chunked_loss import Head
 from duolm.methods import PARAMETERIZATIONS, TokenLoss, accepts_head
-from duolm.operator import DiffusionTransform, gaussian_coefficients
+from duolm.operator import DiffusionTransform, gaussian_latents
 
 KL_KINDS = ("kl-bwd", "kl-fwd")
 DELTA_GROWTHS = ("double", "linear")
@@ -67,18 +66,6 @@ class DeltaSchedule:
             frac = min(1.0, step / max(1, self.max_steps))
             return self.linear_min + frac * (self.linear_max - self.linear_min)
         return min(1.0, 2.0 ** min(self.round(step), 60) / self.num_steps)
-
-
-def paired_gaussian_latents(x0: torch.Tensor, gamma_t: torch.Tensor, gamma_s: torch.Tensor, K: int,
-                            generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(w_t, w_s), (B, L, K): the same eps at two log-SNRs; gamma_* are (B,) or (B, 1)."""
-    eps = torch.randn((*x0.shape, K), device=x0.device, generator=generator)
-    onehot = F.one_hot(x0, K).float()
-    out = []
-    for g in (gamma_t, gamma_s):
-        a, s = (c.float().reshape(-1, 1, 1) for c in gaussian_coefficients(g.double().reshape(-1)))
-        out.append(a * onehot + s * eps)
-    return out[0], out[1]
 
 
 class Teacher:
@@ -129,7 +116,7 @@ def dcd_loss(method, student, teacher_net, x0: torch.Tensor, t: torch.Tensor, de
     span = gamma_max - gamma_min
     g_t, g_s = gamma_min + t * span, gamma_min + s * span
     K = method.process.num_states
-    w_t, w_s = paired_gaussian_latents(x0, g_t, g_s, K, generator)
+    w_t, w_s = gaussian_latents(x0, [g_t, g_s], K, generator)  # one eps: the same trajectory
     x_t, x_s = w_t.argmax(-1), w_s.argmax(-1)
     a_t = operator(g_t).alpha.float().reshape(-1, 1)
     a_s = operator(g_s).alpha.float().reshape(-1, 1)

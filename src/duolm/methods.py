@@ -9,6 +9,7 @@ A new method is one row of METHODS, plus a row of the others when it brings its 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -135,34 +136,27 @@ class Method:
             out = PARAMETERIZATIONS[self.parameterization](self, z[:, None], x_t1[rows], ar)
             return self.loss_from_output(out, x_t1[rows], x01[rows], tr, ar, dar)[:, 0]
 
-        grad_fn = None  # the losses whose gradient is written out: fewer passes than autograd on the chunk
-        if (self.loss, self.parameterization, self.num_steps, self.mask_id) == ("uniform", "mean", 0, None):
-            def grad_fn(z, rows, w):  # Duo
-                return losses.uniform_nelbo_and_grad(z, x_t1[rows, 0], x01[rows, 0], per[1][rows, 0],
-                                                     per[2][rows, 0], w)
-        elif (self.loss, self.parameterization) == ("mdlm", "subs"):
-            # -alpha'/(1 - alpha) * -log p(x_0) on masks, 0 on visible tokens (SUBS copies them)
-            scale = (-per[2] / (1.0 - per[1]))[:, 0] * (x_t1[:, 0] == self.mask_id).to(per[1].dtype)
-
-            def grad_fn(z, rows, w):
-                return losses.cross_entropy_and_grad(z, x01[rows, 0], scale[rows], w, exclude=self.mask_id)
-
+        # the loss's gradient in the logits, where its row writes it out (fewer passes than autograd)
+        gradient = LOSSES[self.loss].gradient
+        grad_fn = None if gradient is None else gradient(self, x_t1[:, 0], x01[:, 0], per[1][:, 0], per[2][:, 0])
         nll = self.chunked_token_losses(backbone, inputs, sigma, per_token, valid, weights=weights, grad_fn=grad_fn)
         return TokenLoss(nll.reshape(B, L), valid)
 
     def _ar_loss(self, backbone, x0, valid) -> TokenLoss:
+        """Next-token prediction: position i's output scores token i + 1 (no x_t, no time)."""
         # the papers' AR has one more output row (their mask token); it is never a target
         targets = x0[:, 1:]
+        param, loss = PARAMETERIZATIONS[self.parameterization], LOSSES[self.loss]
         if not self.fused:
             logits = backbone(x0[:, :-1], None)[..., :self.vocab_size]
-            return TokenLoss(losses.ar_nll(logits.to(self.loss_dtype), targets), valid[:, 1:])
+            out = param(self, logits.to(self.loss_dtype), None, None)
+            return TokenLoss(loss.per_token(self, out, None, targets, None, None, None), valid[:, 1:])
         flat = targets.reshape(-1, 1)
-        ones = torch.ones(flat.shape[0], dtype=self.loss_dtype, device=flat.device)
-        nll = self.chunked_token_losses(backbone, x0[:, :-1], None,
-                                        lambda z, rows: losses.ar_nll(z[:, None], flat[rows])[:, 0],
-                                        valid[:, 1:], rows=self.vocab_size,
-                                        grad_fn=lambda z, rows, w: losses.cross_entropy_and_grad(z, flat[rows, 0],
-                                                                                                 ones[rows], w))
+        nll = self.chunked_token_losses(
+            backbone, x0[:, :-1], None,
+            lambda z, rows: loss.per_token(self, param(self, z[:, None], None, None), None, flat[rows], None, None,
+                                           None)[:, 0],
+            valid[:, 1:], rows=self.vocab_size, grad_fn=loss.gradient(self, None, flat[:, 0], None, None))
         return TokenLoss(nll.reshape(targets.shape), valid[:, 1:])
 
     def chunked_token_losses(self, backbone, inputs, sigma, per_token, valid, *, weights=None, rows=None,
@@ -186,7 +180,7 @@ class Method:
 
     def loss_from_output(self, out, x_t, x0, t, alpha, dalpha) -> torch.Tensor:
         """The per-token loss given the parameterised network output at x_t."""
-        return LOSSES[self.loss](self, out, x_t, x0, t, alpha, dalpha)
+        return LOSSES[self.loss].per_token(self, out, x_t, x0, t, alpha, dalpha)
 
     def alpha_s(self, t):
         """The signal level one discrete step (1/T) before t."""
@@ -220,10 +214,26 @@ def accepts_head(backbone) -> bool:
 # --- the tables -----------------------------------------------------------------------------
 # parameterisation: (method, logits (B, L, S), x_t, alpha) -> what the loss and the samplers read
 PARAMETERIZATIONS = {
+    "ar": lambda m, logits, x_t, alpha: logits,  # next-token logits, read as they are (AR has no x_t)
     "subs": lambda m, logits, x_t, alpha: parameterizations.subs(logits, x_t, m.mask_id),
     "mean": lambda m, logits, x_t, alpha: parameterizations.mean(logits, m.mask_id),
     "score": lambda m, logits, x_t, alpha: parameterizations.log_score(logits, x_t, -torch.log(alpha.reshape(-1))),
 }
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One row of LOSSES.
+
+    per_token(method, parameterised output, x_t, x0, t (B, 1), alpha, dalpha) -> per-token loss (B, L).
+    gradient(method, x_t (N,), x0 (N,), alpha (N,), dalpha (N,)) -> grad_fn(logits (n, K), rows, weights)
+    -> (loss (n,), d sum(weights * loss) / d logits), or None where this method's variant has no written-out
+    gradient; the chunked loss (duolm.chunked_loss) then takes autograd on each chunk. Each written-out
+    gradient is checked against autograd (tests/test_chunked_loss.py).
+    """
+
+    per_token: Callable
+    gradient: Callable | None = None
 
 
 def _uniform_loss(m, out, x_t, x0, t, alpha, dalpha):
@@ -232,14 +242,36 @@ def _uniform_loss(m, out, x_t, x0, t, alpha, dalpha):
     return losses.uniform_nelbo(out, x_t, x0, alpha, dalpha)
 
 
-# loss: (method, parameterised output, x_t, x0, t (B, 1), alpha, dalpha) -> per-token loss (B, L)
+def _uniform_gradient(m, x_t, x0, alpha, dalpha):
+    """Duo's continuous-time NELBO of the mean parameterisation (c_r r + c_p p + two one-hot terms)."""
+    if m.num_steps or m.parameterization != "mean" or m.mask_id is not None:
+        return None
+    return lambda z, rows, w: losses.uniform_nelbo_and_grad(z, x_t[rows], x0[rows], alpha[rows], dalpha[rows], w)
+
+
+def _mdlm_gradient(m, x_t, x0, alpha, dalpha):
+    """-alpha'/(1 - alpha) * -log p(x_0) on masks, 0 on visible tokens (SUBS copies them)."""
+    if m.parameterization != "subs":
+        return None
+    scale = (-dalpha / (1.0 - alpha)) * (x_t == m.mask_id).to(alpha.dtype)
+    return lambda z, rows, w: losses.cross_entropy_and_grad(z, x0[rows], scale[rows], w, exclude=m.mask_id)
+
+
+def _ar_gradient(m, x_t, x0, alpha, dalpha):
+    """The cross-entropy of the next token, scale 1."""
+    ones = torch.ones(x0.shape[0], dtype=m.loss_dtype, device=x0.device)
+    return lambda z, rows, w: losses.cross_entropy_and_grad(z, x0[rows], ones[rows], w)
+
+
 LOSSES = {
-    "mdlm": lambda m, out, x_t, x0, t, alpha, dalpha: losses.mdlm_nelbo(out, x_t, x0, alpha, dalpha, m.mask_id),
-    "sedd": lambda m, out, x_t, x0, t, alpha, dalpha: losses.sedd_score_entropy(out, x_t, x0, alpha, dalpha,
-                                                                                m.mask_id),
-    "uniform": _uniform_loss,
-    "d3pm": lambda m, out, x_t, x0, t, alpha, dalpha: losses.d3pm_absorbing_nelbo(out, x_t, x0, m.alpha_s(t), alpha,
-                                                                                  m.num_steps, m.mask_id),
+    "ar": Loss(lambda m, out, x_t, x0, t, alpha, dalpha: losses.ar_nll(out, x0), _ar_gradient),
+    "mdlm": Loss(lambda m, out, x_t, x0, t, alpha, dalpha: losses.mdlm_nelbo(out, x_t, x0, alpha, dalpha, m.mask_id),
+                 _mdlm_gradient),
+    "sedd": Loss(lambda m, out, x_t, x0, t, alpha, dalpha: losses.sedd_score_entropy(out, x_t, x0, alpha, dalpha,
+                                                                                     m.mask_id)),
+    "uniform": Loss(_uniform_loss, _uniform_gradient),
+    "d3pm": Loss(lambda m, out, x_t, x0, t, alpha, dalpha: losses.d3pm_absorbing_nelbo(out, x_t, x0, m.alpha_s(t),
+                                                                                       alpha, m.num_steps, m.mask_id)),
 }
 
 PROCESSES = {"absorbing": AbsorbingProcess, "uniform": UniformProcess}

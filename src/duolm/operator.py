@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 _PANEL = 1.0         # width of one Gauss-Legendre panel in z (measured: 3e-13 worst error against scipy)
 _NODES = 16          # nodes per panel
@@ -96,6 +97,19 @@ class DiffusionTransform:
 def gaussian_coefficients(gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(alpha_tilde, sigma_tilde) of the variance-preserving Gaussian diffusion at log-SNR gamma."""
     return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+
+
+def gaussian_latents(x0: torch.Tensor, gammas, K: int, generator=None) -> list[torch.Tensor]:
+    """w = alpha~ onehot(x_0) + sigma~ eps at each log-SNR of `gammas` (each (B,) or (B, 1)), all with
+    the same eps: [(B, L, K) float32, ...]. One latent feeds Duo's curriculum (argmax(w) is the
+    uniform-state x_t, softmax(w / tau) its relaxation); two on one trajectory feed DCD."""
+    eps = torch.randn((*x0.shape, K), device=x0.device, generator=generator)
+    onehot = F.one_hot(x0, K).float()
+    out = []
+    for g in gammas:
+        a, s = (c.float().reshape(-1, 1, 1) for c in gaussian_coefficients(g.double().reshape(-1)))
+        out.append(a * onehot + s * eps)
+    return out
 
 
 FIT_KINDS = ("poly3", "poly5", "poly7", "poly9", "sigmoid")
