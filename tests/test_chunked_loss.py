@@ -21,6 +21,7 @@ K = 11  # data tokens
 def small_chunks(monkeypatch):
     """Chunks of 3 tokens, so every batch below spans several chunks and a ragged last one."""
     monkeypatch.setattr(chunked_loss, "TARGET_CHUNK_ELEMENTS", 3 * (K + 1))
+    monkeypatch.setattr(chunked_loss, "WIDTH_FACTOR", 0.0)
 
 
 def _net(method, seed=0, num_classes=0):
@@ -220,3 +221,13 @@ def test_the_cross_entropy_gradient_is_autograds():
         (ref_grad,) = torch.autograd.grad((ref * w).sum(), zz)
         torch.testing.assert_close(loss, ref.detach(), rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_the_chunk_grows_with_the_width_not_with_the_batch(monkeypatch):
+    """At least 2^22 logits and at least H tokens per chunk; never a function of N (memory stays flat)."""
+    monkeypatch.setattr(chunked_loss, "TARGET_CHUNK_ELEMENTS", 1 << 22)
+    monkeypatch.setattr(chunked_loss, "WIDTH_FACTOR", 1.0)
+    assert chunked_loss.chunk_tokens(50257) == (1 << 22) // 50257 == 83     # no projection: the floor
+    assert chunked_loss.chunk_tokens(50257, hidden=64) == 83                 # narrow: the floor
+    assert chunked_loss.chunk_tokens(50257, hidden=768) == 768               # GPT-2 width: n = H
+    assert chunked_loss.chunk_tokens(28, hidden=768) == (1 << 22) // 28      # a small vocabulary: the floor
