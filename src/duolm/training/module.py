@@ -13,6 +13,7 @@ import torch
 
 from duolm.conditioning import with_labels
 from duolm.models.ema import EMA
+from duolm.objectives import Objective
 from duolm.training import NonFiniteLossError
 
 
@@ -38,7 +39,7 @@ def lr_lambda(warmup_steps: int, schedule: str, max_steps: int, min_ratio: float
 
 
 class LitDiffusionLM(pl.LightningModule):
-    def __init__(self, objective, backbone: torch.nn.Module, *, lr: float = 3e-4, betas=(0.9, 0.999),
+    def __init__(self, objective: Objective, backbone: torch.nn.Module, *, lr: float = 3e-4, betas=(0.9, 0.999),
                  weight_decay: float = 0.0, adam_eps: float = 1e-8, warmup_steps: int = 0,
                  lr_schedule: str = "constant", max_steps: int = 1000, ema_decay: float = 0.9999,
                  global_batch_size: int = 64, eval_time_samples: int = 1, export_config: dict | None = None,
