@@ -41,7 +41,7 @@ def resolve_builtin(path: str) -> str:
 
 
 def load_pretrained(path_or_name, *, algo: str | None = None, use_ema: bool = True, tokenizer="gpt2", n_heads=None,
-         length: int | None = None) -> Pretrained:
+                    length: int | None = None) -> Pretrained:
     """Any supported checkpoint (see the module docstring) as a Pretrained model on the CPU.
 
     The hints (algo, tokenizer, n_heads, length) fill in what a papers' file does not say; algo

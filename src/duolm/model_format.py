@@ -3,7 +3,7 @@
 config.json records everything needed to sample or evaluate: the algo, the network's shape, the
 noise schedule, the tokenizer, the sequence length and how the method was trained (its
 training-time draw floor sampling_eps, the loss precision and the loss path), so a loaded model
-behaves as it was trained. ``duolm.checkpoints.load`` is the one door that reads every format;
+behaves as it was trained. ``duolm.checkpoints.load_pretrained`` is the one door that reads every format;
 this file holds duolm's own, which the papers' readers (duolm.papers_checkpoints) build on.
 """
 from __future__ import annotations

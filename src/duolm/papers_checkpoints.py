@@ -1,6 +1,6 @@
 """The papers' checkpoint formats, read without the papers' code and without running pickled code.
 
-``duolm.checkpoints.load`` is the one door; it hands these formats here:
+``duolm.checkpoints.load_pretrained`` is the one door; it hands these formats here:
 - the raw Lightning ``.ckpt`` of s-sahoo/duo and kuleshov-group/mdlm (Duo, MDLM, SEDD, AR): the
   DiT's state under ``backbone.``, the EMA as an unnamed ``shadow_params`` list in parameter
   order (buffers excluded), and a pickled OmegaConf config and tokenizer. It is read with a

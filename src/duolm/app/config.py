@@ -4,10 +4,9 @@ Every problem becomes one ConfigError sentence that names the key and what is al
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import difflib
 
 import torch
 from hydra import compose as hydra_compose, initialize_config_dir

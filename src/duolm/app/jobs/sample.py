@@ -9,7 +9,7 @@ from duolm.app.sampling_settings import spec_for_model, template_from_config
 from duolm.atomic import write_json
 from duolm.data.tokenizers import is_image
 from duolm.evaluation.pictures import write_result_pictures
-from duolm.sampling import checked_spec
+from duolm.sampling import check_infill
 from duolm.sampling.generate import generate
 
 
@@ -32,8 +32,8 @@ def sample_and_print(cfg, pre, device, checkpoint=None) -> dict:
     try:
         check_conditioning(s.guidance, s.classes, pre.num_classes, score_model=pre.method.parameterization == "score")
         template = template_from_config(s, pre)
-        if template is not None:
-            spec = checked_spec(spec, pre.method, pre.config["length"], infill=True)
+        if template is not None:  # the spec is already resolved and checked: only what a template adds
+            check_infill(spec, pre.method, pre.config["length"])
     except ValueError as err:
         raise ConfigError(f"{err} (the model at {where})") from None
     res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
