@@ -74,7 +74,7 @@ def train_model(p: dict, algo: str, work: Path, log) -> dict:
 
 
 def sampler_specs(p: dict) -> list[tuple[str, int, object]]:
-    from duolm.sampling import KappaSchedule, SamplerSpec, parse_kappa
+    from duolm.sampling import KappaSchedule, PsiOptions, SamplerSpec, parse_kappa
 
     out = [("ancestral", s, SamplerSpec("ancestral", steps=s)) for s in p["steps"]]
     for label, mode in PSI_MODES.items():
@@ -83,7 +83,7 @@ def sampler_specs(p: dict) -> list[tuple[str, int, object]]:
         k = parse_kappa(mode)
         kappa = KappaSchedule(k, k, k, 0.0, 0.0)
         steps = p["psi_steps"] if label == "psi max-capped" else p["psi_steps"][-1:]
-        out += [(label, s, SamplerSpec("psi", steps=s, kappa=kappa)) for s in steps]
+        out += [(label, s, SamplerSpec("psi", steps=s, options=PsiOptions(kappa=kappa))) for s in steps]
     return out
 
 

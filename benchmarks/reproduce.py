@@ -39,7 +39,7 @@ from duolm.models.dit import DiT, DiTConfig
 from duolm.models.ema import EMA
 from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
 from duolm.sampling import KappaSchedule, ar_sample, parse_kappa
-from duolm.sampling import SamplerSpec
+from duolm.sampling import PsiOptions, SamplerSpec
 from duolm.sampling.generate import sample_batch
 
 PRESETS = {
@@ -149,7 +149,7 @@ def sampler_spec(kind: str, steps: int) -> SamplerSpec:
         return SamplerSpec(predictor="ancestral", steps=steps, noise_removal="greedy")
     k = parse_kappa("max-capped-0.01")
     return SamplerSpec(predictor="psi", steps=steps, noise_removal="greedy",
-                       kappa=KappaSchedule(k, k, k, high_frac=0.0, middle_frac=0.0))
+                       options=PsiOptions(kappa=KappaSchedule(k, k, k, high_frac=0.0, middle_frac=0.0)))
 
 
 def quality(x: torch.Tensor, hmm) -> dict:

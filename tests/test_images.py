@@ -161,7 +161,7 @@ def test_every_sampler_draws_each_class_and_guidance_mixes_the_class_and_null_pr
     class c follow class c's distribution, null labels follow the mixture, for ancestral, psi and the
     greedy-tail-free ancestral ends (chi-square, p > 1e-3, n = 3000 per class); weight w mixes the log
     predictions as normalise(w log p_c + (1 - w) log p_null) for any real w."""
-    from duolm.sampling import SamplerSpec, SamplingModel
+    from duolm.sampling import PsiOptions, SamplerSpec, SamplingModel
     from duolm.sampling.kappa import Kappa, KappaSchedule
     from duolm.sampling.generate import sample_batch
 
@@ -171,7 +171,7 @@ def test_every_sampler_draws_each_class_and_guidance_mixes_the_class_and_null_pr
     n = 3000
     pc = KappaSchedule(Kappa("max-capped", 0.05), Kappa("max-capped", 0.05), Kappa("max-capped", 0.05))
     for spec in (SamplerSpec("ancestral", steps=4, noise_removal="ancestral", eps=1e-4),
-                 SamplerSpec("psi", steps=4, noise_removal="ancestral", eps=1e-4, kappa=pc)):
+                 SamplerSpec("psi", steps=4, noise_removal="ancestral", eps=1e-4, options=PsiOptions(kappa=pc))):
         for c, joint in enumerate([*joints, torch.stack(joints).mean(0)]):
             labels = torch.full((n,), c)
             x = sample_batch(method, net, spec, n, 1, bos_id=0, generator=torch.Generator().manual_seed(c),

@@ -7,7 +7,7 @@ from scipy.stats import chisquare
 from duolm.data.tokenizers import CharTokenizer
 from duolm.evaluation.likelihood import windows
 from duolm.infill import parse_template
-from duolm.sampling import SAMPLERS, SamplerSpec, SamplingModel
+from duolm.sampling import SAMPLERS, PsiOptions, SamplerSpec, SamplingModel
 from oracles import all_sequences, random_joint
 from duolm.schedules import LogLinear
 from test_samplers import K, make, oracle, variants
@@ -60,7 +60,7 @@ def test_a_blank_follows_the_exact_conditional_and_held_tokens_never_change(name
     # alpha(1) > 0, so the held (visible) tokens have non-zero likelihood under q and the oracle is defined
     model = SamplingModel(den, process, LogLinear(1e-3), "x0")
     spec = SamplerSpec(predictor=table_name, steps=8, noise_removal="ancestral", eps=1e-4,
-                       **({"kappa": kappa} if kappa is not None else {}))
+                       **({"options": PsiOptions(kappa=kappa)} if kappa is not None else {}))
     n = 4000
     mask = torch.tensor([[True, False, True]]).expand(n, 3)
     values = torch.tensor([[2, 0, 1]]).expand(n, 3)

@@ -6,7 +6,7 @@ from scipy.stats import chisquare
 
 from duolm.processes import AbsorbingProcess, UniformProcess
 from duolm.sampling import SAMPLERS as SAMPLER_TABLE
-from duolm.sampling import (Kappa, KappaSchedule, SamplerSpec, SamplingModel, analytic_sample, ancestral_sample,
+from duolm.sampling import (Kappa, KappaSchedule, PsiOptions, SamplerSpec, SamplingModel, analytic_sample, ancestral_sample,
                             draw_categorical, linear_constant_linear_grid, linear_grid, nucleus, parse_kappa,
                             psi_sample, race_categorical)
 from duolm.schedules import LogLinear
@@ -81,7 +81,7 @@ def run(name, process, joint, L, n, steps, seed):
     else:
         model = SamplingModel(oracle(process, joint, L), process, SCHED, "x0")  # the oracle ignores alpha_t
     spec = SamplerSpec(predictor=table_name, steps=steps, noise_removal="ancestral", eps=1e-4,
-                       **({"kappa": kappa} if kappa is not None else {}))
+                       **({"options": PsiOptions(kappa=kappa)} if kappa is not None else {}))
     return entry.run(model, spec, (n, L), generator=g)
 
 
@@ -389,9 +389,42 @@ def test_seeded_generation_is_reproducible(predictor):
                         dropout=0.0))
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.2)
-    spec = SamplerSpec(predictor=predictor, steps=6, kappa=KappaSchedule(middle=Kappa("max-capped", 0.1)))
+    spec = SamplerSpec(predictor=predictor, steps=6,
+                       options=PsiOptions(kappa=KappaSchedule(middle=Kappa("max-capped", 0.1))) if predictor == "psi" else None)
     runs = [generate(method, net, tok, spec, length=12, num_samples=3, batch_size=2, seed=5, progress=False)
             for _ in range(2)]
     assert [s["ids"] for s in runs[0]["samples"]] == [s["ids"] for s in runs[1]["samples"]]
     other = generate(method, net, tok, spec, length=12, num_samples=3, batch_size=2, seed=6, progress=False)
     assert [s["ids"] for s in other["samples"]] != [s["ids"] for s in runs[0]["samples"]]
+
+
+def test_each_samplers_yaml_block_is_its_rows_settings():
+    """A sampler's settings are declared once, in its SAMPLERS row: conf/sampling/default.yaml's
+    block sampling.<name> holds exactly those keys, their defaults and, as comments, their help; a
+    row's options build from that block, and `duolm sample --help` lists every setting."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    import duolm.app
+    from duolm.app.cli import command_help
+    from duolm.sampling.registry import options_from_settings
+
+    path = Path(duolm.app.__file__).parent / "conf" / "sampling" / "default.yaml"
+    conf = yaml.safe_load(path.read_text())
+    lines = path.read_text().splitlines()
+    with_options = {name: e.options for name, e in SAMPLER_TABLE.items() if e.options is not None}
+    assert "psi" in with_options
+    help_text = command_help("sample")
+    for name, options in with_options.items():
+        block = conf[name]
+        assert list(block) == list(options.SETTINGS)
+        assert block == {k: s.default for k, s in options.SETTINGS.items()}
+        start = lines.index(next(line for line in lines if line.startswith(f"{name}:")))
+        comments = dict(re.match(r"\s+(\w+):\s*\S+\s*#\s*(.*)$", line).groups()
+                        for line in lines[start + 1:start + 1 + len(block)])
+        assert comments == {k: s.help for k, s in options.SETTINGS.items()}
+        assert options_from_settings(name, block) == options()  # the YAML defaults are the type's defaults
+        for key, s in options.SETTINGS.items():
+            assert f"sampling.{name}.{key} ({s.default}): {s.help}" in help_text

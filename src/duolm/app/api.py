@@ -10,6 +10,7 @@ bad argument gets one sentence naming it.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -19,7 +20,8 @@ from duolm.checkpoints import load_pretrained
 from duolm.data.tokenizers import is_image
 from duolm.evaluation.likelihood import continuation_nelbo
 from duolm.infill import parse_template
-from duolm.sampling import KappaSchedule, SamplerSpec, checked_spec, parse_kappa
+from duolm.sampling import KappaSchedule, SamplerSpec, checked_spec
+from duolm.sampling.registry import options_from_settings, options_help
 from duolm.sampling.generate import decode_text, generate
 
 
@@ -75,15 +77,23 @@ class Model:
              p_nucleus: float = 1.0, prompt_ids=None, total_length: int | None = None, infill: bool = False,
              **options):
         """The SamplerSpec these keywords describe, checked against the model (one sentence on error).
-        kappa: a Psi mode string for every part ('max-capped-0.02') or a KappaSchedule. The spec's last
-        time is the model's own sampling_eps (the floor it was trained with) unless `eps` is given."""
+        Keywords that are not SamplerSpec fields are the sampler's own settings (its SAMPLERS row's
+        keys, e.g. psi's time_profile, plateau, high_mode); kappa (psi): a mode string for every part
+        ('max-capped-0.02') or a KappaSchedule. The spec's last time is the model's own sampling_eps
+        (the floor it was trained with) unless `eps` is given."""
+        fields = {f.name for f in dataclasses.fields(SamplerSpec)}
+        own = {k: options.pop(k) for k in list(options) if k not in fields}
         if isinstance(kappa, str):
-            k = parse_kappa(kappa)
-            kappa = KappaSchedule(k, k, k)
+            own.update(high_mode=kappa, middle_mode=kappa, low_mode=kappa)
+        sampler_options = options_from_settings(sampler, own) if own or kappa is not None else None
+        if (own or kappa is not None) and sampler_options is None:
+            raise ValueError(f"sampler={sampler} has no settings {sorted(own) or ['kappa']}; the settings of each sampler: "
+                             f"{[line.split(' ')[0] for line in options_help()]}")
+        if isinstance(kappa, KappaSchedule):
+            sampler_options = dataclasses.replace(sampler_options, kappa=kappa)
         options.setdefault("eps", self.method.sampling_eps)
         spec = SamplerSpec(predictor=sampler, steps=steps, noise_removal=noise_removal, p_nucleus=p_nucleus,
-                           prefix=prompt_ids, total_length=total_length,
-                           **({"kappa": kappa} if kappa is not None else {}), **options)
+                           prefix=prompt_ids, total_length=total_length, options=sampler_options, **options)
         return checked_spec(spec, self.method, self.length, infill=infill)
 
     def generate(self, n: int = 1, *, steps: int = 64, prompt: str | None = None, sampler: str = "auto",
@@ -91,7 +101,7 @@ class Model:
                  **options) -> Generation:
         """n samples (texts and ids). prompt: text held at the start; length > the model's window:
         semi-autoregressive windows. Other keywords: noise_removal, kappa, p_nucleus, and any
-        SamplerSpec field (time_profile, plateau, stride, stop_at_eos, use_float64, ...)."""
+        SamplerSpec field (stride, stop_at_eos, use_float64, ...) or setting of the sampler (psi: time_profile, plateau, ...)."""
         if is_image(self.tokenizer):
             raise ValueError("generate() writes text; this is an image model: use `duolm sample` for its grid")
         prompt_ids = None if prompt is None else [self.tokenizer.bos_id] + self.tokenizer.encode(prompt)

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from duolm.app.config import GROUPS, ConfigError, compose, compose_components, group_options
 from duolm.training import NonFiniteLossError  # not training.module: that loads Lightning (seconds)
+from duolm.sampling.registry import options_help
 
 USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,push,lm-eval,data,config} [key=value ...]
 
@@ -104,6 +105,9 @@ def command_help(command: str) -> str:
         value = OmegaConf.select(cfg, k, default=None) if k != "any key" else None
         shown = k if k in GROUPS else f"{k} ({value})" if k != "any key" else k
         lines.append(f"  {shown}")
+    if command == "sample":
+        lines += ["", "sampler settings (sampling.<predictor>.<key>, read for that predictor only):"]
+        lines += [f"  {line}" for line in options_help()]
     lines += ["", "examples:", *(f"  {e}" for e in examples), "", "every key: duolm config"]
     return "\n".join(lines)
 

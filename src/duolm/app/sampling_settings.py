@@ -5,25 +5,22 @@ from __future__ import annotations
 
 from duolm.data.tokenizers import is_image
 from duolm.infill import Template, parse_template
-from duolm.sampling import KappaSchedule, SamplerSpec, checked_spec, parse_kappa
+from duolm.sampling import SamplerSpec, checked_spec
+from duolm.sampling.registry import options_from_settings
 
 
 def spec_from_config(sampling, method, tokenizer=None) -> SamplerSpec:
     """The spec of the `sampling` group, 'auto' left for SamplerSpec.resolve. Its last time is the
     method's own sampling_eps: a model samples down to the time floor it was trained with."""
-    psi = sampling.psi
     prefix = None
     if sampling.get("prefix"):
         if tokenizer is None:
             raise ValueError("sampling.prefix needs the tokenizer")
         prefix = [tokenizer.bos_id] + tokenizer.encode(sampling.prefix)
-    # kappa matters to psi only: other samplers ignore it, so their specs keep the default
-    kappa = (KappaSchedule(parse_kappa(psi.high_mode), parse_kappa(psi.middle_mode), parse_kappa(psi.low_mode),
-                           psi.high_frac, psi.middle_frac) if sampling.predictor == "psi" else KappaSchedule())
+    # only the chosen sampler's block (sampling.<predictor>) is read: the others' settings are ignored
     return SamplerSpec(predictor=sampling.predictor, steps=sampling.steps, noise_removal=sampling.noise_removal,
                        use_float64=sampling.use_float64, p_nucleus=sampling.p_nucleus,
-                       time_profile=psi.time_profile, plateau=psi.plateau, plateau_in=psi.plateau_in,
-                       kappa=kappa, prefix=prefix, eps=method.sampling_eps, total_length=sampling.get("total_length"),
+                       options=options_from_settings(sampling.predictor, sampling), prefix=prefix, eps=method.sampling_eps, total_length=sampling.get("total_length"),
                        stride=sampling.get("stride"), stop_at_eos=bool(sampling.get("stop_at_eos", False)))
 
 

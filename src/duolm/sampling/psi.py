@@ -13,14 +13,61 @@ ancestral sampling with the cache by first-hitting times (duolm.sampling.first_h
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Mapping
+
 import torch
 from tqdm.auto import tqdm
 
 from duolm.sampling.categorical import categorical_draw, nucleus, nucleus_log
 from duolm.sampling.first_hitting import first_hitting_sample
 from duolm.sampling.grids import linear_constant_linear_grid, linear_grid
-from duolm.sampling.kappa import KappaSchedule
-from duolm.sampling.spec import SamplerSpec, check_noise_removal
+from duolm.sampling.kappa import KappaSchedule, parse_kappa
+from duolm.sampling.spec import SamplerSpec, Setting, check_noise_removal
+
+TIME_PROFILES = ("linear", "linear-constant-linear")
+_MODES = "pure-posterior | pure-pc | constant-<k> | constant-remdm-<eta> | max-capped-<eta> | max-rescale-<eta>"
+
+
+@dataclass(frozen=True)
+class PsiOptions:
+    """The `sampling.psi` block: the time grid's profile and the kappa schedule over its parts."""
+
+    time_profile: str = "linear"
+    plateau: float = 0.1
+    plateau_in: str = "t"
+    kappa: KappaSchedule = field(default_factory=KappaSchedule)
+
+    SETTINGS: ClassVar[dict[str, Setting]] = {
+        "time_profile": Setting("linear", "linear | linear-constant-linear"),
+        "plateau": Setting(0.1, "the constant part's time (or signal level, with plateau_in=alpha)"),
+        "plateau_in": Setting("t", "t | alpha"),
+        "high_mode": Setting("pure-posterior", _MODES),
+        "middle_mode": Setting("pure-posterior", "as high_mode"),
+        "low_mode": Setting("pure-posterior", "as high_mode"),
+        "high_frac": Setting(0.2, "share of the steps in the high-noise part"),
+        "middle_frac": Setting(0.6, "share of the steps in the middle part"),
+    }
+
+    def __post_init__(self):
+        if self.time_profile not in TIME_PROFILES:
+            raise ValueError(f"sampling.psi.time_profile must be one of {list(TIME_PROFILES)}, "
+                             f"got {self.time_profile!r}")
+        if self.plateau_in not in ("t", "alpha"):
+            raise ValueError(f"sampling.psi.plateau_in must be one of ['t', 'alpha'], got {self.plateau_in!r}")
+        if self.plateau_in == "alpha" and not 0 < self.plateau < 1:
+            raise ValueError(f"sampling.psi.plateau must be a signal level in (0, 1) with plateau_in=alpha, "
+                             f"got {self.plateau}")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> "PsiOptions":
+        s = {k: settings.get(k, v.default) for k, v in cls.SETTINGS.items()}
+        kappa = KappaSchedule(parse_kappa(s["high_mode"]), parse_kappa(s["middle_mode"]),
+                              parse_kappa(s["low_mode"]), s["high_frac"], s["middle_frac"])
+        return cls(s["time_profile"], s["plateau"], s["plateau_in"], kappa)
+
+    def describe(self) -> dict:
+        return asdict(self)
 
 
 @torch.no_grad()
@@ -101,29 +148,32 @@ def schedule_kappas(kappa: KappaSchedule, grid: torch.Tensor, schedule, noise_re
     return kappas
 
 
+def options_of(spec: SamplerSpec) -> PsiOptions:
+    """The spec's Psi settings (the defaults when it carries none)."""
+    return spec.options if spec.options is not None else PsiOptions()
+
+
 def spec_grid(spec: SamplerSpec, schedule) -> torch.Tensor:
     """The time grid a spec asks for: linear, or linear-constant-linear around a plateau."""
     final_zero = spec.noise_removal != "none"
-    if spec.time_profile == "linear-constant-linear":
-        return linear_constant_linear_grid(spec.steps, spec.plateau, high_frac=spec.kappa.high_frac,
-                                           middle_frac=spec.kappa.middle_frac, eps=spec.eps, final_zero=final_zero,
-                                           schedule=schedule, plateau_in=spec.plateau_in)
+    opts = options_of(spec)
+    if opts.time_profile == "linear-constant-linear":
+        return linear_constant_linear_grid(spec.steps, opts.plateau, high_frac=opts.kappa.high_frac,
+                                           middle_frac=opts.kappa.middle_frac, eps=spec.eps, final_zero=final_zero,
+                                           schedule=schedule, plateau_in=opts.plateau_in)
     return linear_grid(spec.steps, spec.eps, final_zero=final_zero)
 
 
 def check_spec(spec: SamplerSpec, schedule) -> None:
-    """Psi's own settings: the plateau must lie inside the grid."""
-    if spec.plateau_in == "alpha" and not 0 < spec.plateau < 1:
-        raise ValueError(f"sampling.psi.plateau must be a signal level in (0, 1) with plateau_in=alpha, "
-                         f"got {spec.plateau}")
+    """Psi's settings against the model's schedule: the plateau must lie inside the grid."""
     spec_grid(spec, schedule)
 
 
 def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **common):
     """The registry's adapter: a Psi-sampler run as `spec` describes."""
     return psi_sample(model.denoiser, model.process, model.schedule, shape, grid=spec_grid(spec, model.schedule),
-                      kappa=spec.kappa, noise_removal=spec.noise_removal, p_nucleus=spec.p_nucleus,
+                      kappa=options_of(spec).kappa, noise_removal=spec.noise_removal, p_nucleus=spec.p_nucleus,
                       dtype=spec.dtype, **common)
 
 
-__all__ = ["check_spec", "from_spec", "nucleus", "psi_sample", "schedule_kappas", "spec_grid"]
+__all__ = ["PsiOptions", "check_spec", "from_spec", "nucleus", "psi_sample", "schedule_kappas", "spec_grid"]

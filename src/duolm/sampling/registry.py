@@ -1,8 +1,11 @@
 """The sampler table: name -> Sampler (how to run it from a SamplerSpec, and what it needs).
 
-Adding a sampler is one file with its function and a ``from_spec`` adapter, one row here and its
-defaults in ``conf/sampling/default.yaml``. ``check_sampler`` is the one place that decides whether
-a sampler fits a method, so the config check, the CLI and the library agree.
+Adding a sampler is one file with its function, a ``from_spec`` adapter and, if it has settings of
+its own, their options type (duolm.sampling.spec.SamplerOptions), plus one row here. The row's
+options are the keys of ``sampling.<name>``: the application reads them from there, and
+``conf/sampling/default.yaml`` and `duolm sample --help` show them (a test checks that the YAML
+block agrees with the row). ``check_sampler`` is the one place that decides whether a sampler fits a
+method, so the config check, the CLI and the library agree.
 """
 from __future__ import annotations
 
@@ -63,12 +66,13 @@ class Sampler:
     reuses_output: bool = False                  # valid only when the denoiser ignores alpha_t
     holds_positions: bool = True                 # can keep given tokens fixed (prefix, semi-AR windows)
     check: Callable[[SamplerSpec, object], None] | None = None  # (spec, schedule): sampler-specific settings
+    options: type | None = None                  # its own settings (SamplerOptions), read from sampling.<name>
 
 
 SAMPLERS: dict[str, Sampler] = {
     "ancestral": Sampler(ancestral.from_spec, needs="x0"),
     "ancestral_cache": Sampler(ancestral.from_spec, needs="x0", reuses_output=True),
-    "psi": Sampler(psi.from_spec, needs="x0", check=psi.check_spec),
+    "psi": Sampler(psi.from_spec, needs="x0", check=psi.check_spec, options=psi.PsiOptions),
     "analytic": Sampler(analytic.from_spec, needs="score", noise_removal=("ancestral", "none"), holds_positions=False),
     "ar": Sampler(ar.from_spec, needs="ar", noise_removal=NOISE_REMOVAL),
 }
@@ -93,6 +97,10 @@ def check_sampler(spec: SamplerSpec, method=None) -> None:
     if entry.reuses_output and method.time_conditioning:
         raise ValueError(f"sampling.predictor={spec.predictor} reuses the denoiser output, which is only valid for a "
                          f"model without time conditioning (algo=mdlm)")
+    if spec.options is not None and not (entry.options and isinstance(spec.options, entry.options)):
+        raise ValueError(f"sampling.predictor={spec.predictor} takes "
+                         f"{'no options' if entry.options is None else entry.options.__name__}, "
+                         f"not {type(spec.options).__name__}")
     if entry.check is not None:
         entry.check(spec, method.schedule)
     if spec.total_length is not None and entry.needs == "ar":
@@ -113,6 +121,21 @@ def checked_spec(spec: SamplerSpec, method, length: int | None = None, *, infill
         if infill:
             check_infill(spec, method, length)
     return spec
+
+
+def options_help() -> list[str]:
+    """One line per sampler setting, `sampling.<sampler>.<key> (default): help`, from the rows."""
+    return [f"sampling.{name}.{key} ({s.default}): {s.help}" for name, entry in SAMPLERS.items()
+            if entry.options is not None for key, s in entry.options.SETTINGS.items()]
+
+
+def options_from_settings(predictor: str, sampling) -> object | None:
+    """The options of `predictor` from the sampling block's `sampling.<predictor>` mapping (None:
+    a sampler without options, or 'auto', whose defaults have none)."""
+    entry = SAMPLERS.get(predictor)
+    if entry is None or entry.options is None:
+        return None
+    return entry.options.from_settings(sampling.get(predictor) or {})
 
 
 def check_infill(spec: SamplerSpec, method, length: int) -> None:

@@ -4,19 +4,22 @@ Built from the `sampling` config group by the application (duolm.app.sampling_se
 hand (duolm.app.api.Model.spec); each field's check names the config key a user types, so a bad
 value fails before any work. These checks are the only ones: the samplers trust a spec.
 ``resolve(method)`` fills the 'auto' choices with the method's defaults, for the CLI and the API alike.
+
+A sampler's own settings are not fields here: its SAMPLERS row names an options type (a frozen
+dataclass with the ``SamplerOptions`` members, in the sampler's file), read from ``sampling.<name>``
+and carried as ``SamplerSpec.options``; adding a sampler adds no field to this class.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
+from typing import ClassVar, Mapping, NamedTuple, Protocol
 
 import torch
 
 from duolm.sampling.categorical import check_top_p
-from duolm.sampling.kappa import KappaSchedule
 from duolm.sampling.semi_ar import check_windows
 
 NOISE_REMOVAL = ("ancestral", "greedy", "none")
-TIME_PROFILES = ("linear", "linear-constant-linear")
 AUTO = "auto"  # predictor / noise_removal: the method's default (SamplerSpec.resolve)
 
 
@@ -43,6 +46,25 @@ def default_noise_removal(method) -> str:
     return "ancestral" if output_of(method) == "score" else "greedy"
 
 
+class Setting(NamedTuple):
+    """One key of a sampler's config block: its default and the line that explains it (the YAML
+    comment and `duolm sample --help` show it)."""
+
+    default: object
+    help: str
+
+
+class SamplerOptions(Protocol):
+    """A sampler's own settings (e.g. duolm.sampling.psi.PsiOptions): checked when built."""
+
+    SETTINGS: ClassVar[dict[str, Setting]]  # the keys of sampling.<sampler name>, in order
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> "SamplerOptions": ...  # the config block's values -> options
+
+    def describe(self) -> dict: ...  # what a samples file records of them
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     predictor: str = "ancestral"          # a name in duolm.sampling.SAMPLERS, or auto (resolve)
@@ -50,10 +72,7 @@ class SamplerSpec:
     noise_removal: str = "greedy"         # ancestral | greedy | none, or auto (resolve)
     use_float64: bool = True             # float64 categorical draws; false: the papers' float32 race (lower entropy)
     p_nucleus: float = 1.0
-    time_profile: str = "linear"          # psi: linear | linear-constant-linear
-    plateau: float = 0.1
-    plateau_in: str = "t"
-    kappa: KappaSchedule = field(default_factory=KappaSchedule)
+    options: SamplerOptions | None = None  # the predictor's own settings (its SAMPLERS row's type; None: defaults)
     prefix: tuple[int, ...] | None = None  # token ids held fixed at the start
     eps: float = 1e-3
     total_length: int | None = None       # > model length: semi-autoregressive windows
@@ -66,11 +85,6 @@ class SamplerSpec:
         if self.noise_removal != AUTO:
             check_noise_removal(self.noise_removal)
         check_top_p(self.p_nucleus)
-        if self.time_profile not in TIME_PROFILES:
-            raise ValueError(f"sampling.psi.time_profile must be one of {list(TIME_PROFILES)}, "
-                             f"got {self.time_profile!r}")
-        if self.plateau_in not in ("t", "alpha"):
-            raise ValueError(f"sampling.psi.plateau_in must be one of ['t', 'alpha'], got {self.plateau_in!r}")
         if self.prefix is not None:
             object.__setattr__(self, "prefix", tuple(int(i) for i in self.prefix))
 
@@ -92,7 +106,10 @@ class SamplerSpec:
             raise ValueError(f"sampling.prefix is {len(self.prefix)} tokens; the model's length is {length}")
 
     def describe(self) -> dict:
-        d = asdict(self)
+        """The spec as a samples file records it: its fields, and the options' own keys beside them."""
+        d = asdict(replace(self, options=None))
+        del d["options"]
         d["prefix"] = list(self.prefix) if self.prefix is not None else None
-        d["kappa"] = {k: (asdict(v) if hasattr(v, "mode") else v) for k, v in asdict(self.kappa).items()}
+        if self.options is not None:
+            d.update(self.options.describe())
         return d
