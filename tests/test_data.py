@@ -159,3 +159,23 @@ def test_text8_loader_splits_90_5_5(tmp_path):
     f.write_text("abcdefghij" * 1000)
     out = corpora.hf_text8(data_files=str(f))
     assert sum(map(len, out["train"])) == 9000 and sum(map(len, out["valid"])) == 500
+
+
+def test_each_hub_dataset_is_named_in_one_table():
+    """The hub ids, configs and splits of the text sources live in duolm.data.sources only: no
+    other library or application file names them, so a reader cannot drift from its row."""
+    from pathlib import Path
+
+    import duolm
+    from duolm.data.sources import STREAMS, TEXT_SOURCES, TRAINING_SETS, ZERO_SHOT
+
+    named = {s.hub_id for s in TEXT_SOURCES.values() if s.hub_id not in TEXT_SOURCES} | \
+        {s.config for s in TEXT_SOURCES.values() if s.config and s.config != "default"}
+    root = Path(duolm.__file__).parent
+    for path in root.rglob("*.py"):
+        if path.name == "sources.py":
+            continue
+        text = path.read_text()
+        assert not [n for n in named if f'"{n}"' in text], path
+    assert set(TRAINING_SETS) | set(STREAMS) | set(ZERO_SHOT) == set(TEXT_SOURCES)
+    assert not set(TRAINING_SETS) & set(ZERO_SHOT)

@@ -1,15 +1,17 @@
 """Where documents come from: the built-in corpus, a user's local files, or the papers' HF datasets.
 
 Every source returns {'train': documents, 'valid': documents}, split by document, where
-documents are texts (or token-id lists) in a list or a re-iterable ``Documents`` stream. Nothing here touches the network except ``hf_*`` sources, which go
-through ``datasets.load_dataset`` (and accept local files in the same format).
+documents are texts (or token-id lists) in a list or a re-iterable ``Documents`` stream. Nothing
+here touches the network except ``hf_source`` (the rows of duolm.data.sources), which goes
+through ``datasets.load_dataset`` (and accepts local files in the same format).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from duolm.data.detokenizers import join_wikitext_articles, lm1b_detokenize, wikitext_detokenize
+from duolm.data.detokenizers import join_wikitext_articles
+from duolm.data.sources import TRAINING_SETS, TextSource
 
 
 def big_txt_path() -> Path:
@@ -189,7 +191,7 @@ def split_local(docs: Documents, valid_fraction: float) -> dict[str, Documents]:
     return {"train": part(False), "valid": part(True)}
 
 
-# --- the papers' datasets through HF datasets ---------------------------------------------
+# --- the papers' training sets through HF datasets (duolm.data.sources.TRAINING_SETS) -------
 
 def hf_column(ds, field: str = "text", transform=None) -> Documents:
     """One text column of an HF dataset as a document stream (Arrow is memory-mapped: nothing is
@@ -202,52 +204,14 @@ def hf_column(ds, field: str = "text", transform=None) -> Documents:
     return Documents(rows, len(ds))
 
 
-def hf_openwebtext(data_files=None, holdout: int = 100_000) -> dict:
-    """OpenWebText with its last `holdout` documents held out for validation (the papers' split)."""
-    from datasets import load_dataset
-
-    ds = (load_dataset("json", data_files=data_files, split="train") if data_files
-          else load_dataset("openwebtext", split="train", trust_remote_code=True))
-    n = len(ds)
-    holdout = min(holdout, max(1, n // 10)) if n <= holdout else holdout
-    return {"train": hf_column(ds.select(range(n - holdout))), "valid": hf_column(ds.select(range(n - holdout, n)))}
-
-
-def hf_lm1b(data_files=None) -> dict:
-    from datasets import load_dataset
-
+def _characters(row: TextSource, data_files) -> dict:
+    """One long string (text8): the standard split is 90 / 5 / 5 by characters."""
     if data_files:
-        ds = load_dataset("json", data_files=data_files)
-    else:
-        ds = load_dataset("lm1b", trust_remote_code=True)
-    valid = ds["test"] if "test" in ds else ds["validation"]
-    return {"train": hf_column(ds["train"], transform=lm1b_detokenize),
-            "valid": hf_column(valid, transform=lm1b_detokenize)}
-
-
-def hf_wikitext103(data_files=None) -> dict:
-    from datasets import load_dataset
-
-    if data_files:
-        ds = load_dataset("json", data_files=data_files)
-    else:
-        ds = load_dataset("wikitext", "wikitext-103-raw-v1")
-
-    def articles(split):
-        lines = hf_column(ds[split])
-        return Documents(lambda: (wikitext_detokenize(d) for d in join_wikitext_articles(lines)))
-
-    return {"train": articles("train"), "valid": articles("validation")}
-
-
-def hf_text8(data_files=None) -> dict:
-    """text8: one 100M-character string; the standard split is 90M / 5M / 5M characters."""
-    if data_files:
-        text = Path(data_files if isinstance(data_files, str) else data_files["train"]).read_text()
+        text = Path(data_files if isinstance(data_files, str) else data_files[row.train_split]).read_text()
     else:
         from datasets import load_dataset
 
-        text = load_dataset("afmck/text8", split="train")[0]["text"]
+        text = load_dataset(row.hub_id, row.config, split=row.train_split)[0][row.field]
     n = len(text)
     a, b = int(n * 0.9), int(n * 0.95)
     chunk = 1_000_000  # documents of 1M characters, so a block never crosses the split
@@ -255,9 +219,47 @@ def hf_text8(data_files=None) -> dict:
     return {"train": as_docs(text[:a]), "valid": as_docs(text[a:b])}
 
 
-HF_SOURCES = {
-    "openwebtext": hf_openwebtext,
-    "lm1b": hf_lm1b,
-    "wikitext103": hf_wikitext103,
-    "text8": hf_text8,
-}
+def hf_source(name: str, data_files=None, holdout: int | None = None) -> dict:
+    """{'train', 'valid'} documents of a training set in TRAINING_SETS, read as its row says (its
+    hub id, or local JSON files in the same format through data_files). holdout: for a set without
+    a validation split, how many last documents to hold out (default: the row's)."""
+    from datasets import load_dataset
+
+    row = TRAINING_SETS[name]
+    if row.by_characters:
+        return _characters(row, data_files)
+    ds = load_dataset("json", data_files=data_files) if data_files else load_dataset(row.hub_id, row.config)
+
+    def documents(split) -> Documents:
+        lines = hf_column(split, row.field)
+        if row.join_wikitext_articles:
+            return Documents(lambda: (row.detokenize(d) for d in join_wikitext_articles(lines)))
+        return hf_column(split, row.field, transform=row.detokenize)
+
+    if row.valid_split is not None:
+        # local files may name the held-out split 'validation' where the hub's is 'test' (or back)
+        valid = next((ds[k] for k in (row.valid_split, "validation", "test") if k in ds), None)
+        if valid is None:
+            raise ValueError(f"data ({name}): expected a {row.valid_split!r} split, found {sorted(ds)}")
+        return {"train": documents(ds[row.train_split]), "valid": documents(valid)}
+    train = ds[row.train_split] if row.train_split in ds else ds[next(iter(ds))]
+    n, holdout = len(train), holdout or row.holdout
+    holdout = min(holdout, max(1, n // 10)) if n <= holdout else holdout
+    return {"train": documents(train.select(range(n - holdout))), "valid": documents(train.select(range(n - holdout, n)))}
+
+
+def hf_openwebtext(data_files=None, holdout: int = 100_000) -> dict:
+    """OpenWebText with its last `holdout` documents held out for validation (the papers' split)."""
+    return hf_source("openwebtext", data_files, holdout)
+
+
+def hf_lm1b(data_files=None) -> dict:
+    return hf_source("lm1b", data_files)
+
+
+def hf_wikitext103(data_files=None) -> dict:
+    return hf_source("wikitext103", data_files)
+
+
+def hf_text8(data_files=None) -> dict:
+    return hf_source("text8", data_files)

@@ -21,12 +21,12 @@ from duolm.atomic import atomic_directory
 from duolm.data import corpora
 from duolm.data.encode import encode_documents
 from duolm.data.store import STORE_VERSION, Split, SplitWriter, StoreError, file_lock, open_store
-from duolm.data.streaming import STREAMS, StreamingBlocks, stream_texts
-from duolm.data.zero_shot import ZERO_SHOT, load_zero_shot
+from duolm.data.sources import STREAM_ONLY, STREAMS, TRAINING_SETS, ZERO_SHOT
+from duolm.data.streaming import StreamingBlocks, stream_texts
+from duolm.data.zero_shot import load_zero_shot
 
 EVAL_ONLY = tuple(ZERO_SHOT)  # the papers' zero-shot sets
-STREAM_ONLY = ("fineweb-edu",)  # read with data.streaming=true only
-SOURCES = ("bigtxt", "local", *corpora.HF_SOURCES, *STREAM_ONLY, *EVAL_ONLY)
+SOURCES = ("bigtxt", "local", *TRAINING_SETS, *STREAM_ONLY, *EVAL_ONLY)
 BLOCK_MODES = ("wrap", "pad", "pack")
 
 
@@ -59,8 +59,8 @@ def load_documents(source: str, vocab_size: int | None = None, **kwargs) -> tupl
         return corpora.split_local(docs, kwargs.get("valid_fraction", 0.05)), are_ids
     if source in EVAL_ONLY:
         return load_zero_shot(source, kwargs.get("data_files")), False
-    if source in corpora.HF_SOURCES:
-        return corpora.HF_SOURCES[source](data_files=kwargs.get("data_files")), False
+    if source in TRAINING_SETS:
+        return corpora.hf_source(source, kwargs.get("data_files")), False
     raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
 
 

@@ -17,31 +17,13 @@ ordinary token store.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from duolm.data.encode import encode_documents
-from duolm.data import detokenizers
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    hub_id: str
-    config: str | None
-    split: str
-    field: str
-    valid_split: str | None = None   # None: hold out the first valid_docs documents of `split`
-    detokenize: str | None = None    # a name in duolm.data.detokenizers
-
-
-STREAMS = {
-    "openwebtext": StreamSpec("openwebtext", None, "train", "text"),
-    "lm1b": StreamSpec("lm1b", None, "train", "text", valid_split="test", detokenize="lm1b_detokenize"),
-    "fineweb-edu": StreamSpec("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", "text"),
-}
+from duolm.data.sources import STREAMS
 
 
 class StreamPosition(NamedTuple):
@@ -57,10 +39,7 @@ def stream_texts(source: str, *, data_files=None, split: str | None = None, seed
     shuffling, so a held-out set stays held out in every epoch), then shuffled per epoch with a
     seeded buffer when shuffle_buffer > 0."""
     spec = STREAMS[source]
-    detok = None
-    if spec.detokenize:
-        detok = getattr(detokenizers, spec.detokenize)
-    split = split or spec.split
+    split = split or spec.train_split
 
     def texts(epoch: int):
         from datasets import load_dataset
@@ -82,7 +61,7 @@ def stream_texts(source: str, *, data_files=None, split: str | None = None, seed
             if spec.field not in row:
                 raise ValueError(f"data ({source}): expected a {spec.field!r} field in the stream, found {sorted(row)}")
             text = row[spec.field] or ""
-            yield detok(text) if detok else text
+            yield spec.detokenize(text)
 
     return texts
 
