@@ -165,18 +165,36 @@ def _built(key_hint: str, build):
 
 
 def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Components:
-    """Check every value before work starts and build what the run needs from them, once."""
+    """Check every value before work starts and build what the run needs from them, once: one
+    piece per config group, in the order a run uses them."""
+    parts, probe = _method_parts(cfg)
+    _check_modality(cfg, parts)
+    parts.backbone = _built("model", lambda: _backbone_placeholder(cfg, parts.num_classes, probe.causal))
+    _check_data(cfg)
+    _check_places(cfg)
+    _check_sampling(cfg, probe, model_known=not model_from_checkpoint, num_classes=parts.num_classes)
+    _check_optim(cfg)
+    _check_trainer(cfg)
+    _check_loader(cfg)
+    _check_eval(cfg)
+    parts.delta = _delta_schedule(cfg)
+    parts.batch = batch_plan(cfg)
+    return parts
+
+
+def _method_parts(cfg) -> tuple[Components, Method]:
+    """noise, algo and training: the schedule, the method's settings and the curriculum, with a
+    probe method (a 2-token vocabulary: the real one comes with the tokenizer) that ran the
+    method's own checks."""
     schedule = _built("noise", lambda: make_schedule(cfg.noise.type, cfg.noise.eps))
     _choice(cfg, "training.loss_precision", ("float32", "float64"))
     _choice(cfg, "training.fused_loss", (True, False))
-    _choice(cfg, "hub.private", (True, False))
-    for key in ("lm_eval.num_mc_samples", "lm_eval.batch_size", "lm_eval.steps"):
-        _positive(cfg, key)
+    _built("training.ema", lambda: check_decay(cfg.training.ema))
     algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
     parts = Components(schedule=schedule, algo=algo, sampling_eps=cfg.training.sampling_eps,
                        loss_dtype=LOSS_DTYPES[cfg.training.loss_precision],
                        backbone=None, fused_loss=cfg.training.get("fused_loss", True))
-    probe = _built("algo", lambda: parts.method(2))  # the method's own checks; the vocabulary comes later
+    probe = _built("algo", lambda: parts.method(2))
     c = cfg.algo.get("curriculum")
     if c is not None:
         if cfg.algo.name != "duo":
@@ -185,65 +203,83 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
             mode=c.mode, tau_log10_start=c.gumbel_tau_log10_start, tau_log10_end=c.gumbel_tau_log10_end,
             start=c.start, end=c.end, gamma_min=c.gamma_min, gamma_max=c.gamma_max, top_k=c.top_k))
         parts.curriculum = curriculum if curriculum.mode != "none" else None
-    _check_modality(cfg, parts)
-    parts.backbone = _built("model", lambda: _backbone_placeholder(cfg, parts.num_classes, probe.causal))
+    return parts, probe
+
+
+def _check_data(cfg) -> None:
+    """The data group's values that need no file (image sources: _check_modality, with the shape)."""
     _positive(cfg, "model.length", minimum=3)
-    if not is_image_data(cfg):  # image sources are checked with the image's shape (_check_modality)
+    if not is_image_data(cfg):
         _built("data", lambda: check_data(cfg.data.source, cfg.data.blocks, bool(cfg.data.get("streaming"))))
     vf = cfg.data.get("valid_fraction")
     if vf is not None and (isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1):
         raise ConfigError(f"data.valid_fraction must lie in (0, 1), got {vf!r}")
-    if Path(str(cfg.run.dir)).expanduser().is_file():
-        raise ConfigError(f"run.dir: {cfg.run.dir} is a file; name a folder (it holds checkpoints, logs and the model)")
-    out = cfg.sampling.get("output")
-    if out and Path(str(out)).expanduser().is_dir():
-        raise ConfigError(f"sampling.output: {out} is a folder; name the JSON file to write")
     if cfg.data.source == "local" and not cfg.data.get("path"):
         raise ConfigError("data.path must name a folder of .txt files, a .jsonl file or a token-id file "
                           "when data=local")
-    _check_sampling(cfg, probe, model_known=not model_from_checkpoint, num_classes=parts.num_classes)
-    _positive(cfg, "sampling.num_samples")
-    _positive(cfg, "sampling.batch_size")
+    _positive(cfg, "data.num_proc", allow_none=True)
+
+
+def _check_places(cfg) -> None:
+    """Where a command reads and writes: run.dir a folder, sampling.output a file, eval.samples files."""
+    if Path(str(cfg.run.dir)).expanduser().is_file():
+        raise ConfigError(f"run.dir: {cfg.run.dir} is a file; name a folder (it holds checkpoints, logs and the model)")
+    _positive(cfg, "run.checkpoint_every")
+    out = cfg.sampling.get("output")
+    if out and Path(str(out)).expanduser().is_dir():
+        raise ConfigError(f"sampling.output: {out} is a folder; name the JSON file to write")
+    samples = cfg.eval.get("samples")
+    for p in ([samples] if isinstance(samples, str) else list(samples or [])):
+        if not Path(str(p)).is_file():
+            raise ConfigError(f"eval.samples: {p} is not a file (write one with duolm sample)")
+
+
+def _check_optim(cfg) -> None:
     _positive(cfg, "optim.lr", integer=False, minimum=0)
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     _positive(cfg, "optim.warmup_steps", minimum=0)
     _choice(cfg, "optim.schedule", ("constant", "cosine"))
+
+
+def _check_trainer(cfg) -> None:
     _choice(cfg, "trainer.precision", ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"))
     _choice(cfg, "trainer.strategy", ("auto", "ddp", "fsdp", "ddp_spawn", "ddp_find_unused_parameters_true"))
     _choice(cfg, "trainer.accelerator", ("auto", "cpu", "gpu", "cuda", "mps"))
     _choice(cfg, "trainer.compile", (True, False))
-    _positive(cfg, "trainer.max_steps")
-    _positive(cfg, "trainer.devices")
-    _positive(cfg, "trainer.num_nodes")
-    _positive(cfg, "trainer.val_check_interval")
+    for key in ("trainer.max_steps", "trainer.devices", "trainer.num_nodes", "trainer.val_check_interval"):
+        _positive(cfg, key)
     _positive(cfg, "trainer.max_minutes", allow_none=True, integer=False, minimum=0)
-    _positive(cfg, "data.num_proc", allow_none=True)
+
+
+def _check_loader(cfg) -> None:
     _positive(cfg, "loader.global_batch_size")
     _positive(cfg, "loader.batch_size", allow_none=True)
     _positive(cfg, "loader.eval_batch_size", allow_none=True)
     _positive(cfg, "loader.num_workers", minimum=0)
     _positive(cfg, "loader.prefetch_factor")
     _choice(cfg, "loader.pin_memory", ("auto", True, False))
-    _positive(cfg, "run.checkpoint_every")
+
+
+def _check_eval(cfg) -> None:
+    """eval, lm_eval and hub: the evaluation and sharing commands' settings."""
     _choice(cfg, "eval.image_features", ("classifier", "inception"))
-    _positive(cfg, "eval.time_samples")
-    _positive(cfg, "eval.batch_size")
-    _positive(cfg, "eval.judge_batch_size")
+    for key in ("eval.time_samples", "eval.batch_size", "eval.judge_batch_size", "lm_eval.num_mc_samples",
+                "lm_eval.batch_size", "lm_eval.steps"):
+        _positive(cfg, key)
     _positive(cfg, "eval.judge_context", allow_none=True, minimum=2)
-    samples = cfg.eval.get("samples")
-    for p in ([samples] if isinstance(samples, str) else list(samples or [])):
-        if not Path(str(p)).is_file():
-            raise ConfigError(f"eval.samples: {p} is not a file (write one with duolm sample)")
+    _choice(cfg, "hub.private", (True, False))
+
+
+def _delta_schedule(cfg):
+    """distill: DCD's step schedule (None: not a distillation config)."""
     d = cfg.get("distill")
-    if d is not None:
-        parts.delta = _built("distill", lambda: DeltaSchedule(
-            num_steps=d.T, update_every=d.update_teacher_every, growth=d.delta_growth, linear_min=d.linear_min,
-            linear_max=d.linear_max, max_steps=cfg.trainer.max_steps))
-        _built("distill", lambda: check_settings(d.loss_type, d.teacher_from, d.gamma_min, d.gamma_max))
-    _built("training.ema", lambda: check_decay(cfg.training.ema))
-    parts.batch = batch_plan(cfg)
-    return parts
+    if d is None:
+        return None
+    _built("distill", lambda: check_settings(d.loss_type, d.teacher_from, d.gamma_min, d.gamma_max))
+    return _built("distill", lambda: DeltaSchedule(
+        num_steps=d.T, update_every=d.update_teacher_every, growth=d.delta_growth, linear_min=d.linear_min,
+        linear_max=d.linear_max, max_steps=cfg.trainer.max_steps))
 
 
 def is_image_data(cfg) -> bool:
@@ -329,7 +365,8 @@ def _check_sampling(cfg, method, *, model_known: bool, num_classes: int = 0) -> 
     if not isinstance(tr, bool) and (not isinstance(tr, int) or tr < 0):
         raise ConfigError(f"sampling.trajectory must be true (every step), false, or a number of steps >= 0, got {tr!r}")
     _choice(cfg, "sampling.trajectory_predictions", (True, False))
-    _positive(cfg, "sampling.blank_length")
+    for key in ("sampling.blank_length", "sampling.num_samples", "sampling.batch_size"):
+        _positive(cfg, key)
     if model_known:
         _built("sampling", lambda: check_conditioning(g, s.get("classes"), num_classes))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,6 +20,7 @@ from duolm.curriculum import Curriculum
 from duolm.data.images import horizontal_flip
 from duolm.data.pipeline import EVAL_ONLY, unigram_entropy_bits
 from duolm.data.tokenizers import load_tokenizer
+from duolm.methods import Method
 from duolm.models.backbones import build_backbone
 from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
 from duolm.training.datamodule import BlockDataModule
@@ -100,6 +102,78 @@ def build_trainer(cfg, run_dir: Path, accumulate: int, callbacks=()):
         default_root_dir=run_dir, enable_model_summary=False)
 
 
+@dataclass
+class ModelToTrain:
+    """What a run trains: a new model from the config, or a loaded one (continued or distilled)."""
+
+    tokenizer: object
+    method: Method
+    algo: dict                # what the checkpoint records of the method
+    noise: dict
+    length: int
+    backbone: torch.nn.Module
+    splits: dict              # {'train', 'valid'} (duolm.app.data_settings.load_data)
+
+    @property
+    def num_classes(self) -> int:
+        return getattr(self.backbone.config, "num_classes", 0)
+
+
+def model_to_train(cfg, parts, init=None) -> ModelToTrain:
+    """The model and its data: from `init` (a loaded Pretrained: its tokenizer, method and length)
+    or from the config (bad data fail here, before anything is written; image data bring their
+    pixel tokenizer)."""
+    if init is not None:
+        backbone = build_backbone(init.backbone.config)
+        backbone.load_state_dict(init.backbone.state_dict())
+        _, splits = load_data(cfg, init.tokenizer, init.config["length"])
+        return ModelToTrain(init.tokenizer, init.method, init.config["algo"], init.config["noise"],
+                            init.config["length"], backbone, splits)
+    tokenizer, splits = load_data(cfg, None if is_image_data(cfg) else load_tokenizer(cfg.data.tokenizer),
+                                  cfg.model.length)
+    method = parts.method(tokenizer.vocab_size)
+    return ModelToTrain(tokenizer, method, parts.algo, dict(cfg.noise), cfg.model.length,
+                        build_backbone(parts.backbone_config(method)), splits)
+
+
+def lightning_module(cfg, model: ModelToTrain, objective) -> LitDiffusionLM:
+    """The Lightning module: optim (the optimizer and its schedule), training.ema, eval.time_samples,
+    and what its checkpoints record (the model's format, so `last.ckpt` exports and resumes)."""
+    o, tok = cfg.optim, model.tokenizer
+    augment = None
+    if is_image_data(cfg) and cfg.data.get("flip"):
+        augment = functools.partial(horizontal_flip, channels=tok.channels, image_size=tok.image_size)
+    export_config = {"format": FORMAT, "algo": model.algo, "noise": model.noise, "tokenizer": tok.to_dict(),
+                     "length": model.length, "training": training_of(model.method),
+                     "data": _data_fingerprint(cfg, model.splits)}
+    return LitDiffusionLM(objective, model.backbone, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
+                          adam_eps=o.eps, warmup_steps=o.warmup_steps, lr_schedule=o.schedule,
+                          max_steps=cfg.trainer.max_steps, ema_decay=cfg.training.ema,
+                          global_batch_size=cfg.loader.global_batch_size, eval_time_samples=cfg.eval.time_samples,
+                          export_config=export_config, seed=cfg.seed, augment=augment)
+
+
+def data_module(cfg, splits: dict, batch: tuple[int, int, int]) -> BlockDataModule:
+    """loader: the batches of each rank (batch: per-device, eval, accumulation from batch_plan)."""
+    per_device, eval_bs, _ = batch
+    ld = cfg.loader
+    return BlockDataModule(splits["train"], splits["valid"], batch_size=per_device, eval_batch_size=eval_bs,
+                           global_batch_size=ld.global_batch_size, seed=cfg.seed, num_workers=ld.num_workers,
+                           prefetch_factor=ld.prefetch_factor, pin_memory=_pin_memory(cfg))
+
+
+def resume_point(run_dir: Path, resume: bool, module: LitDiffusionLM) -> str | None:
+    """run.resume: the checkpoint to continue from, once checked to be the same run (before anything
+    in run.dir changes); the log rows after it are dropped. None: a fresh run."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not (resume and last.exists()):
+        return None
+    saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    check_resumable(saved.get("duolm", {}), module.checkpoint_config(), run_dir)
+    drop_rows_after(run_dir / "logs" / "metrics.csv", int(saved.get("global_step", 0)))
+    return str(last)
+
+
 def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
     """Train per cfg; returns the final report. Resumes from run.dir when a checkpoint is there.
 
@@ -113,61 +187,28 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
                          f"corpus, then run duolm eval data={cfg.data.name}")
     parts = parts or validate(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if init is not None:
-        tokenizer, method, length, noise = init.tokenizer, init.method, init.config["length"], init.config["noise"]
-        algo, backbone = init.config["algo"], build_backbone(init.backbone.config)
-        backbone.load_state_dict(init.backbone.state_dict())
-        _, splits = load_data(cfg, tokenizer, length)
-    else:
-        # bad data fails here, before anything is written; image data bring their pixel tokenizer
-        tokenizer, splits = load_data(cfg, None if is_image_data(cfg) else load_tokenizer(cfg.data.tokenizer),
-                                      cfg.model.length)
-        method, algo = parts.method(tokenizer.vocab_size), parts.algo
-        length, noise = cfg.model.length, dict(cfg.noise)
-        backbone = build_backbone(parts.backbone_config(method))
-    num_classes = getattr(backbone.config, "num_classes", 0)
+    model = model_to_train(cfg, parts, init)
     distilling = init is not None and cfg.get("distill") is not None and cfg.distill.get("enabled", False)
-    objective = build_objective(parts, method, backbone, distill_cfg=cfg.distill if distilling else None,
-                                curriculum=init is None, antithetic=cfg.training.antithetic, num_classes=num_classes)
-    augment = None
-    if is_image_data(cfg) and cfg.data.get("flip"):
-        augment = functools.partial(horizontal_flip, channels=tokenizer.channels, image_size=tokenizer.image_size)
-    per_device, eval_bs, accum = parts.batch
-    module = LitDiffusionLM(objective, backbone, lr=cfg.optim.lr,
-                            betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=cfg.optim.weight_decay,
-                            adam_eps=cfg.optim.eps, warmup_steps=cfg.optim.warmup_steps,
-                            lr_schedule=cfg.optim.schedule, max_steps=cfg.trainer.max_steps,
-                            ema_decay=cfg.training.ema, global_batch_size=cfg.loader.global_batch_size,
-                            eval_time_samples=cfg.eval.time_samples,
-                            export_config={"format": FORMAT, "algo": algo, "noise": noise,
-                                           "tokenizer": tokenizer.to_dict(), "length": length,
-                                           "training": training_of(method),
-                                           "data": _data_fingerprint(cfg, splits)},
-                            seed=cfg.seed, augment=augment)
-    dm = BlockDataModule(splits["train"], splits["valid"], batch_size=per_device, eval_batch_size=eval_bs,
-                         global_batch_size=cfg.loader.global_batch_size, seed=cfg.seed,
-                         num_workers=cfg.loader.num_workers, prefetch_factor=cfg.loader.prefetch_factor,
-                         pin_memory=_pin_memory(cfg))
+    objective = build_objective(parts, model.method, model.backbone, distill_cfg=cfg.distill if distilling else None,
+                                curriculum=init is None, antithetic=cfg.training.antithetic,
+                                num_classes=model.num_classes)
+    module = lightning_module(cfg, model, objective)
+    dm = data_module(cfg, model.splits, parts.batch)
     run_dir = Path(cfg.run.dir)
     last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if cfg.run.resume and last.exists() else None
-    if resume:  # the same run? checked before anything in run.dir changes
-        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        check_resumable(saved.get("duolm", {}), module.checkpoint_config(), run_dir)
-        drop_rows_after(run_dir / "logs" / "metrics.csv", int(saved.get("global_step", 0)))
-        del saved
+    resume = resume_point(run_dir, cfg.run.resume, module)
     run_dir.mkdir(parents=True, exist_ok=True)
-    n_params = module.backbone.num_parameters()
-    log(f"duolm: {method.name} | {n_params / 1e6:.2f}M parameters | vocab {tokenizer.vocab_size} | "
+    n_params, (per_device, _, accum), splits = module.backbone.num_parameters(), parts.batch, model.splits
+    log(f"duolm: {model.method.name} | {n_params / 1e6:.2f}M parameters | vocab {model.tokenizer.vocab_size} | "
         f"{len(splits['train']) if hasattr(splits['train'], '__len__') else 'streamed'} train / "
-        f"{len(splits['valid'])} valid blocks of {length} | "
+        f"{len(splits['valid'])} valid blocks of {model.length} | "
         f"global batch {cfg.loader.global_batch_size} = {per_device} x {accum} accumulation"
         + (f" | resuming from {resume}" if resume else ""))
     if cfg.trainer.get("compile"):
         module.backbone.compile()  # in place (the DiT: its blocks): parameter names, so checkpoints, stay as they are
     stop = GracefulStop()
     if cfg.trainer.enable_progress_bar:
-        callbacks = [StepProgress(cfg.loader.global_batch_size * length), *callbacks]
+        callbacks = [StepProgress(cfg.loader.global_batch_size * model.length), *callbacks]
     trainer = build_trainer(cfg, run_dir, accum, [stop, *callbacks])
     t0 = time.perf_counter()
     with stop.installed():
@@ -179,14 +220,14 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
             raise NonFiniteLossError(f"{err}; {kept}") from None
     train_seconds = time.perf_counter() - t0
     trainer.save_checkpoint(last)
-    report = {"algo": method.name, "steps": trainer.global_step, "train_seconds": train_seconds,
+    report = {"algo": model.method.name, "steps": trainer.global_step, "train_seconds": train_seconds,
               "parameters": n_params, "run_dir": str(run_dir), "checkpoint": str(last)}
     if stop.stopped:
         report["interrupted"] = True
     if trainer.global_rank == 0:
-        model_dir = save_pretrained(run_dir / "model", module.ema_backbone(), algo=algo, noise=noise,
-                                    tokenizer=tokenizer, length=length, training=training_of(method),
+        model_dir = save_pretrained(run_dir / "model", module.ema_backbone(), algo=model.algo, noise=model.noise,
+                                    tokenizer=model.tokenizer, length=model.length, training=training_of(model.method),
                                     extra={"data": cfg.data.name, "steps": trainer.global_step})
         report["model_dir"] = str(model_dir)
-        report["unigram_bits_per_token"] = unigram_entropy_bits(splits["valid"], tokenizer.vocab_size)
+        report["unigram_bits_per_token"] = unigram_entropy_bits(splits["valid"], model.tokenizer.vocab_size)
     return report
