@@ -27,20 +27,20 @@ import torch.nn.functional as F
 
 TARGET_CHUNK_ELEMENTS = 1 << 22  # the floor of logits per chunk (16 MB in float32)
 # and at least WIDTH_FACTOR x hidden tokens per chunk (see chunk_tokens)
-WIDTH_FACTOR = 1.0
+WIDTH_FACTOR = 0.5
 
 
 def chunk_tokens(num_states: int, hidden: int | None = None) -> int:
     """Tokens per chunk from the projection's shape (K = num_states, H = hidden).
 
     Every chunk reads the (K, H) weight three times (its logits, the features' gradient, the
-    weight's gradient, which it also writes), while its own logits are n x K. With n >= H the
-    chunk's logits are at least the weight's size, so the weight's traffic is at most the work it
-    amortises: at GPT-2 width (H = 768) a fixed 2^22 logits (83 tokens at K = 50,257) re-read the
-    weight six times per 512 tokens and the AR step ran 0.8x the plain one. The working memory a
-    chunk adds is then about the weight's own size (one copy of what the model and its optimizer
-    already hold four of), whatever the batch and length. Without a projection (hidden None:
-    the features are the logits) only the floor applies."""
+    weight's gradient, which it also updates), while its own logits are n x K. A fixed 2^22 logits
+    (83 tokens at K = 50,257) re-read GPT-2's 154 MB weight six times per 512 tokens and the AR
+    step ran 0.8x the plain one; n = H tokens made the chunk's (n, K) tensors as large as the weight
+    and Duo's step memory grew by a third (the README's train-step table). n = H / 2 keeps the
+    weight's traffic at most twice the chunk's logits and the chunk's working memory at half the
+    weight's size, whatever the batch and length (benchmarks/train_step.py measures both). Without
+    a projection (hidden None: the features are the logits) only the floor applies."""
     n = TARGET_CHUNK_ELEMENTS // num_states
     if hidden:
         n = max(n, int(WIDTH_FACTOR * hidden))
@@ -114,8 +114,7 @@ class _ChunkedLoss(torch.autograd.Function):
         out = torch.empty(N, dtype=dtype, device=features.device)
         grad_features = torch.empty_like(features)
         acc = torch.promote_types(features.dtype, torch.float32)  # parameter gradients accumulate in >= float32
-        grad_weight = None if weight is None else torch.zeros(weight.shape, dtype=acc, device=weight.device)
-        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=acc, device=bias.device)
+        grad_weight = grad_bias = None  # written by the first chunk (no pass over zeros), added to after
         for i in range(0, N, chunk):
             rows = slice(i, min(N, i + chunk))
             if grad_fn is not None:
@@ -132,9 +131,17 @@ class _ChunkedLoss(torch.autograd.Function):
             f = head.features[rows]
             dz_mm = dz.to(head.weight.dtype)
             grad_features[rows] = (dz_mm @ head.weight).to(features.dtype)
-            grad_weight.addmm_(dz_mm.t().to(acc), f.to(acc))
-            if grad_bias is not None:
-                grad_bias += dz.sum(0).to(acc)
+            first = grad_weight is None
+            if first:  # beta = 0: the empty buffer's content is ignored
+                grad_weight = torch.empty(weight.shape, dtype=acc, device=weight.device)
+            grad_weight.addmm_(dz_mm.t().to(acc), f.to(acc), beta=0 if first else 1)
+            if bias is not None:
+                db = dz.sum(0).to(acc)
+                grad_bias = db if grad_bias is None else grad_bias.add_(db)
+        if weight is not None and grad_weight is None:  # no tokens
+            grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        if bias is not None and grad_bias is None:
+            grad_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device)
         ctx.save_for_backward(grad_features, grad_weight, grad_bias, reduction_weights)
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         ctx.dtypes = (weight.dtype if weight is not None else None, bias.dtype if bias is not None else None)
@@ -144,9 +151,12 @@ class _ChunkedLoss(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_features, grad_weight, grad_bias, w = ctx.saved_tensors
         scale = _proportionality(grad_out, w)
-        gw = grad_weight * scale if ctx.has_weight else None
-        gb = grad_bias * scale if ctx.has_bias else None
-        return (grad_features * scale.to(grad_features.dtype),
+        # the buffers are this call's own (backward runs once: the graph is freed), so scale in place,
+        # and not at all for the usual c = 1 (the loss is the weighted sum itself): no pass over (K, H)
+        unit = bool(scale == 1)
+        gw = (grad_weight if unit else grad_weight.mul_(scale)) if ctx.has_weight else None
+        gb = (grad_bias if unit else grad_bias.mul_(scale)) if ctx.has_bias else None
+        return (grad_features if unit else grad_features.mul_(scale.to(grad_features.dtype)),
                 None if gw is None else gw.to(ctx.dtypes[0]), None if gb is None else gb.to(ctx.dtypes[1]),
                 None, None, None, None, None)
 
