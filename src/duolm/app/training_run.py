@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from duolm.app.config import is_image_data, validate
 from duolm.app.data_settings import load_data
+from duolm.app.outputs import model_reference
 from duolm.atomic import atomic_torch_save
 from duolm.checkpoints import FORMAT, save_pretrained, training_of
 from duolm.curriculum import Curriculum
@@ -24,7 +25,7 @@ from duolm.methods import Method
 from duolm.models.backbones import build_backbone
 from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
 from duolm.training.datamodule import BlockDataModule
-from duolm.training.history import AppendingCSVLogger, check_resumable, drop_rows_after
+from duolm.training.history import TRAIN_JOB, AppendingCSVLogger, check_resumable, drop_rows_after
 from duolm.training.interrupt import GracefulStop
 from duolm.training.module import LitDiffusionLM, NonFiniteLossError
 from duolm.training.progress import StepProgress
@@ -113,6 +114,7 @@ class ModelToTrain:
     length: int
     backbone: torch.nn.Module
     splits: dict              # {'train', 'valid'} (duolm.app.data_settings.load_data)
+    job: dict                 # what the checkpoints record of the job: {'kind': train | distill, 'from': teacher}
 
     @property
     def num_classes(self) -> int:
@@ -120,20 +122,22 @@ class ModelToTrain:
 
 
 def model_to_train(cfg, parts, init=None) -> ModelToTrain:
-    """The model and its data: from `init` (a loaded Pretrained: its tokenizer, method and length)
-    or from the config (bad data fail here, before anything is written; image data bring their
-    pixel tokenizer)."""
+    """The model and its data: from `init` (a loaded Pretrained: its tokenizer, method and length;
+    distilled from it, its reference is eval.checkpoint_path) or from the config (bad data fail
+    here, before anything is written; image data bring their pixel tokenizer)."""
     if init is not None:
         backbone = build_backbone(init.backbone.config)
         backbone.load_state_dict(init.backbone.state_dict())
         _, splits = load_data(cfg, init.tokenizer, init.config["length"])
+        distilling = cfg.get("distill") is not None and cfg.distill.get("enabled", False)
+        job = {"kind": "distill" if distilling else "continue", "from": model_reference(cfg.eval.checkpoint_path)}
         return ModelToTrain(init.tokenizer, init.method, init.config["algo"], init.config["noise"],
-                            init.config["length"], backbone, splits)
+                            init.config["length"], backbone, splits, job)
     tokenizer, splits = load_data(cfg, None if is_image_data(cfg) else load_tokenizer(cfg.data.tokenizer),
                                   cfg.model.length)
     method = parts.method(tokenizer.vocab_size)
     return ModelToTrain(tokenizer, method, parts.algo, dict(cfg.noise), cfg.model.length,
-                        build_backbone(parts.backbone_config(method)), splits)
+                        build_backbone(parts.backbone_config(method)), splits, dict(TRAIN_JOB))
 
 
 def lightning_module(cfg, model: ModelToTrain, objective) -> LitDiffusionLM:
@@ -145,7 +149,7 @@ def lightning_module(cfg, model: ModelToTrain, objective) -> LitDiffusionLM:
         augment = functools.partial(horizontal_flip, channels=tok.channels, image_size=tok.image_size)
     export_config = {"format": FORMAT, "algo": model.algo, "noise": model.noise, "tokenizer": tok.to_dict(),
                      "length": model.length, "training": training_of(model.method),
-                     "data": _data_fingerprint(cfg, model.splits)}
+                     "data": _data_fingerprint(cfg, model.splits), "job": model.job}
     return LitDiffusionLM(objective, model.backbone, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
                           adam_eps=o.eps, warmup_steps=o.warmup_steps, lr_schedule=o.schedule,
                           max_steps=cfg.trainer.max_steps, ema_decay=cfg.training.ema,
@@ -227,7 +231,7 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
     if trainer.global_rank == 0:
         model_dir = save_pretrained(run_dir / "model", module.ema_backbone(), algo=model.algo, noise=model.noise,
                                     tokenizer=model.tokenizer, length=model.length, training=training_of(model.method),
-                                    extra={"data": cfg.data.name, "steps": trainer.global_step})
+                                    extra={"data": cfg.data.name, "steps": trainer.global_step, "job": model.job})
         report["model_dir"] = str(model_dir)
         report["unigram_bits_per_token"] = unigram_entropy_bits(splits["valid"], model.tokenizer.vocab_size)
     return report

@@ -12,10 +12,19 @@ from lightning.pytorch.loggers import CSVLogger
 # what a checkpoint's "duolm" entry must match for a run to continue from it, with the key a user changes
 FINGERPRINT_KEYS = {"algo": "algo", "model": "model.*", "tokenizer": "data.tokenizer", "length": "model.length",
                     "data": "data"}
+# the job that wrote a checkpoint: train (from scratch) or distill (from a teacher); a checkpoint
+# from before jobs were recorded was written by `duolm train`
+TRAIN_JOB = {"kind": "train", "from": None}
 
 
 def check_resumable(saved: dict, current: dict, run_dir) -> None:
-    """Refuse, in one sentence, to resume a run whose checkpoint was made by another setup."""
+    """Refuse, in one sentence, to resume a run whose checkpoint was made by another setup or job."""
+    job, now = saved.get("job", TRAIN_JOB), current.get("job", TRAIN_JOB)
+    if job != now:
+        made = f"a {job['kind']} run" + (f" of {job['from']}" if job.get("from") else "")
+        this = f"this {now['kind']}" + (f" of {now['from']}" if now.get("from") else "")
+        raise ValueError(f"run.dir={run_dir} holds {made}, which {this} would overwrite; give this one its own "
+                         f"run.dir (duolm distill's default is a new folder next to its teacher)")
     diffs = []
     for key, user_key in FINGERPRINT_KEYS.items():
         if key in saved and saved.get(key) != current.get(key):

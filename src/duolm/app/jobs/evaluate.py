@@ -8,6 +8,7 @@ from pathlib import Path
 from duolm.app.config import is_image_data
 from duolm.app.data_settings import load_data
 from duolm.app.loading import data_given, device as default_device, load_for_eval, model_path, perplexity_line, unit_of
+from duolm.app.outputs import results_dir
 from duolm.atomic import write_json
 from duolm.checkpoints import load_pretrained
 from duolm.data.images import IMAGE_SOURCES, build_image_splits
@@ -29,9 +30,11 @@ def cmd_eval(cfg, parts):
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
     base = unigram_entropy_bits(splits["valid"], pre.tokenizer.vocab_size)
     print(perplexity_line(f"{pre.method.name} on {data_name}", ev, base, unit_of(pre)))
-    out = Path(cfg.run.dir) / "eval.json"
-    write_json({**ev, "data": data_name, "algo": pre.method.name, "unigram_bits_per_token": base}, out)
+    out = Path(cfg.eval.output or results_dir(cfg) / "eval.json")
+    write_json({**ev, "checkpoint": model_path(cfg), "data": data_name, "algo": pre.method.name,
+                "unigram_bits_per_token": base}, out)
     print(json.dumps(ev))
+    print(f"-> {out}")
     return 0
 
 

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from duolm.app.api import Model
 from duolm.app.loading import load_for_eval, model_path
+from duolm.app.outputs import results_dir
 from duolm.atomic import write_json
 
 
@@ -42,7 +43,7 @@ def cmd_lm_eval(cfg, parts):
                                   task_manager=manager, log_samples=False, bootstrap_iters=1000)
     seconds = time.perf_counter() - t0
     print(make_table(out))
-    path = Path(c.output or Path(cfg.run.dir) / "lm_eval.json")
+    path = Path(c.output or results_dir(cfg) / "lm_eval.json")
     write_json({"checkpoint": str(model_path(cfg)), "algo": pre.method.name, "tasks": tasks, "seconds": seconds,
                 "num_mc_samples": c.num_mc_samples, "results": out["results"]}, path)
     print(f"{len(tasks)} task(s) in {seconds:.1f} s -> {path}")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from duolm.app.config import ConfigError, check_conditioning, parse_classes
 from duolm.app.loading import load_for_eval, model_path
+from duolm.app.outputs import results_dir
 from duolm.app.sampling_settings import spec_for_model, template_from_config
 from duolm.atomic import write_json
 from duolm.data.tokenizers import is_image
@@ -15,13 +16,14 @@ from duolm.sampling.generate import generate
 
 def cmd_sample(cfg, parts):
     pre, device = load_for_eval(cfg)
-    sample_and_print(cfg, pre, device)
+    sample_and_print(cfg, pre, device, out_dir=results_dir(cfg))
     return 0
 
 
-def sample_and_print(cfg, pre, device, checkpoint=None) -> dict:
-    """Sample from a loaded model (Pretrained) as cfg.sampling says, write the JSON (and for image
-    models the PNG grid), print a summary and the first texts; returns the result."""
+def sample_and_print(cfg, pre, device, checkpoint=None, out_dir=None) -> dict:
+    """Sample from a loaded model (Pretrained) as cfg.sampling says, write the JSON (sampling.output,
+    else out_dir/samples.json; out_dir: the folder of the run or model sampled, duolm.app.outputs)
+    and for image models the PNG grid, print a summary and the first texts; returns the result."""
     s = cfg.sampling
     where = checkpoint or model_path(cfg)
     try:  # against the model that was loaded, not the config's algo and length
@@ -43,7 +45,7 @@ def sample_and_print(cfg, pre, device, checkpoint=None) -> dict:
     res = {"checkpoint": str(where), **res}
     if image:
         res["data"] = pre.config.get("data")  # which training images FID compares against
-    out = s.output or str(Path(cfg.run.dir) / "samples.json")
+    out = s.output or str(Path(out_dir or cfg.run.dir) / "samples.json")
     write_json(res, out)
     how = (f"{spec.predictor}, {res['steps']} steps, last step {res['noise_removal']}"
            if not pre.method.is_autoregressive else "autoregressive, KV cache")

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from duolm.app.jobs.sample import sample_and_print
 from duolm.app.loading import device as default_device, load_for_eval, perplexity_line, unit_of
+from duolm.app.outputs import distill_run_dir
 from duolm.app.training_run import load_data, train
 from duolm.atomic import write_json
 from duolm.checkpoints import from_pretrained
@@ -36,7 +37,7 @@ def cmd_train(cfg, parts, init=None):
     print(f"\ntrained {report['steps']} steps in {report['train_seconds'] / 60:.1f} min -> {report['model_dir']}")
     bound = "exact NLL" if pre.method.is_autoregressive else "NELBO (an upper bound on the NLL)"
     print(perplexity_line(f"validation {bound}", ev, report["unigram_bits_per_token"], unit))
-    res = sample_and_print(cfg, pre, device, checkpoint=report["model_dir"])
+    res = sample_and_print(cfg, pre, device, checkpoint=report["model_dir"], out_dir=cfg.run.dir)
     write_json({**res, "validation": ev, "train": report}, Path(cfg.run.dir) / "report.json")
     # what a model card reports (duolm push): next to the weights, so the model folder is self-describing
     write_json({"validation": ev, "unit": unit, "data": cfg.data.name, "sampler": res.get("sampler"),
@@ -50,6 +51,8 @@ def cmd_distill(cfg, parts):
     """Discrete Consistency Distillation of a trained Duo model (eval.checkpoint_path)."""
     if not cfg.eval.checkpoint_path:
         raise ValueError("duolm distill needs eval.checkpoint_path=<a trained Duo model>")
+    run_dir = distill_run_dir(cfg)  # a new run next to the teacher's, never the teacher's own
+    OmegaConf.update(cfg, "run.dir", str(run_dir))
     pre, _ = load_for_eval(cfg)
     pre.backbone.cpu().train()
     OmegaConf.update(cfg, "distill.enabled", True)

@@ -1,0 +1,82 @@
+"""Where a command writes: into its own run, or next to the model it read, never into another's.
+
+`duolm train` writes into run.dir. A command that reads a model (`sample`, `eval`, `lm-eval`)
+writes next to that model: into the run that made it (a run's `model/` folder or one of its
+checkpoints), else into a folder named after it (`<folder>-outputs` beside a local folder, or
+`outputs/builtin-<name>` / `outputs/<owner>--<name>` for a built-in or hub model). `duolm distill`
+trains a new model, so it gets a new run named after its teacher (`<teacher's run>-dcd`), and a
+run.dir that is the teacher's own is refused. A run.dir given on the command line always wins.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from duolm.checkpoints import BUILTIN_PREFIX
+
+
+def _given(cfg, key: str) -> bool:
+    return key in set(cfg.get("given") or [])
+
+
+def run_of(path) -> Path | None:
+    """The run folder a local model belongs to: the parent of a run's `model/` folder, or of the
+    `checkpoints/` folder holding a .ckpt (None: not inside a run)."""
+    p = Path(path).expanduser().resolve()
+    if p.is_dir() and p.name == "model" and (p.parent / "checkpoints").is_dir():
+        return p.parent
+    if p.is_file() and p.parent.name == "checkpoints":
+        return p.parent.parent
+    return None
+
+
+def model_reference(path: str) -> str:
+    """A model's reference as a checkpoint records it: a local path made absolute, a built-in name or
+    a hub id as written."""
+    p = Path(str(path)).expanduser()
+    return str(p.resolve()) if not str(path).startswith(BUILTIN_PREFIX) and p.exists() else str(path)
+
+
+def _named_after(cfg, path: str, suffix: str) -> Path:
+    """The folder named after the model at `path`: beside a local folder or file, else under the
+    folder that holds the default runs (outputs/)."""
+    base = Path(str(cfg.run.dir)).expanduser().parent
+    if str(path).startswith(BUILTIN_PREFIX):
+        return base / f"builtin-{str(path)[len(BUILTIN_PREFIX):]}{suffix}"
+    p = Path(str(path)).expanduser()
+    if p.exists():
+        p = p.resolve()
+        return p.parent / f"{p.stem}{suffix}"
+    return base / f"{str(path).strip('/').replace('/', '--')}{suffix}"  # a hub id
+
+
+def results_dir(cfg) -> Path:
+    """The folder `sample`, `eval` and `lm-eval` write their results in."""
+    path = cfg.eval.get("checkpoint_path")
+    if not path or _given(cfg, "run.dir"):
+        return Path(str(cfg.run.dir))
+    p = Path(str(path)).expanduser()
+    if not str(path).startswith(BUILTIN_PREFIX) and p.exists():
+        run = run_of(p)
+        if run is not None:
+            return run
+    return _named_after(cfg, str(path), "-outputs")
+
+
+def distill_run_dir(cfg) -> Path:
+    """The run folder of `duolm distill` (teacher: eval.checkpoint_path): run.dir when given, else
+    the teacher's run (or name) with `-dcd`. Refused, in one sentence, when it is the teacher's own."""
+    teacher = str(cfg.eval.checkpoint_path)
+    p = Path(teacher).expanduser()
+    local = not teacher.startswith(BUILTIN_PREFIX) and p.exists()
+    teacher_run = run_of(p) if local else None
+    if _given(cfg, "run.dir"):
+        run = Path(str(cfg.run.dir)).expanduser()
+    elif teacher_run is not None:
+        run = teacher_run.parent / f"{teacher_run.name}-dcd"
+    else:
+        run = _named_after(cfg, teacher, "-dcd")
+    resolved = run.resolve()
+    if local and (resolved == teacher_run or resolved / "model" == p.resolve() or resolved == p.resolve()):
+        raise ValueError(f"run.dir={run} is the teacher's own run; duolm distill writes a new model, so give it "
+                         f"another run.dir (the default is {(teacher_run or p).name}-dcd next to the teacher)")
+    return run
