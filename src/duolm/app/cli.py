@@ -62,7 +62,8 @@ COMMAND_HELP = {
                ["duolm sample eval.checkpoint_path=builtin:duo-bigtxt-dcd sampling.steps=8",
                 "duolm sample eval.checkpoint_path=builtin:duo-bigtxt-dcd sampling.infill='the [___] sat on the [___:3] mat'",
                 "duolm sample sampling.predictor=psi sampling.psi.middle_mode=max-capped-0.02",
-                "duolm sample eval.checkpoint_path=<image model> sampling.classes=[3,7] sampling.guidance=2"]),
+                "duolm sample eval.checkpoint_path=<image model> sampling.classes=[3,7] sampling.guidance=2 "
+                "sampling.output=images64.json"]),
     "eval": ("validation NELBO of a model on data=..., or with eval.samples=... the generative perplexity, "
              "entropy and MAUVE of text samples, or the FID, IS and class accuracy of image samples",
              ["eval.checkpoint_path", "data", "eval.time_samples", "eval.samples", "eval.judge",
@@ -76,7 +77,7 @@ COMMAND_HELP = {
                 ["duolm distill eval.checkpoint_path=outputs/bigtxt-duo-demo/model distill.T=512"]),
     "convert": ("write any checkpoint duolm reads as a duolm model folder",
                 ["eval.checkpoint_path", "convert.output", "convert.dtype"],
-                ["duolm convert eval.checkpoint_path=last.ckpt convert.output=my-model convert.dtype=float16"]),
+                ["duolm convert eval.checkpoint_path=outputs/bigtxt-duo-demo/checkpoints/last.ckpt convert.output=my-model convert.dtype=float16"]),
     "data": ("build (or check) the token store of data=... for model.length, and report it",
              ["data", "data.path", "data.tokenizer", "data.num_proc", "data.cache_dir", "model.length"],
              ["duolm data data=openwebtext-split model.length=1024 data.num_proc=32"]),

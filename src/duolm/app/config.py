@@ -5,6 +5,7 @@ Every problem becomes one ConfigError sentence that names the key and what is al
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -68,6 +69,47 @@ def _unknown_keys(overrides: list[str]) -> str | None:
     return None
 
 
+# keys whose values are free text or paths: a shell strips the quotes around
+# `sampling.infill='the [___] sat'`, so duolm quotes these values for Hydra's grammar itself
+FREE_TEXT_KEYS = ("sampling.infill", "sampling.prefix", "sampling.output", "eval.checkpoint_path", "eval.output",
+                  "eval.scoring_model", "eval.mauve_texts", "eval.inception_weights", "eval.judge", "data.path",
+                  "data.valid_path", "data.cache_dir", "run.dir", "lm_eval.output", "lm_eval.include_path",
+                  "convert.output", "hub.repo", "hub.message", "plot.output")
+
+
+def hydra_quoted(value: str) -> str:
+    """`value` as one single-quoted Hydra string that parses back to exactly `value` (quotes and the
+    backslashes before them escaped, `${` kept literal)."""
+    out = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    out = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, out)
+    return "'" + out.replace("${", "\\${") + "'"
+
+
+def shell_safe(override: str) -> str:
+    """A free-text key's value quoted for Hydra, unless it is already quoted or null."""
+    key, eq, value = override.partition("=")
+    if not eq or key.lstrip("+~") not in FREE_TEXT_KEYS or value == "null":
+        return override
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return override
+    return f"{key}={hydra_quoted(value)}"
+
+
+def _syntax_error(overrides: list[str]) -> str | None:
+    """One sentence for the first override Hydra's grammar cannot read, with how to quote it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_overrides([o])
+        except Exception:  # noqa: BLE001 - Hydra's grammar errors have several types
+            key, _, value = o.partition("=")
+            return (f"{key}: the value {value!r} is not valid override syntax (Hydra reads [ ] {{ }} ( ) , = quotes and "
+                    f"spaces as grammar); quote the value inside the shell's quotes, as \"{key}='...'\"")
+    return None
+
+
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
@@ -82,7 +124,7 @@ def compose_components(overrides: list[str] | None = None, *,
     """(config, what validate built). model_from_checkpoint: the command reads a trained model
     (sample, eval, convert), so the sampler is checked against it once loaded, not against the
     config's algo and model."""
-    overrides = list(overrides or [])
+    overrides = [shell_safe(o) for o in overrides or []]
     given = []
     for o in overrides:
         key, _, value = o.partition("=")
@@ -98,7 +140,7 @@ def compose_components(overrides: list[str] | None = None, *,
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose("config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        unknown = _unknown_keys(overrides)
+        unknown = _syntax_error(overrides) or _unknown_keys(overrides)
         if unknown:
             raise ConfigError(unknown) from None
         first = str(err).strip().splitlines()[0]
