@@ -37,7 +37,8 @@ PLACEHOLDERS = {"<model>": "outputs/bigtxt-duo-demo/model", "<image model>": "ou
 # shown in the README as refused (one sentence, exit 1)
 REFUSED = {"duolm train data=ptb"}
 
-TINY_DIT = ["model.hidden_size=32", "model.cond_dim=16", "model.n_blocks=1", "model.n_heads=2", "model.length=16"]
+# length 48: the README's infilling template is 32 tokens with its blanks
+TINY_DIT = ["model.hidden_size=32", "model.cond_dim=16", "model.n_blocks=1", "model.n_heads=2", "model.length=48"]
 QUICK_RUN = ["trainer.max_steps=2", "loader.global_batch_size=8", "trainer.val_check_interval=1000",
              "trainer.limit_val_batches=1", "eval.max_batches=1", "sampling.num_samples=2", "sampling.steps=4"]
 FAST = {  # command -> overrides appended (the image variant when the arguments name image data)
@@ -45,7 +46,7 @@ FAST = {  # command -> overrides appended (the image variant when the arguments 
     "train-image": QUICK_RUN,
     "distill": TINY_DIT + QUICK_RUN + ["distill.T=8"],
     "sample": ["sampling.num_samples=2", "sampling.batch_size=2"],
-    "eval": ["eval.max_batches=1", "eval.judge=null"],
+    "eval": ["eval.max_batches=1"],  # and eval.judge=smollm2 becomes null (the judge loads a 135M model)
     "lm-eval": ["lm_eval.limit=2", "lm_eval.num_mc_samples=2"],
 }
 ELSEWHERE = {  # a pattern in the arguments -> what this machine lacks
@@ -68,7 +69,7 @@ WRAPPER = textwrap.dedent('''\
     elif command == "train" and ("data=mnist" in text or "data=digits" in text):
         args = [*args, *FAST["train-image"]]
     elif command in FAST and "--help" not in args:
-        args = [*args, *FAST[command]]
+        args = [*["eval.judge=null" if a == "eval.judge=smollm2" else a for a in args], *FAST[command]]
     if command in ("train", "distill", "eval", "data") and not lacks:
         args.append("data.cache_dir=" + os.environ["DUOLM_DOC_CACHE"])
     with open(os.environ["DUOLM_DOC_LOG"], "a") as log:
