@@ -114,3 +114,20 @@ def test_where_results_go_for_each_kind_of_model(tmp_path):
     with pytest.raises(ValueError, match="teacher's own run"):
         distill_run_dir(OmegaConf.create({"run": {"dir": str(tmp_path / "run")}, "given": ["run.dir"],
                                           "eval": {"checkpoint_path": str(tmp_path / "run" / "model")}}))
+
+
+def test_a_run_is_defined_by_steps_and_the_time_cap_says_when_it_stopped_one(workdir, corpus, capsys):
+    """trainer.max_minutes is opt-in (the CPU preset runs to max_steps) and listed in train --help;
+    when it stops a run, one sentence says so (steps done of planned, the checkpoint, how to continue)."""
+    from duolm.app.config import compose
+
+    assert compose([]).trainer.max_minutes is None
+    assert main(["train", "--help"]) == 0
+    assert "trainer.max_minutes" in capsys.readouterr().out
+    common = _common(corpus, workdir)
+    assert main(["train", "trainer.max_steps=100000", "trainer.max_minutes=0.0001", "run.dir=capped", *common]) == 0
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "stopped by trainer.max_minutes" in x)
+    assert "of 100000" in line and "last.ckpt" in line and "rerun the same command" in line
+    report = json.loads((workdir / "capped" / "report.json").read_text())
+    assert report["train"]["stopped_by"] == "trainer.max_minutes" and report["train"]["steps"] < 100000

@@ -49,7 +49,8 @@ Config groups: algo, model, data, noise, sampling, optim, trainer, loader (see `
 COMMAND_HELP = {
     "train": ("train a model on data=..., then report its validation NELBO and print samples; rerunning the "
               "same command resumes from run.dir",
-              ["algo", "model", "data", "trainer.max_steps", "loader.global_batch_size", "optim.lr", "run.dir",
+              ["algo", "model", "data", "trainer.max_steps", "trainer.max_minutes", "loader.global_batch_size",
+               "optim.lr", "run.dir",
                "trainer.devices", "trainer.precision"],
               ["duolm train", "duolm train algo=mdlm trainer.max_steps=2000",
                "duolm train algo=duo model=small data=openwebtext-split trainer=gpu loader=papers optim=papers",

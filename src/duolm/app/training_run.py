@@ -228,6 +228,8 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
               "parameters": n_params, "run_dir": str(run_dir), "checkpoint": str(last)}
     if stop.stopped:
         report["interrupted"] = True
+    elif trainer.global_step < cfg.trainer.max_steps and cfg.trainer.max_minutes:
+        report["stopped_by"] = "trainer.max_minutes"
     if trainer.global_rank == 0:
         model_dir = save_pretrained(run_dir / "model", module.ema_backbone(), algo=model.algo, noise=model.noise,
                                     tokenizer=model.tokenizer, length=model.length, training=training_of(model.method),

@@ -24,6 +24,10 @@ def cmd_train(cfg, parts, init=None):
         print(f"duolm: interrupted at step {report['steps']}; the checkpoint is {report['checkpoint']} and the model "
               f"{report.get('model_dir', '(rank 0 writes it)')}; rerun the same command to resume", file=sys.stderr)
         return 130
+    if report.get("stopped_by"):
+        print(f"duolm: stopped by trainer.max_minutes={cfg.trainer.max_minutes} at step {report['steps']} of "
+              f"{cfg.trainer.max_steps}; the checkpoint is {report['checkpoint']}; to continue, rerun the same command "
+              f"with a larger trainer.max_minutes (or trainer.max_minutes=null)", file=sys.stderr)
     if "model_dir" not in report:  # not rank 0
         return 0
     pre = from_pretrained(report["model_dir"])
@@ -34,7 +38,8 @@ def cmd_train(cfg, parts, init=None):
     ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"],
                         batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
-    print(f"\ntrained {report['steps']} steps in {report['train_seconds'] / 60:.1f} min -> {report['model_dir']}")
+    capped = " (stopped by trainer.max_minutes)" if report.get("stopped_by") else ""
+    print(f"\ntrained {report['steps']} steps in {report['train_seconds'] / 60:.1f} min{capped} -> {report['model_dir']}")
     bound = "exact NLL" if pre.method.is_autoregressive else "NELBO (an upper bound on the NLL)"
     print(perplexity_line(f"validation {bound}", ev, report["unigram_bits_per_token"], unit))
     res = sample_and_print(cfg, pre, device, checkpoint=report["model_dir"], out_dir=cfg.run.dir)
