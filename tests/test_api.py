@@ -21,6 +21,11 @@ def test_generate_holds_the_prompt_and_gives_n_texts(model):
     assert again.texts == g.texts  # seeded
     psi = model.generate(n=1, steps=4, sampler="psi", kappa="max-capped-0.02")
     assert psi.result["sampler"]["predictor"] == "psi"
+    # the sampler's own settings reach its spec: a kappa string for every part, and its keys as keywords
+    spec = model.spec(sampler="psi", kappa="max-capped-0.02", plateau=0.3, time_profile="linear-constant-linear")
+    assert {k.mode for k in (spec.options.kappa.high, spec.options.kappa.middle, spec.options.kappa.low)} == {"max-capped"}
+    assert spec.options.kappa.middle.eta == 0.02 and spec.options.plateau == 0.3
+    assert spec.options.time_profile == "linear-constant-linear"
     assert len(model.generate(n=1, steps=2, length=40).ids[0]) == 40
     assert len(model.generate(n=1, steps=2, length=200).ids[0]) == 200  # semi-autoregressive windows
 

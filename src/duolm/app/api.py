@@ -85,7 +85,8 @@ class Model:
         own = {k: options.pop(k) for k in list(options) if k not in fields}
         if isinstance(kappa, str):
             own.update(high_mode=kappa, middle_mode=kappa, low_mode=kappa)
-        sampler_options = options_from_settings(sampler, own) if own or kappa is not None else None
+        # options_from_settings reads the block `sampling.<sampler>`, as the CLI's config holds it
+        sampler_options = options_from_settings(sampler, {sampler: own}) if own or kappa is not None else None
         if (own or kappa is not None) and sampler_options is None:
             raise ValueError(f"sampler={sampler} has no settings {sorted(own) or ['kappa']}; the settings of each sampler: "
                              f"{[line.split(' ')[0] for line in options_help()]}")
