@@ -21,7 +21,7 @@ from duolm.data.tokenizers import is_image
 from duolm.evaluation.likelihood import continuation_nelbo
 from duolm.infill import parse_template
 from duolm.sampling import KappaSchedule, SamplerSpec, checked_spec
-from duolm.sampling.registry import options_from_settings, options_help
+from duolm.sampling.registry import options_from_settings, sampler_settings
 from duolm.sampling.generate import decode_text, generate
 
 
@@ -89,7 +89,7 @@ class Model:
         sampler_options = options_from_settings(sampler, {sampler: own}) if own or kappa is not None else None
         if (own or kappa is not None) and sampler_options is None:
             raise ValueError(f"sampler={sampler} has no settings {sorted(own) or ['kappa']}; the settings of each sampler: "
-                             f"{[line.split(' ')[0] for line in options_help()]}")
+                             f"{[f'{name}.{key}' for name, key, _ in sampler_settings()]}")
         if isinstance(kappa, KappaSchedule):
             sampler_options = dataclasses.replace(sampler_options, kappa=kappa)
         options.setdefault("eps", self.method.sampling_eps)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose as hydra_compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -97,8 +98,6 @@ def shell_safe(override: str) -> str:
 
 def _syntax_error(overrides: list[str]) -> str | None:
     """One sentence for the first override Hydra's grammar cannot read, with how to quote it."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parser = OverridesParser.create()
     for o in overrides:
         try:

@@ -18,6 +18,12 @@ def _given(cfg, key: str) -> bool:
     return key in set(cfg.get("given") or [])
 
 
+def _local(path) -> Path | None:
+    """The model at `path` as an absolute local path (None: a built-in name or a hub id)."""
+    p = Path(str(path)).expanduser()
+    return p.resolve() if not str(path).startswith(BUILTIN_PREFIX) and p.exists() else None
+
+
 def run_of(path) -> Path | None:
     """The run folder a local model belongs to: the parent of a run's `model/` folder, or of the
     `checkpoints/` folder holding a .ckpt (None: not inside a run)."""
@@ -32,8 +38,7 @@ def run_of(path) -> Path | None:
 def model_reference(path: str) -> str:
     """A model's reference as a checkpoint records it: a local path made absolute, a built-in name or
     a hub id as written."""
-    p = Path(str(path)).expanduser()
-    return str(p.resolve()) if not str(path).startswith(BUILTIN_PREFIX) and p.exists() else str(path)
+    return str(_local(path) or path)
 
 
 def _named_after(cfg, path: str, suffix: str) -> Path:
@@ -42,9 +47,8 @@ def _named_after(cfg, path: str, suffix: str) -> Path:
     base = Path(str(cfg.run.dir)).expanduser().parent
     if str(path).startswith(BUILTIN_PREFIX):
         return base / f"builtin-{str(path)[len(BUILTIN_PREFIX):]}{suffix}"
-    p = Path(str(path)).expanduser()
-    if p.exists():
-        p = p.resolve()
+    p = _local(path)
+    if p is not None:
         return p.parent / f"{p.stem}{suffix}"
     return base / f"{str(path).strip('/').replace('/', '--')}{suffix}"  # a hub id
 
@@ -54,21 +58,17 @@ def results_dir(cfg) -> Path:
     path = cfg.eval.get("checkpoint_path")
     if not path or _given(cfg, "run.dir"):
         return Path(str(cfg.run.dir))
-    p = Path(str(path)).expanduser()
-    if not str(path).startswith(BUILTIN_PREFIX) and p.exists():
-        run = run_of(p)
-        if run is not None:
-            return run
-    return _named_after(cfg, str(path), "-outputs")
+    p = _local(path)
+    run = run_of(p) if p is not None else None
+    return run if run is not None else _named_after(cfg, str(path), "-outputs")
 
 
 def distill_run_dir(cfg) -> Path:
     """The run folder of `duolm distill` (teacher: eval.checkpoint_path): run.dir when given, else
     the teacher's run (or name) with `-dcd`. Refused, in one sentence, when it is the teacher's own."""
     teacher = str(cfg.eval.checkpoint_path)
-    p = Path(teacher).expanduser()
-    local = not teacher.startswith(BUILTIN_PREFIX) and p.exists()
-    teacher_run = run_of(p) if local else None
+    p = _local(teacher)
+    teacher_run = run_of(p) if p is not None else None
     if _given(cfg, "run.dir"):
         run = Path(str(cfg.run.dir)).expanduser()
     elif teacher_run is not None:
@@ -76,7 +76,7 @@ def distill_run_dir(cfg) -> Path:
     else:
         run = _named_after(cfg, teacher, "-dcd")
     resolved = run.resolve()
-    if local and (resolved == teacher_run or resolved / "model" == p.resolve() or resolved == p.resolve()):
+    if p is not None and (resolved == teacher_run or resolved / "model" == p or resolved == p):
         raise ValueError(f"run.dir={run} is the teacher's own run; duolm distill writes a new model, so give it "
                          f"another run.dir (the default is {(teacher_run or p).name}-dcd next to the teacher)")
     return run

@@ -20,7 +20,8 @@ def spec_from_config(sampling, method, tokenizer=None) -> SamplerSpec:
     # only the chosen sampler's block (sampling.<predictor>) is read: the others' settings are ignored
     return SamplerSpec(predictor=sampling.predictor, steps=sampling.steps, noise_removal=sampling.noise_removal,
                        use_float64=sampling.use_float64, p_nucleus=sampling.p_nucleus,
-                       options=options_from_settings(sampling.predictor, sampling), prefix=prefix, eps=method.sampling_eps, total_length=sampling.get("total_length"),
+                       options=options_from_settings(sampling.predictor, sampling), prefix=prefix,
+                       eps=method.sampling_eps, total_length=sampling.get("total_length"),
                        stride=sampling.get("stride"), stop_at_eos=bool(sampling.get("stop_at_eos", False)))
 
 

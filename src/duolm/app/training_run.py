@@ -192,7 +192,7 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
     parts = parts or validate(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = model_to_train(cfg, parts, init)
-    distilling = init is not None and cfg.get("distill") is not None and cfg.distill.get("enabled", False)
+    distilling = model.job["kind"] == "distill"
     objective = build_objective(parts, model.method, model.backbone, distill_cfg=cfg.distill if distilling else None,
                                 curriculum=init is None, antithetic=cfg.training.antithetic,
                                 num_classes=model.num_classes)

@@ -123,10 +123,15 @@ def checked_spec(spec: SamplerSpec, method, length: int | None = None, *, infill
     return spec
 
 
+def sampler_settings() -> list[tuple[str, str, object]]:
+    """(sampler, key, Setting) for every setting the rows declare, in table order."""
+    return [(name, key, s) for name, entry in SAMPLERS.items() if entry.options is not None
+            for key, s in entry.options.SETTINGS.items()]
+
+
 def options_help() -> list[str]:
     """One line per sampler setting, `sampling.<sampler>.<key> (default): help`, from the rows."""
-    return [f"sampling.{name}.{key} ({s.default}): {s.help}" for name, entry in SAMPLERS.items()
-            if entry.options is not None for key, s in entry.options.SETTINGS.items()]
+    return [f"sampling.{name}.{key} ({s.default}): {s.help}" for name, key, s in sampler_settings()]
 
 
 def options_from_settings(predictor: str, sampling) -> object | None:
