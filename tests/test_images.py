@@ -317,7 +317,7 @@ def test_the_grid_has_a_row_per_class(tmp_path):
     labels = [0, 1, 0, 2, 1, 0, None]
     path = sample_grid(images, labels, tmp_path / "g.png")
     grid = np.asarray(Image.open(path))
-    scale = 7  # 8-pixel digits are drawn 56 pixels wide
+    scale = 12  # 8-pixel digits are drawn 96 pixels wide
     assert grid.shape == (4 * (8 * scale + 1) + 1, 3 * (8 * scale + 1) + 1)  # classes 0, 1, 2, unconditional
     cell = 8 * scale + 1
     assert grid[1 + 2, 1 + 2] == 0 and grid[1 + 2, 1 + cell + 2] == 40 and grid[1 + 2, 1 + 2 * cell + 2] == 100

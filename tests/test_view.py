@@ -1,11 +1,15 @@
 """`duolm view`: a self-contained page that plays each sample's denoising, checked in headless Chromium."""
+import base64
+import io
 import json
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import duolm
 from duolm.evaluation.trajectory_page import page_data, write_page
@@ -75,9 +79,7 @@ def test_the_page_plays_every_step_without_errors_and_ends_on_the_sample(text_re
     shot = tmp_path / "last.png"
     run = _chromium("--window-size=1100,700", f"--screenshot={shot}", page.as_uri() + "#last")
     assert run.returncode == 0 and shot.stat().st_size > 5000
-    from PIL import Image
-
-    pixels = torch.tensor(list(Image.open(shot).convert("L").getdata()), dtype=torch.float32)
+    pixels = torch.from_numpy(np.asarray(Image.open(shot).convert("L"), dtype=np.float32))
     assert pixels.std() > 10  # text on a page, not a blank screenshot
 
 
@@ -92,6 +94,41 @@ def test_an_image_trajectory_plays_as_pictures(tmp_path):
     title, _, stderr = _page_title(page.as_uri() + "#selftest")
     assert title == "selftest ok: 5 frames", title
     assert len(page_data(result)["frames"][0]) == 2
+    png = page_data(result)["frames"][0][0].split(",", 1)[1]
+    assert Image.open(io.BytesIO(base64.b64decode(png))).size == (96, 96)  # 8 px digits at 12x: at least 96 px
+
+
+HOSTILE = ["<!--<script>", "</script><script>document.title='ran: script'</script>",
+           "<img src=x onerror=\"document.title='ran: onerror'\">", " & ", "\u2028", "\u2029", "]]>", "\\"]
+
+
+def test_embedded_data_has_no_markup_characters():
+    tokens = {str(i): t for i, t in enumerate(HOSTILE)}
+    result = {"algo": "duo", "steps": 2, "samples": [{"ids": [0, 1, 2]}],
+              "trajectory": {"steps": [0, 1], "ids": [[[3, 4, 5]], [[0, 1, 2]]], "tokens": tokens}}
+    from duolm.evaluation.trajectory_page import inert_json
+
+    data = inert_json(page_data(result))
+    for ch in "<>&\u2028\u2029":
+        assert ch not in data
+    assert json.loads(data) == page_data(result)  # the same value, written inertly
+
+
+@needs_chromium
+def test_a_page_of_hostile_token_strings_runs_its_selftest_and_none_of_the_data(tmp_path):
+    tokens = {str(i): t for i, t in enumerate(HOSTILE)}
+    ids = list(range(len(HOSTILE)))
+    frames = [[ids[::-1], ids], [ids, ids[::-1]]]
+    result = {"algo": "duo", "steps": 2, "samples": [{"ids": ids}, {"ids": ids[::-1]}],
+              "trajectory": {"steps": [0, 1], "ids": frames, "tokens": tokens, "mask_id": None}}
+    page = write_page(result, tmp_path / "hostile.html")
+    title, dom, stderr = _page_title(page.as_uri() + "#selftest")
+    assert title == "selftest ok: 2 frames", title  # the script ran; nothing in the data did
+    assert "ran:" not in title and "<img src=" not in dom.split("</script>")[-1]
+    title, dom, _ = _page_title(page.as_uri() + "#last")
+    assert title == "duolm samples"
+    # every hostile string is shown as text, escaped by the DOM, not parsed
+    assert "&lt;!--&lt;script&gt;" in dom and "&lt;img src=x onerror=" in dom
 
 
 def test_a_samples_file_without_a_trajectory_gets_one_sentence(tmp_path):

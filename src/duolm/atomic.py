@@ -40,7 +40,7 @@ def atomic_torch_save(obj, path) -> Path:
 
 
 def atomic_write_text(path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_json(obj, path) -> Path:

@@ -25,7 +25,7 @@ def tile(images: np.ndarray, columns: int, pad: int = 1, scale: int = 1) -> np.n
     return out
 
 
-def upscale_for(size: int, target: int = 56) -> int:
+def upscale_for(size: int, target: int = 96) -> int:
     """An integer scale that shows small images (8 x 8 digits) at least `target` pixels wide."""
     return max(1, -(-target // size))
 

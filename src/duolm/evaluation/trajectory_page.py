@@ -20,6 +20,18 @@ from pathlib import Path
 
 from duolm.atomic import atomic_write_text
 from duolm.data.tokenizers import load_tokenizer
+from duolm.evaluation.pictures import upscale_for
+
+# Characters that could end the script element, open an HTML comment or end a JavaScript line
+# inside a string literal (U+2028/U+2029), written as JSON escapes: the embedded data stays a
+# plain JavaScript value whatever the tokens are (a model can write `<!--` and `</script>`).
+_INERT = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def inert_json(value) -> str:
+    """JSON for `value` that is safe to paste into an HTML <script> element."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text.translate(str.maketrans(_INERT))
 
 def page_data(result: dict) -> dict:
     """What the page's script reads, from a samples JSON with a trajectory."""
@@ -55,7 +67,8 @@ def _png_data_uri(image_config: dict, ids: list[int]) -> str:
         pixels = np.repeat(pixels, 3, -1)
     m = masked.reshape(tok.channels, tok.image_size, tok.image_size).any(0)
     pixels[m] = (255, 0, 255)  # a mask (of any channel) is drawn magenta
-    img = Image.fromarray(np.ascontiguousarray(pixels)).resize((tok.image_size * 4, tok.image_size * 4), Image.NEAREST)
+    side = tok.image_size * upscale_for(tok.image_size)  # at least 96 px wide, whole pixels
+    img = Image.fromarray(np.ascontiguousarray(pixels)).resize((side, side), Image.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -63,8 +76,7 @@ def _png_data_uri(image_config: dict, ids: list[int]) -> str:
 
 def write_page(result: dict, path, title: str = "duolm samples") -> Path:
     """Write the page for `result` (a samples JSON dict) to `path`."""
-    data = json.dumps(page_data(result)).replace("</", "<\\/")  # never closes the script element
-    text = PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
+    text = PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", inert_json(page_data(result)))
     path = Path(path)
     atomic_write_text(path, text)
     return path
