@@ -16,7 +16,8 @@ def model():
 def test_generate_holds_the_prompt_and_gives_n_texts(model):
     g = model.generate(n=3, steps=4, prompt="the old man", seed=1)
     assert len(g.texts) == 3 and len(g.ids) == 3 and all(len(i) == model.length for i in g.ids)
-    assert all(t.startswith("|the old man") for t in g.texts)  # | is the BOS token
+    assert all(t.startswith("the old man") for t in g.texts)  # the framing BOS is in the ids only
+    assert all(i[0] == model.tokenizer.bos_id for i in g.ids)
     again = model.generate(n=3, steps=4, prompt="the old man", seed=1)
     assert again.texts == g.texts  # seeded
     psi = model.generate(n=1, steps=4, sampler="psi", kappa="max-capped-0.02")
@@ -68,3 +69,22 @@ def test_the_cli_fills_a_template_into_the_samples_json(tmp_path):
     res = json.loads(out.read_text())
     assert res["template"] == "the [___] sat on the [___:3] mat"
     assert all(s["text"].endswith(" mat") and len(s["spans"]) == 2 for s in res["samples"])
+
+
+def test_a_text_drops_the_framing_markers_and_shows_a_document_break():
+    from duolm.data.tokenizers import CharTokenizer
+    from duolm.sampling.generate import DOCUMENT_BREAK, decode_text, documents
+
+    tok = CharTokenizer()
+    eos, mask = tok.eos_id, tok.vocab_size  # the absorbing state is one past the tokens
+    ids = [eos] + tok.encode("the end") + [eos, eos] + tok.encode("a new") + [mask] + tok.encode_fragment(" one") + [eos]
+    assert documents(tok, ids) == ["the end", "a new one"]
+    assert decode_text(tok, ids) == "the end" + DOCUMENT_BREAK + "a new one"
+    assert decode_text(tok, [eos, eos]) == "" and decode_text(tok, tok.encode("ab")) == "ab"
+
+
+def test_a_score_says_it_is_a_sum():
+    from duolm.app.api import Score
+
+    s = Score(nelbo=20.0, se=0.5, tokens=10)
+    assert "summed over 10 tokens" in repr(s) and "2 nats/token" in repr(s)

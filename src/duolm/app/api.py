@@ -35,9 +35,14 @@ class Generation:
 
 @dataclass
 class Score:
-    nelbo: float   # -log p(text) bound, nats (exact NLL for AR)
-    se: float      # Monte Carlo standard error of that estimate (0 for AR)
+    """The NELBO of one text: a sum over its tokens, in nats (per_token / bits_per_token divide it)."""
+    nelbo: float   # -log p(text) bound summed over the text's tokens, nats (exact NLL for AR)
+    se: float      # Monte Carlo standard error of that sum (0 for AR)
     tokens: int
+
+    def __repr__(self) -> str:
+        return (f"Score(nelbo={self.nelbo:.4g} nats summed over {self.tokens} tokens ± {self.se:.2g}, "
+                f"{self.per_token:.4g} nats/token = {self.bits_per_token:.4g} bits/token)")
 
     @property
     def per_token(self) -> float:

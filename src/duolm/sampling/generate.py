@@ -54,10 +54,30 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
                                         stats=stats, **extra)
 
 
+DOCUMENT_BREAK = "\n\n"  # what an end-of-text token inside a sample reads as in its text
+
+
+def documents(tokenizer, ids: list[int]) -> list[str]:
+    """The documents of sampled ids: the ids split at the tokenizer's BOS/EOS markers (a model trained
+    on packed windows writes them between documents), each decoded; empty pieces (the framing marker
+    at a window's start or end, two markers in a row) dropped. States that are not tokens (a mask
+    left by sampling.noise_removal=none) are dropped too."""
+    markers = {tokenizer.bos_id, tokenizer.eos_id}
+    pieces, piece = [], []
+    for i in ids:
+        if i in markers:
+            pieces.append(piece)
+            piece = []
+        elif i < tokenizer.vocab_size:
+            piece.append(i)
+    pieces.append(piece)
+    return [tokenizer.decode(p) for p in pieces if p]
+
+
 def decode_text(tokenizer, ids: list[int]) -> str:
-    """The text of sampled ids; states that are not tokens (a mask left by sampling.noise_removal=none)
-    are dropped."""
-    return tokenizer.decode([i for i in ids if i < tokenizer.vocab_size])
+    """The text of sampled ids: no framing BOS/EOS at the ends, and an EOS inside (a document
+    boundary) shown as DOCUMENT_BREAK. The ids keep every token."""
+    return DOCUMENT_BREAK.join(documents(tokenizer, ids))
 
 
 def _recording(denoiser, predictions: list):
