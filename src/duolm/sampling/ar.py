@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+
+from duolm.progress import progress_bar
 
 
 @torch.no_grad()
@@ -19,7 +20,7 @@ def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None,
         x = torch.as_tensor(prompt, dtype=torch.long, device=device).reshape(1, -1).expand(batch, -1).clone()
     caches = backbone.new_kv_caches() if use_cache else None
     start = x.shape[1]
-    for i in tqdm(range(length - start), disable=disable_progress, desc="sampling"):
+    for i in progress_bar(range(length - start), disable=disable_progress, desc="sampling"):
         if use_cache:
             pos = x.shape[1] - 1
             logits = backbone(x[:, -1:] if i else x, kv_caches=caches, position_offset=pos if i else 0)

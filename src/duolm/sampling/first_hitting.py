@@ -12,8 +12,8 @@ distribution of the step-by-step sampler (tests/test_samplers.py's oracle suite 
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
+from duolm.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus_log
 
 
@@ -42,7 +42,7 @@ def first_hitting_sample(denoiser, process, schedule, shape, *, grid: torch.Tens
     recorded = 0  # steps whose x the trajectory holds (x before the first step is its first entry)
     if trajectory is not None:
         trajectory.append(x.cpu())
-    for i in tqdm(events, disable=disable_progress, desc="sampling"):
+    for i in progress_bar(events, disable=disable_progress, desc="sampling"):
         if trajectory is not None:  # the steps in between changed nothing
             trajectory.extend([x.cpu()] * (i - recorded))
         log_p = nucleus_log(denoiser(x, alphas[i].reshape(1).expand(B)), p_nucleus, dtype)

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Mapping
 
 import torch
-from tqdm.auto import tqdm
 
+from duolm.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus, nucleus_log
 from duolm.sampling.first_hitting import first_hitting_sample
 from duolm.sampling.grids import linear_constant_linear_grid, linear_grid
@@ -114,7 +114,7 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
     log_p = prev_x = None
     if trajectory is not None:
         trajectory.append(x.cpu())
-    for i in tqdm(range(n), disable=disable_progress, desc="sampling"):
+    for i in progress_bar(range(n), disable=disable_progress, desc="sampling"):
         t, s = grid[i], grid[i + 1]
         alpha_t = schedule(t.reshape(1)).alpha.expand(B).to(device)
         if cache and log_p is not None and torch.equal(x, prev_x):

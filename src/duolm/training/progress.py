@@ -4,11 +4,12 @@ from __future__ import annotations
 import time
 
 import lightning.pytorch as pl
-from tqdm.auto import tqdm
+
+from duolm.progress import progress_bar
 
 
 class StepProgress(pl.Callback):
-    """One tqdm bar over optimizer steps on rank 0 (Lightning's bar counts batches of an endless
+    """One progress bar over optimizer steps on rank 0 (Lightning's bar counts batches of an endless
     epoch and shows 'Epoch 0/-2')."""
 
     def __init__(self, tokens_per_step: int):
@@ -17,8 +18,7 @@ class StepProgress(pl.Callback):
 
     def on_train_start(self, trainer, pl_module):
         if trainer.is_global_zero:
-            self.bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, desc="training", unit="step",
-                            dynamic_ncols=True)
+            self.bar = progress_bar(total=trainer.max_steps, initial=trainer.global_step, desc="training", unit="step")
             self.t0, self.s0 = time.perf_counter(), trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
