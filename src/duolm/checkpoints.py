@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from duolm import papers_checkpoints as papers
+from duolm.hub_access import HubUnreachable, from_hub
 from duolm.model_format import (FORMAT, Pretrained, from_pretrained, method_from_config, pretrained_from_run,
                                 read_config_json, save_pretrained, strip_prefix, training_of)
 
@@ -71,11 +72,14 @@ def looks_like_hub_id(s: str) -> bool:
 
 def _download(repo_id: str) -> Path:
     """A Hugging Face Hub id (e.g. s-sahoo/duo) to a local snapshot, where the network allows."""
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
-    except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated, ...
+    try:
+        with from_hub(f"the model {repo_id}", "download it where there is a network and pass its folder"):
+            return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    except HubUnreachable:
+        raise
+    except Exception as err:  # noqa: BLE001 - unknown repo, gated, ...
         raise FileNotFoundError(f"{repo_id} is neither a local path nor a reachable Hugging Face Hub model "
                                 f"({type(err).__name__}); download it elsewhere and pass the folder") from None
 

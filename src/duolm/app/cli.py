@@ -16,6 +16,7 @@ import sys
 from omegaconf import OmegaConf
 
 from duolm.app.config import GROUPS, ConfigError, compose, compose_components, group_options
+from duolm.hub_access import HubUnreachable
 from duolm.training import NonFiniteLossError  # not training.module: that loads Lightning (seconds)
 from duolm.sampling.registry import options_help
 
@@ -183,6 +184,8 @@ def user_message(err: BaseException) -> str:
     """One line for an exception: its own sentence for the errors duolm raises on bad input, the
     file and the system's reason for an OSError, else the type and first line (a bug: rerun with
     DUOLM_DEBUG=1 for the traceback)."""
+    if isinstance(err, HubUnreachable):
+        return str(err)
     if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:
         where = f"{err.filename}: " if err.filename else ""
         return f"{where}{err.strerror}"

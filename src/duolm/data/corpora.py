@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from duolm.data.detokenizers import join_wikitext_articles
-from duolm.data.sources import TRAINING_SETS, TextSource
+from duolm.data.sources import LOCAL_FILES, TRAINING_SETS, TextSource
+from duolm.hub_access import from_hub
 
 
 def big_txt_path() -> Path:
@@ -211,7 +212,8 @@ def _characters(row: TextSource, data_files) -> dict:
     else:
         from datasets import load_dataset
 
-        text = load_dataset(row.hub_id, row.config, split=row.train_split)[0][row.field]
+        with from_hub(f"the dataset {row.hub_id}", LOCAL_FILES):
+            text = load_dataset(row.hub_id, row.config, split=row.train_split)[0][row.field]
     n = len(text)
     a, b = int(n * 0.9), int(n * 0.95)
     chunk = 1_000_000  # documents of 1M characters, so a block never crosses the split
@@ -228,7 +230,11 @@ def hf_source(name: str, data_files=None, holdout: int | None = None) -> dict:
     row = TRAINING_SETS[name]
     if row.by_characters:
         return _characters(row, data_files)
-    ds = load_dataset("json", data_files=data_files) if data_files else load_dataset(row.hub_id, row.config)
+    if data_files:
+        ds = load_dataset("json", data_files=data_files)
+    else:
+        with from_hub(f"the dataset {row.hub_id}" + (f" ({row.config})" if row.config else ""), LOCAL_FILES):
+            ds = load_dataset(row.hub_id, row.config)
 
     def documents(split) -> Documents:
         lines = hf_column(split, row.field)

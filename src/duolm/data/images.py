@@ -26,6 +26,7 @@ import torch
 from duolm.atomic import atomic_directory
 from duolm.data.store import MappedFiles, StoreError, file_lock
 from duolm.data.tokenizers import PixelTokenizer
+from duolm.hub_access import from_hub
 
 IMAGE_STORE_VERSION = 1
 
@@ -71,15 +72,16 @@ def _read_cifar10(data_files=None, batch: int = 1000) -> dict:
     """HF uoft-cs/cifar10 (or local parquet files with its columns), read a batch of images at a time."""
     import datasets
 
-    try:
-        if data_files:
-            ds = datasets.load_dataset("parquet", data_files=dict(data_files))
-        else:
+    local = "set data.data_files={train: a.parquet, test: b.parquet} with columns img, label"
+    if not data_files:
+        with from_hub("the dataset uoft-cs/cifar10", local):
             ds = datasets.load_dataset("uoft-cs/cifar10")
-    except Exception as err:  # noqa: BLE001 - offline, missing files, another schema
-        raise ValueError(f"data=cifar10: could not load the dataset ({type(err).__name__}: {str(err)[:120]}); "
-                         f"offline, set data.data_files={{train: a.parquet, test: b.parquet}} with columns img, "
-                         f"label") from None
+    else:
+        try:
+            ds = datasets.load_dataset("parquet", data_files=dict(data_files))
+        except Exception as err:  # noqa: BLE001 - missing files, another schema
+            raise ValueError(f"data=cifar10: could not load data.data_files ({type(err).__name__}: "
+                             f"{str(err)[:120]}); {local}") from None
     names = {"train": "train", "valid": "test" if "test" in ds else "valid"}
     for split in names.values():
         if split not in ds or not {"img", "label"} <= set(ds[split].column_names):

@@ -143,6 +143,8 @@ def _cached_splits(source, tokenizer, length, mode, cache_dir, num_proc, docs, a
             _build_store(store, source, tokenizer, length, mode, key, num_proc, docs, are_ids)
             return open_store(store, **frame)
     except OSError as err:
+        if isinstance(err, ConnectionError):  # the network's, not the cache folder's (see duolm.hub_access)
+            raise
         raise ValueError(f"data.cache_dir: cannot write the token store in {root} "
                          f"({err.strerror or type(err).__name__}); nothing was kept") from None
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from duolm.data.encode import encode_documents
-from duolm.data.sources import STREAMS
+from duolm.data.sources import LOCAL_FILES, STREAMS
+from duolm.hub_access import from_hub
 
 
 class StreamPosition(NamedTuple):
@@ -62,6 +63,18 @@ def stream_texts(source: str, *, data_files=None, split: str | None = None, seed
                 raise ValueError(f"data ({source}): expected a {spec.field!r} field in the stream, found {sorted(row)}")
             text = row[spec.field] or ""
             yield spec.detokenize(text)
+
+    def hub_texts(epoch: int):
+        # a stream opens lazily: its first row is where an unreachable Hub shows
+        rows = texts(epoch)
+        with from_hub(f"the stream {spec.hub_id}", LOCAL_FILES):
+            first = next(rows, None)
+        if first is not None:
+            yield first
+            yield from rows
+
+    if not data_files:
+        return hub_texts
 
     return texts
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from duolm.hub_access import HubUnreachable, from_hub
+
 TEXT8_ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 
 
@@ -188,7 +190,13 @@ def load_tokenizer(spec) -> CharTokenizer | HFTokenizer | PixelTokenizer:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(spec)
+        if Path(spec).exists():
+            tok = AutoTokenizer.from_pretrained(spec)
+        else:
+            with from_hub(f"the tokenizer {spec}", "use data.tokenizer=char, gpt2 (both offline) or a local tokenizer folder"):
+                tok = AutoTokenizer.from_pretrained(spec)
+    except HubUnreachable:
+        raise
     except Exception as err:  # noqa: BLE001 - the hub and local paths fail in many ways
         raise ValueError(f"data.tokenizer: could not load {spec!r} ({type(err).__name__}); use 'char', 'gpt2', "
                          f"or a local tokenizer folder") from err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from duolm.data.detokenizers import join_wikitext_articles
 from duolm.data.sources import ZERO_SHOT
+from duolm.hub_access import from_hub
 
 
 def load_zero_shot(name: str, data_files=None) -> dict:
@@ -28,7 +29,9 @@ def load_zero_shot(name: str, data_files=None) -> dict:
         ds = load_dataset(fmt, data_files=data_files)
         split = ds[spec.valid_split] if spec.valid_split in ds else ds[next(iter(ds))]
     else:
-        split = load_dataset(spec.hub_id, spec.config, split=spec.valid_split)
+        with from_hub(f"the dataset {spec.hub_id}", f"pass local files in the same format with "
+                                                    f"data.data_files=<a .jsonl with a {spec.field!r} field>"):
+            split = load_dataset(spec.hub_id, spec.config, split=spec.valid_split)
     if spec.field not in split.column_names:
         raise ValueError(f"data ({name}): expected a {spec.field!r} field, found {split.column_names}")
     texts = [r[spec.field] for r in split]

