@@ -179,3 +179,18 @@ def test_each_hub_dataset_is_named_in_one_table():
         assert not [n for n in named if f'"{n}"' in text], path
     assert set(TRAINING_SETS) | set(STREAMS) | set(ZERO_SHOT) == set(TEXT_SOURCES)
     assert not set(TRAINING_SETS) & set(ZERO_SHOT)
+
+
+def test_data_files_from_the_command_line_read_local_files_of_a_hub_set(tmp_path):
+    """`data.data_files={train: a.jsonl, validation: b.jsonl}` on the command line is an omegaconf
+    mapping; HF datasets took it for a list of its keys ('Unable to find .../train')."""
+    from duolm.app.config import compose_components
+    from duolm.app.data_settings import load_data
+
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"the cat sat on mat {i}."}) + "\n" for i in range(40)))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": f"a dog ran {i}."}) + "\n" for i in range(5)))
+    cfg, _ = compose_components(["data=lm1b", "data.tokenizer=char", f"data.cache_dir={tmp_path / 'cache'}",
+                                 f"data.data_files={{train: {tmp_path / 'a.jsonl'}, validation: {tmp_path / 'b.jsonl'}}}",
+                                 "model.length=32"])
+    _, splits = load_data(cfg)
+    assert splits["train"].meta["n_docs"] == 40 and splits["valid"].meta["n_docs"] == 5

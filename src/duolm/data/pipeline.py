@@ -139,7 +139,10 @@ def _cached_splits(source, tokenizer, length, mode, cache_dir, num_proc, docs, a
                     print(f"duolm: data.cache_dir: the token store {store} is unusable ({err}); rebuilding it",
                           file=sys.stderr)
             if docs is None:
-                docs, are_ids = load_documents(source, vocab_size=tokenizer.vocab_size, **kwargs)
+                try:
+                    docs, are_ids = load_documents(source, vocab_size=tokenizer.vocab_size, **kwargs)
+                except FileNotFoundError as err:  # the data's files, not the cache folder
+                    raise ValueError(f"data ({source}): {err}") from None
             _build_store(store, source, tokenizer, length, mode, key, num_proc, docs, are_ids)
             return open_store(store, **frame)
     except OSError as err:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from duolm.app.config import is_image_data
-from duolm.app.data_settings import load_data
+from duolm.app.data_settings import load_data, plain
 from duolm.app.loading import data_given, device as default_device, load_for_eval, model_path, perplexity_line, unit_of
 from duolm.app.outputs import results_dir
 from duolm.atomic import write_json
@@ -55,7 +55,7 @@ def eval_splits(cfg, pre) -> tuple[dict, str]:
                          f"data=<{'|'.join(IMAGE_SOURCES)}>")
     tok = pre.tokenizer
     splits = build_image_splits(source, tok.levels, cfg.data.get("cache_dir"),
-                                cfg.data.get("data_files") if given else None, num_classes=pre.num_classes)[1]
+                                plain(cfg.data.get("data_files")) if given else None, num_classes=pre.num_classes)[1]
     if splits["valid"].length != tok.length:
         raise ValueError(f"the model at {model_path(cfg)} reads {tok.channels}x{tok.image_size}x{tok.image_size} "
                          f"images; data={source} has {splits['valid'].length} pixels per image")
@@ -126,7 +126,7 @@ def cmd_eval_image_samples(cfg, results: dict, device):
             raise ValueError(f"eval.samples: {path} does not say which image data it imitates; add data=<"
                              f"{'|'.join(IMAGE_SOURCES)}>")
         scored = score_image_samples(res, source=source, cache_dir=cfg.data.get("cache_dir"),
-                                     data_files=cfg.data.get("data_files") if cfg.data.get("source") == source else None,
+                                     data_files=plain(cfg.data.get("data_files")) if cfg.data.get("source") == source else None,
                                      features=features, inception_weights=cfg.eval.inception_weights,
                                      fid_real=cfg.eval.fid_real, device=device, log=print)
         out = cfg.eval.output or str(Path(path).with_suffix(".eval.json"))
