@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch
@@ -16,6 +17,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def hub_offline_mode_stays_in_its_test(monkeypatch):
+    """duolm.hub_access.from_hub turns on the Hub libraries' offline mode for the process when the
+    Hub does not answer; each test gets the environment and module constants it started with."""
+    from duolm import hub_access
+
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if key in os.environ:
+            monkeypatch.setenv(key, os.environ[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(hub_access, "_reachable", hub_access._reachable)
+    for module, names in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+                          ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))):
+        if module in sys.modules:
+            for name in names:
+                monkeypatch.setattr(sys.modules[module], name, getattr(sys.modules[module], name))
 
 
 @pytest.fixture

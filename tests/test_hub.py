@@ -85,6 +85,9 @@ def test_a_hub_id_loads_from_its_snapshot_and_offline_gets_one_sentence(trained,
         asked.append(repo_id)
         return str(snapshot)
 
+    from duolm import hub_access
+
+    monkeypatch.setattr(hub_access, "_reachable", True)  # the Hub answers; the download is the stand-in
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     m = duolm.load("me/duo-tiny", device="cpu")
     assert asked == ["me/duo-tiny"] and len(m.generate(n=1, steps=2).texts) == 1
@@ -96,3 +99,7 @@ def test_a_hub_id_loads_from_its_snapshot_and_offline_gets_one_sentence(trained,
     with pytest.raises(FileNotFoundError, match="neither a local path nor a reachable Hugging Face Hub model") as err:
         duolm.load("me/duo-tiny")
     assert "\n" not in str(err.value)
+    monkeypatch.setattr(hub_access, "_reachable", False)  # no network: one sentence that says so
+    with pytest.raises(hub_access.HubUnreachable, match="Hub could not be reached .* the model me/duo-tiny") as err:
+        duolm.load("me/duo-tiny")
+    assert "\n" not in str(err.value) and "pass its folder" in str(err.value)

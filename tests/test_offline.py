@@ -48,7 +48,8 @@ def test_an_unreachable_hub_is_found_at_once_and_a_failed_read_is_one_sentence(n
 
 def test_a_reachable_hub_leaves_errors_as_they_are(monkeypatch):
     monkeypatch.setattr(hub_access, "_reachable", True)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
     with pytest.raises(ValueError, match="a real problem"):
         with from_hub("x", "y"):
             raise ValueError("a real problem")
