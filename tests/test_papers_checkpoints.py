@@ -196,8 +196,12 @@ def test_convert_command_writes_a_duolm_directory(tmp_path, capsys):
 
 def test_an_unreachable_hub_id_is_one_sentence(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="neither a local path nor a reachable Hugging Face Hub model"):
+    from duolm.hub_access import HubUnreachable
+
+    with pytest.raises(HubUnreachable, match="could not be reached .HF_HUB_OFFLINE is set. and the model "
+                                             "nobody-here/no-such-model is not in the local cache") as err:
         load("nobody-here/no-such-model")
+    assert "\n" not in str(err.value)
 
 
 def test_float16_storage_halves_the_file_and_keeps_the_logits_close(tmp_path):
