@@ -35,7 +35,10 @@ PRESETS = {
     "smoke": dict(data="digits", levels=None, max_steps=2, minutes=1.0, batch=8, ch=8, lr=1e-3, n_samples=10,
                   steps=[2], psi_steps=[2], sample_batch=10, psi_modes="all"),
 }
-MODELS = ("duo_base", "mdlm")
+# name -> (algo, extra overrides). MDLM twice: the papers' UNet reads the mask as one more gray level
+# (2/V above white); mask_embedding centres it to 0 and adds a learned vector (model.mask_input)
+MODELS = {"duo_base": ("duo_base", []), "mdlm": ("mdlm", []),
+          "mdlm_mask_embedding": ("mdlm", ["model.mask_input=embedding"])}
 # the Psi paper's CIFAR-10 kappa settings (scripts/psi_samplers/cifar10/*.sh): one mode over the whole grid
 PSI_MODES = {"psi max-capped": "max-capped-0.005", "psi max-rescale": "max-rescale-0.005",
              "psi constant-remdm": "constant-remdm-0.005", "psi pure-pc": "pure-pc"}
@@ -43,17 +46,20 @@ PAPERS = ("uniform-state diffusion (Duo) beats masked diffusion (MDLM) on image 
           "class-conditional, guidance 1); Psi-samplers keep improving with steps where ancestral plateaus")
 
 
-def overrides(p: dict, algo: str, work: Path) -> list[str]:
-    return [f"data={p['data']}", "model=unet-cpu", f"algo={algo}", "noise=cosine", f"model.ch={p['ch']}",
+def overrides(p: dict, name: str, work: Path) -> list[str]:
+    algo, extra = MODELS[name]
+    return [f"data={p['data']}", "model=unet-cpu", f"algo={algo}", *extra, "noise=cosine", f"model.ch={p['ch']}",
             f"model.time_embed_dim={p['ch']}", *([f"data.levels={p['levels']}"] if p["levels"] else []),
-            f"data.cache_dir={work / 'cache'}", f"run.dir={work / 'runs' / algo}", "run.resume=false",
+            f"data.cache_dir={work / 'cache'}", f"run.dir={work / 'runs' / name}", "run.resume=false",
             f"trainer.max_steps={p['max_steps']}", f"trainer.max_minutes={p['minutes']}",
             f"loader.global_batch_size={p['batch']}", f"optim.lr={p['lr']}", "optim.warmup_steps=50",
             "training.ema=0.999", f"trainer.val_check_interval={max(1, p['max_steps'] // 4)}",
             "trainer.limit_val_batches=4", "trainer.enable_progress_bar=false", "logging.csv=true"]
 
 
-def train_model(p: dict, algo: str, work: Path, log) -> dict:
+def train_model(p: dict, name: str, work: Path, log, resume: bool = False) -> dict:
+    """Train one model (a fresh run: the budget is the point) and measure its validation NELBO. With
+    resume, a model whose record was written by an earlier, killed run of this script is reused."""
     import shutil
 
     from duolm.checkpoints import from_pretrained
@@ -62,15 +68,23 @@ def train_model(p: dict, algo: str, work: Path, log) -> dict:
     from duolm.app.data_settings import load_data
     from duolm.app.training_run import train
 
-    cfg, parts = compose_components(overrides(p, algo, work))
-    shutil.rmtree(cfg.run.dir, ignore_errors=True)  # a fresh run each time: the budget is the point
+    record = work / "records" / f"{name}.json"
+    if resume and record.exists():
+        m = json.loads(record.read_text())
+        log(f"{name}: reusing {m['model_dir']} (trained by an earlier run)")
+        return {**m, "pre": from_pretrained(m["model_dir"])}
+    cfg, parts = compose_components(overrides(p, name, work))
+    shutil.rmtree(cfg.run.dir, ignore_errors=True)
     report = train(cfg, parts=parts, log=log)
     pre = from_pretrained(report["model_dir"])
     _, splits = load_data(cfg, pre.tokenizer, pre.config["length"])
     ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"], batch_size=100, time_samples=1)
-    return {"pre": pre, "steps": report["steps"], "minutes": report["train_seconds"] / 60,
-            "parameters": report["parameters"], "valid_nelbo": ev["nll"], "valid_nelbo_se": ev["nll_se"],
-            "valid_bits_per_pixel": ev["bits_per_token"]}
+    m = {"model_dir": str(report["model_dir"]), "steps": report["steps"], "minutes": report["train_seconds"] / 60,
+         "parameters": report["parameters"], "valid_nelbo": ev["nll"], "valid_nelbo_se": ev["nll_se"],
+         "valid_bits_per_pixel": ev["bits_per_token"]}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(m, indent=1))
+    return {**m, "pre": pre}
 
 
 def sampler_specs(p: dict) -> list[tuple[str, int, object]]:
@@ -93,9 +107,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results/images/<mode>)")
     ap.add_argument("--work", default=None, help="runs, stores and samples (default ~/.cache/duolm/bench-images)")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    ap.add_argument("--psi-modes", choices=["all", "max-capped"], default=None,
+                    help="which Psi settings run (default: the preset's)")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the models and scored settings an earlier, killed run of the same --work finished")
     args = ap.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    p = PRESETS[mode]
+    p = {**PRESETS[mode], **({"psi_modes": args.psi_modes} if args.psi_modes else {})}
     out = Path(args.out or Path(__file__).parent / "results" / "images" / mode)
     work = Path(args.work or Path("~/.cache/duolm/bench-images").expanduser() / mode)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,13 +132,13 @@ def main(argv=None) -> dict:
     from duolm.sampling.generate import generate
 
     models = {}
-    for algo in MODELS:
-        quiet(f"== training {algo}")
-        models[algo] = train_model(p, algo, work, quiet)
-        quiet(f"{algo}: {models[algo]['steps']} steps in {models[algo]['minutes']:.1f} min, validation NELBO "
-              f"{models[algo]['valid_nelbo']:.4f} nats/pixel")
+    for name in args.models:
+        quiet(f"== training {name}")
+        models[name] = train_model(p, name, work, quiet, resume=args.resume)
+        quiet(f"{name}: {models[name]['steps']} steps in {models[name]['minutes']:.1f} min, validation NELBO "
+              f"{models[name]['valid_nelbo']:.4f} nats/pixel")
     # the metric's floor: real held-out images against the training images, same count as the samples
-    pre = models[MODELS[0]]["pre"]
+    pre = models[args.models[0]]["pre"]
     from duolm.data.images import build_image_splits
 
     _, splits = build_image_splits(p["data"], pre.tokenizer.levels, work / "cache")
@@ -134,11 +153,15 @@ def main(argv=None) -> dict:
     rows = []
     for algo, m in models.items():
         for label, steps, spec in sampler_specs(p):
+            name = f"{algo}-{label.replace(' ', '-')}-{steps}"
+            done = work / "rows" / f"{name}.json"
+            if args.resume and done.exists():
+                rows.append(json.loads(done.read_text()))
+                continue
             res = generate(m["pre"].method, m["pre"].backbone, m["pre"].tokenizer, spec,
                            length=m["pre"].config["length"], num_samples=p["n_samples"], batch_size=p["sample_batch"],
                            seed=0, progress=False, guidance=1.0)
             res["data"] = p["data"]
-            name = f"{algo}-{label.replace(' ', '-')}-{steps}"
             write_json(res, work / "samples" / f"{name}.json")
             scored = score_image_samples(res, source=p["data"], cache_dir=work / "cache")
             row = {"label": f"{algo} {label}", "algo": algo, "sampler": label, "steps": steps,
@@ -152,6 +175,7 @@ def main(argv=None) -> dict:
                     label == "psi max-capped":
                 grid = write_result_pictures({**res, "samples": res["samples"][:100]}, out / f"{name}.json")["grid"]
                 row["grid"] = Path(grid).name
+            write_json(row, done)
     plot = plot_quality_vs_steps(rows, out / "images.png",
                                  metrics=("classifier_fid", "classifier_is", "classifier_accuracy"))
     summary = {"mode": mode, "preset": p, "claim": PAPERS, "minutes": (time.perf_counter() - t_start) / 60,

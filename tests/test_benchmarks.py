@@ -27,16 +27,25 @@ def test_gpu_benchmark_refuses_to_run_without_cuda_unless_smoke():
 
 
 def test_image_benchmark_smoke_mode_trains_samples_and_scores_both_models(tmp_path):
-    """benchmarks/images.py --smoke: Duo and MDLM trained through the training layer on digits,
-    sampled class-conditionally by ancestral and every Psi setting, scored, tabled, plotted."""
+    """benchmarks/images.py --smoke: Duo and MDLM (the papers' gray-level mask and the mask embedding)
+    trained through the training layer on digits, sampled class-conditionally by ancestral and every
+    Psi setting, scored, tabled, plotted; --resume reuses what a killed run finished."""
     import json
 
-    from benchmarks.images import PSI_MODES, main
+    from benchmarks.images import MODELS, PSI_MODES, main
 
     out = main(["--smoke", "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")])
-    assert set(out["models"]) == {"duo_base", "mdlm"} and all(m["steps"] == 2 for m in out["models"].values())
+    assert set(out["models"]) == set(MODELS) and all(m["steps"] == 2 for m in out["models"].values())
     samplers = {(r["algo"], r["sampler"]) for r in out["results"]}
-    assert samplers == {(a, s) for a in ("duo_base", "mdlm") for s in ("ancestral", *PSI_MODES)}
+    assert samplers == {(a, s) for a in MODELS for s in ("ancestral", *PSI_MODES)}
+    from duolm.checkpoints import from_pretrained
+
+    embedded = from_pretrained(out["models"]["mdlm_mask_embedding"]["model_dir"])
+    assert embedded.config["model"]["mask_input"] == "embedding" and hasattr(embedded.backbone, "mask_embedding")
+    again = main(["--smoke", "--resume", "--models", "mdlm", "--out", str(tmp_path / "res2"), "--work",
+                  str(tmp_path / "work")])
+    assert again["models"]["mdlm"] == out["models"]["mdlm"]  # reused, not retrained
+    assert again["results"] == [r for r in out["results"] if r["algo"] == "mdlm"]
     assert all(r["classifier_fid"] > 0 and 0 <= r["classifier_accuracy"] <= 1 for r in out["results"])
     assert out["real_validation_images"]["classifier_accuracy"] > 0.5  # the classifier works on real digits
     for name in ("images.json", "images.md", "images.png"):

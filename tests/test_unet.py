@@ -71,3 +71,42 @@ def test_the_lightning_checkpoint_holds_the_same_raw_weights_and_the_ema():
     names = [n for n, _ in net.named_parameters()]  # the EMA: an unnamed list in parameters() order
     for n, shadow in zip(names, ckpt["ema"]["shadow_params"]):
         torch.testing.assert_close(shadow, raw[n] + 0.01, rtol=0, atol=1e-6)
+
+
+def _small_unet(**kw) -> UNet:
+    torch.manual_seed(0)
+    cfg = UNetConfig(vocab_size=17, channels=1, image_size=8, ch=8, num_res_blocks=1, ch_mult=[1, 2], attn_scale=1,
+                     time_embed_dim=8, dropout=0.0, num_classes=0, **kw)
+    return UNet(cfg).eval()
+
+
+def test_the_papers_mask_encoding_is_the_default_and_adds_no_parameter():
+    gray, embedding = _small_unet(), _small_unet(mask_input="embedding")
+    assert gray.config.mask_input == "gray" and "mask_embedding" not in dict(gray.named_parameters())
+    assert set(dict(embedding.named_parameters())) - set(dict(gray.named_parameters())) == {"mask_embedding"}
+    with pytest.raises(ValueError, match="model.mask_input must be one of gray, embedding"):
+        UNetConfig(mask_input="learned")
+
+
+def test_the_mask_embedding_centres_a_masked_pixel_to_mid_range_and_marks_only_masked_pixels():
+    """16 gray levels + the mask (id 16): with the learned vector at zero a masked pixel reads exactly
+    as mid-range (centred 2 x 8.5 / 17 - 1 = 0; the gray form's float input takes 8.5), where the
+    papers' form reads it as 2 x 16 / 17 - 1, just above white; the vector changes only images with a mask."""
+    net = _small_unet(mask_input="embedding")
+    gray = _small_unet()
+    gray.load_state_dict({k: v for k, v in net.state_dict().items() if k != "mask_embedding"})
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 16, (3, 64), generator=g)
+    sigma = torch.rand(3, generator=g)
+    masked = x.clone()
+    masked[:, ::3] = 16
+    with torch.no_grad():
+        # no masks: the same network as the papers' encoding
+        torch.testing.assert_close(net(x, sigma), gray(x, sigma), rtol=0, atol=0)
+        # masks with a zero vector: what the gray form gives with those pixels centred to 0 instead of 2*16/17 - 1
+        expected = gray(torch.where(masked == 16, 8.5, masked.float()), sigma)
+        torch.testing.assert_close(net(masked, sigma), expected, rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(gray(masked, sigma), expected, atol=1e-3)  # the papers' form reads them as white
+        net.mask_embedding.normal_()
+        torch.testing.assert_close(net(x, sigma), gray(x, sigma), rtol=0, atol=0)
+        assert not torch.allclose(net(masked, sigma), expected, atol=1e-3)

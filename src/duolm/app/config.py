@@ -210,6 +210,7 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     piece per config group, in the order a run uses them."""
     parts, probe = _method_parts(cfg)
     _check_modality(cfg, parts)
+    _check_mask_input(cfg, probe)
     parts.backbone = _built("model", lambda: _backbone_placeholder(cfg, parts.num_classes, probe.causal))
     _check_data(cfg)
     _check_places(cfg)
@@ -334,6 +335,16 @@ def _check_backbone_data(cfg) -> None:
     if row is not None and ("image" if is_image_data(cfg) else "text") not in row.data:
         raise ConfigError(f"model={cfg.model.name} is an image network; it needs image data (data=digits, mnist "
                           f"or cifar10), not data={cfg.data.name}")
+
+
+def _check_mask_input(cfg, probe) -> None:
+    """model.mask_input=embedding marks the absorbing state, the last id: it needs a masked process."""
+    if cfg.model.get("mask_input", "gray") != "embedding":
+        return
+    process = probe.process
+    if process is None or process.mask_id is None or process.mask_id != process.num_states - 1:
+        raise ConfigError(f"model.mask_input=embedding marks the mask state of a masked process (algo=mdlm); "
+                          f"algo={cfg.algo.name} has no mask state")
 
 
 def _check_modality(cfg, parts) -> None:

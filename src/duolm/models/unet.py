@@ -21,6 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+MASK_INPUTS = ("gray", "embedding")
+
+
 @dataclass
 class UNetConfig:
     vocab_size: int = 256
@@ -36,6 +39,10 @@ class UNetConfig:
     time_scale_factor: float = 1000.0
     num_classes: int = 10             # 0: unconditional (the embedding still has the null row)
     fix_logistic: bool = False        # min of the two logistic forms (more stable); the papers' runs: False
+    # how the absorbing (mask) state enters, the last id (vocab_size - 1) of a masked process:
+    # 'gray': as one more gray level, just above white (the papers'; their checkpoints load unchanged);
+    # 'embedding': centred to 0 (no intensity) plus a learned vector per channel where the pixel is masked
+    mask_input: str = "gray"
     type: str = "unet"                # the backbone table's key (duolm.models.backbones)
 
     def __post_init__(self):
@@ -53,6 +60,8 @@ class UNetConfig:
                              f"got {self.attn_scale}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+        if self.mask_input not in MASK_INPUTS:
+            raise ValueError(f"model.mask_input must be one of {', '.join(MASK_INPUTS)}, got {self.mask_input!r}")
         if self.image_size % (2 ** (len(self.ch_mult) - 1)):
             raise ValueError(f"data.image_size ({self.image_size}) must be divisible by 2^(len(model.ch_mult) - 1) "
                              f"= {2 ** (len(self.ch_mult) - 1)} for this UNet")
@@ -175,6 +184,8 @@ class UNet(nn.Module):
         temb_dim = 4 * c.time_embed_dim
         self.temb_modules = nn.ModuleList([nn.Linear(c.time_embed_dim, temb_dim), nn.Linear(temb_dim, temb_dim)])
         self.input_conv = nn.Conv2d(c.channels, c.ch, 3, padding=1)
+        if c.mask_input == "embedding":  # (ch, C): added at a masked pixel of channel c (zero at the start)
+            self.mask_embedding = nn.Parameter(torch.zeros(c.ch, c.channels))
         res = dict(temb_dim=temb_dim, dropout=c.dropout, skip_rescale=c.skip_rescale)
         skips, in_ch = [c.ch], c.ch
         down, self._skip_after = [], []  # whether a down module's output is kept for the way up
@@ -216,7 +227,14 @@ class UNet(nn.Module):
             raise ValueError("the UNet reads pixel ids (B, C*H*W); relaxed (weighted) inputs are not supported")
         c = self.config
         B = x.shape[0]
-        x_in = 2 * x.reshape(B, c.channels, c.image_size, c.image_size).float() / c.vocab_size - 1  # [-1, 1)
+        pixels = x.reshape(B, c.channels, c.image_size, c.image_size)
+        x_in = 2 * pixels.float() / c.vocab_size - 1  # [-1, 1)
+        masked = None
+        if c.mask_input == "embedding":
+            # the gray-level form puts the mask 2/V above white, so tanh(x_in + h) starts a masked pixel
+            # at white; here it starts at mid-range and the network is told where the masks are
+            masked = (pixels == c.vocab_size - 1).to(x_in.dtype)  # (B, C, H, W)
+            x_in = x_in * (1 - masked)
         if sigma is None:
             sigma = torch.zeros(B, device=x.device)
         temb = timestep_embedding(sigma.reshape(-1) * c.time_scale_factor, c.time_embed_dim)
@@ -224,6 +242,8 @@ class UNet(nn.Module):
         if class_cond is not None:
             temb = temb + self.cond_map(class_cond)
         h = self.input_conv(x_in)
+        if masked is not None:
+            h = h + torch.einsum("bcxy,hc->bhxy", masked, self.mask_embedding.to(h.dtype))
         skips = [h]
         for m, keep in zip(self.downsampling_modules, self._skip_after):
             h = m(h, temb) if isinstance(m, ResBlock) else m(h)
