@@ -231,3 +231,39 @@ def test_the_chunk_grows_with_the_width_not_with_the_batch(monkeypatch):
     assert chunked_loss.chunk_tokens(50257, hidden=64) == 83                 # narrow: the floor
     assert chunked_loss.chunk_tokens(50257, hidden=768) == 384               # GPT-2 width: n = H / 2
     assert chunked_loss.chunk_tokens(28, hidden=768) == (1 << 22) // 28      # a small vocabulary: the floor
+
+
+def test_ar_at_gpt2_width_runs_its_cross_entropy_plainly_until_the_logits_pass_the_budget(monkeypatch):
+    """The AR row's plain_from_width: at a projection 512 or wider the straightforward cross-entropy
+    measured faster, so it runs unchunked while the batch's logits fit PLAIN_MAX_LOGITS, and chunked
+    above it; both give the plain method's losses and gradients. Narrower heads and the other losses
+    always chunk."""
+    import duolm.methods as methods
+
+    calls = []
+    monkeypatch.setattr(methods, "chunked_loss", lambda *a, **k: calls.append(1) or run_chunked(*a, **k))
+    method = build_method("ar", K, loss_dtype=torch.float64)
+    x0 = torch.randint(0, K, (2, 9), generator=torch.Generator().manual_seed(1))
+
+    def grads(m, width):
+        torch.manual_seed(0)
+        net = DiT(DiTConfig(vocab_size=K + 1, hidden_size=width, cond_dim=8, n_blocks=1, n_heads=2, dropout=0.0,
+                            causal=True)).double()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        loss = m.token_loss(net, x0)
+        loss.mean().backward()
+        return loss.nll.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    plain = grads(dataclasses.replace(method, fused=False), 512)
+    assert not calls
+    _assert_same(grads(method, 512), plain)
+    assert not calls  # wide, and 16 x 11 logits are far under the budget: plain
+    monkeypatch.setattr(methods, "PLAIN_MAX_LOGITS", 16 * K - 1)
+    _assert_same(grads(method, 512), plain)
+    assert len(calls) == 1  # over the budget: chunked
+    monkeypatch.setattr(methods, "PLAIN_MAX_LOGITS", 1 << 27)
+    grads(method, 16)
+    assert len(calls) == 2  # narrow: chunked
+    assert methods.LOSSES["uniform"].plain_from_width is None and methods.LOSSES["mdlm"].plain_from_width is None
