@@ -67,6 +67,7 @@ def train_model(p: dict, name: str, work: Path, log, resume: bool = False) -> di
     from duolm.evaluation import evaluate_nelbo
     from duolm.app.data_settings import load_data
     from duolm.app.training_run import train
+    from duolm.atomic import write_json
 
     record = work / "records" / f"{name}.json"
     if resume and record.exists():
@@ -82,8 +83,7 @@ def train_model(p: dict, name: str, work: Path, log, resume: bool = False) -> di
     m = {"model_dir": str(report["model_dir"]), "steps": report["steps"], "minutes": report["train_seconds"] / 60,
          "parameters": report["parameters"], "valid_nelbo": ev["nll"], "valid_nelbo_se": ev["nll_se"],
          "valid_bits_per_pixel": ev["bits_per_token"]}
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(m, indent=1))
+    write_json(m, record)  # atomic: a run killed while writing leaves no half record for --resume
     return {**m, "pre": pre}
 
 
@@ -153,8 +153,8 @@ def main(argv=None) -> dict:
     rows = []
     for algo, m in models.items():
         for label, steps, spec in sampler_specs(p):
-            name = f"{algo}-{label.replace(' ', '-')}-{steps}"
-            done = work / "rows" / f"{name}.json"
+            setting = f"{algo}-{label.replace(' ', '-')}-{steps}"
+            done = work / "rows" / f"{setting}.json"
             if args.resume and done.exists():
                 rows.append(json.loads(done.read_text()))
                 continue
@@ -162,7 +162,7 @@ def main(argv=None) -> dict:
                            length=m["pre"].config["length"], num_samples=p["n_samples"], batch_size=p["sample_batch"],
                            seed=0, progress=False, guidance=1.0)
             res["data"] = p["data"]
-            write_json(res, work / "samples" / f"{name}.json")
+            write_json(res, work / "samples" / f"{setting}.json")
             scored = score_image_samples(res, source=p["data"], cache_dir=work / "cache")
             row = {"label": f"{algo} {label}", "algo": algo, "sampler": label, "steps": steps,
                    **{k: scored[k] for k in ("classifier_fid", "classifier_is", "classifier_accuracy")},
@@ -173,7 +173,7 @@ def main(argv=None) -> dict:
                   f"({row['seconds_per_sample']:.3f} s/sample)")
             if steps == max(p["steps"]) and label == "ancestral" or steps == max(p["psi_steps"]) and \
                     label == "psi max-capped":
-                grid = write_result_pictures({**res, "samples": res["samples"][:100]}, out / f"{name}.json")["grid"]
+                grid = write_result_pictures({**res, "samples": res["samples"][:100]}, out / f"{setting}.json")["grid"]
                 row["grid"] = Path(grid).name
             write_json(row, done)
     plot = plot_quality_vs_steps(rows, out / "images.png",
