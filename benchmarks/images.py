@@ -25,6 +25,11 @@ from pathlib import Path
 
 import torch
 
+try:
+    from benchmarks.provenance import provenance
+except ImportError:  # run as `python benchmarks/<script>.py`: this folder is on the path, the repository is not
+    from provenance import provenance
+
 PRESETS = {
     # psi_steps: the step counts of max-capped (the paper's headline Psi setting); psi_modes: which Psi
     # settings run (the others at the last of psi_steps only)
@@ -82,9 +87,21 @@ def train_model(p: dict, name: str, work: Path, log, resume: bool = False) -> di
     ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"], batch_size=100, time_samples=1)
     m = {"model_dir": str(report["model_dir"]), "steps": report["steps"], "minutes": report["train_seconds"] / 60,
          "parameters": report["parameters"], "valid_nelbo": ev["nll"], "valid_nelbo_se": ev["nll_se"],
-         "valid_bits_per_pixel": ev["bits_per_token"]}
+         "valid_bits_per_pixel": ev["bits_per_token"], "curve": validation_curve(Path(cfg.run.dir))}
     write_json(m, record)  # atomic: a run killed while writing leaves no half record for --resume
     return {**m, "pre": pre}
+
+
+def validation_curve(run_dir: Path) -> list[dict]:
+    """The run's validation checks (trainer.limit_val_batches batches each) from its CSV log: step, bits/pixel."""
+    import csv
+
+    path = run_dir / "logs" / "metrics.csv"
+    if not path.exists():
+        return []
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/bpt")]
+    return [{"step": int(float(r["step"])), "bits_per_pixel": float(r["val/bpt"])} for r in rows]
 
 
 def sampler_specs(p: dict) -> list[tuple[str, int, object]]:
@@ -112,7 +129,11 @@ def main(argv=None) -> dict:
                     help="which Psi settings run (default: the preset's)")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the models and scored settings an earlier, killed run of the same --work finished")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--note", default=None, help="recorded in the JSON (say, what else ran on the machine)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     p = {**PRESETS[mode], **({"psi_modes": args.psi_modes} if args.psi_modes else {})}
     out = Path(args.out or Path(__file__).parent / "results" / "images" / mode)
@@ -178,7 +199,8 @@ def main(argv=None) -> dict:
             write_json(row, done)
     plot = plot_quality_vs_steps(rows, out / "images.png",
                                  metrics=("classifier_fid", "classifier_is", "classifier_accuracy"))
-    summary = {"mode": mode, "preset": p, "claim": PAPERS, "minutes": (time.perf_counter() - t_start) / 60,
+    summary = {**provenance(None if argv is None else ["-m", "benchmarks.images", *argv],
+                            **({"note": args.note} if args.note else {})), "mode": mode, "preset": p, "claim": PAPERS, "minutes": (time.perf_counter() - t_start) / 60,
                "models": {a: {k: v for k, v in m.items() if k != "pre"} for a, m in models.items()},
                "real_validation_images": {k: floor[k] for k in ("classifier_fid", "classifier_is",
                                                                 "classifier_accuracy", "num_samples", "num_real")},

@@ -29,6 +29,11 @@ from pathlib import Path
 
 import torch
 
+try:
+    from benchmarks.provenance import provenance
+except ImportError:  # run as `python benchmarks/<script>.py`: this folder is on the path, the repository is not
+    from provenance import provenance
+
 from duolm.curriculum import Curriculum, CurriculumSchedule
 from duolm.distill import DeltaSchedule
 from duolm.evaluation import evaluate_nelbo
@@ -262,6 +267,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--dcd-gamma-min", type=float, default=-3.5)
     ap.add_argument("--dcd-gamma-max", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--note", default=None, help="recorded in the JSON (say, what else ran on the machine)")
     ap.add_argument("--table", metavar="JSON", help="print the Markdown tables of a finished run and exit")
     return ap.parse_args(argv)
 
@@ -290,7 +296,8 @@ def main(argv=None):
     data = hmm.sample(preset["n_samples"], L, torch.Generator().manual_seed(args.seed + 3))
     log(f"HMM: 16 states, {V} symbols, length {L}; floor H/L = {floor:.4f} +- {floor_se:.4f} nats/token "
         f"[{preset_name}]")
-    result = {"preset": preset_name, "config": {**{k: v for k, v in preset.items()}, **vars(args)},
+    result = {**provenance(None if argv is None else ["benchmarks/reproduce.py", *argv],
+                           **({"note": args.note} if args.note else {})), "preset": preset_name, "config": {**{k: v for k, v in preset.items()}, **vars(args)},
               "floor_nats": floor, "floor_se": floor_se, "data_entropy": float(unigram_entropy(data).mean()),
               "data_nll": float(hmm.nll_per_token(data).mean()), "training": {}, "validation": {}, "samples": {}}
     nets = {}
