@@ -19,6 +19,11 @@ import time
 
 import torch
 
+try:
+    from benchmarks.provenance import emit, provenance
+except ImportError:  # run as `python benchmarks/<script>.py`: this folder is on the path, the repository is not
+    from provenance import emit, provenance
+
 
 def _rss_mb():
     """Peak resident set of this process so far, MB."""
@@ -84,6 +89,7 @@ def main():
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 8, 32])
     ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     if args.one:
         kind, k, what = args.one
@@ -101,8 +107,8 @@ def main():
         d = dense[r["what"]]
         r["memory_ratio_dense_over_this"] = d["peak_growth_mb"] / max(r["peak_growth_mb"], 1e-9)
         r["time_ratio_dense_over_this"] = d["seconds"] / r["seconds"]
-    print(json.dumps({"vocab_size": args.vocab, "batch": args.batch, "length": args.length,
-                      "threads": torch.get_num_threads(), "runs": runs}, indent=1))
+    emit({**provenance(), "vocab_size": args.vocab, "batch": args.batch, "length": args.length,
+          "threads": torch.get_num_threads(), "runs": runs}, args.out)
 
 
 if __name__ == "__main__":

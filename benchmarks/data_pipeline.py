@@ -28,6 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+try:
+    from benchmarks.provenance import emit, provenance
+except ImportError:  # run as `python benchmarks/<script>.py`: this folder is on the path, the repository is not
+    from provenance import emit, provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -155,6 +160,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[20, 80, 320])
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--baseline-max", type=int, default=80)
+    ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--child")
     ap.add_argument("--corpus")
     ap.add_argument("--cache")
@@ -164,7 +170,7 @@ def main():
         fn = {"build": child_build, "train_read": child_train_read, "baseline": child_baseline}[args.child]
         print(json.dumps(fn(args)))
         return
-    results = {"machine": {"cpus": os.cpu_count()}, "sizes": {}}
+    results = {**provenance(), "cpus": os.cpu_count(), "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for mb in args.sizes:
             corpus = Path(tmp) / f"corpus{mb}.jsonl"
@@ -193,7 +199,7 @@ def main():
             results["speedup_2proc"] = {s: round(results["sizes"][s][f"build_{args.procs[1]}proc"]["tokens_per_second"]
                                                  / results["sizes"][s][f"build_{p0}proc"]["tokens_per_second"], 2)
                                         for s in sizes}
-    print(json.dumps(results, indent=1))
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

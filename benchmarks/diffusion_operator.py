@@ -11,12 +11,16 @@ from __future__ import annotations
 # this file is named like the stdlib's `operator`: keep its folder off the import path
 
 import argparse
-import json
 import math
 import time
 
 import numpy as np
 import torch
+
+try:
+    from benchmarks.provenance import emit, provenance
+except ImportError:  # run as `python benchmarks/<script>.py`: this folder is on the path, the repository is not
+    from provenance import emit, provenance
 from scipy import integrate, stats
 
 from duolm.operator import DiffusionTransform, fit_alpha
@@ -32,6 +36,7 @@ def scipy_alpha(K: int, gamma: float) -> float:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--points", type=int, default=100_000)
     ap.add_argument("--check", type=int, default=200)
     args = ap.parse_args()
@@ -54,14 +59,15 @@ def main():
     fits = {k: {"max_error": f.max_error, "max_error_dalpha_dt": f.max_error_dalpha}
             for k, f in ((k, fit_alpha(args.vocab, -3.55, -1.85, k)) for k in ("poly3", "poly5", "poly7", "poly9",
                                                                                "sigmoid"))}
-    print(json.dumps({
-        "vocab_size": args.vocab, "points": args.points, "seconds": seconds, "setup_seconds": setup,
+    result = {
+        **provenance(), "vocab_size": args.vocab, "points": args.points, "seconds": seconds, "setup_seconds": setup,
         "points_per_second": args.points / seconds, "quadrature_nodes": int(T.z.numel()),
         "checked_points": args.check, "max_abs_error_vs_scipy_quad": err,
         "scipy_quad_seconds_per_point": scipy_seconds / args.check,
         "max_abs_error_dalpha_vs_finite_difference": float((out.dalpha[idx] - fd).abs().max()),
         "fits_over_gamma_band": {"gamma_min": -3.55, "gamma_max": -1.85, **fits},
-        "threads": torch.get_num_threads()}, indent=1))
+        "threads": torch.get_num_threads()}
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,17 @@ and samples 64 class-conditional images in 64 steps: images/s and peak memory.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+try:
+    from benchmarks.provenance import emit, provenance
+except ImportError:  # run as `python benchmarks/<script>.py`: this folder is on the path, the repository is not
+    from provenance import emit, provenance
 
 # dense bf16 peak FLOP/s by device name (no sparsity)
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
@@ -191,7 +195,7 @@ def main(argv=None) -> dict:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 10)
     args.batch = args.batch or (4 if args.smoke else 32)
     args.length = args.length or (32 if args.smoke else 1024)
-    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    result = {**provenance(None if argv is None else ["benchmarks/gpu.py", *argv]), "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "smoke": args.smoke, "batch": args.batch, "length": args.length}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -209,9 +213,7 @@ def main(argv=None) -> dict:
         result["train"] = runs
         result["sample"] = sample_once(model_dir, args)
     result["unet"] = unet_once(args)
-    print(json.dumps(result, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+    emit(result, args.out)
     return result
 
 

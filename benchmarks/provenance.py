@@ -50,3 +50,14 @@ def provenance(argv: list[str] | None = None, **extra) -> dict:
         args[0] = str(Path(args[0]).resolve().relative_to(root))  # the same command on every checkout
     return {"date": datetime.date.today().isoformat(), "machine": machine(),
             "command": "python " + " ".join(shlex.quote(a) for a in args), "commit": commit(), **extra}
+
+
+def emit(result: dict, out: str | Path | None = None) -> None:
+    """Print the results JSON and, with out, write it there too (the file the README cites)."""
+    import json
+
+    text = json.dumps(result, indent=1)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    print(text)

@@ -18,11 +18,15 @@ is also run at `--cache-steps` steps against the uncached sampler (``cache_speed
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import torch
+
+try:
+    from benchmarks.provenance import emit, provenance
+except ImportError:  # run as `python benchmarks/<script>.py`: this folder is on the path, the repository is not
+    from provenance import emit, provenance
 
 from duolm.app.config import compose_components
 from duolm.models.dit import DiT
@@ -134,14 +138,10 @@ def main():
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
-    result = {"length": args.length, "batch": 1, "vocab": args.vocab, "threads": torch.get_num_threads(),
+    result = {**provenance(), "length": args.length, "batch": 1, "vocab": args.vocab, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "models": [bench_model(m, args.steps, args.length, args.vocab,
                                                                   args.cache_steps) for m in args.models]}
-    text = json.dumps(result, indent=1)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ import time
 
 import torch
 
+try:
+    from benchmarks.provenance import emit, provenance
+except ImportError:  # run as `python benchmarks/<script>.py`: this folder is on the path, the repository is not
+    from provenance import emit, provenance
+
 SHAPES = {"demo": (64, 128, 28), "tiny": (4, 256, 50257), "small": (2, 256, 50257)}
 
 
@@ -44,13 +49,6 @@ def matmul_flops(n: int = 2048, reps: int = 10) -> float:
     for _ in range(reps):
         a @ b
     return 2 * n ** 3 * reps / (time.perf_counter() - t0)
-
-
-def machine() -> str:
-    import os
-    import platform
-
-    return f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.processor() or platform.system()})"
 
 
 def rss_mb() -> float:
@@ -164,7 +162,7 @@ def main():
     if args.one:
         print(json.dumps(one(**json.loads(args.one))))
         return
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "device": "cpu",
+    result = {**provenance(), "device": "cpu",
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "matmul_flops_per_second": matmul_flops(), "repeats": args.repeats, "runs": []}
     best: dict[tuple, dict] = {}
@@ -191,11 +189,7 @@ def main():
         r["fraction_of_matmul_peak"] = r["model_flops_per_second"] / result["matmul_flops_per_second"]
         result["runs"].append(r)
     result["summary"] = summarise(result["runs"])
-    text = json.dumps(result, indent=1)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
