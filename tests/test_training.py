@@ -81,17 +81,20 @@ def test_each_curriculum_mode_trains_and_switches_to_plain_duo(tmp_path, corpus,
     report = train(cfg, log=lambda *_: None)
     pre = from_pretrained(report["model_dir"])
     _, splits = load_data(cfg)
-    ids, valid = splits["valid"].ids[:64], splits["valid"].valid[:64]
+    ids, valid = splits["valid"].ids, splits["valid"].valid  # all 42 validation sequences
     torch.manual_seed(0)
-    before = evaluate_nelbo(pre.method, DiT(pre.backbone.config), ids, valid, time_samples=4)["nll"]
-    after = evaluate_nelbo(pre.method, pre.backbone, ids, valid, time_samples=4)["nll"]
+    # 64 draws of t per sequence: with 4, one evaluation's spread (about 0.15 nats here) exceeded the
+    # modes' differences, and sigmoid/top-2's 2.11 against the unigram's 2.15 was that spread, not a bug
+    # (benchmarks/curriculum_modes.py: five seeds, curves and both measures)
+    before = evaluate_nelbo(pre.method, DiT(pre.backbone.config), ids, valid, time_samples=64)["nll"]
+    after = evaluate_nelbo(pre.method, pre.backbone, ids, valid, time_samples=64)["nll"]
     assert after < before - 0.1, (before, after)
     from duolm.data.pipeline import unigram_entropy_bits
 
     unigram = unigram_entropy_bits(splits["valid"], pre.tokenizer.vocab_size) * math.log(2)
-    # measured after 120 steps (nats): simple 1.81, poly9 1.85, poly5/top-4 1.84, sigmoid/top-2 2.11 against
-    # 2.15; the 8 sigmoid/top-2 steps leave a start that 112 plain steps do not make up (worth a look)
-    assert after < unigram - (0.02 if mode == "sigmoid" else 0.1), (after, unigram)
+    # measured after 120 steps at this seed (nats, 64 draws): simple 1.72, poly9 1.75, poly5/top-4 1.80,
+    # sigmoid/top-2 1.96 against 2.15; five-seed means 1.76 / 1.77 / 1.81 / 1.86, no curriculum 1.71
+    assert after < unigram - 0.1, (after, unigram)
 
 
 def test_the_papers_owt_curriculum_is_expressible():
