@@ -121,7 +121,9 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.adaLN_modulation.weight)
             nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def forward(self, x, rotary, c=None, kv_cache=None):
+    def forward(self, x, rotary, c=None, kv_cache=None, attn_mask=None, store: bool = True):
+        """attn_mask: (S, S_keys) bool, True = may attend (block diffusion's masks); kv_cache: the keys
+        and values of earlier calls, extended by this call's (kept only when store)."""
         B, S, H = x.shape
         adaln = c is not None
         if adaln:
@@ -136,9 +138,11 @@ class DiTBlock(nn.Module):
         v = qkv[:, :, 2]
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, nh, S, hd)
         if kv_cache is not None:
-            k, v = kv_cache.update(k, v)
+            k, v = kv_cache.extend(k, v, store=store)
         causal = self.causal and q.shape[2] > 1 and kv_cache is None
-        if self.causal and kv_cache is not None and q.shape[2] > 1:
+        if attn_mask is not None:
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        elif self.causal and kv_cache is not None and q.shape[2] > 1:
             # a prompt appended to a cache: mask future positions of the new chunk only
             L_all = k.shape[2]
             mask = torch.ones(q.shape[2], L_all, dtype=torch.bool, device=x.device).tril(L_all - q.shape[2])
@@ -231,7 +235,10 @@ class DiT(nn.Module):
         self.output_layer = FinalLayer(c.hidden_size, c.vocab_size, cond)
 
     def forward(self, x, sigma=None, weights=None, kv_caches=None, position_offset: int = 0, class_cond=None,
-                head=None):
+                head=None, attn_mask=None, positions=None, store_kv: bool = True):
+        """attn_mask (S, S_keys) bool and positions (S,) rotary positions: block diffusion's passes
+        (duolm.models.block_attention); kv_caches with store_kv=False: attend to the cache and this
+        call's tokens without keeping them (a noisy block between denoising steps)."""
         h = self.vocab_embed(x, weights)  # (B, L, H)
         c = None
         if not self.config.causal:
@@ -242,10 +249,15 @@ class DiT(nn.Module):
                 c = c + self.class_map(class_cond)
             c = F.silu(c)
         L = h.shape[1]
-        cos, sin = self.rotary_emb(position_offset + L, h.device)
-        rotary = (cos[position_offset:], sin[position_offset:])
+        if positions is None:
+            cos, sin = self.rotary_emb(position_offset + L, h.device)
+            rotary = (cos[position_offset:], sin[position_offset:])
+        else:
+            cos, sin = self.rotary_emb(int(positions.max()) + 1, h.device)
+            rotary = (cos[positions], sin[positions])
         for i, block in enumerate(self.blocks):
-            h = block(h, rotary, c, None if kv_caches is None else kv_caches[i])
+            h = block(h, rotary, c, None if kv_caches is None else kv_caches[i], attn_mask=attn_mask,
+                      store=store_kv)
         if head is not None:
             out = self.output_layer
             return head(out.features(h, c), out.linear.weight, out.linear.bias)
@@ -273,13 +285,23 @@ class DiT(nn.Module):
 
 
 class KVCache:
-    """Keys and values of one block for incremental causal decoding."""
+    """Keys and values (after rotary) of one transformer block: AR's incremental decoding, and block
+    diffusion's clean blocks."""
 
     def __init__(self):
         self.k = None
         self.v = None
 
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def extend(self, k, v, store: bool = True):
+        """The cached keys and values followed by k, v (B, nh, S, hd); kept for later calls when store."""
+        k_all = k if self.k is None else torch.cat([self.k, k], dim=2)
+        v_all = v if self.v is None else torch.cat([self.v, v], dim=2)
+        if store:
+            self.k, self.v = k_all, v_all
+        return k_all, v_all
+
     def update(self, k, v):
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
+        return self.extend(k, v, store=True)
