@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from duolm import losses, parameterizations
 from duolm.chunked_loss import PLAIN_MAX_LOGITS, Head, chunked_loss
+from duolm.models.block_attention import block_diffusion_mask, training_positions
 from duolm.processes import AbsorbingProcess, UniformProcess
 from duolm.schedules import LogLinear
 
@@ -39,6 +40,9 @@ class Method:
     fused: compute the output projection and the loss a chunk of tokens at a time
     (duolm.chunked_loss), never holding (B, L, K) activations for backward; False is the
     straightforward computation (same numbers; tests compare the two).
+    block_size: block diffusion. Each block of the sequence draws its own time; the network reads
+    x_t ⊕ x_0 with the block-diffusion mask (duolm.models.block_attention), so a noisy block is
+    denoised given the clean blocks before it, and the NELBO is the sum of the blocks' NELBOs.
     """
 
     name: str
@@ -52,6 +56,7 @@ class Method:
     loss_dtype: torch.dtype = torch.float32
     sampling_eps: float = 1e-3
     fused: bool = True
+    block_size: int | None = None  # block diffusion (BD3-LM): AR over blocks, diffusion inside; None: one block
 
     # --- the network's interface -------------------------------------------------
     @property
@@ -76,9 +81,11 @@ class Method:
         """The conditioning the backbone receives, (B,): -log(alpha), or zeros without time conditioning."""
         if self.is_autoregressive:
             return None
-        alpha = alpha.reshape(alpha.shape[0], -1)[:, 0]
-        sigma = -torch.log(alpha)
-        return sigma if self.time_conditioning else torch.zeros_like(sigma)
+        alpha = alpha.reshape(alpha.shape[0], -1)
+        if not self.time_conditioning:
+            return torch.zeros_like(alpha[:, 0])
+        # (B,) one level per sequence; (B, L) one per token (block diffusion: each block its own)
+        return -torch.log(alpha[:, 0] if alpha.shape[1] == 1 else alpha)
 
     def denoise(self, backbone, x_t, alpha, *, model_input=None, weights=None) -> torch.Tensor:
         """log p(x_0 | x_t) (or SEDD's log score) for x_t (B, L) at signal level alpha (B,) or (B, 1).
@@ -91,14 +98,32 @@ class Method:
         return PARAMETERIZATIONS[self.parameterization](self, logits.to(self.loss_dtype), x_t, alpha)
 
     # --- losses --------------------------------------------------------------------
-    def sample_times(self, n, *, generator=None, antithetic=True, index=None, total=None, device=None):
-        """Training times for n examples (see losses.sample_times)."""
+    def num_blocks(self, length: int) -> int:
+        """How many diffusion blocks a sequence of `length` tokens has (1 without block_size)."""
+        if self.block_size is None:
+            return 1
+        if length % self.block_size:
+            raise ValueError(f"model.length ({length}) must be a multiple of algo.block_size ({self.block_size})")
+        return length // self.block_size
+
+    def sample_times(self, n, *, generator=None, antithetic=True, index=None, total=None, device=None,
+                     blocks: int = 1):
+        """Training times for n examples (see losses.sample_times), (n,); with blocks > 1 one per
+        block, (n, blocks), stratified over every (example, block) of the global batch."""
+        if blocks > 1:
+            index = torch.arange(n, device=device) if index is None else index
+            total = n if total is None else total
+            index = (index.to(device)[:, None] * blocks + torch.arange(blocks, device=device)).reshape(-1)
+            t = losses.sample_times(n * blocks, generator=generator, antithetic=antithetic, eps=self.sampling_eps,
+                                    index=index, total=total * blocks, num_steps=self.num_steps, device=device)
+            return t.reshape(n, blocks)
         return losses.sample_times(n, generator=generator, antithetic=antithetic, eps=self.sampling_eps,
                                    index=index, total=total, num_steps=self.num_steps, device=device)
 
     def token_loss(self, backbone, x0: torch.Tensor, valid: torch.Tensor | None = None,
                    t: torch.Tensor | None = None, generator=None, clean: torch.Tensor | None = None) -> TokenLoss:
-        """Per-token training loss of clean tokens x0 (B, L); t (B,) is drawn when not given.
+        """Per-token training loss of clean tokens x0 (B, L); t (B,), or (B, blocks) with block_size,
+        is drawn when not given.
 
         clean (B, L) bool: positions never noised (a context the continuation is scored given);
         give them weight 0 in `valid`.
@@ -108,9 +133,13 @@ class Method:
         valid = valid.float()
         if self.is_autoregressive:
             return self._ar_loss(backbone, x0, valid)
+        blocks = self.num_blocks(x0.shape[1])
         if t is None:
-            t = self.sample_times(x0.shape[0], generator=generator, device=x0.device)
-        t = t.to(x0.device).reshape(-1, 1)
+            t = self.sample_times(x0.shape[0], generator=generator, device=x0.device, blocks=blocks)
+        t = t.to(x0.device).reshape(x0.shape[0], -1)  # (B, 1), or (B, blocks)
+        if blocks > 1:
+            t = t.repeat_interleave(self.block_size, dim=1)  # (B, L): each token its block's time
+            backbone = BlockTrainingPass(backbone, x0, self.block_size)
         sched = self.schedule(t.to(torch.float64) if self.loss_dtype == torch.float64 else t)
         alpha, dalpha = sched.alpha.to(self.loss_dtype), sched.dalpha.to(self.loss_dtype)
         x_t = self.process.sample_xt(x0, alpha, generator=generator)
@@ -119,7 +148,8 @@ class Method:
         return self.loss_at(backbone, x_t, x0, t, alpha, dalpha, valid)
 
     def loss_at(self, backbone, x_t, x0, t, alpha, dalpha, valid, *, model_input=None, weights=None) -> TokenLoss:
-        """The per-token loss of the backbone's prediction at x_t (B, L); t, alpha, dalpha (B, 1).
+        """The per-token loss of the backbone's prediction at x_t (B, L); t, alpha, dalpha (B, 1), or
+        (B, L) one per token.
 
         model_input / weights let the curricula feed soft or weighted inputs in place of x_t.
         """
@@ -209,6 +239,29 @@ class Method:
             return torch.zeros(x0.shape[0], x0.shape[1] - 1)
         alpha_1 = self.schedule(torch.ones(x0.shape[0], 1, dtype=torch.float64)).alpha
         return self.process.nelbo_prior(x0, alpha_1)
+
+
+class BlockTrainingPass:
+    """backbone(x_t, sigma) for block diffusion: one pass over x_t ⊕ x_0 with the block-diffusion mask,
+    both halves at positions 0 .. L-1, the clean half at noise level 0; returns the x_t half's
+    output (or runs head on the x_t half's features)."""
+
+    def __init__(self, backbone, x0: torch.Tensor, block_size: int):
+        self.backbone, self.x0, self.block_size = backbone, x0, block_size
+        self.accepts_head = accepts_head(backbone)
+
+    def __call__(self, x_t, sigma, weights=None, head=None):
+        if weights is not None or x_t.dim() != 2:
+            raise ValueError("block diffusion reads token ids; Duo's curriculum inputs need the whole sequence")
+        L = self.x0.shape[1]
+        inputs = torch.cat([x_t, self.x0], dim=1)  # (B, 2L)
+        if sigma is not None and sigma.dim() == 2:  # per token: the clean copy is at noise level 0
+            sigma = torch.cat([sigma, torch.zeros_like(sigma)], dim=1)
+        kwargs = dict(attn_mask=block_diffusion_mask(L, self.block_size, x_t.device),
+                      positions=training_positions(L, x_t.device))
+        if head is None:
+            return self.backbone(inputs, sigma, **kwargs)[:, :L]
+        return self.backbone(inputs, sigma, head=lambda f, w, b: head(f[:, :L], w, b), **kwargs)
 
 
 def accepts_head(backbone) -> bool:
@@ -310,6 +363,9 @@ METHODS = {
     "duo": Recipe("uniform", "mean", "uniform", time_conditioning=True, time="either"),
 }
 ALGOS = tuple(METHODS)
+# block diffusion (algo.block_size): masked (BD3-LM) and uniform-state inside each block; SEDD's score
+# and D3PM's discrete-time loss would need their own block samplers and tests
+BLOCK_ALGOS = ("mdlm", "duo_base", "duo")
 
 
 def same_model(a: str, b: str) -> bool:
@@ -320,7 +376,7 @@ def same_model(a: str, b: str) -> bool:
 
 def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | None = None,
                  time_conditioning: bool | None = None, loss_dtype=torch.float32,
-                 sampling_eps: float = 1e-3, fused: bool = True) -> Method:
+                 sampling_eps: float = 1e-3, fused: bool = True, block_size: int | None = None) -> Method:
     """The method named `name` for a tokenizer of vocab_size tokens (num_steps, time_conditioning:
     None keeps the recipe's)."""
     if name not in METHODS:
@@ -333,10 +389,16 @@ def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | 
             raise ValueError(f"algo.T must be >= 1 for {name} (a discrete-time NELBO), got {num_steps}")
         if r.time == "continuous" and num_steps != 0:
             raise ValueError(f"algo.T must be 0 for {name} (a continuous-time loss), got {num_steps}")
+    if block_size is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"algo.block_size must be null or an integer >= 1, got {block_size!r}")
+        if name not in BLOCK_ALGOS:
+            raise ValueError(f"algo.block_size needs algo.name in {list(BLOCK_ALGOS)} (block diffusion of {name} "
+                             "is not implemented), got {name!r}")
     process = None if r.process is None else PROCESSES[r.process](vocab_size)
     return Method(name, vocab_size=vocab_size, process=process, schedule=schedule or LogLinear(),
                   parameterization=r.parameterization, loss=r.loss,
                   time_conditioning=r.time_conditioning if time_conditioning is None or process is None
                   else bool(time_conditioning),
                   num_steps=r.num_steps if num_steps is None else int(num_steps), loss_dtype=loss_dtype,
-                  sampling_eps=sampling_eps, fused=fused)
+                  sampling_eps=sampling_eps, fused=fused, block_size=block_size)

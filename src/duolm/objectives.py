@@ -66,7 +66,7 @@ class Nelbo:
         if self.method.is_autoregressive:
             return None  # AR: no diffusion time
         return self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=x0.device, index=index,
-                                        total=total, generator=generator)
+                                        total=total, generator=generator, blocks=self.method.num_blocks(x0.shape[1]))
 
     def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None):
         t = self.sample_times(x0, generator, index, total)
@@ -87,6 +87,9 @@ class CurriculumNelbo(Nelbo):
 
     def __init__(self, method: Method, curriculum, *, antithetic: bool = True, num_classes: int = 0,
                  class_dropout: float = 0.0):
+        if method.block_size is not None:
+            raise ValueError("Duo's curriculum needs the whole sequence; with algo.block_size set "
+                             "algo.curriculum.mode must be none")
         super().__init__(method, antithetic=antithetic, num_classes=num_classes, class_dropout=class_dropout)
         self.curriculum = curriculum
 
@@ -120,6 +123,8 @@ class Distillation(Nelbo):
                  dtype=torch.float32, antithetic: bool = True):
         if method.is_autoregressive or not method.process.gaussian_dual:
             raise ValueError(f"distillation needs a uniform-state (Duo) teacher, not {method.name}")
+        if method.block_size is not None:
+            raise ValueError("distillation of block diffusion models is not implemented (algo.block_size must be null)")
         check_settings(kind, teacher_from, gamma_min, gamma_max)
         super().__init__(method, antithetic=antithetic)
         self.schedule, self.kind, self.teacher_from, self.dtype = schedule, kind, teacher_from, dtype

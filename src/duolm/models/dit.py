@@ -64,6 +64,11 @@ class LayerNorm(nn.Module):
         return x * self.weight[None, None, :]
 
 
+def per_position(m: torch.Tensor) -> torch.Tensor:
+    """A modulation (B, D) shared by every position, or one per position (B, S, D), as (B, S or 1, D)."""
+    return m[:, None] if m.dim() == 2 else m
+
+
 def modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
@@ -101,7 +106,7 @@ class TimestepEmbedder(nn.Module):
     def forward(self, sigma):
         half = self.frequency_size // 2
         freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
-        args = sigma[:, None].float() * freqs[None]
+        args = sigma[..., None].float() * freqs  # (B, F) or, per token, (B, S, F)
         features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         return self.mlp(features.to(self.mlp[0].weight.dtype))  # float32 features; a float64 copy stays float64
 
@@ -127,7 +132,7 @@ class DiTBlock(nn.Module):
         B, S, H = x.shape
         adaln = c is not None
         if adaln:
-            shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
+            shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = per_position(self.adaLN_modulation(c)).chunk(6, dim=2)
         h = self.norm1(x)
         if adaln:
             h = modulate(h, shift_a, scale_a)
@@ -197,7 +202,7 @@ class FinalLayer(nn.Module):
         """What the output projection reads: the final norm, modulated by the conditioning."""
         x = self.norm_final(x)
         if c is not None:
-            shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+            shift, scale = per_position(self.adaLN_modulation(c)).chunk(2, dim=2)
             x = modulate(x, shift, scale)
         return x
 
@@ -209,7 +214,8 @@ class DiT(nn.Module):
     """backbone(x, sigma, weights=None, class_cond=None) -> logits (B, L, vocab_size).
 
     x: token ids (B, L), soft logits (B, L, V), or ids (B, L, k) with weights (B, L, k).
-    sigma: (B,) noise conditioning (ignored, and may be None, when causal).
+    sigma: (B,) noise conditioning, or (B, L) one per position (block diffusion: each block its own
+    noise level, the clean copy 0); ignored, and may be None, when causal.
     class_cond: (B,) labels of a class-conditional DiT (num_classes > 0; label num_classes is the
     null label). The papers' DiT has no classes; duolm adds the label embedding to sigma's.
     head: a function of (features (B, L, H), weight (V, H), bias (V,)) whose result forward returns in
@@ -246,7 +252,8 @@ class DiT(nn.Module):
             if class_cond is not None:
                 if not self.config.num_classes:
                     raise ValueError("this DiT is unconditional (model.num_classes = 0); it takes no labels")
-                c = c + self.class_map(class_cond)
+                label = self.class_map(class_cond)
+                c = c + (label[:, None] if c.dim() == 3 else label)
             c = F.silu(c)
         L = h.shape[1]
         if positions is None:
