@@ -13,6 +13,7 @@ from dataclasses import replace
 import torch
 
 from duolm.data.tokenizers import is_image
+from duolm.sampling.blocks import block_sample
 from duolm.sampling.registry import SAMPLERS, SamplingModel
 from duolm.sampling.semi_ar import held_positions, semi_ar_sample
 from duolm.sampling.spec import SamplerSpec
@@ -27,6 +28,13 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
     and guidance: a class-conditional model's classes and guidance weight; trajectory: a list that
     receives x_t at every step (x_0 samplers); predictions: a list that receives the denoiser's
     most likely x_0 at every step (samplers that call it once per step)."""
+    if getattr(method, "block_size", None) is not None:  # block diffusion: block by block, with the cache
+        if fixed is not None or trajectory is not None or predictions is not None:
+            raise ValueError("block diffusion generates block by block: sampling.infill and sampling.trajectory "
+                             "need a whole-sequence model")
+        return block_sample(method, backbone, spec, batch, spec.total_length or length, generator=generator,
+                            device=device, progress=progress, stats=stats, eos_id=eos_id, prefix=spec.prefix,
+                            labels=labels, guidance=guidance)
     if spec.total_length and spec.total_length > length and spec.predictor != "ar":
         one_window = replace(spec, total_length=None)
 

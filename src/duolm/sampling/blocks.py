@@ -1,0 +1,114 @@
+"""Block-by-block generation with an exact key-value cache (block diffusion, BD3-LM and Duo's blocks).
+
+Each new block starts from the prior and is denoised by any x_0 sampler of the table (ancestral,
+greedy tail, Ψ, MDLM's cached ancestral) as if it were a whole sequence of block_size tokens, with a
+denoiser that reads the clean blocks from the cache; its finished tokens are then written to the
+cache once, at noise level 0, as the training pass's clean half computes them. So every call costs
+block_size tokens of attention queries and the cached logits equal the training pass's (tests,
+float64). The length is not bounded by the model's: rotary positions continue.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from duolm.models.block_attention import block_causal_mask
+from duolm.sampling.registry import SAMPLERS, SamplingModel
+from duolm.sampling.semi_ar import held_positions
+
+
+class CachedBlock:
+    """backbone(x_block, sigma) for the block at `offset`: attends to the cache and to itself; the
+    cache is not extended (a noisy block changes between steps)."""
+
+    accepts_head = False
+
+    def __init__(self, backbone, caches, offset: int):
+        self.backbone, self.caches, self.offset = backbone, caches, offset
+
+    def __call__(self, x, sigma, weights=None, class_cond=None):
+        return self.backbone(x, sigma, weights=weights, kv_caches=self.caches, position_offset=self.offset,
+                             class_cond=class_cond, store_kv=False)
+
+
+class UncachedBlock:
+    """The same call without a cache: the clean prefix and the noisy block in one block-causal pass
+    (the prefix at noise level 0), the block's rows returned. The reference the cache must equal."""
+
+    accepts_head = False
+
+    def __init__(self, backbone, prefix: torch.Tensor, block_size: int):
+        self.backbone, self.prefix, self.block_size = backbone, prefix, block_size
+
+    def __call__(self, x, sigma, weights=None, class_cond=None):
+        P = self.prefix.shape[1]
+        inputs = torch.cat([self.prefix.to(x.device), x], dim=1)
+        if sigma is not None and P:
+            per_token = sigma.reshape(-1, 1).expand(-1, x.shape[1])
+            sigma = torch.cat([torch.zeros(x.shape[0], P, dtype=sigma.dtype, device=sigma.device), per_token], 1)
+        mask = block_causal_mask(inputs.shape[1], self.block_size, x.device)
+        return self.backbone(inputs, sigma, weights=weights, class_cond=class_cond, attn_mask=mask)[:, P:]
+
+
+@torch.no_grad()
+def commit_block(backbone, caches, block: torch.Tensor, offset: int, labels=None) -> None:
+    """Write a finished block's keys and values into the cache (noise level 0, the clean half)."""
+    sigma = torch.zeros(block.shape[0], device=block.device)
+    backbone(block, sigma, kv_caches=caches, position_offset=offset, class_cond=labels, store_kv=True)
+
+
+def block_sample(method, backbone, spec, batch: int, total_length: int, *, generator=None, device=None,
+                 progress: bool = False, stats: dict | None = None, eos_id: int | None = None, prefix=None,
+                 labels: torch.Tensor | None = None, guidance: float | None = None,
+                 cache: bool = True) -> torch.Tensor:
+    """(batch, total_length) token ids, generated block by block; prefix: token ids held at the start
+    (whole blocks go straight into the cache, a partial one is held inside the first sampled block);
+    spec.stop_at_eos stops once every sequence holds an EOS after its first token. cache=False runs
+    every call over the whole clean prefix instead (the same draws; the baseline it is measured
+    against)."""
+    bs = method.block_size
+    if guidance is not None and guidance != 1.0:
+        raise ValueError("sampling.guidance needs a second cache for the unconditional model, which block "
+                         "diffusion does not keep yet; sample with guidance 1")
+    entry = SAMPLERS[spec.predictor]
+    if entry.needs != "x0":
+        raise ValueError(f"block diffusion samples with an x_0 sampler (ancestral, psi), not "
+                         f"sampling.predictor={spec.predictor}")
+    one_block = replace(spec, total_length=None, prefix=None)
+    device = device or next(backbone.parameters()).device
+    prefix = torch.as_tensor(list(prefix or []), dtype=torch.long)
+    caches = backbone.new_kv_caches()
+    out = torch.empty(batch, 0, dtype=torch.long, device=device)
+    calls = {"denoiser_calls": 0, "cached_calls": 0, "commit_calls": 0}
+    while out.shape[1] < total_length:
+        offset = out.shape[1]
+        held = prefix[offset:offset + bs]
+        if len(held) == bs:  # a whole block of the prompt: no sampling
+            block = held.to(device).expand(batch, bs)
+        else:
+            net = CachedBlock(backbone, caches, offset) if cache else UncachedBlock(backbone, out, bs)
+            model = SamplingModel.from_method(method, net, labels=labels)
+            st = {}
+            fixed = held_positions(batch, bs, held) if len(held) else None
+            if fixed is not None:
+                fixed = tuple(f.to(device) for f in fixed)
+            block = entry.run(model, one_block, (batch, bs), bos_id=None, fixed=fixed, generator=generator,
+                              device=device, disable_progress=not progress, stats=st)
+            for k in ("denoiser_calls", "cached_calls"):
+                calls[k] += st.get(k, 0)
+        if cache:
+            commit_block(backbone, caches, block, offset, labels)
+            calls["commit_calls"] += 1
+        out = torch.cat([out, block], dim=1)
+        if spec.stop_at_eos and eos_id is not None and offset + bs >= len(prefix) and \
+                ((out[:, 1:] == eos_id).any(-1)).all():
+            break
+    out = out[:, :total_length]
+    if spec.stop_at_eos and eos_id is not None:  # after a sequence's first EOS, EOS
+        seen = torch.cumsum((out == eos_id) & (torch.arange(out.shape[1], device=out.device) > 0), 1) > 0
+        after = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=out.device), seen[:, :-1]], 1)
+        out = torch.where(after, torch.full_like(out, eos_id), out)
+    if stats is not None:
+        stats.update(calls, blocks=-(-out.shape[1] // bs))
+    return out
