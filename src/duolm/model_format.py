@@ -82,7 +82,7 @@ def method_from_config(algo: dict, noise: dict, vocab_size: int, training: dict 
                                                                          noise.get("eps", 1e-3)),
                         num_steps=algo.get("T"), time_conditioning=algo.get("time_conditioning"),
                         sampling_eps=float(t["sampling_eps"]), loss_dtype=LOSS_DTYPES[t["loss_precision"]],
-                        fused=bool(t["fused_loss"]))
+                        fused=bool(t["fused_loss"]), block_size=algo.get("block_size"))
 
 
 def strip_prefix(state: dict, prefix: str) -> dict:

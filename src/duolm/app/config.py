@@ -188,7 +188,8 @@ class Components:
     def method(self, vocab_size: int) -> Method:
         m = build_method(self.algo["name"], vocab_size, schedule=self.schedule, num_steps=self.algo["T"],
                          time_conditioning=self.algo["time_conditioning"], loss_dtype=self.loss_dtype,
-                         sampling_eps=self.sampling_eps, fused=self.fused_loss)
+                         sampling_eps=self.sampling_eps, fused=self.fused_loss,
+                         block_size=self.algo.get("block_size"))
         return m
 
     def backbone_config(self, method: Method):
@@ -233,6 +234,8 @@ def _method_parts(cfg) -> tuple[Components, Method]:
     _choice(cfg, "training.fused_loss", (True, False))
     _built("training.ema", lambda: check_decay(cfg.training.ema))
     algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
+    if cfg.algo.get("block_size") is not None:  # recorded only when set: whole-sequence configs stay as they were
+        algo["block_size"] = cfg.algo.block_size
     parts = Components(schedule=schedule, algo=algo, sampling_eps=cfg.training.sampling_eps,
                        loss_dtype=LOSS_DTYPES[cfg.training.loss_precision],
                        backbone=None, fused_loss=cfg.training.get("fused_loss", True))
@@ -245,6 +248,13 @@ def _method_parts(cfg) -> tuple[Components, Method]:
             mode=c.mode, tau_log10_start=c.gumbel_tau_log10_start, tau_log10_end=c.gumbel_tau_log10_end,
             start=c.start, end=c.end, gamma_min=c.gamma_min, gamma_max=c.gamma_max, top_k=c.top_k))
         parts.curriculum = curriculum if curriculum.mode != "none" else None
+    if probe.block_size is not None:
+        if parts.curriculum is not None:
+            raise ConfigError("algo.block_size needs algo.curriculum.mode=none (Duo's curriculum reads the whole "
+                              "sequence); algo=duo_base is Duo without it")
+        length = cfg.model.get("length")
+        if isinstance(length, int) and length % probe.block_size:
+            raise ConfigError(f"algo.block_size ({probe.block_size}) must divide model.length ({length})")
     return parts, probe
 
 
