@@ -196,3 +196,21 @@ def test_every_command_has_help(command, capsys):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: duolm {command}") and "examples:" in out and "algo      ar, d3pm" in out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["algo=sedd", "algo.block_size=16"],
+     "algo.block_size is for algo.name in ['mdlm', 'duo_base', 'duo']; block diffusion of sedd is not implemented"),
+    (["algo=duo", "algo.block_size=16"], "algo.block_size needs algo.curriculum.mode=none"),
+    (["algo=mdlm", "algo.block_size=0"], "algo.block_size must be null or an integer >= 1, got 0"),
+    (["algo=mdlm", "algo.block_size=24"], "algo.block_size"),
+    (["sampling.predictor=confidence", "sampling.confidence.threshold=2"],
+     "sampling.confidence.threshold must be a probability in [0, 1], got 2"),
+    (["sampling.predictor=confidence", "sampling.confidence.proposal=beam"],
+     "sampling.confidence.proposal must be one of ['greedy', 'sample'], got 'beam'"),
+])
+def test_block_and_confidence_settings_are_one_sentence(capsys, args, needle):
+    """Block diffusion's and confidence decoding's settings are checked before any work (no braces
+    left unformatted in the sentence)."""
+    got, err = run_cli(capsys, "config", *args)
+    assert got == 2 and needle in err and "{" not in err and len(err.splitlines()) == 1, err

@@ -56,11 +56,10 @@ def test_a_blank_follows_the_exact_conditional_and_held_tokens_never_change(name
     joint = random_joint(K, 3, seed=8)
     held = {0: 2, 2: 1}
     den, cond = _conditional_oracle(process, joint, 3, held)
-    label, table_name, kappa = next(v for v in variants() if v[0] == name)
+    label, table_name, options = next(v for v in variants() if v[0] == name)
     # alpha(1) > 0, so the held (visible) tokens have non-zero likelihood under q and the oracle is defined
     model = SamplingModel(den, process, LogLinear(1e-3), "x0")
-    spec = SamplerSpec(predictor=table_name, steps=8, noise_removal="ancestral", eps=1e-4,
-                       **({"options": PsiOptions(kappa=kappa)} if kappa is not None else {}))
+    spec = SamplerSpec(predictor=table_name, steps=8, noise_removal="ancestral", eps=1e-4, options=options)
     n = 4000
     mask = torch.tensor([[True, False, True]]).expand(n, 3)
     values = torch.tensor([[2, 0, 1]]).expand(n, 3)

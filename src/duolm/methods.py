@@ -393,8 +393,8 @@ def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | 
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"algo.block_size must be null or an integer >= 1, got {block_size!r}")
         if name not in BLOCK_ALGOS:
-            raise ValueError(f"algo.block_size needs algo.name in {list(BLOCK_ALGOS)} (block diffusion of {name} "
-                             "is not implemented), got {name!r}")
+            raise ValueError(f"algo.block_size is for algo.name in {list(BLOCK_ALGOS)}; block diffusion of "
+                             f"{name} is not implemented (got algo.name={name!r})")
     process = None if r.process is None else PROCESSES[r.process](vocab_size)
     return Method(name, vocab_size=vocab_size, process=process, schedule=schedule or LogLinear(),
                   parameterization=r.parameterization, loss=r.loss,

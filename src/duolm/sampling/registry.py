@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from duolm.conditioning import null_labels, with_labels
-from duolm.sampling import analytic, ancestral, ar, psi
+from duolm.sampling import analytic, ancestral, ar, confidence, psi
 from duolm.sampling.guidance import guided_denoiser
 from duolm.sampling.spec import AUTO, NOISE_REMOVAL, SamplerSpec, default_predictor, output_of
 
@@ -67,12 +67,14 @@ class Sampler:
     holds_positions: bool = True                 # can keep given tokens fixed (prefix, semi-AR windows)
     check: Callable[[SamplerSpec, object], None] | None = None  # (spec, schedule): sampler-specific settings
     options: type | None = None                  # its own settings (SamplerOptions), read from sampling.<name>
+    exact: bool = True                           # draws the model's distribution as steps grow (False: a heuristic)
 
 
 SAMPLERS: dict[str, Sampler] = {
     "ancestral": Sampler(ancestral.from_spec, needs="x0"),
     "ancestral_cache": Sampler(ancestral.from_spec, needs="x0", reuses_output=True),
     "psi": Sampler(psi.from_spec, needs="x0", check=psi.check_spec, options=psi.PsiOptions),
+    "confidence": Sampler(confidence.from_spec, needs="x0", options=confidence.ConfidenceOptions, exact=False),
     "analytic": Sampler(analytic.from_spec, needs="score", noise_removal=("ancestral", "none"), holds_positions=False),
     "ar": Sampler(ar.from_spec, needs="ar", noise_removal=NOISE_REMOVAL),
 }

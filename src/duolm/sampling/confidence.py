@@ -1,0 +1,175 @@
+"""Confidence-based parallel decoding: commit every token the denoiser is sure of, hold it.
+
+At each step the denoiser proposes a token for every position not yet committed (its argmax, or a
+draw) with a confidence, the proposal's probability under p(x_0 | x_t). Every proposal above
+`threshold` is committed at once, and at least `min_per_step` of the most confident ones; a
+committed token never changes again.
+
+- Masked models (Fast-dLLM's rule, NVlabs/Fast-dLLM): the positions not committed stay masked.
+  The step count is a budget: after step i of n at least ceil(free * (i + 1) / n) positions are
+  committed, so the run ends within `steps` calls, earlier when the denoiser is confident. With
+  threshold 1 nothing passes the threshold (a probability never exceeds 1) and the rule is LLaDA's
+  low-confidence remasking (and MaskGIT's confidence order with a linear count schedule): exactly
+  the scheduled number per step, the most confident first (tests/test_confidence_sampler.py checks
+  it draw for draw against a plain loop).
+- Uniform-state models (new here: Fast-dLLM is masked-only): every position holds a token, so the
+  not-committed ones follow the ancestral posterior along the usual time grid while committed ones
+  are held, like a prompt. With threshold 1 and min_per_step 0 nothing is ever committed and the
+  sampler is ancestral sampling, draw for draw (tested).
+
+The denoiser sees committed tokens as part of x_t at the step's noise level, as it sees a prompt.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Mapping
+
+import torch
+
+from duolm.progress import progress_bar
+from duolm.sampling.categorical import categorical_draw, nucleus_log
+from duolm.sampling.grids import linear_grid
+from duolm.sampling.spec import SamplerSpec, Setting, check_noise_removal
+
+PROPOSALS = ("greedy", "sample")
+
+
+@dataclass(frozen=True)
+class ConfidenceOptions:
+    """The `sampling.confidence` block."""
+
+    threshold: float = 0.9
+    min_per_step: int = 1
+    proposal: str = "greedy"
+
+    SETTINGS: ClassVar[dict[str, Setting]] = {
+        "threshold": Setting(0.9, "commit every token whose probability exceeds this (1: none by threshold)"),
+        "min_per_step": Setting(1, "commit at least this many of the most confident tokens per step"),
+        "proposal": Setting("greedy", "greedy (the argmax, Fast-dLLM's) | sample (a draw from p(x_0 | x_t))"),
+    }
+
+    def __post_init__(self):
+        if not isinstance(self.threshold, (int, float)) or not 0 <= self.threshold <= 1:
+            raise ValueError(f"sampling.confidence.threshold must be a probability in [0, 1], got {self.threshold!r}")
+        if not isinstance(self.min_per_step, int) or isinstance(self.min_per_step, bool) or self.min_per_step < 0:
+            raise ValueError(f"sampling.confidence.min_per_step must be an integer >= 0, got {self.min_per_step!r}")
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"sampling.confidence.proposal must be one of {list(PROPOSALS)}, got {self.proposal!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> "ConfidenceOptions":
+        return cls(**{k: settings.get(k, v.default) for k, v in cls.SETTINGS.items()})
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def propose(log_p: torch.Tensor, open_: torch.Tensor, proposal: str, draw, generator=None,
+            exclude: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token and confidence for the open positions (B, L) of log_p (B, L, K): (ids, probability),
+    0 / -1 elsewhere. Only the open rows are read, in float64."""
+    rows = log_p[open_].to(torch.float64)
+    if exclude is not None:
+        rows[:, exclude] = -torch.inf
+    rows = rows - torch.logsumexp(rows, -1, keepdim=True)
+    ids = rows.argmax(-1) if proposal == "greedy" else draw(rows, generator, exclude=exclude)
+    tokens = torch.zeros(open_.shape, dtype=torch.long, device=log_p.device)
+    conf = torch.full(open_.shape, -1.0, dtype=torch.float64, device=log_p.device)
+    tokens[open_] = ids
+    conf[open_] = rows.gather(-1, ids[:, None])[:, 0].exp()
+    return tokens, conf
+
+
+def to_commit(conf: torch.Tensor, open_: torch.Tensor, threshold: float, need: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: the open positions above the threshold and each row's `need` (B,) most confident
+    (ties: the earlier position first)."""
+    score = torch.where(open_, conf, torch.full_like(conf, -2.0))
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(conf.shape[1], device=conf.device).expand_as(order))
+    return open_ & ((conf > threshold) | (rank < need[:, None]))
+
+
+@torch.no_grad()
+def confidence_sample(denoiser, process, schedule, shape, *, steps: int, threshold: float = 0.9,
+                      min_per_step: int = 1, proposal: str = "greedy", noise_removal: str = "greedy",
+                      eps: float = 1e-3, p_nucleus: float = 1.0, fixed: tuple | None = None, generator=None,
+                      device=None, dtype=torch.float64, disable_progress: bool = True, stats: dict | None = None,
+                      x_init: torch.Tensor | None = None, trajectory: list | None = None):
+    """(B, L) token ids by confidence-based parallel decoding (module docstring); at most `steps`
+    denoiser calls on a masked model, `steps` + 1 (the noise-removal call) on a uniform-state one.
+    fixed: (mask (B, L) bool, values (B, L)) positions held from the start. `stats` gets
+    denoiser_calls and committed_per_step (the mean over the batch at each step)."""
+    check_noise_removal(noise_removal)
+    B, L = shape
+    draw = categorical_draw(dtype)
+    x = process.prior_sample(shape, device=device, generator=generator) if x_init is None else x_init.to(device)
+    held = torch.zeros(shape, dtype=torch.bool, device=x.device)
+    if fixed is not None:
+        held, values = fixed[0].to(x.device), fixed[1].to(x.device)
+        x = torch.where(held, values, x)
+    masked = process.mask_id is not None
+    free = (~held).sum(-1)  # (B,) positions to decode
+    committed = held.clone()
+    per_step: list[float] = []
+    if trajectory is not None:
+        trajectory.append(x.cpu())
+    if masked:
+        # the noise level a time-conditioned masked model is told: the schedule's at the budget's
+        # step (the share of tokens it would have unmasked on average by then)
+        grid = linear_grid(steps, eps, final_zero=False)
+        for i in progress_bar(range(steps), disable=disable_progress, desc="sampling"):
+            open_ = ~committed
+            if not open_.any():
+                break
+            done = (committed & ~held).sum(-1)
+            alpha_t = schedule(grid[i].reshape(1)).alpha.expand(B).to(x.device)
+            log_p = nucleus_log(denoiser(x, alpha_t), p_nucleus, dtype)
+            tokens, conf = propose(log_p, open_, proposal, draw, generator, exclude=process.mask_id)
+            target = torch.ceil(free.double() * (i + 1) / steps).long()
+            need = (target - done).clamp_min(min_per_step)
+            new = to_commit(conf, open_, threshold, need)
+            x = torch.where(new, tokens, x)
+            committed |= new
+            per_step.append(float(new.sum()) / B)
+            if trajectory is not None:
+                trajectory.append(x.cpu())
+    else:
+        grid = linear_grid(steps, eps, final_zero=noise_removal != "none")
+        n = len(grid) - 1
+        for i in progress_bar(range(n), disable=disable_progress, desc="sampling"):
+            t, s = grid[i], grid[i + 1]
+            alpha_t = schedule(t.reshape(1)).alpha.expand(B).to(x.device)
+            log_p = nucleus_log(denoiser(x, alpha_t), p_nucleus, dtype)
+            open_ = ~committed
+            tokens, conf = propose(log_p, open_, proposal, draw, generator)
+            new = to_commit(conf, open_, threshold, torch.full((B,), min_per_step, device=x.device))
+            if i == n - 1 and noise_removal == "greedy":
+                x_new = process.greedy(log_p, x)
+            else:
+                alpha_s = torch.ones_like(alpha_t) if s == 0 else schedule(s.reshape(1)).alpha.expand(B).to(x.device)
+                x_new = process.sample_step(log_p, x, alpha_s, alpha_t, kappa=1.0, draw=draw, generator=generator)
+            x = torch.where(committed, x, torch.where(new, tokens, x_new))
+            committed |= new
+            per_step.append(float(new.sum()) / B)
+            if trajectory is not None:
+                trajectory.append(x.cpu())
+    if stats is not None:
+        stats.update(denoiser_calls=len(per_step), cached_calls=0, committed_per_step=per_step)
+    return x
+
+
+def options_of(spec: SamplerSpec) -> ConfidenceOptions:
+    return spec.options if spec.options is not None else ConfidenceOptions()
+
+
+def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **common):
+    """The registry's adapter: sampling.steps is the budget (masked) or the time grid (uniform)."""
+    o = options_of(spec)
+    return confidence_sample(model.denoiser, model.process, model.schedule, shape, steps=spec.steps,
+                             threshold=o.threshold, min_per_step=o.min_per_step, proposal=o.proposal,
+                             noise_removal=spec.noise_removal, eps=spec.eps, p_nucleus=spec.p_nucleus,
+                             dtype=spec.dtype, **common)
+
+
+__all__ = ["ConfidenceOptions", "confidence_sample", "from_spec", "propose", "to_commit"]
