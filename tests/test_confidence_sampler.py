@@ -15,7 +15,7 @@ import torch
 
 from duolm.methods import build_method
 from duolm.processes import AbsorbingProcess, UniformProcess
-from duolm.sampling import SAMPLERS, SamplerSpec, SamplingModel, ancestral_sample
+from duolm.sampling import SAMPLERS, SamplerSpec, ancestral_sample
 from duolm.sampling.blocks import block_sample
 from duolm.sampling.confidence import ConfidenceOptions, confidence_sample
 from duolm.schedules import LogLinear
