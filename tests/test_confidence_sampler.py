@@ -114,11 +114,22 @@ def test_committed_tokens_never_change(kind, proposal):
             assert torch.equal(a[unmasked], b[unmasked])
         assert (x != proc.mask_id).all()
     else:
-        # commit every position at step one: nothing may change after that
-        seen = []
-        confidence_sample(den, proc, LogLinear(), (20, L), steps=6, threshold=0.0, min_per_step=1,
-                          proposal=proposal, generator=torch.Generator().manual_seed(0), trajectory=seen)
-        assert all(torch.equal(seen[1], s) for s in seen[2:])
+        # threshold 0 commits every position at the first call, which ends the run
+        seen, stats = [], {}
+        y = confidence_sample(den, proc, LogLinear(), (20, L), steps=6, threshold=0.0, min_per_step=1,
+                              proposal=proposal, generator=torch.Generator().manual_seed(0), trajectory=seen,
+                              stats=stats)
+        assert stats["denoiser_calls"] == 1 and len(seen) == 2 and torch.equal(seen[1], y)
+        # min_per_step=3 commits 3 a step (10 positions): the tokens of step k stay to the end
+        seen, stats = [], {}
+        y = confidence_sample(den, proc, LogLinear(), (20, L), steps=6, threshold=1.0, min_per_step=3,
+                              proposal=proposal, generator=torch.Generator().manual_seed(0), trajectory=seen,
+                              stats=stats)
+        assert stats["committed_per_step"] == [3.0, 3.0, 3.0, 1.0]
+        # a position whose value after step 1 equals its final value in every later frame was committed
+        # at step 1; at least 3 per row must be so
+        frozen = torch.stack([(s == y) for s in seen[1:]]).all(0)
+        assert (frozen.sum(-1) >= 3).all()
 
 
 def test_a_confident_denoiser_finishes_before_the_budget():

@@ -14,7 +14,7 @@ committed token never changes again.
   it draw for draw against a plain loop).
 - Uniform-state models (new here: Fast-dLLM is masked-only): every position holds a token, so the
   not-committed ones follow the ancestral posterior along the usual time grid while committed ones
-  are held, like a prompt. With threshold 1 and min_per_step 0 nothing is ever committed and the
+  are held, like a prompt; once every token is committed the run ends. With threshold 1 and min_per_step 0 nothing is ever committed and the
   sampler is ancestral sampling, draw for draw (tested).
 
 The denoiser sees committed tokens as part of x_t at the step's noise level, as it sees a prompt.
@@ -138,10 +138,12 @@ def confidence_sample(denoiser, process, schedule, shape, *, steps: int, thresho
         grid = linear_grid(steps, eps, final_zero=noise_removal != "none")
         n = len(grid) - 1
         for i in progress_bar(range(n), disable=disable_progress, desc="sampling"):
+            open_ = ~committed
+            if not open_.any():  # every token committed: the remaining steps would change nothing
+                break
             t, s = grid[i], grid[i + 1]
             alpha_t = schedule(t.reshape(1)).alpha.expand(B).to(x.device)
             log_p = nucleus_log(denoiser(x, alpha_t), p_nucleus, dtype)
-            open_ = ~committed
             tokens, conf = propose(log_p, open_, proposal, draw, generator)
             new = to_commit(conf, open_, threshold, torch.full((B,), min_per_step, device=x.device))
             if i == n - 1 and noise_removal == "greedy":

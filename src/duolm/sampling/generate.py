@@ -162,7 +162,8 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
     return {"algo": method.name, "sampler": spec.describe(), "document_markers": markers, "steps": spec.steps if spec.predictor != "ar"
             else length - 1, "noise_removal": spec.noise_removal, "seed": seed, "num_samples": num_samples,
             "length": ids.shape[1], "seconds": seconds, "tokens_per_second": ids.numel() / seconds,
-            "seconds_per_sample": seconds / num_samples, **({"cache": stats} if spec.predictor == "ancestral_cache"
+            "seconds_per_sample": seconds / num_samples, "denoiser_calls": stats["denoiser_calls"],
+            **({"cache": stats} if spec.predictor == "ancestral_cache"
                                                             else {}),
             **({"template": template.source} if template is not None else {}), **extra, "samples": samples}
 
