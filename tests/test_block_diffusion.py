@@ -68,6 +68,38 @@ def test_times_are_drawn_per_block_and_stratified_over_the_global_batch():
     assert sorted(strata.tolist()) == list(range(24))
 
 
+def test_a_clipped_range_keeps_the_strata_and_validation_keeps_every_time():
+    """algo.clip_min/clip_max (BD3-LM's clipped schedule): the training objective draws each block's
+    time in [lo, hi], one per stratum of it; the method's own NELBO (validation, eval) is untouched."""
+    from duolm.objectives import Nelbo
+
+    m = build_method("mdlm", 11, block_size=4)
+    obj = Nelbo(m, time_range=(0.3, 0.8))
+    x0 = torch.zeros(8, 12, dtype=torch.long)
+    t = obj.sample_times(x0, torch.Generator().manual_seed(0))
+    assert t.shape == (8, 3) and (t >= 0.3).all() and (t <= 0.8).all()
+    strata = ((t - 0.3) / 0.5 * 24).floor().long().reshape(-1)
+    assert sorted(strata.tolist()) == list(range(24))
+    plain = Nelbo(m).sample_times(x0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(t, 0.3 + 0.5 * (plain - m.sampling_eps) / (1 - m.sampling_eps))
+    with pytest.raises(ValueError, match="not d3pm"):
+        Nelbo(build_method("d3pm", 11), time_range=(0.3, 0.8))
+
+
+def test_a_clipped_run_trains_on_its_range(tmp_path):
+    """The config's clip reaches the objective a run builds (and only the objective)."""
+    from duolm.app.config import compose_components
+    from duolm.app.training_run import build_objective
+
+    _, parts = compose_components(["algo=mdlm", "algo.block_size=4", "algo.clip_min=0.45", "algo.clip_max=0.55",
+                                   "model=tiny", "model.length=16"])
+    method = parts.method(11)
+    obj = build_objective(parts, method, None)
+    t = obj.sample_times(torch.zeros(16, 16, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert (t >= 0.45).all() and (t <= 0.55).all()
+    assert method.sample_times(16, blocks=4).min() < 0.45  # validation's draws still span [eps, 1]
+
+
 class BlockOracle:
     """The exact denoiser of a tiny joint distribution, as a backbone of the block training pass: at
     a noisy position of block b, p(x_0^i | the unmasked tokens of block b, the clean blocks < b),

@@ -52,7 +52,7 @@ FAST = {  # command -> overrides appended (the image variant when the arguments 
 ELSEWHERE = {  # a pattern in the arguments -> what this machine lacks
     "trainer=gpu": "a GPU", "openwebtext": "the Hub (OpenWebText)", "data=wikitext2": "the Hub (WikiText-2)",
     "arc_easy": "the Hub (an lm-eval task's data)", "data=cifar10": "the Hub (CIFAR-10)",
-    "me/duo-": "the Hub (a model repository)",
+    "me/duo-": "the Hub (a model repository)", "kuleshov-group/bd3lm-": "the Hub (BD3-LM's models)",
 }
 ELSEWHERE_COMMANDS = {"push": "the Hub"}
 

@@ -48,9 +48,13 @@ class Nelbo:
 
     state_key = "objective"
 
-    def __init__(self, method: Method, *, antithetic: bool = True, num_classes: int = 0, class_dropout: float = 0.0):
+    def __init__(self, method: Method, *, antithetic: bool = True, num_classes: int = 0, class_dropout: float = 0.0,
+                 time_range: tuple[float, float] | None = None):
         self.method, self.antithetic = method, antithetic
         self.num_classes, self.class_dropout = num_classes, class_dropout
+        if time_range is not None:
+            check_time_range(method, *time_range)
+        self.time_range = time_range
 
     def conditioned(self, backbone, labels, generator=None):
         """The backbone with this step's labels bound (after label dropout)."""
@@ -65,8 +69,13 @@ class Nelbo:
     def sample_times(self, x0, generator=None, index=None, total=None) -> torch.Tensor | None:
         if self.method.is_autoregressive:
             return None  # AR: no diffusion time
-        return self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=x0.device, index=index,
-                                        total=total, generator=generator, blocks=self.method.num_blocks(x0.shape[1]))
+        t = self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=x0.device, index=index,
+                                     total=total, generator=generator, blocks=self.method.num_blocks(x0.shape[1]))
+        if self.time_range is not None:  # BD3-LM's clipped range: [eps, 1] mapped onto [lo, hi], strata kept
+            lo, hi = self.time_range
+            eps = self.method.sampling_eps
+            t = lo + (hi - lo) * (t - eps) / (1 - eps)
+        return t
 
     def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None):
         t = self.sample_times(x0, generator, index, total)
@@ -80,6 +89,18 @@ class Nelbo:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def check_time_range(method: Method, lo, hi) -> None:
+    """algo.clip_min / clip_max: a training range of diffusion times inside (0, 1] (BD3-LM's
+    clipped schedule, which lowers the loss's variance; validation still scores all of [eps, 1])."""
+    if method.is_autoregressive or method.num_steps:
+        raise ValueError(f"algo.clip_min/clip_max are for continuous-time diffusion (mdlm, duo_base, sedd), not "
+                         f"{method.name}{' with T > 0' if method.num_steps else ''}")
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi))
+    if not ok or not 0 < lo < hi <= 1:
+        raise ValueError(f"algo.clip_min and algo.clip_max must satisfy 0 < clip_min < clip_max <= 1, got "
+                         f"{lo!r} and {hi!r}")
 
 
 class CurriculumNelbo(Nelbo):

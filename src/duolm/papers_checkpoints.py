@@ -11,6 +11,11 @@
   config.json with the DiT's ``config`` and ``vocab_size`` plus model.safetensors;
 - MDLM's Hugging Face model (``kuleshov-group/mdlm-owt``): config.json with ``model_type: mdlm``
   plus weights whose keys start with ``backbone.``.
+- BD3-LM's checkpoints (kuleshov-group/bd3lms, ``kuleshov-group/bd3lm-owt-block_size{4,8,16}``):
+  the same Lightning layout (``algo.name: bd3lm``, the block size at the config's top level, the
+  clipped training range as ``sampling_eps_min/max``), and its Hugging Face folders
+  (``model_type: bd3lm``; the weights under ``backbone.``, already the EMA). Both load as
+  ``mdlm`` with ``block_size`` and no time conditioning (BD3-LM feeds sigma = 0 always).
 - the Psi-samplers paper's CIFAR-10 Lightning checkpoints (``jdeschena/duo2-cifar10``): the same
   Lightning layout around their image UNet (duolm.models.unet), 256 pixel levels (257 states for
   MDLM), class-conditional with 10 classes plus the null label.
@@ -133,12 +138,20 @@ def _dit_config_from_state(state: dict, n_heads: int | None, cond_dim_default: i
 
 
 def _build(state: dict, *, algo: str, noise: dict, tokenizer_spec, n_heads: int | None, length: int,
-           source: str) -> Pretrained:
+           source: str, settings: dict | None = None) -> Pretrained:
+    """settings: algo entries the file fixes (block_size, time_conditioning, clip_min/clip_max);
+    the rest are the method table's defaults."""
     state = {k: v.float() for k, v in state.items() if k != "rotary_emb.inv_freq"}
     cfg = _dit_config_from_state(state, n_heads)
     tokenizer = load_tokenizer(tokenizer_spec)
-    method = method_from_config({"name": algo}, noise, tokenizer.vocab_size)  # the method table's defaults
-    algo_cfg = {"name": algo, "T": method.num_steps, "time_conditioning": method.time_conditioning}
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    if settings.get("block_size") == length:  # one block: the whole-sequence model
+        del settings["block_size"]
+    if "block_size" in settings and length % settings["block_size"]:
+        raise ValueError(f"{source}: block size {settings['block_size']} does not divide the model length {length}")
+    method = method_from_config({"name": algo, **settings}, noise, tokenizer.vocab_size)
+    algo_cfg = {"name": algo, "T": method.num_steps, "time_conditioning": method.time_conditioning,
+                **{k: v for k, v in settings.items() if k != "time_conditioning"}}
     expected = method.model_vocab_size
     if cfg.causal != method.causal:
         raise ValueError(f"{source}: the weights are {'causal (AR)' if cfg.causal else 'a diffusion DiT'}, "
@@ -225,13 +238,16 @@ def from_lightning(ckpt: dict, source: str, *, algo: str | None = None, use_ema:
     file_algo = (conf.get("algo") or {}).get("name")
     if file_algo == "distillation":
         file_algo = "duo"
+    settings = {}
+    if file_algo == "bd3lm":
+        file_algo, settings = "mdlm", _bd3lm_settings(conf, ckpt)
     if algo and file_algo and not same_model(algo, file_algo):
         raise ValueError(f"{source} holds a {file_algo} model, but algo={algo} was asked")
     algo = algo or file_algo
     if algo is None:
         raise ValueError(f"{source}: the checkpoint does not say its algo; pass algo=duo|mdlm|sedd|ar")
     model = conf.get("model") or {}
-    noise = {"type": (conf.get("noise") or {}).get("type", "log-linear"), "eps": 1e-3}
+    noise = {"type": _noise_name((conf.get("noise") or {}).get("type", "log-linear")), "eps": 1e-3}
     tok = ((conf.get("data") or {}).get("tokenizer_name_or_path")) or tokenizer
     if "temb_modules.0.weight" in state:  # the Psi-samplers paper's image UNet
         return _unet_from_lightning(state, ckpt.get("ema") if use_ema else None, conf, algo=algo, noise=noise,
@@ -240,7 +256,31 @@ def from_lightning(ckpt: dict, source: str, *, algo: str | None = None, use_ema:
         probe = DiT(_dit_config_from_state({k: v for k, v in state.items()}, model.get("n_heads") or n_heads))
         state = _with_ema(state, ckpt["ema"]["shadow_params"], probe, source)
     return _build(state, algo=algo, noise=noise, tokenizer_spec=tok, n_heads=model.get("n_heads") or n_heads,
-                  length=length or model.get("length", 1024), source=source)
+                  length=length or model.get("length", 1024), source=source, settings=settings)
+
+
+def _noise_name(name: str) -> str:
+    """The papers' spellings of a schedule (BD3-LM writes 'loglinear') as duolm's."""
+    return {"loglinear": "log-linear"}.get(name, name)
+
+
+def _bd3lm_settings(conf: dict, ckpt: dict) -> dict:
+    """What a BD3-LM Lightning checkpoint fixes beyond MDLM: its block size, no time conditioning
+    (unless its config turned it on), and the clipped training range its variance search chose."""
+    algo = conf.get("algo") or {}
+    lo, hi = (ckpt.get(k, (ckpt.get("state_dict") or {}).get(k)) for k in ("sampling_eps_min", "sampling_eps_max"))
+    out = {"block_size": int(conf["block_size"]) if conf.get("block_size") else None,
+           "time_conditioning": bool(algo.get("time_conditioning", False))}
+    return {**out, **_clip_range(lo, hi)}
+
+
+def _clip_range(lo, hi) -> dict:
+    """BD3-LM's clipped training range as duolm's algo.clip_min/clip_max, where it is not the full
+    [1e-3, 1] (a range that is the full one records nothing)."""
+    lo, hi = (None if v is None else float(v) for v in (lo, hi))
+    if lo is None or hi is None or (abs(lo - 1e-3) < 1e-9 and hi >= 1.0):
+        return {}
+    return {"clip_min": lo, "clip_max": min(hi, 1.0)}
 
 
 def _read_weights(d: Path) -> dict:
@@ -267,6 +307,16 @@ def from_hub_directory(d: Path, config: dict, *, algo=None, tokenizer="gpt2", n_
         noise = {"type": "log-linear", "eps": 1e-3}
         return _build(state, algo=a, noise=noise, tokenizer_spec=tokenizer, n_heads=config.get("n_heads", n_heads),
                       length=length or config.get("model_length", 1024), source=str(d))
+    if config.get("model_type") == "bd3lm":  # kuleshov-group/bd3lm-owt-block_size{4,8,16}: EMA weights
+        state = strip_prefix(state, "backbone.")
+        if algo is not None and algo != "mdlm":
+            raise ValueError(f"{cfg_path} holds a BD3-LM (masked block diffusion) model, but algo={algo} was asked")
+        settings = {"block_size": config.get("block_size"),
+                    "time_conditioning": bool(config.get("time_conditioning", False)),
+                    **_clip_range(config.get("sampling_eps_min"), config.get("sampling_eps_max"))}
+        return _build(state, algo="mdlm", noise={"type": "log-linear", "eps": 1e-3}, tokenizer_spec=tokenizer,
+                      n_heads=config.get("n_heads", n_heads), length=length or config.get("model_length", 1024),
+                      source=str(d), settings=settings)
     if "config" in config and isinstance(config["config"], dict):  # s-sahoo/duo (PyTorchModelHubMixin DIT)
         conf = config["config"]
         file_algo = (conf.get("algo") or {}).get("name")
@@ -274,8 +324,8 @@ def from_hub_directory(d: Path, config: dict, *, algo=None, tokenizer="gpt2", n_
             file_algo = "duo"
         a = algo or file_algo or "duo"
         model = conf.get("model") or {}
-        noise = {"type": (conf.get("noise") or {}).get("type", "log-linear"), "eps": 1e-3}
+        noise = {"type": _noise_name((conf.get("noise") or {}).get("type", "log-linear")), "eps": 1e-3}
         tok = (conf.get("data") or {}).get("tokenizer_name_or_path") or tokenizer
         return _build(state, algo=a, noise=noise, tokenizer_spec=tok, n_heads=model.get("n_heads", n_heads),
                       length=length or model.get("length", 1024), source=str(d))
-    raise ValueError(f"{cfg_path}: not a duolm, Duo (Hugging Face) or MDLM (Hugging Face) checkpoint")
+    raise ValueError(f"{cfg_path}: not a duolm, Duo, MDLM or BD3-LM (Hugging Face) checkpoint")

@@ -23,6 +23,7 @@ from duolm.data.images import IMAGE_SOURCES, image_tokenizer
 from duolm.data.pipeline import check_data
 from duolm.distill import DeltaSchedule, check_settings
 from duolm.methods import Method, build_method
+from duolm.objectives import check_time_range
 from duolm.model_format import LOSS_DTYPES
 from duolm.models.backbones import BACKBONES, backbone_config, backbone_row, build_backbone
 from duolm.models.ema import check_decay
@@ -236,6 +237,11 @@ def _method_parts(cfg) -> tuple[Components, Method]:
     algo = {"name": cfg.algo.name, "T": cfg.algo.T, "time_conditioning": cfg.algo.time_conditioning}
     if cfg.algo.get("block_size") is not None:  # recorded only when set: whole-sequence configs stay as they were
         algo["block_size"] = cfg.algo.block_size
+    clip = cfg.algo.get("clip_min"), cfg.algo.get("clip_max")
+    if clip != (None, None):
+        if None in clip:
+            raise ConfigError("algo.clip_min and algo.clip_max are set together (both null: the full range)")
+        algo["clip_min"], algo["clip_max"] = clip
     parts = Components(schedule=schedule, algo=algo, sampling_eps=cfg.training.sampling_eps,
                        loss_dtype=LOSS_DTYPES[cfg.training.loss_precision],
                        backbone=None, fused_loss=cfg.training.get("fused_loss", True))
@@ -248,6 +254,11 @@ def _method_parts(cfg) -> tuple[Components, Method]:
             mode=c.mode, tau_log10_start=c.gumbel_tau_log10_start, tau_log10_end=c.gumbel_tau_log10_end,
             start=c.start, end=c.end, gamma_min=c.gamma_min, gamma_max=c.gamma_max, top_k=c.top_k))
         parts.curriculum = curriculum if curriculum.mode != "none" else None
+    if "clip_min" in algo:
+        _built("algo", lambda: check_time_range(probe, algo["clip_min"], algo["clip_max"]))
+        if parts.curriculum is not None:
+            raise ConfigError("algo.clip_min/clip_max need algo.curriculum.mode=none (the curriculum draws its own "
+                              "times); algo=duo_base is Duo without it")
     if probe.block_size is not None:
         if parts.curriculum is not None:
             raise ConfigError("algo.block_size needs algo.curriculum.mode=none (Duo's curriculum reads the whole "

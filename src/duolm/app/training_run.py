@@ -50,6 +50,9 @@ def build_objective(parts, method, backbone, *, distill_cfg=None, curriculum: bo
                             gamma_max=d.gamma_max, teacher_from=d.teacher_from, dtype=parts.loss_dtype,
                             antithetic=antithetic)
     labels = dict(num_classes=num_classes, class_dropout=parts.class_dropout)
+    clip = parts.algo.get("clip_min"), parts.algo.get("clip_max")
+    if clip != (None, None):
+        return Nelbo(method, antithetic=antithetic, time_range=clip, **labels)
     if curriculum and parts.curriculum is not None:
         return CurriculumNelbo(method, Curriculum(parts.curriculum, method.process.num_states), antithetic=antithetic,
                                **labels)
