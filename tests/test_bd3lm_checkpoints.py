@@ -3,7 +3,6 @@ Hugging Face folder reproduce the logits kuleshov-group/bd3lms computed (tests/f
 a copy of ../shared/fixtures/reference-bd3lm), load as MDLM with blocks, and sample, score and
 convert as block models."""
 import json
-import math
 from pathlib import Path
 
 import pytest

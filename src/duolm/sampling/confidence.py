@@ -18,6 +18,13 @@ committed token never changes again.
   sampler is ancestral sampling, draw for draw (tested).
 
 The denoiser sees committed tokens as part of x_t at the step's noise level, as it sees a prompt.
+
+For a whole-sequence masked model, `block_length` decodes the window in generation blocks of that
+many positions, left to right (LLaDA's and Fast-dLLM's semi-autoregressive order: a block's
+positions are committed before the next block opens; the step budget is split evenly over the
+blocks), and `cache` = prefix | dual reuses the keys and values of each block's first call for its
+later steps (Fast-dLLM's approximate cache, duolm.sampling.prefix_cache; approximate, and its cost
+in sample quality is measured in benchmarks/block_quality.py).
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import torch
 from duolm.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus_log
 from duolm.sampling.grids import linear_grid
+from duolm.sampling.prefix_cache import CACHE_MODES, ApproximateCache
 from duolm.sampling.spec import SamplerSpec, Setting, check_noise_removal
 
 PROPOSALS = ("greedy", "sample")
@@ -41,11 +49,17 @@ class ConfidenceOptions:
     threshold: float = 0.9
     min_per_step: int = 1
     proposal: str = "greedy"
+    block_length: int | None = None
+    cache: str = "none"
 
     SETTINGS: ClassVar[dict[str, Setting]] = {
         "threshold": Setting(0.9, "commit every token whose probability exceeds this (1: none by threshold)"),
         "min_per_step": Setting(1, "commit at least this many of the most confident tokens per step"),
         "proposal": Setting("greedy", "greedy (the argmax, Fast-dLLM's) | sample (a draw from p(x_0 | x_t))"),
+        "block_length": Setting(None, "masked whole-sequence models: decode the window left to right in blocks "
+                                      "of this many positions (null: all at once)"),
+        "cache": Setting("none", "none | prefix | dual: Fast-dLLM's approximate cache inside each block "
+                                 "(needs block_length)"),
     }
 
     def __post_init__(self):
@@ -55,6 +69,14 @@ class ConfidenceOptions:
             raise ValueError(f"sampling.confidence.min_per_step must be an integer >= 0, got {self.min_per_step!r}")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"sampling.confidence.proposal must be one of {list(PROPOSALS)}, got {self.proposal!r}")
+        b = self.block_length
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+            raise ValueError(f"sampling.confidence.block_length must be null or an integer >= 1, got {b!r}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"sampling.confidence.cache must be one of {list(CACHE_MODES)}, got {self.cache!r}")
+        if self.cache != "none" and b is None:
+            raise ValueError("sampling.confidence.cache reuses keys inside a generation block: set "
+                             "sampling.confidence.block_length too")
 
     @classmethod
     def from_settings(cls, settings: Mapping) -> "ConfidenceOptions":
@@ -95,11 +117,13 @@ def confidence_sample(denoiser, process, schedule, shape, *, steps: int, thresho
                       min_per_step: int = 1, proposal: str = "greedy", noise_removal: str = "greedy",
                       eps: float = 1e-3, p_nucleus: float = 1.0, fixed: tuple | None = None, generator=None,
                       device=None, dtype=torch.float64, disable_progress: bool = True, stats: dict | None = None,
-                      x_init: torch.Tensor | None = None, trajectory: list | None = None):
+                      x_init: torch.Tensor | None = None, trajectory: list | None = None,
+                      block_length: int | None = None, cache: ApproximateCache | None = None):
     """(B, L) token ids by confidence-based parallel decoding (module docstring); at most `steps`
     denoiser calls on a masked model, `steps` + 1 (the noise-removal call) on a uniform-state one.
-    fixed: (mask (B, L) bool, values (B, L)) positions held from the start. `stats` gets
-    denoiser_calls and committed_per_step (the mean over the batch at each step)."""
+    fixed: (mask (B, L) bool, values (B, L)) positions held from the start. block_length and cache:
+    masked models only (module docstring). `stats` gets denoiser_calls and committed_per_step (the
+    mean over the batch at each step), and with a cache query_positions (per sequence, all calls)."""
     check_noise_removal(noise_removal)
     B, L = shape
     draw = categorical_draw(dtype)
@@ -115,25 +139,36 @@ def confidence_sample(denoiser, process, schedule, shape, *, steps: int, thresho
     if trajectory is not None:
         trajectory.append(x.cpu())
     if masked:
-        # the noise level a time-conditioned masked model is told: the schedule's at the budget's
-        # step (the share of tokens it would have unmasked on average by then)
-        grid = linear_grid(steps, eps, final_zero=False)
-        for i in progress_bar(range(steps), disable=disable_progress, desc="sampling"):
-            open_ = ~committed
-            if not open_.any():
-                break
-            done = (committed & ~held).sum(-1)
-            alpha_t = schedule(grid[i].reshape(1)).alpha.expand(B).to(x.device)
-            log_p = nucleus_log(denoiser(x, alpha_t), p_nucleus, dtype)
-            tokens, conf = propose(log_p, open_, proposal, draw, generator, exclude=process.mask_id)
-            target = torch.ceil(free.double() * (i + 1) / steps).long()
-            need = (target - done).clamp_min(min_per_step)
-            new = to_commit(conf, open_, threshold, need)
-            x = torch.where(new, tokens, x)
-            committed |= new
-            per_step.append(float(new.sum()) / B)
-            if trajectory is not None:
-                trajectory.append(x.cpu())
+        if block_length is not None and block_length > L:
+            block_length = None
+        plan = generation_blocks(held, block_length, steps)
+        position = torch.arange(L, device=x.device)
+        bar = progress_bar(total=steps, disable=disable_progress, desc="sampling")
+        for start, end, budget in plan:
+            in_block = (position >= start) & (position < end)
+            free_b = (~held & in_block).sum(-1)  # (B,) positions this block decodes
+            # the noise level a time-conditioned masked model is told: the schedule's at the budget's
+            # step (the share of tokens it would have unmasked on average by then)
+            grid = linear_grid(budget, eps, final_zero=False)
+            for i in range(budget):
+                open_ = ~committed & in_block
+                if not open_.any():
+                    break
+                done = (committed & ~held & in_block).sum(-1)
+                alpha_t = schedule(grid[i].reshape(1)).alpha.expand(B).to(x.device)
+                out = denoiser(x, alpha_t) if cache is None else cache.predict(x, alpha_t, start, end, refresh=i == 0)
+                log_p = nucleus_log(out, p_nucleus, dtype)
+                tokens, conf = propose(log_p, open_, proposal, draw, generator, exclude=process.mask_id)
+                target = torch.ceil(free_b.double() * (i + 1) / budget).long()
+                need = (target - done).clamp_min(min_per_step)
+                new = to_commit(conf, open_, threshold, need)
+                x = torch.where(new, tokens, x)
+                committed |= new
+                per_step.append(float(new.sum()) / B)
+                bar.update(1)
+                if trajectory is not None:
+                    trajectory.append(x.cpu())
+        bar.close()
     else:
         grid = linear_grid(steps, eps, final_zero=noise_removal != "none")
         n = len(grid) - 1
@@ -158,7 +193,25 @@ def confidence_sample(denoiser, process, schedule, shape, *, steps: int, thresho
                 trajectory.append(x.cpu())
     if stats is not None:
         stats.update(denoiser_calls=len(per_step), cached_calls=0, committed_per_step=per_step)
+        if cache is not None:
+            stats["query_positions"] = cache.query_positions
     return x
+
+
+def generation_blocks(held: torch.Tensor, block_length: int | None, steps: int) -> list[tuple[int, int, int]]:
+    """(start, end, steps) of each generation block with a position left to decode, left to right;
+    the step budget split evenly over them (the first ones take the remainder)."""
+    L = held.shape[1]
+    size = block_length or L
+    spans = [(a, min(a + size, L)) for a in range(0, L, size)]
+    spans = [(a, b) for a, b in spans if not held[:, a:b].all()]
+    if not spans:
+        return []
+    if steps < len(spans):
+        raise ValueError(f"sampling.steps ({steps}) must be at least the number of generation blocks "
+                         f"({len(spans)}: the window over sampling.confidence.block_length={block_length})")
+    base, extra = divmod(steps, len(spans))
+    return [(a, b, base + (j < extra)) for j, (a, b) in enumerate(spans)]
 
 
 def options_of(spec: SamplerSpec) -> ConfidenceOptions:
@@ -168,10 +221,23 @@ def options_of(spec: SamplerSpec) -> ConfidenceOptions:
 def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **common):
     """The registry's adapter: sampling.steps is the budget (masked) or the time grid (uniform)."""
     o = options_of(spec)
+    masked = model.process.mask_id is not None
+    if o.block_length is not None and not masked:
+        raise ValueError("sampling.confidence.block_length is for masked models (mdlm); a uniform-state model "
+                         "decodes every position at every step")
+    cache = None
+    if o.cache != "none":
+        if getattr(model.method, "block_size", None) is not None:
+            raise ValueError("sampling.confidence.cache is Fast-dLLM's approximate cache for whole-sequence models; "
+                             "a block diffusion model (algo.block_size) already samples with its exact cache")
+        if model.guided:
+            raise ValueError("sampling.confidence.cache does not keep the unconditional model's keys; "
+                             "sample with sampling.guidance=1")
+        cache = ApproximateCache(model.method, model.backbone, o.cache, labels=model.labels)
     return confidence_sample(model.denoiser, model.process, model.schedule, shape, steps=spec.steps,
                              threshold=o.threshold, min_per_step=o.min_per_step, proposal=o.proposal,
                              noise_removal=spec.noise_removal, eps=spec.eps, p_nucleus=spec.p_nucleus,
-                             dtype=spec.dtype, **common)
+                             dtype=spec.dtype, block_length=o.block_length, cache=cache, **common)
 
 
 __all__ = ["ConfidenceOptions", "confidence_sample", "from_spec", "propose", "to_commit"]

@@ -35,6 +35,9 @@ class SamplingModel:
     output: str                          # a key of NEEDS
     backbone: torch.nn.Module | None = None
     vocab_size: int | None = None        # AR: the output rows that are tokens
+    method: object | None = None         # what built the denoiser (samplers that call the backbone
+    labels: torch.Tensor | None = None   # themselves, as the approximate cache does, rebuild it)
+    guided: bool = False
 
     @classmethod
     def from_method(cls, method, backbone=None, *, labels: torch.Tensor | None = None,
@@ -52,7 +55,8 @@ class SamplingModel:
                 null = null_labels(len(labels), backbone.config.num_classes, labels.device)
                 den = guided_denoiser(den, ancestral.denoiser_from(method, with_labels(backbone, null)),
                                       float(guidance))
-        return cls(den, method.process, method.schedule, output, backbone=backbone, vocab_size=method.vocab_size)
+        return cls(den, method.process, method.schedule, output, backbone=backbone, vocab_size=method.vocab_size,
+                   method=method, labels=labels, guided=guidance is not None and guidance != 1.0)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,162 @@
+"""Generation blocks inside a whole-sequence window and Fast-dLLM's approximate cache
+(duolm.sampling.confidence block_length, duolm.sampling.prefix_cache).
+
+- block_length with threshold 1 is LLaDA's semi-autoregressive low-confidence remasking, draw for
+  draw against a plain per-row, per-block loop written here; a block opens only once the one
+  before it is decoded.
+- The approximate cache is exact where it should be: at each block's first step (a full call), and
+  for a one-layer network (its keys depend only on tokens that do not change inside a block), so
+  there the cached draws equal the cache-free ones. For a deeper network it is not exact (the
+  error is measured, not hidden); dual < prefix < no cache in positions processed.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from duolm.methods import build_method
+from duolm.models.dit import DiT, DiTConfig
+from duolm.processes import AbsorbingProcess
+from duolm.sampling import SamplerSpec
+from duolm.sampling.confidence import ConfidenceOptions, confidence_sample
+from duolm.sampling.generate import sample_batch
+from duolm.sampling.prefix_cache import ApproximateCache
+from duolm.sampling.registry import SamplingModel
+from duolm.schedules import LogLinear
+from test_confidence_sampler import network
+
+K = 5
+
+
+def semi_ar_remasking(den, mask_id, x, steps, block_length):
+    """The reference: LLaDA's semi-autoregressive low-confidence remasking, one row at a time; the
+    window's blocks left to right, the budget split evenly (the first blocks take the remainder)."""
+    x = x.clone()
+    L = x.shape[1]
+    spans = [(a, min(a + block_length, L)) for a in range(0, L, block_length)]
+    spans = [(a, b) for a, b in spans if (x[:, a:b] == mask_id).any()]
+    base, extra = divmod(steps, len(spans))
+    for b_ in range(x.shape[0]):
+        for j, (a, b) in enumerate(spans):
+            budget = base + (j < extra)
+            free = int((x[b_, a:b] == mask_id).sum())
+            for i in range(budget):
+                masked = [p for p in range(a, b) if x[b_, p] == mask_id]
+                if not masked:
+                    break
+                p = den(x[b_:b_ + 1], torch.zeros(1))[0].exp()
+                p[:, mask_id] = 0
+                p = p / p.sum(-1, keepdim=True)
+                need = max(math.ceil(free * (i + 1) / budget) - (free - len(masked)), 1)
+                for q in sorted(masked, key=lambda q: (-float(p[q].max()), q))[:need]:
+                    x[b_, q] = int(p[q].argmax())
+    return x
+
+
+@pytest.mark.parametrize("steps,block_length", [(4, 4), (6, 4), (8, 3), (3, 12)])
+def test_generation_blocks_at_threshold_one_are_llada_semi_ar_remasking(steps, block_length):
+    L = 12
+    proc = AbsorbingProcess(K)
+    den = network(proc, L, seed=steps)
+    held = torch.zeros(4, L, dtype=torch.bool)
+    held[:, :2] = True
+    values = torch.randint(0, K, (4, L), generator=torch.Generator().manual_seed(1))
+    x0 = torch.where(held, values, torch.full((4, L), proc.mask_id))
+    traj = []
+    x = confidence_sample(den, proc, LogLinear(), (4, L), steps=steps, threshold=1.0, block_length=block_length,
+                          fixed=(held, values), trajectory=traj)
+    assert torch.equal(x, semi_ar_remasking(den, proc.mask_id, x0, steps, block_length))
+    for xt in traj:  # a block opens only once every block before it is decoded
+        masked = xt == proc.mask_id
+        for a in range(0, L, block_length):
+            if masked[:, a + block_length:].any():
+                later_started = (~masked[:, a + block_length:] & ~held[:, a + block_length:]).any(-1)
+                assert not (later_started & masked[:, a:a + block_length].any(-1)).any()
+
+
+def _mdlm_dit(layers: int, L: int = 12):
+    method = build_method("mdlm", K)
+    torch.manual_seed(layers)
+    net = DiT(DiTConfig(vocab_size=method.model_vocab_size, hidden_size=32, cond_dim=16, n_blocks=layers,
+                        n_heads=2, dropout=0.0))
+    for p in net.parameters():  # the zero-initialised heads would hide every dependence
+        torch.nn.init.normal_(p, std=0.3)
+    return method, net.double().eval()
+
+
+def _partly_decoded(method, L, start, end, seed=0):
+    """x_t as inside the block [start, end): everything before decoded, part of the block, the rest masked."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, K, (3, L), generator=g)
+    x[:, end:] = method.mask_id
+    x[:, start:end] = torch.where(torch.rand(3, end - start, generator=g) < 0.5, x[:, start:end], method.mask_id)
+    return x
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_the_cache_is_exact_at_a_refresh_and_for_one_layer_and_approximate_deeper(mode):
+    L, start, end = 12, 4, 8
+    alpha = torch.ones(3)
+    errors = {}
+    for layers in (1, 2):
+        method, net = _mdlm_dit(layers, L)
+        model = SamplingModel.from_method(method, net)
+        first = _partly_decoded(method, L, start, end, seed=1)
+        first[:, start:start + 2] = method.mask_id
+        later = first.clone()
+        later[:, start] = 2  # one more token decoded; position start + 1 still masked
+        cache = ApproximateCache(method, net, mode)
+        torch.testing.assert_close(cache.predict(first, alpha, start, end, refresh=True), model.denoiser(first, alpha),
+                                   atol=1e-10, rtol=0)
+        got = cache.predict(later, alpha, start, end, refresh=False)[:, start:end]
+        exact = model.denoiser(later, alpha)[:, start:end]
+        ok = torch.isfinite(exact)
+        errors[layers] = float((got[ok] - exact[ok]).abs().max())
+    assert errors[1] < 1e-10, errors       # one layer: the first call's keys are the true keys
+    assert errors[2] > 1e-4, errors        # deeper: the block's new tokens change the next layer's keys
+
+
+def test_one_layer_cached_draws_equal_the_cache_free_ones_and_process_fewer_positions():
+    L = 16
+    method, net = _mdlm_dit(1, L)
+    draws, positions = {}, {}
+    for cache in ("none", "prefix", "dual"):
+        spec = SamplerSpec(predictor="confidence", steps=16, options=ConfidenceOptions(
+            threshold=1.0, block_length=4, cache=cache))  # one token per call: four calls per block
+        st = {}
+        draws[cache] = sample_batch(method, net, spec, 6, L, bos_id=0, generator=torch.Generator().manual_seed(0),
+                                    stats=st)
+        positions[cache] = st.get("query_positions", st["denoiser_calls"] * L)
+        assert (draws[cache] != method.mask_id).all()
+    assert torch.equal(draws["prefix"], draws["none"]) and torch.equal(draws["dual"], draws["none"])
+    assert positions["dual"] < positions["prefix"] < positions["none"], positions
+
+
+@pytest.mark.parametrize("options,needle", [
+    (dict(cache="dual"), "sampling.confidence.cache reuses keys inside a generation block: set "
+                         "sampling.confidence.block_length too"),
+    (dict(cache="triple", block_length=4), "sampling.confidence.cache must be one of ['none', 'prefix', 'dual']"),
+    (dict(block_length=0), "sampling.confidence.block_length must be null or an integer >= 1, got 0"),
+])
+def test_bad_cache_settings_are_one_sentence(options, needle):
+    with pytest.raises(ValueError, match="^" + needle.replace("[", r"\[").replace("]", r"\]")):
+        ConfidenceOptions(**options)
+
+
+def test_where_the_cache_and_blocks_do_not_apply_is_one_sentence():
+    L = 16
+    spec = SamplerSpec(predictor="confidence", steps=8, options=ConfidenceOptions(block_length=4, cache="dual"))
+    method = build_method("mdlm", K, block_size=8)
+    net = DiT(DiTConfig(vocab_size=method.model_vocab_size, hidden_size=32, cond_dim=16, n_blocks=1, n_heads=2))
+    with pytest.raises(ValueError, match="already samples with its exact cache"):
+        sample_batch(method, net, spec, 2, L, bos_id=0)
+    duo = build_method("duo_base", K)
+    net = DiT(DiTConfig(vocab_size=duo.model_vocab_size, hidden_size=32, cond_dim=16, n_blocks=1, n_heads=2))
+    with pytest.raises(ValueError, match="block_length is for masked models"):
+        sample_batch(duo, net, spec, 2, L, bos_id=0)
+    method, net = _mdlm_dit(1, L)
+    few = SamplerSpec(predictor="confidence", steps=2, options=ConfidenceOptions(block_length=4))
+    with pytest.raises(ValueError, match=r"sampling.steps \(2\) must be at least the number of generation blocks \(4"):
+        sample_batch(method, net, few, 2, L, bos_id=0)
