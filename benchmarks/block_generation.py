@@ -62,7 +62,7 @@ class CountedBackbone(torch.nn.Module):
         return self.net(x, *args, **kwargs)
 
 
-def build(model: str, algo: str, length: int, vocab: int, extra=()):
+def build(model: str, algo: str, length: int, vocab: int, extra=(), device="cpu"):
     _, parts = compose_components([f"model={model}", f"algo={algo}", f"model.length={length}", "model.dropout=0.0",
                                    *extra])
     method = parts.method(vocab)
@@ -70,7 +70,7 @@ def build(model: str, algo: str, length: int, vocab: int, extra=()):
     net = DiT(parts.backbone_config(method)).eval()
     with torch.no_grad():
         net.output_layer.linear.weight.normal_(0, 0.5)
-    return method, CountedBackbone(net)
+    return method, CountedBackbone(net.to(device))
 
 
 def row(name, net, new_tokens, fn, **info) -> dict:
@@ -78,6 +78,8 @@ def row(name, net, new_tokens, fn, **info) -> dict:
     t0 = time.perf_counter()
     with torch.no_grad():
         fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     s = time.perf_counter() - t0
     r = {"name": name, "seconds": s, "tokens_per_second": new_tokens / s, "network_calls": net.calls,
          "token_forwards_per_new_token": net.positions / new_tokens, **info}
@@ -86,37 +88,39 @@ def row(name, net, new_tokens, fn, **info) -> dict:
     return r
 
 
-def speed(model: str, new: int, length: int, vocab: int) -> list[dict]:
+def speed(model: str, new: int, length: int, vocab: int, device: str = "cpu", block_steps=(8, 64)) -> list[dict]:
+    """The speed rows (module docstring); block_steps: the steps per block (and per window) measured."""
     rows = []
-    method, net = build(model, "ar", new, vocab)
-    ar_sample(net, 1, 8, 0)  # warm-up
-    rows.append(row("AR, KV cache", net, new, lambda: ar_sample(net, 1, new, 0, generator=torch.Generator().manual_seed(0),
+
+    def gen():
+        return torch.Generator(device=device).manual_seed(0)
+
+    def blocks_of(method, net, spec):
+        return lambda: sample_batch(method, net, spec, 1, length, bos_id=0, generator=gen(), device=device)
+
+    method, net = build(model, "ar", new, vocab, device=device)
+    ar_sample(net, 1, 8, 0, generator=gen(), device=device)  # warm-up
+    rows.append(row("AR, KV cache", net, new, lambda: ar_sample(net, 1, new, 0, generator=gen(), device=device,
                                                                  vocab_size=method.vocab_size)))
-    method, net = build(model, "mdlm", length, vocab)
-    # 8 and 64: the blocks' steps per block; length // 4: their 0.5 steps per new token (a window
-    # after the first adds length / 2 tokens; blocks of 16 at 8 steps add 16 tokens per 8 steps)
-    for steps in sorted({8, 64, length // 4}):
+    method, net = build(model, "mdlm", length, vocab, device=device)
+    # the blocks' steps per block, and length // 4: their 0.5 steps per new token at 8 steps (a
+    # window after the first adds length / 2 tokens; blocks of 16 at 8 steps add 16 tokens per 8 steps)
+    for steps in sorted({*block_steps, length // 4}):
         spec = SamplerSpec(steps=steps, total_length=new)
-        rows.append(row(f"MDLM, windows of {length}, {steps} steps", net, new,
-                        lambda: sample_batch(method, net, spec, 1, length, bos_id=0,
-                                             generator=torch.Generator().manual_seed(0)),
+        rows.append(row(f"MDLM, windows of {length}, {steps} steps", net, new, blocks_of(method, net, spec),
                         kind="windows", steps=steps))
-    for algo, steps_list in (("mdlm", (8, 64)), ("duo_base", (8,))):
-        method, net = build(model, algo, length, vocab, ["algo.block_size=16"])
+    for algo, steps_list in (("mdlm", block_steps), ("duo_base", (8,))):
+        method, net = build(model, algo, length, vocab, ["algo.block_size=16"], device=device)
         for steps in steps_list:
             spec = SamplerSpec(steps=steps, total_length=new)
-            rows.append(row(f"{algo}, blocks of 16, {steps} steps, cache", net, new,
-                            lambda: sample_batch(method, net, spec, 1, length, bos_id=0,
-                                                 generator=torch.Generator().manual_seed(0)),
+            rows.append(row(f"{algo}, blocks of 16, {steps} steps, cache", net, new, blocks_of(method, net, spec),
                             kind="blocks", steps=steps, algo=algo))
         if algo == "mdlm":
             for threshold in (0.9, 0.5):
                 spec = SamplerSpec(predictor="confidence", steps=8, total_length=new,
                                    options=ConfidenceOptions(threshold=threshold))
                 rows.append(row(f"mdlm, blocks of 16, confidence {threshold}, budget 8", net, new,
-                                lambda: sample_batch(method, net, spec, 1, length, bos_id=0,
-                                                     generator=torch.Generator().manual_seed(0)),
-                                kind="confidence", steps=8, threshold=threshold))
+                                blocks_of(method, net, spec), kind="confidence", steps=8, threshold=threshold))
     return rows
 
 

@@ -13,7 +13,9 @@ the plain-loss run includes several (32, 1024, 50257) float32 tensors, 6.6 GB ea
 8 steps (ancestral, greedy tail) from the trained Duo model at length 1024 and reports tokens/s.
 Last, the Psi paper's CIFAR-10 UNet (`model=unet`, 3 x 32 x 32 pixel tokens of 256 levels, 10
 classes) trains Duo for --steps steps on random labelled images at batch 128 under bf16 autocast
-and samples 64 class-conditional images in 64 steps: images/s and peak memory.
+and samples 64 class-conditional images in 64 steps: images/s and peak memory. Then long generation
+(benchmarks/block_generation.py's rows at `model=small`): AR with its KV cache against windows,
+block diffusion with its exact cache and confidence decoding, tokens/s at batch 1.
 """
 from __future__ import annotations
 
@@ -179,6 +181,26 @@ def unet_once(args) -> dict:
             "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if cuda else None}
 
 
+def long_generation(args) -> dict:
+    """benchmarks/block_generation.py's speed rows on this device at the papers' size (`model=small`,
+    GPT-2 vocabulary, 2,048 new tokens from a model of length 1,024, batch 1): AR with its KV cache,
+    semi-autoregressive windows, block diffusion with its exact cache, confidence decoding; 8 steps
+    per block or window (and the windows at the blocks' steps per new token)."""
+    try:
+        from benchmarks.block_generation import speed
+    except ImportError:
+        from block_generation import speed
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, new, length = ("tiny", 64, 32) if args.smoke else ("small", 2048, 1024)
+    rows = speed(model, new, length, 50257, device=device, block_steps=(8,))
+    by = {r["name"]: r for r in rows}
+    blocks, ar = by["mdlm, blocks of 16, 8 steps, cache"], by["AR, KV cache"]
+    return {"model": model, "new_tokens": new, "model_length": length, "batch": 1, "rows": rows,
+            "blocks time per token over AR at 8 steps": ar["tokens_per_second"] / blocks["tokens_per_second"],
+            "blocks over windows at 8 steps": blocks["tokens_per_second"] /
+            by[f"MDLM, windows of {length}, 8 steps"]["tokens_per_second"]}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a toy size on the CPU, in seconds")
@@ -213,6 +235,7 @@ def main(argv=None) -> dict:
         result["train"] = runs
         result["sample"] = sample_once(model_dir, args)
     result["unet"] = unet_once(args)
+    result["long_generation"] = long_generation(args)
     emit(result, args.out)
     return result
 

@@ -51,8 +51,35 @@ def test_block_models_sample_through_sample_batch_and_stop_at_eos():
     spec = SamplerSpec("ancestral", steps=4, total_length=40, prefix=(0, 1, 2, eos, 5), stop_at_eos=True)
     y = block_sample(m, net, spec, 2, 40, prefix=spec.prefix, eos_id=eos, generator=torch.Generator().manual_seed(0))
     assert y.shape[1] == 8 and (y[:, 4:] == eos).all()
-    with pytest.raises(ValueError, match="guidance"):
+    with pytest.raises(ValueError, match="this one is unconditional"):
         block_sample(m, net, spec, 2, 8, guidance=2.0)
+
+
+@pytest.mark.parametrize("algo", ["mdlm", "duo_base"])
+def test_guided_block_sampling_keeps_a_cache_per_model_and_equals_the_cache_free_pass(algo):
+    """Classifier-free guidance inside blocks: the conditional and the unconditional (null label)
+    model each read their own cache; cached equals cache-free draw for draw, guidance 0 is the
+    unconditional model and guidance 1 the conditional one."""
+    m = build_method(algo, 11, block_size=4, loss_dtype=torch.float64)
+    torch.manual_seed(0)
+    net = DiT(DiTConfig(vocab_size=m.model_vocab_size, hidden_size=32, cond_dim=16, n_blocks=2, n_heads=2,
+                        dropout=0.0, num_classes=3))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    net = net.double().eval()
+    labels = torch.tensor([0, 1, 2])
+    spec = SamplerSpec("ancestral", steps=5, total_length=12)
+
+    def run(w, cache=True, lab=labels):
+        return block_sample(m, net, spec, 3, 12, labels=lab, guidance=w, cache=cache,
+                            generator=torch.Generator().manual_seed(4))
+
+    assert torch.equal(run(2.5), run(2.5, cache=False))
+    assert not torch.equal(run(2.5), run(1.0))
+    assert torch.equal(run(0.0), run(1.0, lab=torch.full((3,), 3)))  # the null label: unconditional
+    st = {}
+    block_sample(m, net, spec, 3, 12, labels=labels, guidance=2.5, stats=st)
+    assert st["commit_calls"] == 2 * 3  # both caches get each of the 3 blocks
 
 
 class CachedOracle:

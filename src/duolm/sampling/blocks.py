@@ -5,7 +5,8 @@ greedy tail, Ψ, MDLM's cached ancestral) as if it were a whole sequence of bloc
 denoiser that reads the clean blocks from the cache; its finished tokens are then written to the
 cache once, at noise level 0, as the training pass's clean half computes them. So every call costs
 block_size tokens of attention queries and the cached logits equal the training pass's (tests,
-float64). The length is not bounded by the model's: rotary positions continue.
+float64). The length is not bounded by the model's: rotary positions continue. Classifier-free
+guidance keeps a second cache, the same blocks under the null label, for the unconditional model.
 """
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from dataclasses import replace
 
 import torch
 
+from duolm.conditioning import null_labels, with_labels
 from duolm.methods import accepts_head
 from duolm.models.block_attention import block_causal_mask
+from duolm.sampling.ancestral import denoiser_from
+from duolm.sampling.guidance import guided_denoiser
 from duolm.sampling.registry import SAMPLERS, SamplingModel
 from duolm.sampling.semi_ar import held_positions
 
@@ -77,9 +81,10 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
     every call over the whole clean prefix instead (the same draws; the baseline it is measured
     against)."""
     bs = method.block_size
-    if guidance is not None and guidance != 1.0:
-        raise ValueError("sampling.guidance needs a second cache for the unconditional model, which block "
-                         "diffusion does not keep yet; sample with guidance 1")
+    guided = guidance is not None and guidance != 1.0
+    if guided and labels is None:
+        raise ValueError("sampling.guidance mixes the class-conditional and the unconditional model; this one is "
+                         "unconditional (no labels), so sample with guidance 1")
     entry = SAMPLERS[spec.predictor]
     if entry.needs != "x0":
         raise ValueError(f"block diffusion samples with an x_0 sampler (ancestral, psi), not "
@@ -88,6 +93,9 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
     device = device or next(backbone.parameters()).device
     prefix = torch.as_tensor(list(prefix or []), dtype=torch.long)
     caches = backbone.new_kv_caches()
+    if guided:  # the unconditional model (the null label) keeps its own cache of the same blocks
+        null = null_labels(len(labels), backbone.config.num_classes, labels.device)
+        null_caches = backbone.new_kv_caches()
     out = torch.empty(batch, 0, dtype=torch.long, device=device)
     calls = {"denoiser_calls": 0, "cached_calls": 0, "commit_calls": 0}
     while out.shape[1] < total_length:
@@ -98,6 +106,10 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
         else:
             net = CachedBlock(backbone, caches, offset) if cache else UncachedBlock(backbone, out, bs)
             model = SamplingModel.from_method(method, net, labels=labels)
+            if guided:
+                net_u = CachedBlock(backbone, null_caches, offset) if cache else UncachedBlock(backbone, out, bs)
+                model = replace(model, guided=True, denoiser=guided_denoiser(
+                    model.denoiser, denoiser_from(method, with_labels(net_u, null)), float(guidance)))
             st = {}
             fixed = held_positions(batch, bs, held) if len(held) else None
             if fixed is not None:
@@ -109,6 +121,9 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
         if cache:
             commit_block(backbone, caches, block, offset, labels)
             calls["commit_calls"] += 1
+            if guided:
+                commit_block(backbone, null_caches, block, offset, null)
+                calls["commit_calls"] += 1
         out = torch.cat([out, block], dim=1)
         if spec.stop_at_eos and eos_id is not None and offset + bs >= len(prefix) and \
                 ((out[:, 1:] == eos_id).any(-1)).all():

@@ -133,7 +133,6 @@ def confidence_sample(denoiser, process, schedule, shape, *, steps: int, thresho
         held, values = fixed[0].to(x.device), fixed[1].to(x.device)
         x = torch.where(held, values, x)
     masked = process.mask_id is not None
-    free = (~held).sum(-1)  # (B,) positions to decode
     committed = held.clone()
     per_step: list[float] = []
     if trajectory is not None:
