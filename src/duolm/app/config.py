@@ -281,6 +281,9 @@ def _check_data(cfg) -> None:
         raise ConfigError("data.path must name a folder of .txt files, a .jsonl file or a token-id file "
                           "when data=local")
     _positive(cfg, "data.num_proc", allow_none=True)
+    if cfg.model.get("type") == "hf" and not is_image_data(cfg) and cfg.data.tokenizer != cfg.model.pretrained:
+        raise ConfigError(f"model=hf reads text in its pretrained model's tokenizer: set "
+                          f"data.tokenizer={cfg.model.pretrained} (it is {cfg.data.tokenizer})")
 
 
 def _check_places(cfg) -> None:
@@ -405,6 +408,8 @@ def _backbone_placeholder(cfg, num_classes: int, causal: bool):
     m.pop("name", None)
     m.pop("length", None)
     row = backbone_row(kind)
+    if row.complete is not None:
+        m = row.complete(m)
     shape = {"channels": cfg.data.channels, "image_size": cfg.data.image_size} if row.image_shaped else {}
     config = backbone_config({**m, "type": kind, "vocab_size": 2, "num_classes": num_classes, **shape,
                               **({"causal": causal} if row.causal_option else {})})

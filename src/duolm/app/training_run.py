@@ -22,7 +22,7 @@ from duolm.data.images import horizontal_flip
 from duolm.data.pipeline import EVAL_ONLY, unigram_entropy_bits
 from duolm.data.tokenizers import load_tokenizer
 from duolm.methods import Method
-from duolm.models.backbones import build_backbone
+from duolm.models.backbones import backbone_row, build_backbone
 from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
 from duolm.training.datamodule import BlockDataModule
 from duolm.training.history import TRAIN_JOB, AppendingCSVLogger, check_resumable, drop_rows_after
@@ -139,8 +139,13 @@ def model_to_train(cfg, parts, init=None) -> ModelToTrain:
     tokenizer, splits = load_data(cfg, None if is_image_data(cfg) else load_tokenizer(cfg.data.tokenizer),
                                   cfg.model.length)
     method = parts.method(tokenizer.vocab_size)
-    return ModelToTrain(tokenizer, method, parts.algo, dict(cfg.noise), cfg.model.length,
-                        build_backbone(parts.backbone_config(method)), splits, dict(TRAIN_JOB))
+    net_config = parts.backbone_config(method)
+    backbone = build_backbone(net_config)
+    row = backbone_row(net_config.type)
+    if row.initialise is not None:  # a pretrained network: its weights, not random ones
+        row.initialise(backbone)
+    return ModelToTrain(tokenizer, method, parts.algo, dict(cfg.noise), cfg.model.length, backbone, splits,
+                        dict(TRAIN_JOB))
 
 
 def lightning_module(cfg, model: ModelToTrain, objective) -> LitDiffusionLM:

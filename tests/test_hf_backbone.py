@@ -1,0 +1,117 @@
+"""A pretrained Hugging Face causal LM as a duolm backbone (duolm.models.hf_lm), on tiny random
+Llama and GPT-2 models built here (no download): bidirectional attention, the mask row that leaves
+every other logit unchanged, the chunked loss through its head, block diffusion's masks, soft
+inputs, time conditioning that starts as the identity, and a save -> load round trip."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from duolm.methods import build_method
+from duolm.model_format import from_pretrained, save_pretrained
+from duolm.models.backbones import build_backbone
+from duolm.models.hf_lm import HFLM, HFConfig
+
+V = 40  # the base's vocabulary
+
+
+def _base(kind: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "llama":  # untied head, rotary positions, grouped-query attention
+        base = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, bos_token_id=0,
+                                            eos_token_id=1, pad_token_id=None, tie_word_embeddings=False))
+    else:  # tied head, learned positions
+        base = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                          bos_token_id=0, eos_token_id=1))
+    return base.eval()
+
+
+def _wrapped(kind: str, vocab: int, **kw) -> tuple[HFLM, torch.nn.Module]:
+    base = _base(kind)
+    net = HFLM(HFConfig(vocab_size=vocab, hf_config=base.config.to_dict(), pretrained=f"tiny-{kind}", **kw))
+    net.load_base_weights(base.state_dict())
+    return net.eval(), base
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_attention_is_bidirectional_and_causal_only_for_ar(kind):
+    x = torch.randint(2, V, (2, 10), generator=torch.Generator().manual_seed(1))
+    y = x.clone()
+    y[:, -1] = (x[:, -1] + 1) % V
+    for causal in (False, True):
+        net, _ = _wrapped(kind, V + 1, causal=causal)
+        with torch.no_grad():
+            moved = (net(x)[:, 0] - net(y)[:, 0]).abs().max()
+        assert (moved > 1e-6) == (not causal), (causal, float(moved))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_the_mask_row_keeps_every_other_logit_and_starts_at_the_mean(kind):
+    net, base = _wrapped(kind, V + 1, causal=True)  # causal: comparable with the base's own forward
+    x = torch.randint(2, V, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)[..., :V], base(input_ids=x).logits, atol=1e-5, rtol=0)
+    emb = net.lm.get_input_embeddings().weight
+    torch.testing.assert_close(emb[V], base.get_input_embeddings().weight.mean(0))
+    assert net.tied == (kind == "gpt2")
+    if not net.tied:
+        torch.testing.assert_close(net.lm.get_output_embeddings().weight[V], base.get_output_embeddings().weight.mean(0))
+
+
+@pytest.mark.parametrize("algo", ["mdlm", "duo_base"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_the_chunked_loss_runs_through_its_head_tied_or_not(algo, kind):
+    method = build_method(algo, V, loss_dtype=torch.float64)
+    plain = build_method(algo, V, loss_dtype=torch.float64, fused=False)
+    net, _ = _wrapped(kind, method.model_vocab_size)
+    x0 = torch.randint(2, V, (3, 12), generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0.2, 0.5, 0.9])
+    a = method.token_loss(net, x0, t=t, generator=torch.Generator().manual_seed(0)).nll
+    b = plain.token_loss(net, x0, t=t, generator=torch.Generator().manual_seed(0)).nll
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_block_diffusion_masks_reach_the_pretrained_attention():
+    """With algo.block_size the training pass's mask is the pretrained model's: an earlier block's
+    loss does not see a later block's tokens."""
+    method = build_method("mdlm", V, block_size=4, loss_dtype=torch.float64)
+    net, _ = _wrapped("llama", method.model_vocab_size)
+    x0 = torch.randint(2, V, (2, 12), generator=torch.Generator().manual_seed(4))
+    later = x0.clone()
+    later[:, 8:] = (later[:, 8:] + 1) % V
+    t = torch.full((2, 3), 0.6, dtype=torch.float64)
+    a = method.token_loss(net, x0, t=t, generator=torch.Generator().manual_seed(0)).nll
+    b = method.token_loss(net, later, t=t, generator=torch.Generator().manual_seed(0)).nll
+    torch.testing.assert_close(a[:, :8], b[:, :8], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+def test_soft_inputs_and_time_conditioning_start_where_the_ids_do():
+    net, _ = _wrapped("gpt2", V + 1, time_conditioning=True)
+    x = torch.randint(2, V, (2, 8), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ids = net(x, torch.tensor([0.3, 2.0]))
+        soft = net(torch.nn.functional.one_hot(x, V + 1).float(), torch.tensor([0.3, 2.0]))
+        plain, _ = _wrapped("gpt2", V + 1)
+        torch.testing.assert_close(soft, ids, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ids, plain(x), atol=1e-5, rtol=0)  # the zero projection: sigma adds nothing yet
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_save_and_load_give_identical_logits(kind, tmp_path):
+    from duolm.data.tokenizers import CharTokenizer
+
+    tok = CharTokenizer("".join(chr(ord("a") + i) for i in range(V - 1)))  # V tokens with the separator
+    method = build_method("mdlm", tok.vocab_size)
+    net, _ = _wrapped(kind, method.model_vocab_size)
+    out = save_pretrained(tmp_path / "m", net, algo={"name": "mdlm", "T": 0, "time_conditioning": False},
+                          noise={"type": "log-linear", "eps": 1e-3}, tokenizer=tok, length=16)
+    again = from_pretrained(out)
+    assert isinstance(again.backbone, HFLM) and again.backbone.tied == net.tied
+    x = torch.randint(0, V + 1, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(again.backbone(x), net(x), atol=0, rtol=0)
+    assert isinstance(build_backbone(net.config.to_dict()), HFLM)
