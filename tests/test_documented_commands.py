@@ -44,6 +44,7 @@ QUICK_RUN = ["trainer.max_steps=2", "loader.global_batch_size=8", "trainer.val_c
 FAST = {  # command -> overrides appended (the image variant when the arguments name image data)
     "train": TINY_DIT + QUICK_RUN,
     "train-image": QUICK_RUN,
+    "train-hf": QUICK_RUN + ["model.length=32", "loader.global_batch_size=2"],  # SmolLM2-135M: 2 steps of 2 x 32
     "distill": TINY_DIT + QUICK_RUN + ["distill.T=8"],
     "sample": ["sampling.num_samples=2", "sampling.batch_size=2"],
     "eval": ["eval.max_batches=1"],  # and eval.judge=smollm2 becomes null (the judge loads a 135M model)
@@ -68,6 +69,8 @@ WRAPPER = textwrap.dedent('''\
         args = ["config", *args[1:]]
     elif command == "train" and ("data=mnist" in text or "data=digits" in text):
         args = [*args, *FAST["train-image"]]
+    elif command == "train" and "model=hf" in text:
+        args = [*args, *FAST["train-hf"]]
     elif command in FAST and "--help" not in args:
         args = [*["eval.judge=null" if a == "eval.judge=smollm2" else a for a in args], *FAST[command]]
     if command in ("train", "distill", "eval", "data") and not lacks:

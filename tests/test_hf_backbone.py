@@ -115,3 +115,19 @@ def test_save_and_load_give_identical_logits(kind, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again.backbone(x), net(x), atol=0, rtol=0)
     assert isinstance(build_backbone(net.config.to_dict()), HFLM)
+
+
+def test_a_block_model_on_a_pretrained_backbone_samples_without_a_cache():
+    """model=hf keeps no key-value cache: block sampling runs the cache-free block-causal pass,
+    the same draws a cached DiT would make from the same logits."""
+    from duolm.sampling import SamplerSpec
+    from duolm.sampling.blocks import block_sample
+
+    method = build_method("mdlm", V, block_size=4)
+    net, _ = _wrapped("llama", method.model_vocab_size)
+    st = {}
+    x = block_sample(method, net, SamplerSpec("ancestral", steps=3), 2, 12, generator=torch.Generator().manual_seed(0),
+                     stats=st)
+    y = block_sample(method, net, SamplerSpec("ancestral", steps=3), 2, 12, generator=torch.Generator().manual_seed(0),
+                     cache=False)
+    assert torch.equal(x, y) and (x != method.mask_id).all() and st["commit_calls"] == 0

@@ -89,13 +89,14 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
     if entry.needs != "x0":
         raise ValueError(f"block diffusion samples with an x_0 sampler (ancestral, psi), not "
                          f"sampling.predictor={spec.predictor}")
+    cache = cache and hasattr(backbone, "new_kv_caches")  # a backbone without one (model=hf): the cache-free pass
     one_block = replace(spec, total_length=None, prefix=None)
     device = device or next(backbone.parameters()).device
     prefix = torch.as_tensor(list(prefix or []), dtype=torch.long)
-    caches = backbone.new_kv_caches()
+    caches = backbone.new_kv_caches() if cache else None
     if guided:  # the unconditional model (the null label) keeps its own cache of the same blocks
         null = null_labels(len(labels), backbone.config.num_classes, labels.device)
-        null_caches = backbone.new_kv_caches()
+        null_caches = backbone.new_kv_caches() if cache else None
     out = torch.empty(batch, 0, dtype=torch.long, device=device)
     calls = {"denoiser_calls": 0, "cached_calls": 0, "commit_calls": 0}
     while out.shape[1] < total_length:
