@@ -131,3 +131,53 @@ def test_a_block_model_on_a_pretrained_backbone_samples_without_a_cache():
     y = block_sample(method, net, SamplerSpec("ancestral", steps=3), 2, 12, generator=torch.Generator().manual_seed(0),
                      cache=False)
     assert torch.equal(x, y) and (x != method.mask_id).all() and st["commit_calls"] == 0
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_lora_trains_only_adapters_saves_them_alone_and_merges_to_the_same_logits(kind, tmp_path, monkeypatch):
+    from duolm.data.tokenizers import CharTokenizer
+    from duolm.models import hf_lm
+
+    base = _base(kind)
+    monkeypatch.setattr(hf_lm, "base_state_dict", lambda spec: base.state_dict())  # the pointer's weights
+    method = build_method("mdlm", V)
+    net = HFLM(HFConfig(vocab_size=method.model_vocab_size, hf_config=base.config.to_dict(), pretrained=f"tiny-{kind}",
+                        lora={"r": 4, "alpha": 8, "target_modules": "all-linear"}))
+    net.load_base_weights()
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    x0 = torch.randint(2, V, (3, 12), generator=torch.Generator().manual_seed(6))
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        method.token_loss(net, x0, generator=torch.Generator().manual_seed(0)).nll.mean().backward()
+        opt.step()
+    changed = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(trainable)  # the base never moved
+    net.eval()
+    x = torch.randint(0, V + 1, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(net.merged()(x), net(x), atol=1e-5, rtol=0)
+    assert net.merged().config.lora is None
+    # the saved folder holds the adapters; loading rebuilds the base from its pointer
+    tok = CharTokenizer("".join(chr(ord("a") + i) for i in range(V - 1)))
+    out = save_pretrained(tmp_path / "m", net, algo={"name": "mdlm", "T": 0, "time_conditioning": False},
+                          noise={"type": "log-linear", "eps": 1e-3}, tokenizer=tok, length=12)
+    from safetensors.torch import load_file
+
+    assert all("lora_" in k for k in load_file(out / "model.safetensors"))
+    again = from_pretrained(out)
+    with torch.no_grad():
+        torch.testing.assert_close(again.backbone(x), net(x), atol=0, rtol=0)
+
+
+def test_bad_lora_settings_are_one_sentence():
+    from duolm.models.hf_lm import check_lora
+
+    assert check_lora({"r": 0}) is None
+    for bad, needle in [({"r": -1}, "model.lora.r must be an integer >= 0"), ({"rank": 4}, "model.lora.rank is not"),
+                        ({"r": 4, "dropout": 1.5}, "model.lora.dropout must lie in"),
+                        ({"r": 4, "target_modules": []}, "model.lora.target_modules must be")]:
+        with pytest.raises(ValueError, match=needle):
+            check_lora(bad)

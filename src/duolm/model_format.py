@@ -146,5 +146,6 @@ def pretrained_from_run(ckpt: dict, use_ema: bool = True) -> Pretrained:
     if use_ema and "ema" in ckpt:
         with torch.no_grad():
             for n, p in backbone.named_parameters():
-                p.copy_(ckpt["ema"]["shadow"][n])
+                if n in ckpt["ema"]["shadow"]:  # frozen parameters (a LoRA model's base) have no average
+                    p.copy_(ckpt["ema"]["shadow"][n])
     return Pretrained(backbone.eval(), method, tokenizer, config)

@@ -78,7 +78,7 @@ COMMAND_HELP = {
                  "trainer.max_steps", "run.dir"],
                 ["duolm distill eval.checkpoint_path=outputs/bigtxt-duo-demo/model distill.T=512"]),
     "convert": ("write any checkpoint duolm reads as a duolm model folder",
-                ["eval.checkpoint_path", "convert.output", "convert.dtype"],
+                ["eval.checkpoint_path", "convert.output", "convert.dtype", "convert.merge_lora"],
                 ["duolm convert eval.checkpoint_path=outputs/bigtxt-duo-demo/checkpoints/last.ckpt convert.output=my-model convert.dtype=float16"]),
     "data": ("build (or check) the token store of data=... for model.length, and report it",
              ["data", "data.path", "data.tokenizer", "data.num_proc", "data.cache_dir", "model.length"],

@@ -37,11 +37,13 @@ class HFConfig:
     time_conditioning: bool = False
     dropout: float = 0.0                    # recorded for the table; the base's own dropout settings apply
     num_classes: int = 0
+    lora: dict | None = None                # {r, alpha, dropout, target_modules}: adapters only (None: full)
     type: str = "hf"
 
     def __post_init__(self):
         if self.num_classes:
             raise ValueError("model.num_classes: a pretrained language model backbone is unconditional")
+        self.lora = check_lora(self.lora)
         if not isinstance(self.hf_config, dict) or "model_type" not in self.hf_config:
             raise ValueError(f"model.pretrained={self.pretrained!r}: no transformers config with a model_type "
                              f"was read for it")
@@ -82,6 +84,14 @@ class HFLM(nn.Module):
         # a tied head is the embedding: saved once (safetensors refuses shared tensors), restored on load
         self._register_state_dict_hook(_drop_tied_head)
         self._register_load_state_dict_pre_hook(_restore_tied_head, with_module=True)
+        if config.lora is not None:  # adapters injected in place: the module names stay the base's
+            from peft import LoraConfig, inject_adapter_in_model
+
+            lc = config.lora
+            inject_adapter_in_model(LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
+                                               target_modules=lc["target_modules"], bias="none"), self.lm)
+            for n, p in self.lm.named_parameters():
+                p.requires_grad_("lora_" in n)
         if config.time_conditioning:
             self.sigma_map = TimestepEmbedder(128)
             self.sigma_proj = nn.Linear(128, hidden)
@@ -94,7 +104,8 @@ class HFLM(nn.Module):
         this network, rows by id; rows the base lacks start at the mean of its rows."""
         if state is None:
             state = base_state_dict(self.config.pretrained)
-        own = self.lm.state_dict()
+        # with LoRA a wrapped layer's weight lives at <name>.base_layer.weight; the adapters start as the base's
+        own = {k.replace(".base_layer", ""): v for k, v in self.lm.state_dict().items() if "lora_" not in k}
         rows = {self.lm.get_input_embeddings().weight.data_ptr(), self.lm.get_output_embeddings().weight.data_ptr()}
         with torch.no_grad():
             for k, v in own.items():
@@ -114,6 +125,30 @@ class HFLM(nn.Module):
                     v.copy_(src)
         if self.tied:
             self.lm.tie_weights()
+
+    def merged(self) -> "HFLM":
+        """The same function without adapters: each LoRA layer's B A (times alpha / r) folded into
+        its weight; a plain HFLM (duolm convert convert.merge_lora=true)."""
+        if self.config.lora is None:
+            return self
+        from dataclasses import replace
+
+        plain = HFLM(replace(self.config, lora=None))
+        state = {}
+        with torch.no_grad():
+            for name, module in self.lm.named_modules():
+                if hasattr(module, "base_layer") and hasattr(module, "lora_A") and "default" in module.lora_A:
+                    # peft's delta: B A times alpha / r, transposed for GPT-2's Conv1D (fan-in first)
+                    state[f"{name}.weight"] = module.base_layer.weight + module.get_delta_weight("default")
+            for k, v in self.lm.state_dict().items():
+                k2 = k.replace(".base_layer", "")
+                if "lora_" not in k and k2 not in state:
+                    state[k2] = v
+        plain.lm.load_state_dict(state, strict=False)
+        for name in ("sigma_map", "sigma_proj"):
+            if hasattr(self, name):
+                getattr(plain, name).load_state_dict(getattr(self, name).state_dict())
+        return plain.train(self.training)
 
     @property
     def tied(self) -> bool:
@@ -165,12 +200,44 @@ class HFLM(nn.Module):
 def _drop_tied_head(module, state, prefix, local_metadata):
     if module.tied:
         state.pop(prefix + module._head_key, None)
+    if module.config.lora is not None:  # adapters only: the frozen base is config.pretrained's
+        for k in [k for k in state if k.startswith(prefix + "lm.") and "lora_" not in k]:
+            del state[k]
     return state
 
 
 def _restore_tied_head(module, state, prefix, local_metadata, strict, missing, unexpected, errors):
+    if module.config.lora is not None and not any(k.startswith(prefix + "lm.") and "lora_" not in k for k in state):
+        module.load_base_weights()  # adapters only were saved: the base comes from its pointer
+        for k, v in module.lm.state_dict().items():
+            if "lora_" not in k:
+                state.setdefault(prefix + "lm." + k, v)
     if module.tied and prefix + module._head_key not in state and prefix + module._emb_key in state:
         state[prefix + module._head_key] = state[prefix + module._emb_key]
+
+
+LORA_DEFAULTS = {"r": 0, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def check_lora(lora) -> dict | None:
+    """model.lora as the network's setting: None without adapters (r = 0), else r, alpha, dropout
+    and target_modules (a list of module names, or 'all-linear')."""
+    if lora is None:
+        return None
+    unknown = sorted(set(lora) - set(LORA_DEFAULTS))
+    if unknown:
+        raise ValueError(f"model.lora.{unknown[0]} is not a LoRA setting (its settings: r, alpha, dropout, "
+                         f"target_modules)")
+    lc = {**LORA_DEFAULTS, **lora}
+    if isinstance(lc["r"], bool) or not isinstance(lc["r"], int) or lc["r"] < 0:
+        raise ValueError(f"model.lora.r must be an integer >= 0 (0: no adapters), got {lc['r']!r}")
+    if not isinstance(lc["dropout"], (int, float)) or not 0 <= lc["dropout"] < 1:
+        raise ValueError(f"model.lora.dropout must lie in [0, 1), got {lc['dropout']!r}")
+    tm = lc["target_modules"]
+    if not (tm == "all-linear" or (isinstance(tm, (list, tuple)) and tm and all(isinstance(t, str) for t in tm))):
+        raise ValueError(f"model.lora.target_modules must be 'all-linear' or a list of module names, got {tm!r}")
+    lc["target_modules"] = tm if isinstance(tm, str) else list(tm)
+    return lc if lc["r"] > 0 else None
 
 
 def base_folder(spec: str) -> str:
@@ -205,7 +272,9 @@ def base_config(spec: str) -> dict:
 
 def base_state_dict(spec: str) -> dict:
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a quiet console: the run's own bar is the one to watch
     model = AutoModelForCausalLM.from_pretrained(base_folder(spec), dtype=torch.float32)
     return model.state_dict()
 

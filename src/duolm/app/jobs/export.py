@@ -19,11 +19,16 @@ def cmd_convert(cfg, parts):
     if dtype not in DTYPES:  # before the model is read
         raise ValueError(f"convert.dtype must be one of {list(DTYPES)}, got {cfg.convert.dtype!r}")
     pre, _ = load_for_eval(cfg)
-    out = save_pretrained(cfg.convert.output, pre.backbone.cpu(), algo=pre.config["algo"], noise=pre.config["noise"],
+    backbone = pre.backbone.cpu()
+    if cfg.convert.get("merge_lora"):
+        if getattr(backbone.config, "lora", None) is None:
+            raise ValueError(f"convert.merge_lora: {cfg.eval.checkpoint_path} has no LoRA adapters to merge")
+        backbone = backbone.merged()
+    out = save_pretrained(cfg.convert.output, backbone, algo=pre.config["algo"], noise=pre.config["noise"],
                           tokenizer=pre.tokenizer, length=pre.config["length"], training=training_of(pre.method),
                           extra={"converted_from": str(cfg.eval.checkpoint_path)}, dtype=DTYPES[dtype])
-    print(f"wrote {out} ({pre.config['algo']['name']}, {pre.backbone.num_parameters() / 1e6:.2f}M parameters, "
-          f"vocabulary {pre.backbone.config.vocab_size})")
+    print(f"wrote {out} ({pre.config['algo']['name']}, {backbone.num_parameters() / 1e6:.2f}M parameters, "
+          f"vocabulary {backbone.config.vocab_size})")
     return 0
 
 
