@@ -181,3 +181,18 @@ def test_bad_lora_settings_are_one_sentence():
                         ({"r": 4, "target_modules": []}, "model.lora.target_modules must be")]:
         with pytest.raises(ValueError, match=needle):
             check_lora(bad)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_the_shift_keeps_the_ar_heads_alignment(kind):
+    """With model.shift position i reads the hidden state at i - 1: under the causal mask its
+    logits are the base's at i - 1, the base's prediction of token i."""
+    net, base = _wrapped(kind, V + 1, causal=True, shift=True)
+    x = torch.randint(2, V, (2, 9), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        got, ref = net(x)[..., :V], base(input_ids=x).logits
+    torch.testing.assert_close(got[:, 1:], ref[:, :-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[:, 0], ref[:, 0], atol=1e-5, rtol=0)
+    blocks = build_method("mdlm", V, block_size=3)
+    with pytest.raises(ValueError, match="model.shift reads each output from the position before it"):
+        blocks.token_loss(_wrapped(kind, V + 1, shift=True)[0], x, t=torch.full((2, 3), 0.5))

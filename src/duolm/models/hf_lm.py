@@ -16,6 +16,8 @@
   sigma is ignored; `time_conditioning=true` adds a learned sigma embedding to the input embeddings
   through a zero-initialised projection, so the pretrained function is where training starts.
 - Soft and weighted inputs (Duo's curriculum) enter as mixtures of the embedding's rows.
+- `shift=true` (DiffuGPT's and Dream's alignment): the output for position i is read from the hidden
+  state at i - 1, where the causal LM learned to predict token i; off by default until measured.
 - `head` (duolm.chunked_loss) gets the final hidden states and the output matrix, tied or not.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ class HFConfig:
     dropout: float = 0.0                    # recorded for the table; the base's own dropout settings apply
     num_classes: int = 0
     lora: dict | None = None                # {r, alpha, dropout, target_modules}: adapters only (None: full)
+    shift: bool = False                     # position i's output read from position i - 1 (the AR head's alignment)
     type: str = "hf"
 
     def __post_init__(self):
@@ -185,6 +188,13 @@ class HFLM(nn.Module):
         out = self.lm.base_model(inputs_embeds=h, attention_mask=attn_mask[None, None].expand(B, 1, -1, -1),
                                  position_ids=pos[None].expand(B, -1), use_cache=False)
         feats = out.last_hidden_state
+        if self.config.shift:
+            if attn_mask.shape[-1] != L or L != x.shape[1] or positions is not None:
+                raise ValueError("model.shift reads each output from the position before it, which block "
+                                 "diffusion's x_t + x_0 pass does not have; use it without algo.block_size")
+            # the causal LM was trained so that position i - 1 predicts token i: keep that alignment
+            # (position 0, with nothing before it, reads itself)
+            feats = torch.cat([feats[:, :1], feats[:, :-1]], dim=1)
         lm_head = self.lm.get_output_embeddings()
         if head is not None:
             return head(feats, lm_head.weight, lm_head.bias)
