@@ -14,7 +14,7 @@ approximate cache (confidence decoding in generation blocks of 16; no cache, pre
 cost in exact NLL against the positions it saves. Reported per setting: the samples' mean exact NLL per token (lower is better;
 below the data's own means lost diversity) and their mean unigram entropy.
 
-    python benchmarks/block_quality.py            # the full run (about 30 minutes on 2 CPU cores)
+    python benchmarks/block_quality.py            # the full run (about 40 minutes on 2 CPU cores)
     python benchmarks/block_quality.py --quick    # a few minutes
     python benchmarks/block_quality.py --smoke    # seconds: the pipeline, not the result
 """
@@ -42,7 +42,7 @@ from duolm.sampling.confidence import ConfidenceOptions
 from duolm.sampling.generate import sample_batch
 
 PRESETS = {
-    "full": dict(steps=2000, minutes=12, n_samples=512, budgets=[16, 32, 64], hidden=96, blocks=3, batch=128,
+    "full": dict(steps=800, minutes=15, n_samples=512, budgets=[16, 32, 64], hidden=96, blocks=3, batch=64,
                  n_valid=512, sizes=[4, 8, 16, None]),
     "quick": dict(steps=300, minutes=3, n_samples=128, budgets=[16, 64], hidden=64, blocks=2, batch=64,
                   n_valid=256, sizes=[4, 16, None]),

@@ -55,3 +55,15 @@ def test_image_benchmark_smoke_mode_trains_samples_and_scores_both_models(tmp_pa
         assert (tmp_path / "res" / name).exists()
     assert json.loads((tmp_path / "res" / "images.json").read_text())["mode"] == "smoke"
     assert list((tmp_path / "res").glob("*.png"))[0].stat().st_size > 0
+
+
+def test_block_quality_smoke_mode_trains_samples_and_scores_every_setting(tmp_path):
+    from benchmarks.block_quality import main
+
+    out = main(["--smoke", "--out", str(tmp_path)])
+    models = {r["model"] for r in out["samples"]}
+    assert models == {"mdlm, blocks of 16", "mdlm, whole sequence", "duo_base, blocks of 16", "duo_base, whole sequence"}
+    for r in out["samples"]:  # equal calls: the budget, whatever the block size
+        assert r["calls_per_token"] == pytest.approx(r["budget"] / 64) and r["nll"] > 0
+    assert {r["cache"] for r in out["approximate_cache"]} == {"none", "prefix", "dual"}
+    assert (tmp_path / "block_quality.md").exists()
