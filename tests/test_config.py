@@ -6,7 +6,7 @@ from duolm.app.config import ConfigError, compose, compose_components, group_opt
 from duolm.methods import build_method
 from duolm.models.backbones import build_backbone
 
-VOCAB = {"char": 28, "gpt2": 50257, "bert-base-uncased": 30522}
+VOCAB = {"char": 28, "gpt2": 50257, "bert-base-uncased": 30522, "smollm2": 49152}
 
 
 @pytest.mark.parametrize("group", ["algo", "model", "data", "noise", "sampling", "optim", "trainer", "loader"])
@@ -17,6 +17,8 @@ def test_every_preset_instantiates(group):
             extra = ["data=cifar10", "algo=duo_base"]  # an image network needs image data (and no curriculum)
         if group == "data" and option in ("digits", "mnist", "cifar10"):
             extra = ["model=unet-cpu", "algo=duo_base"]
+        if group == "model" and option == "hf":  # a pretrained LM reads its own tokenizer (SmolLM2's, offline)
+            extra = ["data.tokenizer=smollm2"]
         cfg, parts = compose_components([f"{group}={option}", *extra])
         method = parts.method(VOCAB.get(cfg.data.tokenizer, cfg.data.get("levels") or 100))
         with torch.device("meta"):  # the papers' sizes, without allocating them
