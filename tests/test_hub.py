@@ -103,3 +103,18 @@ def test_a_hub_id_loads_from_its_snapshot_and_offline_gets_one_sentence(trained,
     with pytest.raises(hub_access.HubUnreachable, match="Hub could not be reached .* the model me/duo-tiny") as err:
         duolm.load("me/duo-tiny")
     assert "\n" not in str(err.value) and "pass its folder" in str(err.value)
+
+
+def test_a_card_names_the_base_model_and_its_licence():
+    from duolm.app.hub import model_card
+
+    config = {"algo": {"name": "mdlm", "T": 0, "time_conditioning": False}, "length": 128,
+              "noise": {"type": "log-linear", "eps": 1e-3}, "tokenizer": {"type": "hf", "name": "smollm2"},
+              "model": {"type": "hf", "pretrained": "smollm2", "hf_config": {"model_type": "llama"}, "vocab_size": 49153,
+                        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}}}
+    card = model_card(config, None, repo_id="me/smol-mdlm", parameters=139_400_000)
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "license: apache-2.0" in card
+    assert "LoRA r = 16 adapters: loading needs the base" in card
+    other = model_card({**config, "model": {**config["model"], "pretrained": "org/some-lm", "lora": None}}, None,
+                       repo_id="me/x", parameters=1)
+    assert "base_model: org/some-lm" in other and "license:" not in other and "the base model's (see its card)" in other

@@ -21,6 +21,18 @@ from duolm.model_format import METRICS_FILE, training_of
 from duolm.models.backbones import backbone_row
 
 
+# bases whose hub id and licence are known offline (model.pretrained's short names)
+KNOWN_BASES = {"smollm2": {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"}}
+
+
+def base_model_of(model: dict) -> dict | None:
+    """The pretrained model a model=hf network started from: its hub id (or folder) and, where known, its licence."""
+    if model.get("type") != "hf":
+        return None
+    p = str(model.get("pretrained"))
+    return KNOWN_BASES.get(p, {"id": p})
+
+
 def model_card(config: dict, metrics: dict | None, *, repo_id: str, parameters: int) -> str:
     """The README.md of a duolm model repository."""
     metrics = metrics or {}
@@ -28,7 +40,10 @@ def model_card(config: dict, metrics: dict | None, *, repo_id: str, parameters: 
     model = config["model"]
     tok = config["tokenizer"]
     shape = backbone_row(model.get("type", "dit")).describe(model)
-    lines = ["---", "library_name: duolm", "tags: [discrete-diffusion, duolm, " + algo + "]", "---", "",
+    base = base_model_of(model)
+    front = [f"base_model: {base['id']}"] + ([f"license: {base['license']}"] if base.get("license") else []) \
+        if base else []
+    lines = ["---", "library_name: duolm", "tags: [discrete-diffusion, duolm, " + algo + "]", *front, "---", "",
              f"# {repo_id}", "",
              f"A {algo} model trained with duolm (discrete diffusion language models: Duo, MDLM, SEDD, D3PM, AR).",
              "",
@@ -44,6 +59,11 @@ def model_card(config: dict, metrics: dict | None, *, repo_id: str, parameters: 
     train = metrics.get("train", {})
     steps = train.get("steps", config.get("steps"))
     lines.append(f"| training steps | {steps if steps is not None else 'not recorded'} |")
+    if base:
+        lora = model.get("lora")
+        lines.append(f"| base model | {base['id']}, adapted to {algo} "
+                     f"({'LoRA r = ' + str(lora['r']) + ' adapters: loading needs the base' if lora else 'all weights'}) |")
+        lines.append(f"| licence | {base.get('license') or 'the base model' + chr(39) + 's (see its card)'} |")
     if train.get("train_seconds") is not None:
         lines.append(f"| training time | {train['train_seconds'] / 60:.1f} min |")
     val = metrics.get("validation")
