@@ -196,3 +196,32 @@ def test_the_shift_keeps_the_ar_heads_alignment(kind):
     blocks = build_method("mdlm", V, block_size=3)
     with pytest.raises(ValueError, match="model.shift reads each output from the position before it"):
         blocks.token_loss(_wrapped(kind, V + 1, shift=True)[0], x, t=torch.full((2, 3), 0.5))
+
+
+def test_attention_mask_annealing_opens_the_causal_mask_over_its_steps():
+    """DiffuLLaMA's annealing: causal at step 0, a share step / N of the future keys open (drawn
+    from the step alone, so a resumed run draws the same masks), bidirectional from step N and
+    whenever the model is not training."""
+    net, _ = _wrapped("llama", V + 1, anneal_steps=100)
+    causal, _ = _wrapped("llama", V + 1, causal=True)
+    bidirectional, _ = _wrapped("llama", V + 1)
+    x = torch.randint(2, V, (2, 10), generator=torch.Generator().manual_seed(8))
+    net.train()
+    net.lm.eval()  # no dropout in the comparison; net.training is what the annealing reads
+    with torch.no_grad():
+        net.set_step(0)
+        torch.testing.assert_close(net(x), causal(x), atol=1e-5, rtol=0)
+        net.set_step(100)
+        torch.testing.assert_close(net(x), bidirectional(x), atol=1e-5, rtol=0)
+    L = 200
+    for step in (25, 50, 75):
+        net.set_step(step)
+        m = net.default_mask(L, "cpu")
+        assert m[torch.ones(L, L, dtype=torch.bool).tril()].all() and torch.equal(m, net.default_mask(L, "cpu"))
+        future = m[torch.ones(L, L, dtype=torch.bool).triu(1)].float().mean()
+        assert abs(float(future) - step / 100) < 0.02
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), bidirectional(x), atol=1e-5, rtol=0)  # evaluation: bidirectional
+    with pytest.raises(ValueError, match="algo=ar stays causal"):
+        HFConfig(vocab_size=3, hf_config={"model_type": "llama"}, causal=True, anneal_steps=10)

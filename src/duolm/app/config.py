@@ -281,6 +281,9 @@ def _check_data(cfg) -> None:
         raise ConfigError("data.path must name a folder of .txt files, a .jsonl file or a token-id file "
                           "when data=local")
     _positive(cfg, "data.num_proc", allow_none=True)
+    if cfg.model.get("type") == "hf" and cfg.model.get("anneal_steps") and cfg.algo.get("block_size") is not None:
+        raise ConfigError("model.anneal_steps anneals the whole-sequence mask; block diffusion brings its own: set "
+                          "model.anneal_steps=0 or algo.block_size=null")
     if cfg.model.get("type") == "hf" and cfg.model.get("shift") and cfg.algo.get("block_size") is not None:
         raise ConfigError("model.shift reads each output from the position before it, which block diffusion's "
                           "x_t + x_0 pass does not have: set algo.block_size=null or model.shift=false")

@@ -16,6 +16,9 @@
   sigma is ignored; `time_conditioning=true` adds a learned sigma embedding to the input embeddings
   through a zero-initialised projection, so the pretrained function is where training starts.
 - Soft and weighted inputs (Duo's curriculum) enter as mixtures of the embedding's rows.
+- `anneal_steps=N` (DiffuLLaMA's attention-mask annealing): during training the causal mask opens,
+  each future key visible with probability step / N, bidirectional from step N on; evaluation and
+  sampling always see the bidirectional model.
 - `shift=true` (DiffuGPT's and Dream's alignment): the output for position i is read from the hidden
   state at i - 1, where the causal LM learned to predict token i; off by default until measured.
 - `head` (duolm.chunked_loss) gets the final hidden states and the output matrix, tied or not.
@@ -41,12 +44,18 @@ class HFConfig:
     num_classes: int = 0
     lora: dict | None = None                # {r, alpha, dropout, target_modules}: adapters only (None: full)
     shift: bool = False                     # position i's output read from position i - 1 (the AR head's alignment)
+    anneal_steps: int = 0                   # > 0: the causal mask opens to bidirectional over this many steps
     type: str = "hf"
 
     def __post_init__(self):
         if self.num_classes:
             raise ValueError("model.num_classes: a pretrained language model backbone is unconditional")
         self.lora = check_lora(self.lora)
+        a = self.anneal_steps
+        if isinstance(a, bool) or not isinstance(a, int) or a < 0:
+            raise ValueError(f"model.anneal_steps must be an integer >= 0 (0: bidirectional from the start), got {a!r}")
+        if a and self.causal:
+            raise ValueError("model.anneal_steps opens a causal mask into a bidirectional one; algo=ar stays causal")
         if not isinstance(self.hf_config, dict) or "model_type" not in self.hf_config:
             raise ValueError(f"model.pretrained={self.pretrained!r}: no transformers config with a model_type "
                              f"was read for it")
@@ -79,6 +88,7 @@ class HFLM(nn.Module):
         from transformers import AutoModelForCausalLM
 
         self.config = config
+        self.step = None  # the training step, for the annealed mask (set_step; None: not training)
         self.lm = AutoModelForCausalLM.from_config(_transformers_config(config), attn_implementation="sdpa")
         hidden = self.lm.get_input_embeddings().embedding_dim
         names = {id(m): n for n, m in self.named_modules()}
@@ -158,6 +168,31 @@ class HFLM(nn.Module):
         return self.lm.get_input_embeddings().weight is self.lm.get_output_embeddings().weight
 
     # --- the forward pass ------------------------------------------------------------------
+    def set_step(self, step: int | None) -> None:
+        """The training step (the Lightning module sets it before each step; None outside training)."""
+        self.step = step
+
+    def anneal_ratio(self) -> float:
+        """The share of future keys open at this step: step / anneal_steps, 1 when not annealing or
+        not training (evaluation and sampling see the bidirectional model)."""
+        n = self.config.anneal_steps
+        if not n or self.step is None or not self.training:
+            return 1.0
+        return min(1.0, self.step / n)
+
+    def default_mask(self, L: int, device) -> torch.Tensor:
+        """(L, L) bool, True = may attend: bidirectional, causal for AR, or while annealing the causal
+        mask with each future key open with probability anneal_ratio(). The draw depends only on
+        the step (its own generator), so a resumed run draws the masks an uninterrupted one does."""
+        full = torch.ones(L, L, dtype=torch.bool, device=device)
+        if self.config.causal:
+            return full.tril()
+        r = self.anneal_ratio()
+        if r >= 1.0:
+            return full
+        g = torch.Generator().manual_seed(1_000_003 + int(self.step))
+        return full.tril() | (torch.rand(L, L, generator=g) < r).to(device)
+
     def embed(self, x, weights=None, sigma=None):
         table = self.lm.get_input_embeddings().weight
         if x.is_floating_point():  # soft inputs (B, L, V): a mixture of the rows
@@ -181,9 +216,10 @@ class HFLM(nn.Module):
         h = self.embed(x, weights, sigma)
         B, L = h.shape[:2]
         if attn_mask is None:
-            attn_mask = torch.ones(L, L, dtype=torch.bool, device=h.device)
-            if self.config.causal:
-                attn_mask = attn_mask.tril()
+            attn_mask = self.default_mask(L, h.device)
+        elif self.config.anneal_steps and self.anneal_ratio() < 1.0:
+            raise ValueError("model.anneal_steps anneals the whole-sequence mask; block diffusion brings its own "
+                             "(set model.anneal_steps=0 with algo.block_size)")
         pos = torch.arange(L, device=h.device) + position_offset if positions is None else positions.to(h.device)
         out = self.lm.base_model(inputs_embeds=h, attention_mask=attn_mask[None, None].expand(B, 1, -1, -1),
                                  position_ids=pos[None].expand(B, -1), use_cache=False)

@@ -80,6 +80,8 @@ class LitDiffusionLM(pl.LightningModule):
         if self.augment is not None:  # its own stream, so the loss draws what they would without it
             x0 = self.augment(x0, generator=step_generator(self.seed + 1, self.global_step, batch_idx % accum, rank,
                                                            self.device))
+        if hasattr(self.backbone, "set_step"):  # a backbone whose attention depends on the step (annealing)
+            self.backbone.set_step(self.global_step)
         loss = self.objective.token_loss(self.backbone, x0, valid, step=self.global_step, generator=g,
                                          index=self._global_index(batch_idx, x0.shape[0]),
                                          total=self.global_batch_size, ema=self.ema, labels=labels).mean()
