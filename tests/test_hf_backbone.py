@@ -225,3 +225,36 @@ def test_attention_mask_annealing_opens_the_causal_mask_over_its_steps():
         torch.testing.assert_close(net(x), bidirectional(x), atol=1e-5, rtol=0)  # evaluation: bidirectional
     with pytest.raises(ValueError, match="algo=ar stays causal"):
         HFConfig(vocab_size=3, hf_config={"model_type": "llama"}, causal=True, anneal_steps=10)
+
+
+def test_chat_holds_the_templated_conversation_and_cuts_each_reply_at_eos():
+    """Model.chat: SmolLM2's chat template (offline) formats the messages, they are held clean at
+    the start of the window, and each reply is the generated rest up to its first end-of-text."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from duolm.app.api import Model
+    from duolm.data.tokenizers import CharTokenizer, load_tokenizer
+    from duolm.model_format import Pretrained
+
+    tok = load_tokenizer("smollm2")
+    method = build_method("mdlm", tok.vocab_size)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                        bos_token_id=None, eos_token_id=None, pad_token_id=None))
+    net = HFLM(HFConfig(vocab_size=method.model_vocab_size, hf_config=base.config.to_dict(), pretrained="smollm2"))
+    net.load_base_weights(base.state_dict())
+    length = 48
+    m = Model(Pretrained(net, method, tok, {"length": length, "algo": {"name": "mdlm"}}), device="cpu")
+    messages = [{"role": "user", "content": "Say hi."}]
+    prompt = tok.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    out = m.chat(messages, n=3, steps=8, seed=0)
+    assert len(out.texts) == 3
+    for smp, reply in zip(out.result["samples"], out.ids):
+        assert smp["ids"][:len(prompt)] == list(prompt)                   # the conversation held clean
+        assert tok.eos_id not in reply and len(reply) <= length - len(prompt)
+        assert smp["ids"][len(prompt):len(prompt) + len(reply)] == reply  # the reply is what follows it
+    plain = Model(Pretrained(net, build_method("mdlm", 40), CharTokenizer("".join(chr(97 + i) for i in range(39))),
+                             {"length": length, "algo": {"name": "mdlm"}}), device="cpu")
+    with pytest.raises(ValueError, match="chat template"):
+        plain.chat(messages)

@@ -121,6 +121,33 @@ class Model:
                 smp["text"] = decode_text(self.tokenizer, smp["ids"])
         return Generation([s["text"] for s in res["samples"]], [s["ids"] for s in res["samples"]], result=res)
 
+    def chat(self, messages: list[dict], *, n: int = 1, steps: int = 64, sampler: str = "auto", seed: int = 0,
+             batch_size: int = 16, progress: bool = False, **options) -> Generation:
+        """n replies to a conversation [{'role', 'content'}, ...]: the messages formatted by the
+        tokenizer's chat template (with the assistant's turn opened) are held clean at the start of
+        the window, the rest is generated, and each reply is cut at its first end-of-text token.
+        Needs a tokenizer with a chat template (model=hf from an instruction-tuned base)."""
+        tok = getattr(self.tokenizer, "tok", None)
+        if tok is None or not getattr(tok, "chat_template", None):
+            raise ValueError("chat() formats messages with the tokenizer's chat template; this model's tokenizer "
+                             "has none (use generate(prompt=...))")
+        prompt = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              return_dict=False))
+        if len(prompt) >= self.length:
+            raise ValueError(f"the conversation is {len(prompt)} tokens in the chat template; the model's window is "
+                             f"{self.length}: nothing is left for the reply")
+        spec = self.spec(steps=steps, sampler=sampler, prompt_ids=prompt, **options)
+        res = generate(self.method, self.pretrained.backbone, self.tokenizer, spec, length=self.length,
+                       num_samples=n, batch_size=batch_size, seed=seed, device=self.device, progress=progress)
+        replies, ids = [], []
+        eos = {self.tokenizer.eos_id, getattr(tok, "eos_token_id", None)} - {None}
+        for smp in res["samples"]:
+            reply = list(smp["ids"][len(prompt):])
+            cut = next((i for i, t in enumerate(reply) if t in eos), len(reply))
+            ids.append(reply[:cut])
+            replies.append(self.tokenizer.decode(reply[:cut]))
+        return Generation(replies, ids, result=res)
+
     def infill(self, template: str, *, n: int = 1, steps: int = 64, sampler: str = "auto", blank_length: int = 8,
                seed: int = 0, batch_size: int = 16, progress: bool = False, **options) -> Generation:
         """Fill the blanks of `template` ('[___]', or '[___:n]' for n tokens): texts, ids of the
