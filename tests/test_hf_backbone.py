@@ -4,6 +4,8 @@ every other logit unchanged, the chunked loss through its head, block diffusion'
 inputs, time conditioning that starts as the identity, and a save -> load round trip."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -254,6 +256,9 @@ def test_chat_holds_the_templated_conversation_and_cuts_each_reply_at_eos():
         assert smp["ids"][:len(prompt)] == list(prompt)                   # the conversation held clean
         assert tok.eos_id not in reply and len(reply) <= length - len(prompt)
         assert smp["ids"][len(prompt):len(prompt) + len(reply)] == reply  # the reply is what follows it
+    # scoring goes through the same NELBO as every model (duolm eval, lm-eval's adapter)
+    scores = m.nelbo(["Hello there, how are you?", "Fine."], num_mc_samples=2)
+    assert all(math.isfinite(sc.nelbo) and sc.nelbo > 0 and sc.tokens > 0 for sc in scores)
     plain = Model(Pretrained(net, build_method("mdlm", 40), CharTokenizer("".join(chr(97 + i) for i in range(39))),
                              {"length": length, "algo": {"name": "mdlm"}}), device="cpu")
     with pytest.raises(ValueError, match="chat template"):
