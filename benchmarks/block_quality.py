@@ -77,7 +77,7 @@ def approximate_cache(method, net, hmm, p, L: int, seed: int) -> list[dict]:
     all-mask window gives every sample the same text), with no cache, the prefix cache and the dual cache; the
     samples' exact NLL, entropy, calls and query positions (what the cache saves) per sequence."""
     rows = []
-    for threshold in (1.0, 0.9):
+    for threshold in (1.0, 0.9, 0.5, 0.3):
         for cache in ("none", "prefix", "dual"):
             spec = SamplerSpec(predictor="confidence", steps=32, options=ConfidenceOptions(
                 threshold=threshold, block_length=16, cache=cache, proposal="sample"))
