@@ -101,6 +101,27 @@ def test_block_by_block_cached_calls_reproduce_bd3lm():
         assert len(caches[0]) == call["cache_idx_after"]
 
 
+def test_the_reference_samplers_own_calls_replay_on_duolms_cache():
+    """The 39 backbone calls of BD3-LM's first-hitting sampler (sampler_trace), in order on one
+    fresh batch-1 cache: each noisy step and each store call gives the reference's logits, and the
+    stored blocks are its final sample's."""
+    case, net, out = _fixture()
+    trace = next(c for c in case["cases"] if c["name"] == "sampler_trace")
+    caches = net.new_kv_caches()
+    stored = []
+    for call in trace["calls"]:
+        assert len(caches[0]) == call["cache_idx_before"]
+        ids = torch.tensor(call["input_ids"])
+        with torch.no_grad():
+            got = net(ids, torch.tensor(call["sigma"]), kv_caches=caches, position_offset=len(caches[0]),
+                      store_kv=call["store_kv"])
+        torch.testing.assert_close(got, out[call["output"]], atol=ATOL, rtol=0, msg=call["output"])
+        assert len(caches[0]) == call["cache_idx_after"]
+        if call["store_kv"]:
+            stored += call["input_ids"][0]
+    assert stored == trace["final_sample"][0]
+
+
 def test_cached_logits_equal_the_training_pass_in_float64():
     """The exact-cache claim: a noisy block's cached logits equal its rows of the block-diffusion
     pass (float64, 1e-10), for every block."""
