@@ -15,7 +15,8 @@ Last, the Psi paper's CIFAR-10 UNet (`model=unet`, 3 x 32 x 32 pixel tokens of 2
 classes) trains Duo for --steps steps on random labelled images at batch 128 under bf16 autocast
 and samples 64 class-conditional images in 64 steps: images/s and peak memory. Then long generation
 (benchmarks/block_generation.py's rows at `model=small`): AR with its KV cache against windows,
-block diffusion with its exact cache and confidence decoding, tokens/s at batch 1.
+block diffusion with its exact cache and confidence decoding, tokens/s at batch 1. And SmolLM2-135M
+adapted to MDLM (`model=hf`): full fine-tuning against LoRA r = 16, tokens/s and peak memory.
 """
 from __future__ import annotations
 
@@ -107,6 +108,43 @@ def train_once(work: Path, args, compile_: bool, fused: bool = True) -> tuple[di
         peak = bf16_peak(torch.cuda.get_device_name())
         out["mfu"] = round(flops_per_token * tokens / step / peak, 4) if peak else None
     return out, Path(report["model_dir"])
+
+
+def adapted_once(work: Path, args, lora: bool) -> dict:
+    """SmolLM2-135M adapted to MDLM (`model=hf`, offline) through the same training layer: full
+    fine-tuning or LoRA r = 16; tokens/s and peak memory (random ids in SmolLM2's vocabulary)."""
+    import lightning.pytorch as pl
+
+    from duolm.app.config import compose_components
+    from duolm.app.training_run import train
+
+    ids = work / "smollm2-ids.ids"
+    if not ids.exists():
+        write_random_ids(ids, n_seqs=max(64, args.steps * args.batch * 2), seq_len=args.length, vocab=49152)
+    name = "run-smollm2-lora" if lora else "run-smollm2-full"
+    overrides = ["algo=mdlm", "model=hf", "model.pretrained=smollm2", "data.tokenizer=smollm2", f"model.length={args.length}",
+                 "data=local", f"data.path={ids}", f"data.cache_dir={work / 'cache'}", "trainer=gpu",
+                 f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={10 * args.steps}",
+                 "trainer.enable_progress_bar=false", f"loader.global_batch_size={args.batch}",
+                 f"loader.num_workers={0 if args.smoke else 2}", f"run.dir={work / name}", "run.resume=false",
+                 f"run.checkpoint_every={10 * args.steps}", "logging.csv=false", "training.ema=0",
+                 "trainer.limit_val_batches=1", "eval.max_batches=1"]
+    if lora:
+        overrides.append("model.lora.r=16")
+    if args.smoke:
+        overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true"]
+    cfg, parts = compose_components(overrides)
+    timer = type("Timer", (StepTimer, pl.Callback), {})()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    report = train(cfg, parts=parts, log=lambda *_: None, callbacks=[timer])
+    steady = timer.times[args.warmup:] or timer.times
+    step = statistics.median(steady)
+    out = {"lora_r": 16 if lora else 0, "steps": report["steps"], "parameters": report["parameters"],
+           "median_step_seconds": round(step, 4), "tokens_per_second": round(args.batch * args.length / step)}
+    if torch.cuda.is_available():
+        out["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+    return out
 
 
 def sample_once(model_dir: Path, args) -> dict:
@@ -234,6 +272,8 @@ def main(argv=None) -> dict:
                 torch.cuda.empty_cache()
         result["train"] = runs
         result["sample"] = sample_once(model_dir, args)
+        # the adapted pretrained model (issue 24): full fine-tuning and LoRA, same steps and batch
+        result["adapted"] = [adapted_once(work, args, lora) for lora in (False, True)]
     result["unet"] = unet_once(args)
     result["long_generation"] = long_generation(args)
     emit(result, args.out)

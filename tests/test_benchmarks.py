@@ -12,6 +12,8 @@ def test_gpu_benchmark_smoke_mode_runs_the_real_path_on_a_cpu(tmp_path):
     assert out["sample"]["steps"] == 8 and out["sample"]["tokens_per_second"] > 0
     unet = out["unet"]
     assert unet["train_images_per_second"] > 0 and unet["sample_images_per_second"] > 0 and unet["loss"] > 0
+    full, lora = out["adapted"]
+    assert full["lora_r"] == 0 and lora["lora_r"] == 16 and full["tokens_per_second"] > 0 and lora["tokens_per_second"] > 0
     long = out["long_generation"]
     assert {r["name"] for r in long["rows"]} >= {"AR, KV cache", "mdlm, blocks of 16, 8 steps, cache"}
     assert all(r["tokens_per_second"] > 0 for r in long["rows"]) and long["blocks time per token over AR at 8 steps"] > 0
