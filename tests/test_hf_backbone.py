@@ -263,3 +263,24 @@ def test_chat_holds_the_templated_conversation_and_cuts_each_reply_at_eos():
                              {"length": length, "algo": {"name": "mdlm"}}), device="cpu")
     with pytest.raises(ValueError, match="chat template"):
         plain.chat(messages)
+
+
+def test_a_model_folder_keeps_its_tokenizer_and_loads_without_its_source(tmp_path):
+    """A tokenizer read from a local folder is copied into the model folder, so the model loads
+    (and tokenizes the same) after that folder is gone."""
+    import shutil
+
+    from duolm.data.tokenizers import load_tokenizer
+
+    src = tmp_path / "my-tokenizer"
+    load_tokenizer("smollm2").tok.save_pretrained(src)
+    tok = load_tokenizer(str(src))
+    method = build_method("mdlm", tok.vocab_size)
+    base = _base("gpt2")
+    net = HFLM(HFConfig(vocab_size=method.model_vocab_size, hf_config={**base.config.to_dict(), "vocab_size": V},
+                        pretrained="tiny-gpt2"))
+    out = save_pretrained(tmp_path / "m", net, algo={"name": "mdlm", "T": 0, "time_conditioning": False},
+                          noise={"type": "log-linear", "eps": 1e-3}, tokenizer=tok, length=16)
+    shutil.rmtree(src)
+    again = from_pretrained(out)
+    assert (out / "tokenizer").is_dir() and again.tokenizer.encode("Hello there") == tok.encode("Hello there")

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from duolm.atomic import atomic_directory
-from duolm.data.tokenizers import load_tokenizer
+from duolm.data.tokenizers import HFTokenizer, load_tokenizer
 from duolm.methods import build_method
 from duolm.models.backbones import backbone_config, build_backbone
 from duolm.schedules import make_schedule
@@ -62,7 +62,30 @@ def save_pretrained(directory, backbone: torch.nn.Module, *, algo: dict, noise: 
     with atomic_directory(directory) as tmp:
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if bundles_tokenizer(tokenizer):  # a folder or hub tokenizer travels with the model
+            tokenizer.tok.save_pretrained(tmp / TOKENIZER_DIR)
     return directory
+
+
+TOKENIZER_DIR = "tokenizer"
+
+
+def bundles_tokenizer(tokenizer) -> bool:
+    """Whether a model folder keeps its own copy of the tokenizer: a Hugging Face tokenizer other
+    than the offline gpt2 (a local folder, a hub id, smollm2), so the model loads where that
+    source is not."""
+    return tokenizer.to_dict().get("type") == "hf" and tokenizer.to_dict().get("name") != "gpt2" and \
+        hasattr(getattr(tokenizer, "tok", None), "save_pretrained")
+
+
+def tokenizer_of(directory: Path, spec: dict):
+    """A model folder's tokenizer: its bundled copy when it has one, else the recorded spec."""
+    bundled = Path(directory) / TOKENIZER_DIR
+    if spec.get("type") == "hf" and bundled.is_dir():
+        from transformers import AutoTokenizer
+
+        return HFTokenizer(AutoTokenizer.from_pretrained(bundled), spec["name"])
+    return load_tokenizer(spec)
 
 
 def training_settings(training: dict | None) -> dict:
@@ -114,7 +137,7 @@ def from_pretrained(directory, map_location="cpu", config: dict | None = None) -
     if missing:
         raise ValueError(f"{cfg_path}: no {', '.join(repr(k) for k in missing)} entry (a duolm config.json records "
                          f"algo, model, noise, tokenizer and length)")
-    tokenizer = load_tokenizer(config["tokenizer"])
+    tokenizer = tokenizer_of(directory, config["tokenizer"])
     method = method_from_config(config["algo"], config["noise"], tokenizer.vocab_size, config.get("training"))
     net_cfg = backbone_config(config["model"])
     if net_cfg.vocab_size != method.model_vocab_size:
