@@ -69,11 +69,22 @@ def write_random_ids(path: Path, n_seqs: int, seq_len: int, vocab: int, seed: in
             f.write(" ".join(map(str, torch.randint(0, vocab - 1, (seq_len,), generator=g).tolist())) + "\n")
 
 
-def train_once(work: Path, args, compile_: bool, fused: bool = True) -> tuple[dict, Path]:
+def timed_train(cfg, parts, args) -> tuple[dict, "StepTimer", float]:
+    """A run through the real training layer with its steps timed: (its report, the timer, the
+    median step time after --warmup steps); peak GPU memory counts from here."""
     import lightning.pytorch as pl
 
-    from duolm.app.config import compose_components
     from duolm.app.training_run import train
+
+    timer = type("Timer", (StepTimer, pl.Callback), {})()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    report = train(cfg, parts=parts, log=lambda *_: None, callbacks=[timer])
+    return report, timer, statistics.median(timer.times[args.warmup:] or timer.times)
+
+
+def train_once(work: Path, args, compile_: bool, fused: bool = True) -> tuple[dict, Path]:
+    from duolm.app.config import compose_components
 
     size = ["model.hidden_size=64", "model.cond_dim=32", "model.n_blocks=1", "model.n_heads=2"] if args.smoke \
         else ["model=small"]
@@ -90,12 +101,7 @@ def train_once(work: Path, args, compile_: bool, fused: bool = True) -> tuple[di
     if args.smoke:
         overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true"]
     cfg, parts = compose_components(overrides)
-    timer = type("Timer", (StepTimer, pl.Callback), {})()
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    report = train(cfg, parts=parts, log=lambda *_: None, callbacks=[timer])
-    steady = timer.times[args.warmup:] or timer.times
-    step = statistics.median(steady)
+    report, timer, step = timed_train(cfg, parts, args)
     tokens = args.batch * args.length
     out = {"compile": compile_, "loss": "fused" if fused else "plain", "steps": report["steps"], "parameters": report["parameters"],
            "first_step_seconds": round(timer.times[0], 3), "median_step_seconds": round(step, 4),
@@ -113,10 +119,7 @@ def train_once(work: Path, args, compile_: bool, fused: bool = True) -> tuple[di
 def adapted_once(work: Path, args, lora: bool) -> dict:
     """SmolLM2-135M adapted to MDLM (`model=hf`, offline) through the same training layer: full
     fine-tuning or LoRA r = 16; tokens/s and peak memory (random ids in SmolLM2's vocabulary)."""
-    import lightning.pytorch as pl
-
     from duolm.app.config import compose_components
-    from duolm.app.training_run import train
 
     ids = work / "smollm2-ids.ids"
     if not ids.exists():
@@ -134,12 +137,7 @@ def adapted_once(work: Path, args, lora: bool) -> dict:
     if args.smoke:
         overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true"]
     cfg, parts = compose_components(overrides)
-    timer = type("Timer", (StepTimer, pl.Callback), {})()
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    report = train(cfg, parts=parts, log=lambda *_: None, callbacks=[timer])
-    steady = timer.times[args.warmup:] or timer.times
-    step = statistics.median(steady)
+    report, _, step = timed_train(cfg, parts, args)
     out = {"lora_r": 16 if lora else 0, "steps": report["steps"], "parameters": report["parameters"],
            "median_step_seconds": round(step, 4), "tokens_per_second": round(args.batch * args.length / step)}
     if torch.cuda.is_available():

@@ -90,26 +90,15 @@ def test_block_by_block_cached_calls_reproduce_bd3lm():
     """24 calls in order on one cache: per block, an all-mask call, a partly unmasked one (neither
     kept) and the clean block stored; each noisy call sees the stored blocks and itself."""
     case, net, out = _fixture()
-    caches = net.new_kv_caches()
-    for call in next(c for c in case["cases"] if c["name"] == "cached")["calls"]:
-        assert len(caches[0]) == call["cache_idx_before"]
-        ids = torch.tensor(call["input_ids"])
-        with torch.no_grad():
-            got = net(ids, torch.tensor(call["sigma"]), kv_caches=caches, position_offset=len(caches[0]),
-                      store_kv=call["store_kv"])
-        torch.testing.assert_close(got, out[call["output"]], atol=ATOL, rtol=0, msg=call["output"])
-        assert len(caches[0]) == call["cache_idx_after"]
+    _replay(net, next(c for c in case["cases"] if c["name"] == "cached")["calls"], out)
 
 
-def test_the_reference_samplers_own_calls_replay_on_duolms_cache():
-    """The 39 backbone calls of BD3-LM's first-hitting sampler (sampler_trace), in order on one
-    fresh batch-1 cache: each noisy step and each store call gives the reference's logits, and the
-    stored blocks are its final sample's."""
-    case, net, out = _fixture()
-    trace = next(c for c in case["cases"] if c["name"] == "sampler_trace")
+def _replay(net, calls, out) -> list[list[int]]:
+    """The reference's calls in order on one fresh cache, each output checked against the fixture
+    and the cache's length before and after; returns the input ids of the calls that stored."""
     caches = net.new_kv_caches()
     stored = []
-    for call in trace["calls"]:
+    for call in calls:
         assert len(caches[0]) == call["cache_idx_before"]
         ids = torch.tensor(call["input_ids"])
         with torch.no_grad():
@@ -118,8 +107,18 @@ def test_the_reference_samplers_own_calls_replay_on_duolms_cache():
         torch.testing.assert_close(got, out[call["output"]], atol=ATOL, rtol=0, msg=call["output"])
         assert len(caches[0]) == call["cache_idx_after"]
         if call["store_kv"]:
-            stored += call["input_ids"][0]
-    assert stored == trace["final_sample"][0]
+            stored.append(call["input_ids"])
+    return stored
+
+
+def test_the_reference_samplers_own_calls_replay_on_duolms_cache():
+    """The 39 backbone calls of BD3-LM's first-hitting sampler (sampler_trace), in order on one
+    fresh batch-1 cache: each noisy step and each store call gives the reference's logits, and the
+    stored blocks are its final sample's."""
+    case, net, out = _fixture()
+    trace = next(c for c in case["cases"] if c["name"] == "sampler_trace")
+    stored = _replay(net, trace["calls"], out)
+    assert [t for ids in stored for t in ids[0]] == trace["final_sample"][0]
 
 
 def test_cached_logits_equal_the_training_pass_in_float64():

@@ -41,25 +41,34 @@ def network(process, L, seed=0):
     return den
 
 
-def low_confidence_remasking(den, mask_id, x, steps):
-    """The reference: LLaDA's low-confidence remasking, one row at a time. At step i of `steps` the
-    masked positions get the argmax of p(x_0 | x_t); the most confident of them (ties: the earlier
-    position) are kept until ceil(free * (i + 1) / steps) are decoded; the rest stay masked."""
+def low_confidence_remasking(den, mask_id, x, steps, block_length=None):
+    """The reference: LLaDA's low-confidence remasking, one row at a time, over the window's
+    generation blocks left to right (block_length None: one block; the budget split evenly, the
+    first blocks taking the remainder). At step i of a block's n the masked positions of the block
+    get the argmax of p(x_0 | x_t); the most confident of them (ties: the earlier position) are
+    kept until ceil(free * (i + 1) / n) of the block are decoded; the rest stay masked."""
     x = x.clone()
-    for b in range(x.shape[0]):
-        free = int((x[b] == mask_id).sum())
-        for i in range(steps):
-            masked = [j for j in range(x.shape[1]) if x[b, j] == mask_id]
-            if not masked:
-                break
-            p = den(x[b:b + 1], torch.zeros(1))[0].exp()
-            p[:, mask_id] = 0
-            p = p / p.sum(-1, keepdim=True)
-            best = {j: (float(p[j].max()), int(p[j].argmax())) for j in masked}
-            decoded = free - len(masked)
-            need = max(math.ceil(free * (i + 1) / steps) - decoded, 1)
-            for j in sorted(masked, key=lambda j: (-best[j][0], j))[:need]:
-                x[b, j] = best[j][1]
+    L = x.shape[1]
+    size = block_length or L
+    spans = [(a, min(a + size, L)) for a in range(0, L, size)]
+    spans = [(a, b) for a, b in spans if (x[:, a:b] == mask_id).any()]
+    if not spans:
+        return x
+    base, extra = divmod(steps, len(spans))
+    for r in range(x.shape[0]):
+        for j, (a, b) in enumerate(spans):
+            budget = base + (j < extra)
+            free = int((x[r, a:b] == mask_id).sum())
+            for i in range(budget):
+                masked = [q for q in range(a, b) if x[r, q] == mask_id]
+                if not masked:
+                    break
+                p = den(x[r:r + 1], torch.zeros(1))[0].exp()
+                p[:, mask_id] = 0
+                p = p / p.sum(-1, keepdim=True)
+                need = max(math.ceil(free * (i + 1) / budget) - (free - len(masked)), 1)
+                for q in sorted(masked, key=lambda q: (-float(p[q].max()), q))[:need]:
+                    x[r, q] = int(p[q].argmax())
     return x
 
 

@@ -2,7 +2,7 @@
 (duolm.sampling.confidence block_length, duolm.sampling.prefix_cache).
 
 - block_length with threshold 1 is LLaDA's semi-autoregressive low-confidence remasking, draw for
-  draw against a plain per-row, per-block loop written here; a block opens only once the one
+  draw against the plain per-row, per-block loop of test_confidence_sampler.py; a block opens only once the one
   before it is decoded.
 - The approximate cache is exact where it should be: at each block's first step (a full call), and
   for a one-layer network (its keys depend only on tokens that do not change inside a block), so
@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -25,34 +24,9 @@ from duolm.sampling.generate import sample_batch
 from duolm.sampling.prefix_cache import ApproximateCache
 from duolm.sampling.registry import SamplingModel
 from duolm.schedules import LogLinear
-from test_confidence_sampler import network
+from test_confidence_sampler import low_confidence_remasking, network
 
 K = 5
-
-
-def semi_ar_remasking(den, mask_id, x, steps, block_length):
-    """The reference: LLaDA's semi-autoregressive low-confidence remasking, one row at a time; the
-    window's blocks left to right, the budget split evenly (the first blocks take the remainder)."""
-    x = x.clone()
-    L = x.shape[1]
-    spans = [(a, min(a + block_length, L)) for a in range(0, L, block_length)]
-    spans = [(a, b) for a, b in spans if (x[:, a:b] == mask_id).any()]
-    base, extra = divmod(steps, len(spans))
-    for b_ in range(x.shape[0]):
-        for j, (a, b) in enumerate(spans):
-            budget = base + (j < extra)
-            free = int((x[b_, a:b] == mask_id).sum())
-            for i in range(budget):
-                masked = [p for p in range(a, b) if x[b_, p] == mask_id]
-                if not masked:
-                    break
-                p = den(x[b_:b_ + 1], torch.zeros(1))[0].exp()
-                p[:, mask_id] = 0
-                p = p / p.sum(-1, keepdim=True)
-                need = max(math.ceil(free * (i + 1) / budget) - (free - len(masked)), 1)
-                for q in sorted(masked, key=lambda q: (-float(p[q].max()), q))[:need]:
-                    x[b_, q] = int(p[q].argmax())
-    return x
 
 
 @pytest.mark.parametrize("steps,block_length", [(4, 4), (6, 4), (8, 3), (3, 12)])
@@ -67,7 +41,7 @@ def test_generation_blocks_at_threshold_one_are_llada_semi_ar_remasking(steps, b
     traj = []
     x = confidence_sample(den, proc, LogLinear(), (4, L), steps=steps, threshold=1.0, block_length=block_length,
                           fixed=(held, values), trajectory=traj)
-    assert torch.equal(x, semi_ar_remasking(den, proc.mask_id, x0, steps, block_length))
+    assert torch.equal(x, low_confidence_remasking(den, proc.mask_id, x0, steps, block_length))
     for xt in traj:  # a block opens only once every block before it is decoded
         masked = xt == proc.mask_id
         for a in range(0, L, block_length):

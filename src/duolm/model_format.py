@@ -74,7 +74,8 @@ def bundles_tokenizer(tokenizer) -> bool:
     """Whether a model folder keeps its own copy of the tokenizer: a Hugging Face tokenizer other
     than the offline gpt2 (a local folder, a hub id, smollm2), so the model loads where that
     source is not."""
-    return tokenizer.to_dict().get("type") == "hf" and tokenizer.to_dict().get("name") != "gpt2" and \
+    spec = tokenizer.to_dict()
+    return spec.get("type") == "hf" and spec.get("name") != "gpt2" and \
         hasattr(getattr(tokenizer, "tok", None), "save_pretrained")
 
 

@@ -57,12 +57,14 @@ class ApproximateCache:
             self.query_positions += L
             return out
         stop = L if self.mode == "prefix" else end
+
+        def outside(t):  # (B, nh, L, hd) -> the cached positions this call reads instead of computing
+            return t[:, :, :start] if self.mode == "prefix" else torch.cat([t[:, :, :start], t[:, :, end:]], 2)
+
         kept = []
         for c in self.full:
-            k = c.k[:, :, :start] if self.mode == "prefix" else torch.cat([c.k[:, :, :start], c.k[:, :, end:]], 2)
-            v = c.v[:, :, :start] if self.mode == "prefix" else torch.cat([c.v[:, :, :start], c.v[:, :, end:]], 2)
             kc = KVCache()
-            kc.k, kc.v = k, v
+            kc.k, kc.v = outside(c.k), outside(c.v)
             kept.append(kc)
 
         def cached(inp, sigma, weights=None, class_cond=None):
