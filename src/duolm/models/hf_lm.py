@@ -291,7 +291,7 @@ def base_folder(spec: str) -> str:
     folder, or a hub id (downloaded where the network allows)."""
     from pathlib import Path
 
-    from duolm.evaluation.judge import SMOLLM2, smollm2_folder
+    from duolm.smollm2 import SMOLLM2, smollm2_folder
 
     if spec == SMOLLM2:
         return str(smollm2_folder())
