@@ -37,7 +37,7 @@ def test_the_module_and_the_benchmark_take_the_same_step(algo, kind):
     module = LitDiffusionLM(objective, net, ema_decay=0.0, global_batch_size=B, seed=SEED)
     x0 = torch.randint(0, K, (B, L), generator=torch.Generator().manual_seed(1))
     for step in (0, 5):
-        module_loss = module.training_step((x0, torch.ones(B, L)), batch_idx=0) if step == 0 else None
+        module_loss = module.training_step({"ids": x0, "valid": torch.ones(B, L)}, batch_idx=0) if step == 0 else None
         if step:
             # the module's step counter comes from the trainer; the objective sees it directly
             module_loss = objective.token_loss(net, x0, torch.ones(B, L), step=step,
@@ -56,7 +56,7 @@ def test_the_curriculum_objective_stretches_t_onto_its_band():
     seen = {}
 
     class Spy(Curriculum):
-        def token_loss(self, method, backbone, x0, valid, step, t=None, generator=None):
+        def token_loss(self, method, backbone, x0, valid, step, t=None, generator=None, clean=None):
             seen["t"] = t
             return super().token_loss(method, backbone, x0, valid, step, t=t, generator=generator)
 

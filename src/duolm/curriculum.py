@@ -99,7 +99,8 @@ class Curriculum:
         out = self.operator(s.gamma_min + t.double() * span)
         return out.alpha, out.dalpha * span
 
-    def token_loss(self, method, backbone, x0, valid, step: int, t=None, generator=None) -> TokenLoss:
+    def token_loss(self, method, backbone, x0, valid, step: int, t=None, generator=None, clean=None) -> TokenLoss:
+        """clean (B, L) bool: positions held clean (a prompt); the network sees their one-hot token."""
         s = self.schedule
         if valid is None:
             valid = torch.ones_like(x0, dtype=torch.float32)
@@ -111,9 +112,19 @@ class Curriculum:
         tau = s.tau(step)
         if s.top_k > 0:
             ids, weights, x_t = topk_relaxation(x0, gamma, self.K, s.top_k, tau, generator=generator)
+            if clean is not None:  # all the weight on the clean token, first of the k
+                hold = clean[..., None]
+                first = torch.zeros_like(weights, dtype=torch.bool)
+                first[..., 0] = True
+                ids = torch.where(hold & first, x0[..., None], ids)
+                weights = torch.where(hold, first.to(weights.dtype), weights)
+                x_t = torch.where(clean, x0, x_t)
             return method.loss_at(backbone, x_t, x0, t, alpha, dalpha, valid.float(), model_input=ids,
                                   weights=weights)
         (w,) = gaussian_latents(x0, [gamma], self.K, generator=generator)  # (B, L, K)
+        if clean is not None:  # a logit far above the rest: the softmax is the clean token's one-hot
+            one_hot = torch.nn.functional.one_hot(x0, self.K).to(w.dtype) * (1e4 * tau)
+            w = torch.where(clean[..., None], one_hot, w)
         x_t = w.argmax(-1)
         # the DiT softmaxes the tempered latents into a weighted embedding
         return method.loss_at(backbone, x_t, x0, t, alpha, dalpha, valid.float(), model_input=w / tau)

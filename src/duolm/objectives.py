@@ -2,6 +2,9 @@
 
     loss = objective.token_loss(backbone, x0, valid, step=step, generator=g)  # -> TokenLoss
 
+`clean` (B, L) bool marks positions held clean (an instruction's prompt): never noised, given to
+the network as they are; the caller gives them weight 0 in `valid`, so they carry no loss.
+
 - ``Nelbo``: the method's own loss (AR cross-entropy, MDLM / SEDD / D3PM / uniform-state NELBO).
 - ``CurriculumNelbo``: Duo's curriculum (relaxed Gaussian latents) while it is active, then the NELBO.
 - ``Distillation``: Discrete Consistency Distillation; owns its frozen teacher and delta schedule.
@@ -29,7 +32,7 @@ class Objective(Protocol):
 
     def token_loss(self, backbone, x0: torch.Tensor, valid: torch.Tensor | None, *, step: int,
                    generator=None, index: torch.Tensor | None = None, total: int | None = None,
-                   ema=None, labels: torch.Tensor | None = None) -> TokenLoss: ...
+                   ema=None, labels: torch.Tensor | None = None, clean: torch.Tensor | None = None) -> TokenLoss: ...
 
     def metrics(self, step: int) -> dict[str, float]: ...
 
@@ -77,9 +80,11 @@ class Nelbo:
             t = lo + (hi - lo) * (t - eps) / (1 - eps)
         return t
 
-    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None):
+    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None,
+                   clean=None):
         t = self.sample_times(x0, generator, index, total)
-        return self.method.token_loss(self.conditioned(backbone, labels, generator), x0, valid, t, generator=generator)
+        return self.method.token_loss(self.conditioned(backbone, labels, generator), x0, valid, t, generator=generator,
+                                      clean=clean)
 
     def metrics(self, step: int) -> dict[str, float]:
         return {}
@@ -114,16 +119,17 @@ class CurriculumNelbo(Nelbo):
         super().__init__(method, antithetic=antithetic, num_classes=num_classes, class_dropout=class_dropout)
         self.curriculum = curriculum
 
-    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None):
+    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None,
+                   clean=None):
         if not self.curriculum.schedule.active(step):
             return super().token_loss(backbone, x0, valid, step=step, generator=generator, index=index, total=total,
-                                      labels=labels)
+                                      labels=labels, clean=clean)
         t = self.sample_times(x0, generator, index, total)
         # the curriculum's t lives on its gamma band: stretch the drawn [eps, 1] back to [0, 1]
         eps = self.method.sampling_eps
         t = (t - eps) / (1 - eps)
         return self.curriculum.token_loss(self.method, self.conditioned(backbone, labels, generator), x0, valid, step,
-                                          t=t, generator=generator)
+                                          t=t, generator=generator, clean=clean)
 
     def metrics(self, step: int) -> dict[str, float]:
         s = self.curriculum.schedule
@@ -153,9 +159,13 @@ class Distillation(Nelbo):
         self.operator = DiffusionTransform(method.process.num_states)
         self.teacher = Teacher(student)
 
-    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None):
+    def token_loss(self, backbone, x0, valid, *, step, generator=None, index=None, total=None, ema=None, labels=None,
+                   clean=None):
         if labels is not None:
             raise ValueError("distillation of class-conditional models is not supported yet")
+        if clean is not None:
+            raise ValueError("distillation on instruction records (a prompt held clean) is not supported; distill "
+                             "on text data")
         if self.teacher_from == "ema" and ema is None:
             raise ValueError("distill.teacher_from=ema needs the run's EMA (training.ema > 0)")
         self.teacher.net.to(x0.device)  # a no-op once there

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from duolm.checkpoints import load_pretrained
+from duolm.data.instructions import prompt_ids, reply_ids
 from duolm.data.tokenizers import is_image
 from duolm.evaluation.likelihood import continuation_nelbo
 from duolm.infill import parse_template
@@ -110,8 +111,8 @@ class Model:
         SamplerSpec field (stride, stop_at_eos, use_float64, ...) or setting of the sampler (psi: time_profile, plateau, ...)."""
         if is_image(self.tokenizer):
             raise ValueError("generate() writes text; this is an image model: use `duolm sample` for its grid")
-        prompt_ids = None if prompt is None else [self.tokenizer.bos_id] + self.tokenizer.encode(prompt)
-        spec = self.spec(steps=steps, sampler=sampler, prompt_ids=prompt_ids,
+        held = None if prompt is None else prompt_ids(self.tokenizer, prompt=prompt)
+        spec = self.spec(steps=steps, sampler=sampler, prompt_ids=held,
                          total_length=length if length and length > self.length else None, **options)
         res = generate(self.method, self.pretrained.backbone, self.tokenizer, spec, length=self.length,
                        num_samples=n, batch_size=batch_size, seed=seed, device=self.device, progress=progress)
@@ -127,26 +128,15 @@ class Model:
         tokenizer's chat template (with the assistant's turn opened) are held clean at the start of
         the window, the rest is generated, and each reply is cut at its first end-of-text token.
         Needs a tokenizer with a chat template (model=hf from an instruction-tuned base)."""
-        tok = getattr(self.tokenizer, "tok", None)
-        if tok is None or not getattr(tok, "chat_template", None):
-            raise ValueError("chat() formats messages with the tokenizer's chat template; this model's tokenizer "
-                             "has none (use generate(prompt=...))")
-        prompt = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                              return_dict=False))
+        prompt = prompt_ids(self.tokenizer, messages=messages)  # as supervised fine-tuning framed it
         if len(prompt) >= self.length:
             raise ValueError(f"the conversation is {len(prompt)} tokens in the chat template; the model's window is "
                              f"{self.length}: nothing is left for the reply")
         spec = self.spec(steps=steps, sampler=sampler, prompt_ids=prompt, **options)
         res = generate(self.method, self.pretrained.backbone, self.tokenizer, spec, length=self.length,
                        num_samples=n, batch_size=batch_size, seed=seed, device=self.device, progress=progress)
-        replies, ids = [], []
-        eos = {self.tokenizer.eos_id, getattr(tok, "eos_token_id", None)} - {None}
-        for smp in res["samples"]:
-            reply = list(smp["ids"][len(prompt):])
-            cut = next((i for i, t in enumerate(reply) if t in eos), len(reply))
-            ids.append(reply[:cut])
-            replies.append(self.tokenizer.decode(reply[:cut]))
-        return Generation(replies, ids, result=res)
+        ids = [reply_ids(self.tokenizer, smp["ids"], len(prompt)) for smp in res["samples"]]
+        return Generation([self.tokenizer.decode(r) for r in ids], ids, result=res)
 
     def infill(self, template: str, *, n: int = 1, steps: int = 64, sampler: str = "auto", blank_length: int = 8,
                seed: int = 0, batch_size: int = 16, progress: bool = False, **options) -> Generation:

@@ -59,7 +59,7 @@ COMMAND_HELP = {
     "sample": ("generate from a trained model (eval.checkpoint_path, default: the model in run.dir) and write "
                "the samples as JSON",
                ["eval.checkpoint_path", "sampling.steps", "sampling.predictor", "sampling.noise_removal",
-                "sampling.num_samples", "sampling.prefix", "sampling.infill", "sampling.output", "sampling.classes",
+                "sampling.num_samples", "sampling.prefix", "sampling.chat", "sampling.infill", "sampling.output", "sampling.classes",
                 "sampling.guidance", "sampling.trajectory"],
                ["duolm sample eval.checkpoint_path=builtin:duo-bigtxt-dcd sampling.steps=8",
                 "duolm sample eval.checkpoint_path=builtin:duo-bigtxt-dcd sampling.infill='the [___] sat on the [___:3] mat'",

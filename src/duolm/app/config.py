@@ -73,7 +73,7 @@ def _unknown_keys(overrides: list[str]) -> str | None:
 
 # keys whose values are free text or paths: a shell strips the quotes around
 # `sampling.infill='the [___] sat'`, so duolm quotes these values for Hydra's grammar itself
-FREE_TEXT_KEYS = ("sampling.infill", "sampling.prefix", "sampling.output", "eval.checkpoint_path", "eval.output",
+FREE_TEXT_KEYS = ("sampling.infill", "sampling.prefix", "sampling.chat", "sampling.output", "eval.checkpoint_path", "eval.output",
                   "eval.scoring_model", "eval.mauve_texts", "eval.inception_weights", "eval.judge", "data.path",
                   "data.valid_path", "data.cache_dir", "run.dir", "lm_eval.output", "lm_eval.include_path",
                   "convert.output", "hub.repo", "hub.message", "plot.output")
@@ -458,11 +458,13 @@ def _check_sampling(cfg, method, *, model_known: bool, num_classes: int = 0) -> 
 
     def check():
         # the prefix is tokenized when the tokenizer has loaded; its length is checked then
-        spec = spec_from_config(OmegaConf.merge(s, {"prefix": None}), method)
+        if s.get("prefix") and s.get("chat"):
+            raise ValueError("sampling.prefix and sampling.chat both set what a sample starts with; set one of them")
+        spec = spec_from_config(OmegaConf.merge(s, {"prefix": None, "chat": None}), method)
         if not model_known:
             check_sampler(spec)
             return
-        if s.get("prefix"):
+        if s.get("prefix") or s.get("chat"):
             spec = replace(spec, prefix=(0,))  # a stand-in: the sampler must be able to hold tokens
         checked_spec(spec, method, cfg.model.length)
 

@@ -3,6 +3,7 @@ the application reads sampler settings. Every check lives in the library (Sample
 the sampler table's check_sampler, the template parser); this file only maps keys to arguments."""
 from __future__ import annotations
 
+from duolm.data.instructions import prompt_ids
 from duolm.data.tokenizers import is_image
 from duolm.infill import Template, parse_template
 from duolm.sampling import SamplerSpec, checked_spec
@@ -13,16 +14,29 @@ def spec_from_config(sampling, method, tokenizer=None) -> SamplerSpec:
     """The spec of the `sampling` group, 'auto' left for SamplerSpec.resolve. Its last time is the
     method's own sampling_eps: a model samples down to the time floor it was trained with."""
     prefix = None
-    if sampling.get("prefix"):
+    if sampling.get("prefix") and sampling.get("chat"):
+        raise ValueError("sampling.prefix and sampling.chat both set what a sample starts with; set one of them")
+    if sampling.get("prefix") or sampling.get("chat"):
         if tokenizer is None:
-            raise ValueError("sampling.prefix needs the tokenizer")
-        prefix = [tokenizer.bos_id] + tokenizer.encode(sampling.prefix)
+            raise ValueError(f"sampling.{'chat' if sampling.get('chat') else 'prefix'} needs the tokenizer")
+        prefix = chat_prefix(sampling, tokenizer) or prompt_ids(tokenizer, prompt=sampling.prefix)
     # only the chosen sampler's block (sampling.<predictor>) is read: the others' settings are ignored
     return SamplerSpec(predictor=sampling.predictor, steps=sampling.steps, noise_removal=sampling.noise_removal,
                        use_float64=sampling.use_float64, p_nucleus=sampling.p_nucleus,
                        options=options_from_settings(sampling.predictor, sampling), prefix=prefix,
                        eps=method.sampling_eps, total_length=sampling.get("total_length"),
                        stride=sampling.get("stride"), stop_at_eos=bool(sampling.get("stop_at_eos", False)))
+
+
+def chat_prefix(sampling, tokenizer) -> list[int] | None:
+    """sampling.chat, a user's message, as the ids a reply is generated after (its chat template
+    with the assistant's turn opened, as supervised fine-tuning framed it); None when unset."""
+    if not sampling.get("chat"):
+        return None
+    try:
+        return prompt_ids(tokenizer, messages=[{"role": "user", "content": str(sampling.chat)}])
+    except ValueError as err:
+        raise ValueError(f"sampling.chat: {err}") from None
 
 
 def spec_for_model(sampling, pre) -> SamplerSpec:

@@ -11,8 +11,12 @@ import json
 from pathlib import Path
 
 from duolm.data.detokenizers import join_wikitext_articles
+from duolm.data.instructions import is_instruction_file, iter_records
 from duolm.data.sources import LOCAL_FILES, TRAINING_SETS, TextSource
 from duolm.hub_access import from_hub
+
+
+LOCAL_FORMATS = ("auto", "text_dir", "text_file", "jsonl", "token_ids", "instructions")
 
 
 def big_txt_path() -> Path:
@@ -67,6 +71,11 @@ class Documents:
             if j == i:
                 return d
         raise IndexError(i)
+
+
+class Instructions(Documents):
+    """A stream of instruction records (duolm.data.instructions): prompt / response pairs, held
+    apart all the way to the store, which keeps each prompt clean."""
 
 
 def _split_stream(f, sep: str = "\n\n", chunk: int = 1 << 20):
@@ -137,7 +146,7 @@ def local_documents(path: str | Path, fmt: str = "auto", text_field: str = "text
         if path.is_dir():
             fmt = "text_dir"
         elif path.suffix == ".jsonl":
-            fmt = "jsonl"
+            fmt = "instructions" if is_instruction_file(path, text_field) else "jsonl"
         elif path.suffix in (".ids", ".tokens", ".tok"):
             fmt = "token_ids"
         else:
@@ -153,9 +162,12 @@ def local_documents(path: str | Path, fmt: str = "auto", text_field: str = "text
         raw, ids = (lambda: _iter_jsonl(path, text_field)), False
     elif fmt == "token_ids":
         raw, ids = (lambda: _iter_token_ids(path, vocab_size)), True
+    elif fmt == "instructions":
+        if path.is_dir():
+            raise ValueError(f"data.format=instructions reads one .jsonl file; data.path {path} is a folder")
+        raw, ids = (lambda: iter_records(path)), False
     else:
-        raise ValueError(f"data.format must be one of ['auto', 'text_dir', 'text_file', 'jsonl', 'token_ids'], "
-                         f"got {fmt!r}")
+        raise ValueError(f"data.format must be one of {list(LOCAL_FORMATS)}, got {fmt!r}")
 
     def non_empty():
         seen = False
@@ -166,7 +178,7 @@ def local_documents(path: str | Path, fmt: str = "auto", text_field: str = "text
         if not seen:
             raise ValueError(f"data.path: {path} is empty")
 
-    return Documents(non_empty), ids
+    return (Instructions if fmt == "instructions" else Documents)(non_empty), ids
 
 
 def read_local(path: str | Path, fmt: str = "auto", text_field: str = "text") -> tuple[list, bool]:
@@ -180,6 +192,10 @@ def split_local(docs: Documents, valid_fraction: float) -> dict[str, Documents]:
     gets one: the last); a corpus of one document holds out its tail instead."""
     every = max(2, round(1 / float(valid_fraction)))
     n = sum(1 for _ in docs)  # one counting pass: memory stays bounded
+    kind = type(docs) if isinstance(docs, Documents) else Documents
+    if n < 2 and kind is Instructions:
+        raise ValueError("data.path: one instruction record cannot be split into training and validation; "
+                         "add records or pass data.valid_path")
     if n < 2:
         d = next(iter(docs))
         cut = int(len(d) * (1 - 1 / every))
@@ -187,7 +203,7 @@ def split_local(docs: Documents, valid_fraction: float) -> dict[str, Documents]:
     every = min(every, n)
 
     def part(keep_valid: bool):
-        return Documents(lambda: (d for i, d in enumerate(docs) if (i % every == every - 1) == keep_valid))
+        return kind(lambda: (d for i, d in enumerate(docs) if (i % every == every - 1) == keep_valid))
 
     return {"train": part(False), "valid": part(True)}
 

@@ -20,6 +20,7 @@ import torch
 from duolm.atomic import atomic_directory
 from duolm.data import corpora
 from duolm.data.encode import encode_documents
+from duolm.data.instructions import encode_records
 from duolm.data.store import STORE_VERSION, Split, SplitWriter, StoreError, file_lock, open_store
 from duolm.data.sources import STREAM_ONLY, STREAMS, TRAINING_SETS, ZERO_SHOT
 from duolm.data.streaming import StreamingBlocks, stream_texts
@@ -55,6 +56,9 @@ def load_documents(source: str, vocab_size: int | None = None, **kwargs) -> tupl
         docs, are_ids = corpora.local_documents(kwargs["path"], fmt, field, vocab_size)
         if kwargs.get("valid_path"):
             valid, _ = corpora.local_documents(kwargs["valid_path"], fmt, field, vocab_size)
+            if isinstance(docs, corpora.Instructions) != isinstance(valid, corpora.Instructions):
+                raise ValueError("data.valid_path must hold the same kind of records as data.path (instruction "
+                                 "records in both, or texts in both)")
             return {"train": docs, "valid": valid}, are_ids
         return corpora.split_local(docs, kwargs.get("valid_fraction", 0.05)), are_ids
     if source in EVAL_ONLY:
@@ -154,12 +158,21 @@ def _cached_splits(source, tokenizer, length, mode, cache_dir, num_proc, docs, a
 
 def _build_store(store: Path, source: str, tokenizer, length: int, mode: str, key: str, num_proc, docs, are_ids):
     meta = {"version": STORE_VERSION, "key": key, "splits": {}}
+    instructions = any(isinstance(items, corpora.Instructions) for items in docs.values())
+    if instructions and mode == "wrap":
+        raise ValueError("data.blocks=wrap joins documents into one stream; instruction records (prompt and "
+                         "response) need data.blocks=pad or pack")
     with atomic_directory(store) as tmp:
         for split, items in docs.items():
             writer = SplitWriter(tmp / split, mode=mode, length=length, bos=tokenizer.bos_id, eos=tokenizer.eos_id,
-                                 vocab_size=tokenizer.vocab_size, source=f"data ({source}, {split})")
-            for flat, lengths in encode_documents(items, tokenizer, num_proc=num_proc, are_ids=are_ids):
-                writer.add_flat(flat, lengths)
+                                 vocab_size=tokenizer.vocab_size, source=f"data ({source}, {split})",
+                                 prompts=instructions)
+            if instructions:
+                for flat, lengths, prompt_lengths in encode_records(items, tokenizer, num_proc=num_proc):
+                    writer.add_flat(flat, lengths, prompt_lengths)
+            else:
+                for flat, lengths in encode_documents(items, tokenizer, num_proc=num_proc, are_ids=are_ids):
+                    writer.add_flat(flat, lengths)
             if writer.n_docs == 0:
                 raise ValueError(f"data ({source}): the {split} split is empty")
             meta["splits"][split] = writer.close()

@@ -16,6 +16,16 @@ What a sequence is depends on the block mode (the mode is part of the store's ke
   is sequence i (empty documents are dropped); block i of pack is sequences rows[i] .. rows[i+1]
   (greedy packing of whole sequences), a contiguous slice; the rest of a block is padding.
 
+Instruction data (duolm.data.instructions) adds, per split:
+
+    <split>/prompts.bin   int64, n: how many leading positions of each sequence are its prompt
+                          ([BOS] and the prompt's tokens), held clean and never scored
+
+A record whose prompt leaves no room for one response token in a block is dropped (counted in
+meta.json as n_dropped). In its blocks the rest of a block after a sequence holds EOS and is
+scored, as in LLaDA's supervised fine-tuning: the model learns where a response stops, so a
+response generated into a fixed window ends itself.
+
 Memory while building is a batch of documents; memory while reading is what the batch touches.
 """
 from __future__ import annotations
@@ -56,7 +66,9 @@ class SplitWriter:
     """Appends documents' token ids to one split of a store, a batch at a time."""
 
     def __init__(self, directory: Path, *, mode: str, length: int, bos: int, eos: int, vocab_size: int,
-                 source: str = "data"):
+                 source: str = "data", prompts: bool = False):
+        if prompts and mode == "wrap":
+            raise ValueError("instruction records need data.blocks=pad or pack, not wrap")
         if mode == "wrap" and length < 3:
             raise ValueError(f"model.length must be >= 3 to wrap text with BOS and EOS, got {length}")
         directory.mkdir(parents=True, exist_ok=True)
@@ -69,16 +81,20 @@ class SplitWriter:
         self._rows = open(directory / "rows.bin", "wb") if mode == "pack" else None
         if self._rows is not None:
             self._rows.write(np.zeros(1, dtype=np.int64).tobytes())
-        self.n_docs = self.n_seqs = self.n_tokens = 0
+        self._prompts = open(directory / "prompts.bin", "wb") if prompts else None
+        self.n_docs = self.n_seqs = self.n_tokens = self.n_dropped = 0
         self._row_len = 0
 
     def add(self, docs) -> None:
         """docs: a batch of token-id sequences (lists or arrays), in corpus order."""
         self.add_flat(*flatten(docs))
 
-    def add_flat(self, flat: np.ndarray, lengths: np.ndarray) -> None:
-        """A batch as one flat array of token ids and each document's length (no Python loop per token)."""
+    def add_flat(self, flat: np.ndarray, lengths: np.ndarray, prompt_lengths: np.ndarray | None = None) -> None:
+        """A batch as one flat array of token ids and each document's length (no Python loop per
+        token); prompt_lengths: of instruction records, how many of each one's tokens are its prompt."""
         flat, lengths = np.asarray(flat), np.asarray(lengths, dtype=np.int64)
+        if (prompt_lengths is None) != (self._prompts is None):
+            raise ValueError(f"{self.source}: prompt lengths go with a store of instruction records, and only there")
         if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= self.vocab_size):
             pos = int(np.flatnonzero((flat < 0) | (flat >= self.vocab_size))[0])
             doc = int(np.searchsorted(np.cumsum(lengths), pos, side="right"))
@@ -89,10 +105,14 @@ class SplitWriter:
         if self.mode == "wrap":
             kept, keep_starts = lengths, doc_starts
         else:
-            if self.mode == "pad":  # empty documents make no block
-                keep_starts, lengths = doc_starts[lengths > 0], lengths[lengths > 0]
-            else:
-                keep_starts = doc_starts
+            keep = lengths > 0 if self.mode == "pad" else np.ones(len(lengths), dtype=bool)  # empty: no block
+            if prompt_lengths is not None:  # a prompt must leave one response token inside the block
+                prompt_lengths = np.asarray(prompt_lengths, dtype=np.int64)
+                fits = prompt_lengths <= self.length - 3
+                self.n_dropped += int((~fits).sum())
+                keep &= fits
+                prompt_lengths = prompt_lengths[keep]
+            keep_starts, lengths = doc_starts[keep], lengths[keep]
             kept = np.minimum(lengths, self.length - 2)  # ([BOS] doc)[: L - 1] [EOS]
         # the kept tokens of every document, gathered with index arithmetic
         first = np.repeat(keep_starts, kept)
@@ -118,6 +138,8 @@ class SplitWriter:
             if row_starts:
                 self._rows.write(np.asarray(row_starts, dtype=np.int64).tobytes())
         if len(seq_lens):
+            if prompt_lengths is not None:
+                self._prompts.write((1 + prompt_lengths).astype(np.int64).tobytes())  # [BOS] is clean too
             self._tokens.write(out.tobytes())
             self._offsets.write((self.n_tokens + ends).astype(np.int64).tobytes())
             self.n_seqs += len(seq_lens)
@@ -130,18 +152,24 @@ class SplitWriter:
             if self.n_seqs:
                 self._rows.write(np.asarray([self.n_seqs], dtype=np.int64).tobytes())
             n_rows = (self._rows.tell() // 8) - 1
-        for f in (self._tokens, self._offsets, self._rows):
+        for f in (self._tokens, self._offsets, self._rows, self._prompts):
             if f is not None:
                 f.flush()
                 os.fsync(f.fileno())
                 f.close()
         meta = {"n_docs": self.n_docs, "n_seqs": self.n_seqs, "n_tokens": self.n_tokens, "n_rows": n_rows,
                 "dtype": np.dtype(self.dtype).name}
+        if self._prompts is not None:
+            meta.update(prompts=True, n_dropped=self.n_dropped)
         n_blocks = _num_blocks(self.mode, self.length, meta)
         if n_blocks == 0:
             if self.mode == "wrap":
                 raise ValueError(f"{self.source}: {self.n_tokens} tokens cannot fill one block of "
                                  f"model.length={self.length}; use more text or a shorter model.length")
+            if self.n_dropped:
+                raise ValueError(f"{self.source}: every one of the {self.n_dropped} records has a prompt of "
+                                 f"model.length - 2 = {self.length - 2} tokens or more, so no response fits; use "
+                                 f"a longer model.length")
             raise ValueError(f"{self.source}: no {'non-empty sequences' if self.mode == 'pad' else 'sequences to pack'}")
         return meta
 
@@ -193,6 +221,8 @@ class Split(MappedFiles):
                                          shape=(self.meta["n_seqs"] + 1,))}
             if self.mode == "pack":
                 maps["rows"] = np.memmap(d / "rows.bin", dtype=np.int64, mode="r", shape=(self.meta["n_rows"] + 1,))
+            if self.has_prompts:
+                maps["prompts"] = np.memmap(d / "prompts.bin", dtype=np.int64, mode="r", shape=(self.meta["n_seqs"],))
             for m in maps.values():  # blocks are read at random: no read-ahead around each one
                 if isinstance(m, np.memmap) and hasattr(mmap, "MADV_RANDOM"):
                     m._mmap.madvise(mmap.MADV_RANDOM)
@@ -203,28 +233,58 @@ class Split(MappedFiles):
         return _num_blocks(self.mode, self.length, self.meta)
 
     def _span(self, i: int) -> tuple[int, int]:
-        m = self._open()
-        if self.mode == "pad":
-            return int(m["offsets"][i]), int(m["offsets"][i + 1])
-        r0, r1 = int(m["rows"][i]), int(m["rows"][i + 1])
-        return int(m["offsets"][r0]), int(m["offsets"][r1])
+        """Where block i's tokens lie in tokens.bin."""
+        first, last = self._sequences(i)
+        offsets = self._open()["offsets"]
+        return int(offsets[first]), int(offsets[last])
+
+    @property
+    def has_prompts(self) -> bool:
+        """Whether this split holds instruction records (prompts held clean, see the module docstring)."""
+        return bool(self.meta.get("prompts"))
 
     def blocks(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocks start .. stop - 1: (ids (n, L) int64, valid (n, L) bool)."""
+        """Blocks start .. stop - 1: (ids (n, L) int64, valid (n, L) bool: the positions scored)."""
+        ids, valid, _ = self.blocks_with_prompts(start, stop)
+        return ids, valid
+
+    def blocks_with_prompts(self, start: int, stop: int):
+        """(ids, valid, clean): clean (n, L) bool marks the prompt positions of instruction records,
+        held clean and not scored (valid is False there); None for a split without prompts."""
         stop = min(stop, len(self))
         n = max(0, stop - start)
-        tokens = self._open()["tokens"]
+        m = self._open()
+        tokens = m["tokens"]
         if self.mode == "wrap":
             chunk = np.asarray(tokens[start * self.body: stop * self.body], dtype=np.int64).reshape(n, self.body)
             ids = np.concatenate([np.full((n, 1), self.bos), chunk, np.full((n, 1), self.eos)], axis=1)
-            return torch.from_numpy(ids), torch.ones(n, self.length, dtype=torch.bool)
-        ids = np.full((n, self.length), self.pad, dtype=np.int64)
-        valid = np.zeros((n, self.length), dtype=bool)
+            return torch.from_numpy(ids), torch.ones(n, self.length, dtype=torch.bool), None
+        prompts = self.has_prompts
+        # instruction blocks end in EOS tokens that are scored (the response's length is learnt)
+        ids = np.full((n, self.length), self.eos if prompts else self.pad, dtype=np.int64)
+        valid = np.full((n, self.length), prompts, dtype=bool)
+        clean = np.zeros((n, self.length), dtype=bool) if prompts else None
         for j in range(n):
             a, b = self._span(start + j)
             ids[j, : b - a] = tokens[a:b]
-            valid[j, : b - a] = True
-        return torch.from_numpy(ids), torch.from_numpy(valid)
+            if not prompts:
+                valid[j, : b - a] = True
+                continue
+            first, last = self._sequences(start + j)
+            offsets, lengths = m["offsets"], m["prompts"]
+            for q in range(first, last):  # each record's prompt in its block
+                p0 = int(offsets[q]) - a
+                clean[j, p0: p0 + int(lengths[q])] = True
+        if prompts:
+            valid &= ~clean
+        return torch.from_numpy(ids), torch.from_numpy(valid), None if clean is None else torch.from_numpy(clean)
+
+    def _sequences(self, i: int) -> tuple[int, int]:
+        """The stored sequences of block i (pad: one; pack: its row's)."""
+        if self.mode == "pad":
+            return i, i + 1
+        rows = self._open()["rows"]
+        return int(rows[i]), int(rows[i + 1])
 
     def block(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids, valid = self.blocks(i, i + 1)
@@ -270,6 +330,8 @@ def open_store(directory: Path, *, key: str, mode: str, length: int, bos: int, e
         expected = {"tokens.bin": m["n_tokens"] * itemsize, "offsets.bin": (m["n_seqs"] + 1) * 8}
         if mode == "pack":
             expected["rows.bin"] = (m["n_rows"] + 1) * 8
+        if m.get("prompts"):
+            expected["prompts.bin"] = m["n_seqs"] * 8
         for fname, size in expected.items():
             actual = (d / fname).stat().st_size if (d / fname).exists() else -1
             if actual != size:

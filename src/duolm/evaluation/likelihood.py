@@ -19,15 +19,18 @@ def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, 
     Carlo draw); for AR it reflects only the spread between sequences. ids: (N, L) token ids with
     their valid mask, or a store split (duolm.data.store.Split), read a batch at a time. A
     class-conditional network is given each image's label (an image split carries them), so the
-    figure is the conditional NELBO.
+    figure is the conditional NELBO; a split of instruction records scores each response (and the
+    EOS that ends its block) given its prompt, held clean.
     """
     conditional = getattr(getattr(backbone, "config", None), "num_classes", 0) > 0
 
     def batch(a: int, b: int):
         if valid is None:
+            if getattr(ids, "has_prompts", False):  # instruction records: the response given its prompt
+                return ids.blocks_with_prompts(a, b) + (None,)
             x, v = ids.blocks(a, b)
-            return x, v, (ids.labels(a, b) if conditional else None)
-        return ids[a:b], valid[a:b], None
+            return x, v, None, (ids.labels(a, b) if conditional else None)
+        return ids[a:b], valid[a:b], None, None
 
     g = torch.Generator(device=device or "cpu").manual_seed(seed)
     backbone.eval()
@@ -36,12 +39,13 @@ def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, 
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
     for b in progress_bar(range(n_batches), disable=not progress, desc="eval"):
-        x0, v, labels = batch(b * batch_size, (b + 1) * batch_size)
+        x0, v, clean, labels = batch(b * batch_size, (b + 1) * batch_size)
         x0, v = x0.to(device), v.to(device)
+        clean = None if clean is None else clean.to(device)
         net = with_labels(backbone, None if labels is None else labels.to(device))
         total = 0.0
         for _ in range(time_samples):
-            nelbo, count = method.sequence_nelbo(net, x0, v, generator=g)
+            nelbo, count = method.sequence_nelbo(net, x0, v, generator=g, clean=clean)
             total = total + nelbo / time_samples
         per_seq.append(total.cpu())
         tokens.append(count.cpu())

@@ -39,7 +39,7 @@ BACKBONES: dict[str, Backbone] = {
     "hf": Backbone(HFLM, HFConfig, data=("text",), image_shaped=False, causal_option=True, relaxed_inputs=True,
                    describe=lambda m: f"{m['pretrained']} ({m['hf_config'].get('model_type')}, pretrained)",
                    complete=lambda m: {**m, "hf_config": m.get("hf_config") or base_config(m.get("pretrained", "smollm2"))},
-                   initialise=lambda net: net.load_base_weights()),
+                   initialise=lambda net: net.load_base_weights() if net.config.init == "pretrained" else None),
 }
 
 

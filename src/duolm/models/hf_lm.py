@@ -45,12 +45,18 @@ class HFConfig:
     lora: dict | None = None                # {r, alpha, dropout, target_modules}: adapters only (None: full)
     shift: bool = False                     # position i's output read from position i - 1 (the AR head's alignment)
     anneal_steps: int = 0                   # > 0: the causal mask opens to bidirectional over this many steps
+    init: str = "pretrained"                # "random": the base's architecture from random weights (a baseline)
     type: str = "hf"
 
     def __post_init__(self):
         if self.num_classes:
             raise ValueError("model.num_classes: a pretrained language model backbone is unconditional")
         self.lora = check_lora(self.lora)
+        if self.init not in ("pretrained", "random"):
+            raise ValueError(f"model.init must be one of ['pretrained', 'random'], got {self.init!r}")
+        if self.init == "random" and self.lora is not None:
+            raise ValueError("model.lora adapts pretrained weights; with model.init=random train every weight "
+                             "(model.lora.r=0)")
         a = self.anneal_steps
         if isinstance(a, bool) or not isinstance(a, int) or a < 0:
             raise ValueError(f"model.anneal_steps must be an integer >= 0 (0: bidirectional from the start), got {a!r}")

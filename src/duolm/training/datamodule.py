@@ -16,8 +16,13 @@ class BlockDataset(Dataset):
     def __len__(self):
         return len(self.split)
 
-    def __getitem__(self, i):
-        return self.split.block(i)  # read from the memory-mapped store
+    def __getitem__(self, i) -> dict:
+        """{'ids', 'valid'}, with 'label' for an image and 'clean' (the prompt) for an instruction record."""
+        if getattr(self.split, "has_prompts", False):
+            ids, valid, clean = self.split.blocks_with_prompts(i, i + 1)
+            return {"ids": ids[0], "valid": valid[0], "clean": clean[0]}
+        ids, valid, *label = self.split.block(i)  # read from the memory-mapped store
+        return {"ids": ids, "valid": valid, **({"label": label[0]} if label else {})}
 
 
 class BlockDataModule(pl.LightningDataModule):

@@ -73,8 +73,8 @@ class LitDiffusionLM(pl.LightningModule):
         return (micro * n + torch.arange(n, device=self.device)) * world + rank
 
     def training_step(self, batch, batch_idx):
-        x0, valid, *labels = batch  # image blocks carry their class label
-        labels = labels[0] if labels else None
+        # image blocks carry their class label, instruction blocks their prompt (held clean)
+        x0, valid, labels, clean = batch["ids"], batch["valid"], batch.get("label"), batch.get("clean")
         accum, _, rank = self._layout()
         g = step_generator(self.seed, self.global_step, batch_idx % accum, rank, self.device)
         if self.augment is not None:  # its own stream, so the loss draws what they would without it
@@ -84,7 +84,8 @@ class LitDiffusionLM(pl.LightningModule):
             self.backbone.set_step(self.global_step)
         loss = self.objective.token_loss(self.backbone, x0, valid, step=self.global_step, generator=g,
                                          index=self._global_index(batch_idx, x0.shape[0]),
-                                         total=self.global_batch_size, ema=self.ema, labels=labels).mean()
+                                         total=self.global_batch_size, ema=self.ema, labels=labels,
+                                         clean=clean).mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"the training loss became {loss.item()} at step {self.global_step}; "
                                      f"training stopped")
@@ -106,11 +107,11 @@ class LitDiffusionLM(pl.LightningModule):
             self._ema_ctx.__enter__()
 
     def validation_step(self, batch, batch_idx):
-        x0, valid, *labels = batch
-        backbone = with_labels(self.backbone, labels[0] if labels else None)  # the NELBO given the true class
+        x0, valid, clean = batch["ids"], batch["valid"], batch.get("clean")
+        backbone = with_labels(self.backbone, batch.get("label"))  # the NELBO given the true class
         g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
-        for _ in range(self.eval_time_samples):
-            nelbo, count = self.method.sequence_nelbo(backbone, x0, valid, generator=g)
+        for _ in range(self.eval_time_samples):  # an instruction's: of its response given its prompt
+            nelbo, count = self.method.sequence_nelbo(backbone, x0, valid, generator=g, clean=clean)
             self._val[0] += nelbo.sum() / self.eval_time_samples
         self._val[1] += count.sum()
 

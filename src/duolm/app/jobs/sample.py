@@ -8,6 +8,7 @@ from duolm.app.loading import load_for_eval, model_path
 from duolm.app.outputs import results_dir
 from duolm.app.sampling_settings import spec_for_model, template_from_config
 from duolm.atomic import write_json
+from duolm.data.instructions import reply_ids
 from duolm.data.tokenizers import is_image
 from duolm.evaluation.pictures import write_result_pictures
 from duolm.sampling import check_infill
@@ -43,6 +44,10 @@ def sample_and_print(cfg, pre, device, checkpoint=None, out_dir=None) -> dict:
                    classes=parse_classes(s.classes), guidance=s.guidance, trajectory=s.trajectory,
                    predictions=bool(s.get("trajectory_predictions", False)), template=template)
     res = {"checkpoint": str(where), **res}
+    if s.get("chat"):  # each sample's reply: after the conversation, up to its first end of text
+        start = len(spec.prefix)
+        for smp in res["samples"]:
+            smp["reply"] = pre.tokenizer.decode(reply_ids(pre.tokenizer, smp["ids"], start))
     if image:
         res["data"] = pre.config.get("data")  # which training images FID compares against
     out = s.output or str(Path(out_dir or cfg.run.dir) / "samples.json")
@@ -60,5 +65,5 @@ def sample_and_print(cfg, pre, device, checkpoint=None, out_dir=None) -> dict:
             print("pictures: " + ", ".join(pictures.values()))
         return res
     for i, smp in enumerate(res["samples"][: s.print]):
-        print(f"--- sample {i}\n{smp['text']}")
+        print(f"--- {'reply' if 'reply' in smp else 'sample'} {i}\n{smp.get('reply', smp['text'])}")
     return res
