@@ -177,7 +177,11 @@ def _tiny_base(folder, tok):
     return folder
 
 
-def test_sft_trains_scores_the_response_and_answers_from_the_command_line(tmp_path, smollm2, capsys):
+def test_sft_trains_scores_the_response_and_answers_from_the_command_line(tmp_path, smollm2, monkeypatch):
+    """train (model=hf, chat records) -> eval (the response NELBO) -> lm-eval -> sample with
+    sampling.chat -> Model.chat, on a 1-layer Llama with SmolLM2's tokenizer."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
     from duolm.app.cli import main
     from duolm.app.api import load
 
@@ -199,6 +203,21 @@ def test_sft_trains_scores_the_response_and_answers_from_the_command_line(tmp_pa
     # the response's NELBO: only the positions after each prompt are scored
     assert math.isfinite(report["nll"]) and report["tokens"] == int(scored.sum()) == scored.numel() - int(clean.sum())
     assert int(clean.sum()) >= 30 * len(valid)  # SmolLM2's template: 30-odd prompt tokens a record
+    # lm-evaluation-harness on the same model: a local multiple-choice task (offline)
+    pytest.importorskip("lm_eval")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "items.jsonl").write_text("\n".join(json.dumps({"context": f"What is {i} plus one?", "choices":
+                                                           [f" {i + 1}.", " blue."], "label": 0}) for i in range(3)))
+    (tasks / "sums.yaml").write_text(f"task: sft_sums\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                                     f"    test: {tasks / 'items.jsonl'}\ntest_split: test\n"
+                                     f"output_type: multiple_choice\ndoc_to_text: \"{{{{context}}}}\"\n"
+                                     f"doc_to_choice: \"{{{{choices}}}}\"\ndoc_to_target: \"{{{{label}}}}\"\n"
+                                     f"metric_list:\n  - metric: acc\n")
+    harness = tmp_path / "lm_eval.json"
+    assert main(["lm-eval", f"eval.checkpoint_path={run / 'model'}", f"lm_eval.include_path={tasks}",
+                 "lm_eval.tasks=[sft_sums]", "lm_eval.num_mc_samples=2", f"lm_eval.output={harness}"]) == 0
+    assert 0 <= json.loads(harness.read_text())["results"]["sft_sums"]["acc,none"] <= 1
     out = tmp_path / "s.json"
     assert main(["sample", f"eval.checkpoint_path={run / 'model'}", "sampling.chat=What is 3 plus one?",
                  "sampling.steps=4", "sampling.num_samples=2", f"sampling.output={out}"]) == 0
