@@ -229,3 +229,31 @@ def test_sft_trains_scores_the_response_and_answers_from_the_command_line(tmp_pa
     m = load(str(run / "model"))
     replies = m.chat([{"role": "user", "content": "What is 3 plus one?"}], n=2, steps=4)
     assert len(replies.texts) == 2
+
+
+def test_a_resumed_lora_sft_run_ends_where_the_uninterrupted_one_does(tmp_path, smollm2):
+    """LoRA adapters, the annealed mask (drawn from the step) and the prompt masks through a
+    checkpoint: 3 + 3 steps give the adapters 6 straight steps give."""
+    from safetensors.torch import load_file
+
+    from duolm.app.cli import main
+
+    base = _tiny_base(tmp_path / "tiny-base", smollm2)
+    data = _write(tmp_path / "pairs.jsonl", [{"prompt": f"Say {i}: ", "response": f"{i} {i} {i}"} for i in range(16)])
+
+    def run(folder, steps):
+        assert main(["train", "model=hf", f"model.pretrained={base}", "algo=mdlm", "model.lora.r=4",
+                     "model.anneal_steps=4", "data=local", f"data.path={data}", "data.blocks=pack",
+                     f"data.tokenizer={base}", f"data.cache_dir={tmp_path / 'cache'}", "model.length=32",
+                     f"trainer.max_steps={steps}", "loader.global_batch_size=2", "trainer.val_check_interval=100",
+                     "trainer.limit_val_batches=1", f"run.dir={folder}", "trainer.enable_progress_bar=false",
+                     "training.ema=0", "optim.lr=1e-2", "optim.warmup_steps=0"]) == 0
+        return load_file(folder / "model" / "model.safetensors")
+
+    straight = run(tmp_path / "a", 6)
+    run(tmp_path / "b", 3)
+    resumed = run(tmp_path / "b", 6)
+    assert set(straight) == set(resumed) and all("lora_" in k for k in straight)
+    for k in straight:
+        torch.testing.assert_close(straight[k], resumed[k], rtol=0, atol=1e-6, msg=k)
+    assert any(straight[k].abs().max() > 0 for k in straight if "lora_B" in k)  # the adapters moved
