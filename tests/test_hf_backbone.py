@@ -218,8 +218,9 @@ def test_attention_mask_annealing_opens_the_causal_mask_over_its_steps():
     L = 200
     for step in (25, 50, 75):
         net.set_step(step)
-        m = net.default_mask(L, "cpu")
-        assert m[torch.ones(L, L, dtype=torch.bool).tril()].all() and torch.equal(m, net.default_mask(L, "cpu"))
+        m = net.annealed(net.default_mask(L, "cpu"), torch.arange(L))
+        assert m[torch.ones(L, L, dtype=torch.bool).tril()].all() and torch.equal(
+            m, net.annealed(net.default_mask(L, "cpu"), torch.arange(L)))
         future = m[torch.ones(L, L, dtype=torch.bool).triu(1)].float().mean()
         assert abs(float(future) - step / 100) < 0.02
     net.eval()
@@ -227,6 +228,32 @@ def test_attention_mask_annealing_opens_the_causal_mask_over_its_steps():
         torch.testing.assert_close(net(x), bidirectional(x), atol=1e-5, rtol=0)  # evaluation: bidirectional
     with pytest.raises(ValueError, match="algo=ar stays causal"):
         HFConfig(vocab_size=3, hf_config={"model_type": "llama"}, causal=True, anneal_steps=10)
+
+
+def test_annealing_with_blocks_opens_each_blocks_own_keys_inside_the_block_causal_mask():
+    """With algo.block_size the annealed mask is block diffusion's x_t + x_0 mask with each block's
+    later keys (by position) kept with probability step / N: causal inside the block at step 0, the
+    block mask itself from step N; nothing outside the block mask is ever opened. A model trained
+    this way runs through the block training pass."""
+    from duolm.models.block_attention import block_diffusion_mask, training_positions
+
+    net, _ = _wrapped("llama", V + 1, anneal_steps=100)
+    net.train()
+    L, block = 64, 16
+    mask, pos = block_diffusion_mask(L, block, "cpu"), training_positions(L, "cpu")
+    later = pos[None, :] > pos[:, None]
+    for step, share in ((0, 0.0), (50, 0.5), (100, 1.0)):
+        net.set_step(step)
+        m = net.annealed(mask, pos)
+        assert not (m & ~mask).any()                          # only ever a subset of the block mask
+        assert torch.equal(m & ~later, mask & ~later)         # what is not in the future stays
+        opened = m[mask & later].float().mean()
+        assert abs(float(opened) - share) < 0.03, (step, float(opened))
+    method = build_method("mdlm", V, block_size=4)
+    net.set_step(10)
+    x = torch.randint(2, V, (2, 8), generator=torch.Generator().manual_seed(2))
+    loss = method.token_loss(net, x, t=torch.full((2, 2), 0.5), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss.nll).all()
 
 
 def test_chat_holds_the_templated_conversation_and_cuts_each_reply_at_eos():

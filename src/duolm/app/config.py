@@ -283,9 +283,6 @@ def _check_data(cfg) -> None:
     _positive(cfg, "data.num_proc", allow_none=True)
     if cfg.model.get("type") == "hf":  # a pretrained LM: its tokenizer, and options that need the whole sequence
         blocks = cfg.algo.get("block_size") is not None
-        if cfg.model.get("anneal_steps") and blocks:
-            raise ConfigError("model.anneal_steps anneals the whole-sequence mask; block diffusion brings its own: "
-                              "set model.anneal_steps=0 or algo.block_size=null")
         if cfg.model.get("shift") and blocks:
             raise ConfigError("model.shift reads each output from the position before it, which block diffusion's "
                               "x_t + x_0 pass does not have: set algo.block_size=null or model.shift=false")

@@ -18,7 +18,8 @@
 - Soft and weighted inputs (Duo's curriculum) enter as mixtures of the embedding's rows.
 - `anneal_steps=N` (DiffuLLaMA's attention-mask annealing): during training the causal mask opens,
   each future key visible with probability step / N, bidirectional from step N on; evaluation and
-  sampling always see the bidirectional model.
+  sampling always see the bidirectional model. With blocks the same rule opens each block's own
+  keys, from causal inside the block to the whole block (the block-causal mask around it stays).
 - `shift=true` (DiffuGPT's and Dream's alignment): the output for position i is read from the hidden
   state at i - 1, where the causal LM learned to predict token i; off by default until measured.
 - `head` (duolm.chunked_loss) gets the final hidden states and the output matrix, tied or not.
@@ -187,17 +188,24 @@ class HFLM(nn.Module):
         return min(1.0, self.step / n)
 
     def default_mask(self, L: int, device) -> torch.Tensor:
-        """(L, L) bool, True = may attend: bidirectional, causal for AR, or while annealing the causal
-        mask with each future key open with probability anneal_ratio(). The draw depends only on
-        the step (its own generator), so a resumed run draws the masks an uninterrupted one does."""
+        """(L, L) bool, True = may attend: bidirectional, or causal for AR."""
         full = torch.ones(L, L, dtype=torch.bool, device=device)
-        if self.config.causal:
-            return full.tril()
+        return full.tril() if self.config.causal else full
+
+    def annealed(self, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """`mask` while annealing: a key at a later position than its query kept with probability
+        anneal_ratio() (the causal part always). For the whole sequence that opens the causal mask
+        into the bidirectional one; in block diffusion's x_t + x_0 pass (both halves at positions
+        0 .. L - 1) it opens each block's own keys, from causal inside the block to the whole block.
+        The draw depends only on the step (its own generator), so a resumed run draws the masks an
+        uninterrupted one does."""
         r = self.anneal_ratio()
         if r >= 1.0:
-            return full
+            return mask
         g = torch.Generator().manual_seed(1_000_003 + int(self.step))
-        return full.tril() | (torch.rand(L, L, generator=g) < r).to(device)
+        n = mask.shape[-1]
+        later = positions[None, :] > positions[:, None]  # (query, key): the key comes after the query
+        return mask & (~later | (torch.rand(n, n, generator=g) < r).to(mask.device))
 
     def embed(self, x, weights=None, sigma=None):
         table = self.lm.get_input_embeddings().weight
@@ -221,12 +229,11 @@ class HFLM(nn.Module):
                              "without it (cache=False) or with a DiT")
         h = self.embed(x, weights, sigma)
         B, L = h.shape[:2]
+        pos = torch.arange(L, device=h.device) + position_offset if positions is None else positions.to(h.device)
         if attn_mask is None:
             attn_mask = self.default_mask(L, h.device)
-        elif self.config.anneal_steps and self.anneal_ratio() < 1.0:
-            raise ValueError("model.anneal_steps anneals the whole-sequence mask; block diffusion brings its own "
-                             "(set model.anneal_steps=0 with algo.block_size)")
-        pos = torch.arange(L, device=h.device) + position_offset if positions is None else positions.to(h.device)
+        if self.config.anneal_steps:
+            attn_mask = self.annealed(attn_mask, pos)
         out = self.lm.base_model(inputs_embeds=h, attention_mask=attn_mask[None, None].expand(B, 1, -1, -1),
                                  position_ids=pos[None].expand(B, -1), use_cache=False)
         feats = out.last_hidden_state
