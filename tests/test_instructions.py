@@ -36,7 +36,7 @@ def test_the_store_marks_each_prompt_and_scores_the_response_and_its_end(tmp_pat
     train, valid = splits["train"], splits["valid"]
     assert train.has_prompts and train.meta["n_docs"] == 6 and valid.meta["n_docs"] == 3
     ids, scored, clean = train.blocks_with_prompts(0, len(train))
-    assert not (scored & clean).any()
+    assert not (scored & clean).any() and train.meta["n_prompt_tokens"] == int(clean.sum())
     records = [r for i, r in enumerate(PAIRS) if i % 3 != 2]  # every 3rd record is held out
     found = 0
     for row in range(len(ids)):

@@ -82,7 +82,7 @@ class SplitWriter:
         if self._rows is not None:
             self._rows.write(np.zeros(1, dtype=np.int64).tobytes())
         self._prompts = open(directory / "prompts.bin", "wb") if prompts else None
-        self.n_docs = self.n_seqs = self.n_tokens = self.n_dropped = 0
+        self.n_docs = self.n_seqs = self.n_tokens = self.n_dropped = self.n_prompt_tokens = 0
         self._row_len = 0
 
     def add(self, docs) -> None:
@@ -140,6 +140,7 @@ class SplitWriter:
         if len(seq_lens):
             if prompt_lengths is not None:
                 self._prompts.write((1 + prompt_lengths).astype(np.int64).tobytes())  # [BOS] is clean too
+                self.n_prompt_tokens += int((1 + prompt_lengths).sum())
             self._tokens.write(out.tobytes())
             self._offsets.write((self.n_tokens + ends).astype(np.int64).tobytes())
             self.n_seqs += len(seq_lens)
@@ -160,7 +161,7 @@ class SplitWriter:
         meta = {"n_docs": self.n_docs, "n_seqs": self.n_seqs, "n_tokens": self.n_tokens, "n_rows": n_rows,
                 "dtype": np.dtype(self.dtype).name}
         if self._prompts is not None:
-            meta.update(prompts=True, n_dropped=self.n_dropped)
+            meta.update(prompts=True, n_dropped=self.n_dropped, n_prompt_tokens=self.n_prompt_tokens)
         n_blocks = _num_blocks(self.mode, self.length, meta)
         if n_blocks == 0:
             if self.mode == "wrap":
