@@ -134,6 +134,13 @@ def step0_nelbo(cfg, parts, p: dict) -> float:
     return ev["nll"]
 
 
+class TrainingTimer(StepTimer):
+    """Step times that leave validation out: the clock restarts after each validation."""
+
+    def on_validation_end(self, trainer, module):
+        self._t = None
+
+
 def one_run(name: str, overrides: list[str], p: dict, work: Path, base: str, judge_spec: str) -> dict:
     from duolm.app.config import compose_components
     from duolm.app.training_run import train
@@ -142,7 +149,7 @@ def one_run(name: str, overrides: list[str], p: dict, work: Path, base: str, jud
 
     cfg, parts = compose_components(base_overrides(p, work, base, name) + overrides)
     nelbo0 = step0_nelbo(cfg, parts, p)
-    timer = type("Timer", (StepTimer, pl.Callback), {})()
+    timer = type("Timer", (TrainingTimer, pl.Callback), {})()
     report = train(cfg, parts=parts, log=lambda *_: None, callbacks=[timer])
     from duolm.app.data_settings import load_data
 
@@ -209,7 +216,7 @@ def sft_run(p: dict, work: Path, base: str) -> dict:
         f"model.length={p['sft_length']}"]
     cfg, parts = compose_components(over)
     before = step0_nelbo(cfg, parts, p)
-    timer = type("Timer", (StepTimer, pl.Callback), {})()
+    timer = type("Timer", (TrainingTimer, pl.Callback), {})()
     report = train(cfg, parts=parts, log=lambda *_: None, callbacks=[timer])
     after = validation_curve(Path(cfg.run.dir)).get(report["steps"])
     m = load(report["model_dir"])

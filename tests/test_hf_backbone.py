@@ -25,6 +25,12 @@ def _base(kind: str):
         base = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                             num_attention_heads=4, num_key_value_heads=2, bos_token_id=0,
                                             eos_token_id=1, pad_token_id=None, tie_word_embeddings=False))
+    elif kind == "qwen2":  # biased q/k/v projections, tied head
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        base = Qwen2ForCausalLM(Qwen2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, bos_token_id=0,
+                                            eos_token_id=1, tie_word_embeddings=True))
     else:  # tied head, learned positions
         base = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                           bos_token_id=0, eos_token_id=1))
@@ -38,7 +44,7 @@ def _wrapped(kind: str, vocab: int, **kw) -> tuple[HFLM, torch.nn.Module]:
     return net.eval(), base
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen2"])
 def test_attention_is_bidirectional_and_causal_only_for_ar(kind):
     x = torch.randint(2, V, (2, 10), generator=torch.Generator().manual_seed(1))
     y = x.clone()
@@ -50,7 +56,7 @@ def test_attention_is_bidirectional_and_causal_only_for_ar(kind):
         assert (moved > 1e-6) == (not causal), (causal, float(moved))
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen2"])
 def test_the_mask_row_keeps_every_other_logit_and_starts_at_the_mean(kind):
     net, base = _wrapped(kind, V + 1, causal=True)  # causal: comparable with the base's own forward
     x = torch.randint(2, V, (2, 9), generator=torch.Generator().manual_seed(2))
@@ -58,7 +64,7 @@ def test_the_mask_row_keeps_every_other_logit_and_starts_at_the_mean(kind):
         torch.testing.assert_close(net(x)[..., :V], base(input_ids=x).logits, atol=1e-5, rtol=0)
     emb = net.lm.get_input_embeddings().weight
     torch.testing.assert_close(emb[V], base.get_input_embeddings().weight.mean(0))
-    assert net.tied == (kind == "gpt2")
+    assert net.tied == (kind != "llama")
     if not net.tied:
         torch.testing.assert_close(net.lm.get_output_embeddings().weight[V], base.get_output_embeddings().weight.mean(0))
 
