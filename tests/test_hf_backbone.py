@@ -125,20 +125,52 @@ def test_save_and_load_give_identical_logits(kind, tmp_path):
     assert isinstance(build_backbone(net.config.to_dict()), HFLM)
 
 
-def test_a_block_model_on_a_pretrained_backbone_samples_without_a_cache():
-    """model=hf keeps no key-value cache: block sampling runs the cache-free block-causal pass,
-    the same draws a cached DiT would make from the same logits."""
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen2"])
+def test_block_sampling_with_the_key_value_cache_equals_the_cache_free_pass(kind):
+    """model=hf keeps transformers' DynamicCache for block diffusion: a block attends to the cached
+    clean blocks and to itself (the noisy block's keys cropped off after each call, a committed
+    block's kept), so its logits are the block-causal pass's over the whole prefix (float64, to
+    1e-10) and the draws are the same draw for draw, at the cost of one block per call."""
     from duolm.sampling import SamplerSpec
-    from duolm.sampling.blocks import block_sample
+    from duolm.sampling.blocks import CachedBlock, UncachedBlock, block_sample, commit_block
 
     method = build_method("mdlm", V, block_size=4)
-    net, _ = _wrapped("llama", method.model_vocab_size)
+    net, _ = _wrapped(kind, method.model_vocab_size)
+    net.double()
+    prefix = torch.randint(2, V, (2, 8), generator=torch.Generator().manual_seed(4))
+    cache = net.new_kv_caches()
+    for b in range(2):
+        commit_block(net, cache, prefix[:, 4 * b:4 * b + 4], 4 * b)
+    noisy = torch.randint(0, method.model_vocab_size, (2, 4), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for _ in range(2):  # a second call sees the same cache: the first call's keys were cropped off
+            cached = CachedBlock(net, cache, 8)(noisy, torch.zeros(2, dtype=torch.float64))
+            torch.testing.assert_close(cached, UncachedBlock(net, prefix, 4)(noisy, torch.zeros(2, dtype=torch.float64)),
+                                       atol=1e-10, rtol=0)
+    assert cache.get_seq_length() == 8
     st = {}
-    x = block_sample(method, net, SamplerSpec("ancestral", steps=3), 2, 12, generator=torch.Generator().manual_seed(0),
-                     stats=st)
-    y = block_sample(method, net, SamplerSpec("ancestral", steps=3), 2, 12, generator=torch.Generator().manual_seed(0),
-                     cache=False)
-    assert torch.equal(x, y) and (x != method.mask_id).all() and st["commit_calls"] == 0
+    spec = SamplerSpec("ancestral", steps=3)
+    x = block_sample(method, net, spec, 2, 12, generator=torch.Generator().manual_seed(0), stats=st)
+    y = block_sample(method, net, spec, 2, 12, generator=torch.Generator().manual_seed(0), cache=False)
+    assert torch.equal(x, y) and (x != method.mask_id).all() and st["commit_calls"] == 3
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_ar_sampling_on_a_pretrained_backbone_uses_the_cache_and_stays_causal(kind):
+    """algo=ar on model=hf: the sampler feeds the prompt (causally) and then one token a call
+    against transformers' cache; the draws equal the cache-free causal passes' (float64)."""
+    from duolm.sampling.ar import ar_sample
+
+    net, _ = _wrapped(kind, V, causal=True)
+    net.double()
+    prompt = [0, 5, 9, 3]
+    a = ar_sample(net, 3, 14, 0, generator=torch.Generator().manual_seed(1), prompt=prompt)
+    b = ar_sample(net, 3, 14, 0, generator=torch.Generator().manual_seed(1), prompt=prompt, use_cache=False)
+    assert torch.equal(a, b) and a[:, :4].eq(torch.tensor(prompt)).all()
+    from duolm.sampling.prefix_cache import ApproximateCache
+
+    with pytest.raises(ValueError, match="DiT's key-value cache"):
+        ApproximateCache(build_method("mdlm", V), net, "prefix")
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

@@ -7,7 +7,8 @@
 
 - Attention: the causal mask a causal LM builds is replaced by an explicit boolean mask: all-True
   (bidirectional) for diffusion, the causal one for `algo=ar`, block diffusion's masks when given
-  (transformers honours a 4-D boolean mask as is, for its eager and SDPA attention).
+  (transformers honours a 4-D boolean mask as is, for its eager and SDPA attention). Sampling keeps
+  transformers' own key-value cache: block diffusion's blocks and AR's tokens attend to it.
 - Vocabulary: the network's rows are duolm's (the tokenizer's, plus the mask for masked methods).
   Rows the base has are copied; a new row (the mask) starts at the mean of the base's rows in the
   embedding and in an untied head, so every other logit is unchanged at the start (tested).
@@ -26,6 +27,7 @@
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -224,19 +226,19 @@ class HFLM(nn.Module):
                 kv_caches=None, position_offset: int = 0, store_kv: bool = True):
         if class_cond is not None:
             raise ValueError("this backbone is unconditional (model=hf takes no labels)")
-        if kv_caches is not None:
-            raise ValueError("model=hf has no key-value cache for block diffusion; sample block models "
-                             "without it (cache=False) or with a DiT")
         h = self.embed(x, weights, sigma)
         B, L = h.shape[:2]
         pos = torch.arange(L, device=h.device) + position_offset if positions is None else positions.to(h.device)
-        if attn_mask is None:
-            attn_mask = self.default_mask(L, h.device)
-        if self.config.anneal_steps:
-            attn_mask = self.annealed(attn_mask, pos)
-        out = self.lm.base_model(inputs_embeds=h, attention_mask=attn_mask[None, None].expand(B, 1, -1, -1),
-                                 position_ids=pos[None].expand(B, -1), use_cache=False)
-        feats = out.last_hidden_state
+        if kv_caches is not None:  # block diffusion's sampling: this block attends to the cache and itself
+            feats = self._cached_features(h, pos, kv_caches, store_kv)
+        else:
+            if attn_mask is None:
+                attn_mask = self.default_mask(L, h.device)
+            if self.config.anneal_steps:
+                attn_mask = self.annealed(attn_mask, pos)
+            out = self.lm.base_model(inputs_embeds=h, attention_mask=attn_mask[None, None].expand(B, 1, -1, -1),
+                                     position_ids=pos[None].expand(B, -1), use_cache=False)
+            feats = out.last_hidden_state
         if self.config.shift:
             if attn_mask.shape[-1] != L or L != x.shape[1] or positions is not None:
                 raise ValueError("model.shift reads each output from the position before it, which block "
@@ -248,6 +250,33 @@ class HFLM(nn.Module):
         if head is not None:
             return head(feats, lm_head.weight, lm_head.bias)
         return lm_head(feats)
+
+    def new_kv_caches(self):
+        """An empty key-value cache (transformers' DynamicCache) for block-by-block sampling."""
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    def _cached_features(self, h, pos, cache, store: bool):
+        """The base's final hidden states of a block at positions `pos`, attending to every cached
+        position and bidirectionally to itself, as the block-causal training pass lets it (causally
+        for algo=ar, whose sampler feeds its prompt and then one token a call). The
+        base appends the block's keys and values to the cache; store=False crops them off again
+        (a noisy block changes between steps), store=True keeps them (a committed clean block)."""
+        if self.config.shift:
+            raise ValueError("model.shift is not used with block diffusion")
+        B, L = h.shape[:2]
+        past = cache.get_seq_length()
+        mask = torch.ones(B, 1, L, past + L, dtype=torch.bool, device=h.device)
+        if self.config.causal:  # algo=ar: the new positions (a prompt's) see only those before them
+            mask[..., past:] = torch.ones(L, L, dtype=torch.bool, device=h.device).tril()
+        # transformers 5 renames past_key_values to cache (the old name warns, then goes)
+        name = "cache" if "cache" in inspect.signature(self.lm.base_model.forward).parameters else "past_key_values"
+        out = self.lm.base_model(inputs_embeds=h, attention_mask=mask, position_ids=pos[None].expand(B, -1),
+                                 use_cache=True, **{name: cache})
+        if not store:
+            cache.crop(-L)  # a negative length drops that many from the end (every transformers version)
+        return out.last_hidden_state
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

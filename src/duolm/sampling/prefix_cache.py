@@ -34,8 +34,9 @@ class ApproximateCache:
     def __init__(self, method, backbone, mode: str, labels=None):
         if mode not in ("prefix", "dual"):
             raise ValueError(f"sampling.confidence.cache must be one of {list(CACHE_MODES)}, got {mode!r}")
-        if not hasattr(backbone, "new_kv_caches"):
-            raise ValueError("sampling.confidence.cache needs a transformer backbone with a key-value cache (the DiT)")
+        if not isinstance(getattr(backbone, "new_kv_caches", lambda: None)(), list):  # per-layer K/V it can slice
+            raise ValueError("sampling.confidence.cache needs the DiT's key-value cache, whose positions it slices; "
+                             "this backbone has none of that kind (model=hf: use cache=none)")
         self.method, self.backbone, self.mode, self.labels = method, backbone, mode, labels
         self.full: list[KVCache] | None = None
         self.query_positions = 0  # per sequence, summed over calls: what the cache saves
