@@ -69,3 +69,20 @@ def test_block_quality_smoke_mode_trains_samples_and_scores_every_setting(tmp_pa
         assert r["calls_per_token"] == pytest.approx(r["budget"] / 64) and r["nll"] > 0
     assert {r["cache"] for r in out["approximate_cache"]} == {"none", "prefix", "dual"}
     assert (tmp_path / "block_quality.md").exists()
+
+
+@pytest.mark.slow
+def test_adaptation_benchmark_smoke_mode_runs_adaptation_baseline_and_sft(tmp_path):
+    """benchmarks/adaptation.py --smoke on a 1-layer Llama in SmolLM2's vocabulary: a pretrained
+    run, its from-scratch baseline and the SFT run, each in its own process, into one JSON."""
+    from benchmarks.adaptation import main
+
+    out = main(["--smoke", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "a.json"),
+                "--only", "MDLM, pretrained;MDLM, random init;SFT"])
+    assert [r["name"] for r in out["runs"]] == ["MDLM, pretrained", "MDLM, random init"]
+    for r in out["runs"]:
+        assert [v["step"] for v in r["validation"]] == [0, 1, 2] and all(v["nelbo"] > 0 for v in r["validation"])
+        assert set(r["samples"]) == {"8_steps", "64_steps"} and r["samples"]["8_steps"]["judge_ppl"] > 1
+    sft = out["sft"]
+    assert sft["response_nelbo_before"] > 0 and sft["response_nelbo_after"] > 0 and len(sft["replies"]) == 3
+    assert "| MDLM, random init |" in out["markdown"]
