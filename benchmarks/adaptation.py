@@ -63,12 +63,13 @@ def runs(p: dict) -> dict[str, list[str]]:
     """The runs, the comparisons that matter most first."""
     half = max(1, p["steps"] // 2)
     out = {}
-    for variant, extra in (("pretrained", []), ("random init", ["model.init=random"]),
+    for variant, extra in (("pretrained", ["model.shift=false"]),
+                           ("random init", ["model.init=random", "model.shift=false"]),
                            ("pretrained + shift", ["model.shift=true"]),
-                           ("pretrained + annealing", [f"model.anneal_steps={half}"])):
+                           ("pretrained + annealing", [f"model.anneal_steps={half}", "model.shift=false"])):
         for algo, name in (("mdlm", "MDLM"), ("duo_base", "Duo")):
             out[f"{name}, {variant}"] = [f"algo={algo}", *extra]
-    out["MDLM, pretrained, LoRA r=16"] = ["algo=mdlm", "model.lora.r=16", "optim.lr=1e-3"]
+    out["MDLM, pretrained, LoRA r=16"] = ["algo=mdlm", "model.lora.r=16", "optim.lr=1e-3", "model.shift=false"]
     return out
 
 

@@ -349,3 +349,22 @@ def test_a_model_folder_keeps_its_tokenizer_and_loads_without_its_source(tmp_pat
     shutil.rmtree(src)
     again = from_pretrained(out)
     assert (out / "tokenizer").is_dir() and again.tokenizer.encode("Hello there") == tok.encode("Hello there")
+
+
+def test_the_shift_is_on_by_default_where_it_was_measured_to_help_and_off_where_it_is_undefined():
+    """model.shift=auto (the preset): on for whole-sequence MDLM and Duo (benchmarks/adaptation.py:
+    a lower NELBO at equal steps for both), off with blocks and for AR; a bad value or an explicit
+    shift with AR or blocks is one sentence naming the key."""
+    from duolm.app.config import ConfigError, compose_components
+
+    def shift(*over):
+        return compose_components(["model=hf", "data.tokenizer=smollm2", *over])[1].backbone.shift
+
+    assert shift("algo=mdlm") is True and shift("algo=duo_base") is True
+    assert shift("algo=mdlm", "algo.block_size=16") is False and shift("algo=ar") is False
+    assert shift("algo=mdlm", "model.shift=false") is False
+    for over, needle in ((["algo=ar", "model.shift=true"], "algo=ar predicts the next token already"),
+                         (["algo=mdlm", "algo.block_size=16", "model.shift=true"], "set algo.block_size=null"),
+                         (["algo=mdlm", "model.shift=maybe"], "model.shift must be true, false or auto")):
+        with pytest.raises(ConfigError, match=needle):
+            shift(*over)

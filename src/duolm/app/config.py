@@ -283,7 +283,10 @@ def _check_data(cfg) -> None:
     _positive(cfg, "data.num_proc", allow_none=True)
     if cfg.model.get("type") == "hf":  # a pretrained LM: its tokenizer, and options that need the whole sequence
         blocks = cfg.algo.get("block_size") is not None
-        if cfg.model.get("shift") and blocks:
+        if cfg.model.get("shift") is True and cfg.algo.name == "ar":
+            raise ConfigError("model.shift realigns a diffusion model's outputs with the AR head's; algo=ar predicts "
+                              "the next token already: set model.shift=false or auto")
+        if cfg.model.get("shift") is True and blocks:
             raise ConfigError("model.shift reads each output from the position before it, which block diffusion's "
                               "x_t + x_0 pass does not have: set algo.block_size=null or model.shift=false")
         if not is_image_data(cfg) and cfg.data.tokenizer != cfg.model.pretrained:
@@ -413,6 +416,8 @@ def _backbone_placeholder(cfg, num_classes: int, causal: bool):
     m.pop("name", None)
     m.pop("length", None)
     row = backbone_row(kind)
+    if kind == "hf" and m.get("shift") == "auto":  # measured (benchmarks/adaptation.py): on for whole-sequence diffusion
+        m["shift"] = not causal and cfg.algo.get("block_size") is None
     if row.complete is not None:
         m = row.complete(m)
     shape = {"channels": cfg.data.channels, "image_size": cfg.data.image_size} if row.image_shaped else {}

@@ -55,6 +55,8 @@ class HFConfig:
         if self.num_classes:
             raise ValueError("model.num_classes: a pretrained language model backbone is unconditional")
         self.lora = check_lora(self.lora)
+        if self.shift not in (True, False):
+            raise ValueError(f"model.shift must be true, false or auto, got {self.shift!r}")
         if self.init not in ("pretrained", "random"):
             raise ValueError(f"model.init must be one of ['pretrained', 'random'], got {self.init!r}")
         if self.init == "random" and self.lora is not None:
