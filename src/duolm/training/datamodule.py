@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from duolm.data.pipeline import Split
 from duolm.data.sampler import ResumableSampler
@@ -23,6 +23,12 @@ class BlockDataset(Dataset):
             return {"ids": ids[0], "valid": valid[0], "clean": clean[0]}
         ids, valid, *label = self.split.block(i)  # read from the memory-mapped store
         return {"ids": ids, "valid": valid, **({"label": label[0]} if label else {})}
+
+
+def stream_batch(items) -> dict:
+    """A streamed batch of (ids, valid) blocks as the dict every block batch is."""
+    ids, valid = default_collate(items)
+    return {"ids": ids, "valid": valid}
 
 
 class BlockDataModule(pl.LightningDataModule):
@@ -46,7 +52,8 @@ class BlockDataModule(pl.LightningDataModule):
             self.stream = self.train.blocks_for(rank, world, start)
             self.stream_start_step = tr.global_step if tr is not None else 0
             # in this process, so the positions it records are the trainer's; data.num_proc tokenizes in parallel
-            return DataLoader(self.stream, batch_size=self.batch_size, num_workers=0, pin_memory=self.pin_memory)
+            return DataLoader(self.stream, batch_size=self.batch_size, num_workers=0, pin_memory=self.pin_memory,
+                              collate_fn=stream_batch)
         self.sampler = ResumableSampler(len(self.train), seed=self.seed, rank=rank, world_size=world)
         # the loop state (global_step) is restored before the loaders are built, so a resumed
         # run starts exactly after the last example of its last optimizer step
