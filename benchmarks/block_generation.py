@@ -2,6 +2,7 @@
 and confidence decoding; prints JSON.
 
     python benchmarks/block_generation.py [--model tiny] [--new 2048] [--length 1024] [--out FILE]
+    python benchmarks/block_generation.py --pretrained smollm2 --new 256 [--out FILE]   # model=hf's cache
 
 Speed does not depend on the weights, so the models are untrained (`model=tiny`, GPT-2 vocabulary,
 a random output layer so predictions are not uniform), batch 1, `--new` tokens each:
@@ -149,6 +150,41 @@ def confidence_on_builtin(n: int = 32) -> list[dict]:
     return rows
 
 
+def pretrained_cache(base: str, new: int, device: str = "cpu") -> list[dict]:
+    """--pretrained: a `model=hf` backbone (random weights in the base's architecture: speed does not
+    depend on them) sampled block by block (MDLM, blocks of 16, 8 steps) and autoregressively, each
+    with transformers' key-value cache and without it (the cache-free pass over the whole prefix)."""
+    from duolm.models.hf_lm import HFLM
+    from duolm.sampling.blocks import block_sample
+
+    rows = []
+
+    def gen():
+        return torch.Generator(device=device).manual_seed(0)
+
+    for algo, extra in (("mdlm", ["algo.block_size=16"]), ("ar", [])):
+        _, parts = compose_components(["model=hf", f"model.pretrained={base}", f"data.tokenizer={base}",
+                                       f"algo={algo}", "model.init=random", f"model.length={new}", *extra])
+        from duolm.data.tokenizers import load_tokenizer
+
+        method = parts.method(load_tokenizer(base).vocab_size)
+        torch.manual_seed(0)
+        net = CountedBackbone(HFLM(parts.backbone_config(method)).eval().to(device))
+        for cache in (True, False):
+            label = "cache" if cache else "no cache"
+            if algo == "ar":
+                fn = lambda c=cache: ar_sample(net, 1, new, 0, generator=gen(), device=device, use_cache=c,  # noqa: E731
+                                               vocab_size=method.vocab_size)
+                rows.append(row(f"{base} AR, {label}", net, new, fn, kind="ar", cache=cache))
+            else:
+                spec = SamplerSpec(steps=8)
+                fn = lambda c=cache: block_sample(method, net, spec, 1, new, generator=gen(), device=device,  # noqa: E731
+                                                  cache=c)
+                rows.append(row(f"{base} mdlm, blocks of 16, 8 steps, {label}", net, new, fn, kind="blocks",
+                                cache=cache))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny")
@@ -156,8 +192,21 @@ def main(argv=None):
     ap.add_argument("--length", type=int, default=1024)
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument("--skip-builtin", action="store_true")
+    ap.add_argument("--pretrained", default=None,
+                    help="time a model=hf backbone (e.g. smollm2) with and without its cache instead, --new tokens")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    if args.pretrained:
+        rows = pretrained_cache(args.pretrained, args.new)
+        by = {r["name"]: r for r in rows}
+        summary = {f"{k} cache speed-up": by[f"{args.pretrained} {k}, cache"]["tokens_per_second"]
+                   / by[f"{args.pretrained} {k}, no cache"]["tokens_per_second"]
+                   for k in ("AR", "mdlm, blocks of 16, 8 steps")}
+        result = {**provenance(None if argv is None else ["benchmarks/block_generation.py", *argv]),
+                  "pretrained": args.pretrained, "new_tokens": args.new, "batch": 1,
+                  "threads": torch.get_num_threads(), "speed": rows, "summary": summary}
+        emit(result, args.out)
+        return result
     rows = speed(args.model, args.new, args.length, args.vocab)
     by = {r["name"]: r for r in rows}
     summary = {}
