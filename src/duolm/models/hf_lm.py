@@ -22,7 +22,9 @@
   sampling always see the bidirectional model. With blocks the same rule opens each block's own
   keys, from causal inside the block to the whole block (the block-causal mask around it stays).
 - `shift=true` (DiffuGPT's and Dream's alignment): the output for position i is read from the hidden
-  state at i - 1, where the causal LM learned to predict token i; off by default until measured.
+  state at i - 1, where the causal LM learned to predict token i. Off in this config; the
+  application's preset (`model.shift=auto`) turns it on for whole-sequence diffusion, where
+  benchmarks/adaptation.py measured it helping MDLM and Duo.
 - `head` (duolm.chunked_loss) gets the final hidden states and the output matrix, tied or not.
 """
 from __future__ import annotations
