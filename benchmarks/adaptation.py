@@ -108,12 +108,11 @@ def validation_curve(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def judge_samples(model_dir: Path, p: dict, judge) -> dict:
-    from duolm.app.api import load
+def judge_samples(m, p: dict, judge) -> dict:
+    """m: a loaded duolm.app.api.Model."""
     from duolm.evaluation.judge import generative_perplexity
     from duolm.evaluation.samples import unigram_entropy
 
-    m = load(str(model_dir))
     out = {}
     for steps in (8, 64):
         t0 = time.perf_counter()
@@ -127,14 +126,15 @@ def judge_samples(model_dir: Path, p: dict, judge) -> dict:
     return out
 
 
-def step0_nelbo(cfg, parts, p: dict) -> float:
+def step0_nelbo(cfg, parts, p: dict):
+    """(the validation NELBO before the first step, the untrained model with its splits)."""
     from duolm.app.training_run import model_to_train
     from duolm.evaluation import evaluate_nelbo
 
     model = model_to_train(cfg, parts)
     ev = evaluate_nelbo(model.method, model.backbone, model.splits["valid"], batch_size=p["batch"],
                         max_batches=p["val_batches"], seed=10_000)
-    return ev["nll"]
+    return ev["nll"], model
 
 
 class TrainingTimer(StepTimer):
@@ -151,18 +151,15 @@ def one_run(name: str, overrides: list[str], p: dict, work: Path, base: str, jud
     import lightning.pytorch as pl
 
     cfg, parts = compose_components(base_overrides(p, work, base, name) + overrides)
-    nelbo0 = step0_nelbo(cfg, parts, p)
+    nelbo0, start = step0_nelbo(cfg, parts, p)
+    factor = bits_per_char_factor(start.splits) if cfg.data.source == "bigtxt" else None
+    del start  # train() builds its own
     timer = type("Timer", (TrainingTimer, pl.Callback), {})()
     report = train(cfg, parts=parts, log=lambda *_: None, callbacks=[timer])
-    from duolm.app.data_settings import load_data
-
-    _, splits = load_data(cfg)
-    factor = bits_per_char_factor(splits) if cfg.data.source == "bigtxt" else None
     curve = {0: nelbo0, **validation_curve(Path(cfg.run.dir))}
-    elapsed = [sum(timer.times[:s]) for s in curve]
-    points = [{"step": s, "train_seconds": round(e, 1), "nelbo": round(v, 4),
+    points = [{"step": s, "train_seconds": round(sum(timer.times[:s]), 1), "nelbo": round(v, 4),
                **({"bits_per_char": round(v * factor / math.log(2), 4)} if factor else {})}
-              for (s, v), e in zip(sorted(curve.items()), sorted(elapsed))]
+              for s, v in sorted(curve.items())]
     out = {"name": name, "overrides": overrides, "parameters": report["parameters"],
            "trainable_parameters": None, "steps": report["steps"], "validation": points,
            "median_step_seconds": round(statistics.median(timer.times), 3),
@@ -172,9 +169,9 @@ def one_run(name: str, overrides: list[str], p: dict, work: Path, base: str, jud
     out["model_megabytes"] = round(sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 2 ** 20, 1)
     from duolm.app.api import load
 
-    out["trainable_parameters"] = sum(q.numel() for q in load(str(model_dir)).pretrained.backbone.parameters()
-                                      if q.requires_grad)
-    out["samples"] = judge_samples(model_dir, p, load_judge(judge_spec))
+    trained = load(str(model_dir))
+    out["trainable_parameters"] = sum(q.numel() for q in trained.pretrained.backbone.parameters() if q.requires_grad)
+    out["samples"] = judge_samples(trained, p, load_judge(judge_spec))
     if not os.environ.get("DUOLM_KEEP_RUNS"):
         shutil.rmtree(cfg.run.dir)  # a 135M model and its optimizer state: 2 GB a run
     return out
@@ -237,20 +234,15 @@ def sft_run(p: dict, work: Path, base: str) -> dict:
         f"trainer.max_steps={p['sft_steps']}", f"trainer.val_check_interval={p['sft_steps']}",
         f"model.length={p['sft_length']}"]
     cfg, parts = compose_components(over)
-    before = step0_nelbo(cfg, parts, p)
-    from duolm.app.training_run import model_to_train
-
-    start = model_to_train(cfg, parts)
+    before, start = step0_nelbo(cfg, parts, p)
     eos = start.tokenizer.eos_id
-    response_before = response_terms(start.method, start.backbone, start.splits["valid"], eos, p["batch"])
-    del start
+    splits = start.splits  # the store the run reads too
+    response_before = response_terms(start.method, start.backbone, splits["valid"], eos, p["batch"])
+    del start  # its 135M weights: train() builds its own
     timer = type("Timer", (TrainingTimer, pl.Callback), {})()
     report = train(cfg, parts=parts, log=lambda *_: None, callbacks=[timer])
     after = validation_curve(Path(cfg.run.dir)).get(report["steps"])
     m = load(report["model_dir"])
-    from duolm.app.data_settings import load_data
-
-    _, splits = load_data(cfg)
     response_after = response_terms(m.method, m.pretrained.backbone, splits["valid"], eos, p["batch"])
     # held-out records (the store holds out every 10th) the model has not trained on
     rows = [json.loads(line) for i, line in enumerate(data.read_text().splitlines()) if i % 10 == 9][:3]

@@ -16,7 +16,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from duolm.app.sampling_settings import spec_from_config
+from duolm.app.sampling_settings import check_one_start, spec_from_config
 from duolm.conditioning import check_labels
 from duolm.curriculum import CurriculumSchedule
 from duolm.data.images import IMAGE_SOURCES, image_tokenizer
@@ -460,8 +460,7 @@ def _check_sampling(cfg, method, *, model_known: bool, num_classes: int = 0) -> 
 
     def check():
         # the prefix is tokenized when the tokenizer has loaded; its length is checked then
-        if s.get("prefix") and s.get("chat"):
-            raise ValueError("sampling.prefix and sampling.chat both set what a sample starts with; set one of them")
+        check_one_start(s)
         spec = spec_from_config(OmegaConf.merge(s, {"prefix": None, "chat": None}), method)
         if not model_known:
             check_sampler(spec)

@@ -14,8 +14,7 @@ def spec_from_config(sampling, method, tokenizer=None) -> SamplerSpec:
     """The spec of the `sampling` group, 'auto' left for SamplerSpec.resolve. Its last time is the
     method's own sampling_eps: a model samples down to the time floor it was trained with."""
     prefix = None
-    if sampling.get("prefix") and sampling.get("chat"):
-        raise ValueError("sampling.prefix and sampling.chat both set what a sample starts with; set one of them")
+    check_one_start(sampling)
     if sampling.get("prefix") or sampling.get("chat"):
         if tokenizer is None:
             raise ValueError(f"sampling.{'chat' if sampling.get('chat') else 'prefix'} needs the tokenizer")
@@ -26,6 +25,12 @@ def spec_from_config(sampling, method, tokenizer=None) -> SamplerSpec:
                        options=options_from_settings(sampling.predictor, sampling), prefix=prefix,
                        eps=method.sampling_eps, total_length=sampling.get("total_length"),
                        stride=sampling.get("stride"), stop_at_eos=bool(sampling.get("stop_at_eos", False)))
+
+
+def check_one_start(sampling) -> None:
+    """sampling.prefix and sampling.chat both say what a sample starts with: at most one is set."""
+    if sampling.get("prefix") and sampling.get("chat"):
+        raise ValueError("sampling.prefix and sampling.chat both set what a sample starts with; set one of them")
 
 
 def chat_prefix(sampling, tokenizer) -> list[int] | None:

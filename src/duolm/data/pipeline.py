@@ -158,10 +158,7 @@ def _cached_splits(source, tokenizer, length, mode, cache_dir, num_proc, docs, a
 
 def _build_store(store: Path, source: str, tokenizer, length: int, mode: str, key: str, num_proc, docs, are_ids):
     meta = {"version": STORE_VERSION, "key": key, "splits": {}}
-    instructions = any(isinstance(items, corpora.Instructions) for items in docs.values())
-    if instructions and mode == "wrap":
-        raise ValueError("data.blocks=wrap joins documents into one stream; instruction records (prompt and "
-                         "response) need data.blocks=pad or pack")
+    instructions = any(isinstance(items, corpora.Instructions) for items in docs.values())  # SplitWriter refuses wrap
     with atomic_directory(store) as tmp:
         for split, items in docs.items():
             writer = SplitWriter(tmp / split, mode=mode, length=length, bos=tokenizer.bos_id, eos=tokenizer.eos_id,

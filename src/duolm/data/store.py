@@ -68,7 +68,8 @@ class SplitWriter:
     def __init__(self, directory: Path, *, mode: str, length: int, bos: int, eos: int, vocab_size: int,
                  source: str = "data", prompts: bool = False):
         if prompts and mode == "wrap":
-            raise ValueError("instruction records need data.blocks=pad or pack, not wrap")
+            raise ValueError("data.blocks=wrap joins documents into one stream; instruction records (prompt and "
+                             "response) need data.blocks=pad or pack")
         if mode == "wrap" and length < 3:
             raise ValueError(f"model.length must be >= 3 to wrap text with BOS and EOS, got {length}")
         directory.mkdir(parents=True, exist_ok=True)
@@ -233,12 +234,6 @@ class Split(MappedFiles):
     def __len__(self) -> int:
         return _num_blocks(self.mode, self.length, self.meta)
 
-    def _span(self, i: int) -> tuple[int, int]:
-        """Where block i's tokens lie in tokens.bin."""
-        first, last = self._sequences(i)
-        offsets = self._open()["offsets"]
-        return int(offsets[first]), int(offsets[last])
-
     @property
     def has_prompts(self) -> bool:
         """Whether this split holds instruction records (prompts held clean, see the module docstring)."""
@@ -265,17 +260,17 @@ class Split(MappedFiles):
         ids = np.full((n, self.length), self.eos if prompts else self.pad, dtype=np.int64)
         valid = np.full((n, self.length), prompts, dtype=bool)
         clean = np.zeros((n, self.length), dtype=bool) if prompts else None
+        offsets = m["offsets"]
         for j in range(n):
-            a, b = self._span(start + j)
+            first, last = self._sequences(start + j)
+            a, b = int(offsets[first]), int(offsets[last])  # the block's tokens in tokens.bin
             ids[j, : b - a] = tokens[a:b]
             if not prompts:
                 valid[j, : b - a] = True
                 continue
-            first, last = self._sequences(start + j)
-            offsets, lengths = m["offsets"], m["prompts"]
             for q in range(first, last):  # each record's prompt in its block
                 p0 = int(offsets[q]) - a
-                clean[j, p0: p0 + int(lengths[q])] = True
+                clean[j, p0: p0 + int(m["prompts"][q])] = True
         if prompts:
             valid &= ~clean
         return torch.from_numpy(ids), torch.from_numpy(valid), None if clean is None else torch.from_numpy(clean)

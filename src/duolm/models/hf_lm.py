@@ -103,6 +103,9 @@ class HFLM(nn.Module):
         self.config = config
         self.step = None  # the training step, for the annealed mask (set_step; None: not training)
         self.lm = AutoModelForCausalLM.from_config(_transformers_config(config), attn_implementation="sdpa")
+        # transformers 5 renames past_key_values to cache (the old name warns, then goes): read once
+        params = inspect.signature(self.lm.base_model.forward).parameters
+        self._cache_argument = "cache" if "cache" in params else "past_key_values"
         hidden = self.lm.get_input_embeddings().embedding_dim
         names = {id(m): n for n, m in self.named_modules()}
         self._emb_key = names[id(self.lm.get_input_embeddings())] + ".weight"
@@ -274,10 +277,8 @@ class HFLM(nn.Module):
         mask = torch.ones(B, 1, L, past + L, dtype=torch.bool, device=h.device)
         if self.config.causal:  # algo=ar: the new positions (a prompt's) see only those before them
             mask[..., past:] = torch.ones(L, L, dtype=torch.bool, device=h.device).tril()
-        # transformers 5 renames past_key_values to cache (the old name warns, then goes)
-        name = "cache" if "cache" in inspect.signature(self.lm.base_model.forward).parameters else "past_key_values"
         out = self.lm.base_model(inputs_embeds=h, attention_mask=mask, position_ids=pos[None].expand(B, -1),
-                                 use_cache=True, **{name: cache})
+                                 use_cache=True, **{self._cache_argument: cache})
         if not store:
             cache.crop(-L)  # a negative length drops that many from the end (every transformers version)
         return out.last_hidden_state
