@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import math
+import os
 import re
 import resource
 import shutil
@@ -145,10 +145,11 @@ class TrainingTimer(StepTimer):
 
 
 def one_run(name: str, overrides: list[str], p: dict, work: Path, base: str, judge_spec: str) -> dict:
+    import lightning.pytorch as pl
+
     from duolm.app.config import compose_components
     from duolm.app.training_run import train
     from duolm.evaluation.judge import load_judge
-    import lightning.pytorch as pl
 
     cfg, parts = compose_components(base_overrides(p, work, base, name) + overrides)
     nelbo0, start = step0_nelbo(cfg, parts, p)
@@ -221,10 +222,11 @@ def response_terms(method, backbone, split, eos_id: int, batch: int, time_sample
 
 
 def sft_run(p: dict, work: Path, base: str) -> dict:
+    import lightning.pytorch as pl
+
     from duolm.app.api import load
     from duolm.app.config import compose_components
     from duolm.app.training_run import train
-    import lightning.pytorch as pl
 
     data = work / "instructions.jsonl"
     made = instruction_set(data, p["sft_records"])

@@ -50,12 +50,18 @@ class CountedBackbone(torch.nn.Module):
 
     def __init__(self, net):
         super().__init__()
-        self.accepts_head = net.accepts_head
         self.net, self.config = net, net.config
         self.calls = self.positions = 0
 
-    def new_kv_caches(self):
-        return self.net.new_kv_caches()
+    @property
+    def capabilities(self):
+        return self.net.capabilities
+
+    def new_cache(self):
+        return self.net.new_cache()
+
+    def set_step(self, step):
+        self.net.set_step(step)
 
     def forward(self, x, *args, **kwargs):
         self.calls += 1

@@ -34,9 +34,9 @@ except ImportError:  # run as `python benchmarks/<script>.py`: this folder is on
     from provenance import provenance
     from reproduce import make_model, quality, train
 
+from duolm.core.methods import build_method
 from duolm.evaluation.hmm import random_hmm
 from duolm.evaluation.samples import unigram_entropy
-from duolm.methods import build_method
 from duolm.sampling import SamplerSpec
 from duolm.sampling.confidence import ConfidenceOptions
 from duolm.sampling.generate import sample_batch

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import subprocess
+import sys
 import time
 
 import torch
@@ -36,9 +36,9 @@ def _current_rss_mb():
 
 
 def one(kind: str, k: int, vocab: int, batch: int, length: int, what: str) -> dict:
-    from duolm.curriculum import Curriculum, CurriculumSchedule
-    from duolm.methods import build_method
+    from duolm.core.methods import build_method
     from duolm.models.dit import DiT, DiTConfig
+    from duolm.training.curriculum import Curriculum, CurriculumSchedule
 
     torch.manual_seed(0)
     method = build_method("duo", vocab)
@@ -52,8 +52,8 @@ def one(kind: str, k: int, vocab: int, batch: int, length: int, what: str) -> di
     t = torch.rand(batch)
 
     def input_path():
-        from duolm.curriculum import topk_relaxation
-        from duolm.operator import gaussian_latents
+        from duolm.core.operator import gaussian_latents
+        from duolm.training.curriculum import topk_relaxation
 
         gamma = (-3.55 + t * 1.7)[:, None]
         if kind == "dense":

@@ -50,8 +50,8 @@ def run_one(work: Path, corpus: Path, mode: str, top_k: int, seed: int, steps: i
     from duolm.app.config import compose
     from duolm.app.data_settings import load_data
     from duolm.app.training_run import train
-    from duolm.checkpoints import from_pretrained
-    from duolm.data.pipeline import unigram_entropy_bits
+    from duolm.checkpoints.loading import from_pretrained
+    from duolm.data.statistics import unigram_entropy_bits
     from duolm.evaluation import evaluate_nelbo
 
     run_dir = work / f"{mode}-{top_k}-{seed}"

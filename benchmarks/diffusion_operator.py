@@ -9,7 +9,6 @@ against scipy's adaptive quadrature on `check` of those points.
 from __future__ import annotations
 
 # this file is named like the stdlib's `operator`: keep its folder off the import path
-
 import argparse
 import math
 import time
@@ -23,7 +22,7 @@ except ImportError:  # run as `python benchmarks/<script>.py`: this folder is on
     from provenance import emit, provenance
 from scipy import integrate, stats
 
-from duolm.operator import DiffusionTransform, fit_alpha
+from duolm.core.operator import DiffusionTransform, fit_alpha
 
 
 def scipy_alpha(K: int, gamma: float) -> float:

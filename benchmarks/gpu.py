@@ -146,7 +146,7 @@ def adapted_once(work: Path, args, lora: bool) -> dict:
 
 
 def sample_once(model_dir: Path, args) -> dict:
-    from duolm.checkpoints import load_pretrained as load
+    from duolm.checkpoints.loading import load_pretrained as load
     from duolm.sampling import SamplerSpec
     from duolm.sampling.generate import generate
 
@@ -165,12 +165,12 @@ def sample_once(model_dir: Path, args) -> dict:
 
 def unet_once(args) -> dict:
     """The papers' CIFAR-10 UNet: Duo training steps (label dropout 0.1) and class-conditional sampling."""
-    from duolm.methods import build_method
+    from duolm.core.methods import build_method
+    from duolm.core.schedules import make_schedule
     from duolm.models.backbones import build_backbone
-    from duolm.objectives import Nelbo
     from duolm.sampling import SamplerSpec
     from duolm.sampling.generate import sample_batch
-    from duolm.schedules import make_schedule
+    from duolm.training.objectives import Nelbo
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"

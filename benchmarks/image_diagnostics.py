@@ -46,7 +46,7 @@ def pixel_statistics(images: torch.Tensor, levels: int) -> dict:
 
 def masked_cross_entropy(pre, ids: torch.Tensor, labels: torch.Tensor, rate: float, seed: int = 0) -> float:
     """Bits per masked pixel of an MDLM model when `rate` of each image's pixels are masked."""
-    from duolm.conditioning import with_labels
+    from duolm.core.conditioning import with_labels
 
     g = torch.Generator().manual_seed(seed)
     method, net = pre.method, pre.backbone
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--images", type=int, default=500, help="held-out images for the loss against the mask rate")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    from duolm.checkpoints import from_pretrained
+    from duolm.checkpoints.loading import from_pretrained
     from duolm.data.images import build_image_splits
     from duolm.training import quiet_libraries
 

@@ -67,12 +67,12 @@ def train_model(p: dict, name: str, work: Path, log, resume: bool = False) -> di
     resume, a model whose record was written by an earlier, killed run of this script is reused."""
     import shutil
 
-    from duolm.checkpoints import from_pretrained
     from duolm.app.config import compose_components
-    from duolm.evaluation import evaluate_nelbo
     from duolm.app.data_settings import load_data
     from duolm.app.training_run import train
-    from duolm.atomic import write_json
+    from duolm.checkpoints.loading import from_pretrained
+    from duolm.evaluation import evaluate_nelbo
+    from duolm.io.atomic import write_json
 
     record = work / "records" / f"{name}.json"
     if resume and record.exists():
@@ -147,9 +147,9 @@ def main(argv=None) -> dict:
 
     quiet_libraries()
     from duolm.evaluation.image_metrics import score_image_samples, subset_indices
-    from duolm.evaluation.plots import plot_quality_vs_steps
-    from duolm.atomic import write_json
     from duolm.evaluation.pictures import write_result_pictures
+    from duolm.evaluation.plots import plot_quality_vs_steps
+    from duolm.io.atomic import write_json
     from duolm.sampling.generate import generate
 
     models = {}

@@ -16,7 +16,7 @@ but below the floor means lost diversity) and the mean per-sample unigram entrop
 
 The training loop here is a plain loop (fresh data every step, no files), not the Lightning layer,
 so it measures the math at the smallest possible overhead; each step is the library's training
-objective (duolm.objectives), the same call the Lightning module makes.
+objective (duolm.training.objectives), the same call the Lightning module makes.
 """
 from __future__ import annotations
 
@@ -34,18 +34,23 @@ try:
 except ImportError:  # run as `python benchmarks/<script>.py`: this folder is on the path, the repository is not
     from provenance import provenance
 
-from duolm.curriculum import Curriculum, CurriculumSchedule
-from duolm.distill import DeltaSchedule
+from duolm.core.methods import build_method
 from duolm.evaluation import evaluate_nelbo
 from duolm.evaluation.hmm import random_hmm
 from duolm.evaluation.samples import unigram_entropy
-from duolm.methods import build_method
 from duolm.models.dit import DiT, DiTConfig
 from duolm.models.ema import EMA
-from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
-from duolm.sampling import KappaSchedule, ar_sample, parse_kappa
-from duolm.sampling import PsiOptions, SamplerSpec
+from duolm.sampling import (
+    KappaSchedule,
+    PsiOptions,
+    SamplerSpec,
+    ar_sample,
+    parse_kappa,
+)
 from duolm.sampling.generate import sample_batch
+from duolm.training.curriculum import Curriculum, CurriculumSchedule
+from duolm.training.distill import DeltaSchedule
+from duolm.training.objectives import CurriculumNelbo, Distillation, Nelbo
 
 PRESETS = {
     # minutes of training per model, DCD rounds x steps, samples per setting, step counts

@@ -32,8 +32,8 @@ from duolm.app.config import compose_components
 from duolm.models.dit import DiT
 from duolm.sampling import SamplerSpec, SamplingModel
 from duolm.sampling.categorical import race_categorical
-from duolm.sampling.grids import linear_grid
 from duolm.sampling.generate import sample_batch
+from duolm.sampling.grids import linear_grid
 
 
 class TimedBackbone(torch.nn.Module):

@@ -3,7 +3,6 @@ import sys
 
 import pytest
 import torch
-
 from tiny_run import write_corpus  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -21,9 +20,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def hub_offline_mode_stays_in_its_test(monkeypatch):
-    """duolm.hub_access.from_hub turns on the Hub libraries' offline mode for the process when the
+    """duolm.io.hub_access.from_hub turns on the Hub libraries' offline mode for the process when the
     Hub does not answer; each test gets the environment and module constants it started with."""
-    from duolm import hub_access
+    from duolm.io import hub_access
 
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if key in os.environ:

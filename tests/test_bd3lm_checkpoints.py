@@ -1,4 +1,4 @@
-"""BD3-LM's checkpoints through duolm.checkpoints.load: its Lightning .ckpt (raw and EMA) and its
+"""BD3-LM's checkpoints through duolm.checkpoints.loading.load: its Lightning .ckpt (raw and EMA) and its
 Hugging Face folder reproduce the logits kuleshov-group/bd3lms computed (tests/fixtures/reference-bd3lm,
 a copy of ../shared/fixtures/reference-bd3lm), load as MDLM with blocks, and sample, score and
 convert as block models."""
@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from duolm.checkpoints import from_pretrained, save_pretrained
-from duolm.checkpoints import load_pretrained as load
-from duolm.methods import BlockTrainingPass
+from duolm.checkpoints.loading import from_pretrained, save_pretrained
+from duolm.checkpoints.loading import load_pretrained as load
+from duolm.core.methods import BlockTrainingPass
 
 FIX = Path(__file__).parent / "fixtures" / "reference-bd3lm"
 ATOL = 1e-4  # the fixture's suggested float32 tolerance
@@ -73,19 +73,19 @@ def test_the_hugging_face_folder_reproduces_the_cached_calls(tmp_path):
     out = load_file(FIX / "outputs.safetensors")
     torch.testing.assert_close(_training_logits(pre), out["train_forward_ema"], atol=ATOL, rtol=0)
     raw = load(_hf_folder(tmp_path, ema=False, name="raw"), tokenizer=TOKENIZER)
-    caches = raw.backbone.new_kv_caches()
+    caches = raw.backbone.new_cache()
     for call in next(c for c in _case()["cases"] if c["name"] == "cached")["calls"]:
         with torch.no_grad():
-            got = raw.backbone(torch.tensor(call["input_ids"]), torch.tensor(call["sigma"]), kv_caches=caches,
-                               position_offset=len(caches[0]), store_kv=call["store_kv"])
+            got = raw.backbone(torch.tensor(call["input_ids"]), torch.tensor(call["sigma"]), cache=caches,
+                               position_offset=len(caches), store_kv=call["store_kv"])
         torch.testing.assert_close(got, out[call["output"]], atol=ATOL, rtol=0, msg=call["output"])
     assert raw.method.block_size == 4
 
 
 def test_a_bd3lm_model_samples_block_by_block_scores_with_the_block_nelbo_and_converts(tmp_path):
     from duolm.app.api import Model
+    from duolm.core.methods import build_method
     from duolm.evaluation.likelihood import continuation_nelbo
-    from duolm.methods import build_method
 
     pre = load(FIX / "lightning.ckpt", tokenizer=TOKENIZER)
     model = Model(pre, device="cpu")

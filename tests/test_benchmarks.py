@@ -43,7 +43,7 @@ def test_image_benchmark_smoke_mode_trains_samples_and_scores_both_models(tmp_pa
     assert set(out["models"]) == set(MODELS) and all(m["steps"] == 2 for m in out["models"].values())
     samplers = {(r["algo"], r["sampler"]) for r in out["results"]}
     assert samplers == {(a, s) for a in MODELS for s in ("ancestral", *PSI_MODES)}
-    from duolm.checkpoints import from_pretrained
+    from duolm.checkpoints.loading import from_pretrained
 
     embedded = from_pretrained(out["models"]["mdlm_mask_embedding"]["model_dir"])
     assert embedded.config["model"]["mask_input"] == "embedding" and hasattr(embedded.backbone, "mask_embedding")

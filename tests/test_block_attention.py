@@ -8,7 +8,11 @@ from pathlib import Path
 
 import torch
 
-from duolm.models.block_attention import block_causal_mask, block_diffusion_mask, training_positions
+from duolm.core.block_attention import (
+    block_causal_mask,
+    block_diffusion_mask,
+    training_positions,
+)
 from duolm.models.dit import DiT, DiTConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference-bd3lm"  # a copy of ../shared/fixtures/reference-bd3lm
@@ -96,16 +100,16 @@ def test_block_by_block_cached_calls_reproduce_bd3lm():
 def _replay(net, calls, out) -> list[list[int]]:
     """The reference's calls in order on one fresh cache, each output checked against the fixture
     and the cache's length before and after; returns the input ids of the calls that stored."""
-    caches = net.new_kv_caches()
+    caches = net.new_cache()
     stored = []
     for call in calls:
-        assert len(caches[0]) == call["cache_idx_before"]
+        assert len(caches) == call["cache_idx_before"]
         ids = torch.tensor(call["input_ids"])
         with torch.no_grad():
-            got = net(ids, torch.tensor(call["sigma"]), kv_caches=caches, position_offset=len(caches[0]),
+            got = net(ids, torch.tensor(call["sigma"]), cache=caches, position_offset=len(caches),
                       store_kv=call["store_kv"])
         torch.testing.assert_close(got, out[call["output"]], atol=ATOL, rtol=0, msg=call["output"])
-        assert len(caches[0]) == call["cache_idx_after"]
+        assert len(caches) == call["cache_idx_after"]
         if call["store_kv"]:
             stored.append(call["input_ids"])
     return stored
@@ -130,10 +134,10 @@ def test_cached_logits_equal_the_training_pass_in_float64():
     x0, xt = torch.tensor(case["inputs"]["x0"]), torch.tensor(case["inputs"]["xt"])
     sigma = torch.zeros(x0.shape[0], dtype=torch.float64)
     full = _training_pass(net, torch.cat([xt, x0], 1), sigma, L, bs)
-    caches = net.new_kv_caches()
+    caches = net.new_cache()
     with torch.no_grad():
         for b in range(L // bs):
             sl = slice(b * bs, (b + 1) * bs)
-            noisy = net(xt[:, sl], sigma, kv_caches=caches, position_offset=b * bs, store_kv=False)
+            noisy = net(xt[:, sl], sigma, cache=caches, position_offset=b * bs, store_kv=False)
             torch.testing.assert_close(noisy, full[:, sl], atol=1e-10, rtol=0, msg=f"block {b}")
-            net(x0[:, sl], sigma, kv_caches=caches, position_offset=b * bs, store_kv=True)
+            net(x0[:, sl], sigma, cache=caches, position_offset=b * bs, store_kv=True)

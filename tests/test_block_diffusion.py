@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
-
-from duolm.methods import build_method
-from duolm.models.dit import DiT, DiTConfig
 from oracles import all_sequences, random_joint
+
+from duolm.contracts import Capabilities
+from duolm.core.methods import build_method
+from duolm.models.dit import DiT, DiTConfig
 
 
 def _net(method, seed=0):
@@ -71,7 +72,7 @@ def test_times_are_drawn_per_block_and_stratified_over_the_global_batch():
 def test_a_clipped_range_keeps_the_strata_and_validation_keeps_every_time():
     """algo.clip_min/clip_max (BD3-LM's clipped schedule): the training objective draws each block's
     time in [lo, hi], one per stratum of it; the method's own NELBO (validation, eval) is untouched."""
-    from duolm.objectives import Nelbo
+    from duolm.training.objectives import Nelbo
 
     m = build_method("mdlm", 11, block_size=4)
     obj = Nelbo(m, time_range=(0.3, 0.8))
@@ -105,7 +106,7 @@ class BlockOracle:
     a noisy position of block b, p(x_0^i | the unmasked tokens of block b, the clean blocks < b),
     by enumeration (the mask states carry no information, so no time is needed)."""
 
-    accepts_head = False
+    capabilities = Capabilities(attention=("bidirectional", "block_causal"))
 
     def __init__(self, seqs, probs, block_size, mask_id):
         self.seqs, self.probs, self.bs, self.mask_id = seqs, probs, block_size, mask_id

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from oracles import all_sequences, random_joint
 from scipy.stats import chisquare
 
-from duolm.methods import build_method
+from duolm.contracts import Capabilities
+from duolm.core.methods import build_method
+from duolm.core.schedules import LogLinear
 from duolm.models.dit import DiT, DiTConfig
-from duolm.sampling import PsiOptions, SamplerSpec, KappaSchedule, Kappa
+from duolm.sampling import Kappa, KappaSchedule, PsiOptions, SamplerSpec
 from duolm.sampling.blocks import block_sample
 from duolm.sampling.generate import sample_batch
-from duolm.schedules import LogLinear
-from oracles import all_sequences, random_joint
 
 K, L, BS = 3, 4, 2
 
@@ -88,16 +89,16 @@ class CachedOracle:
     tokens) under the process (its own token too for the absorbing process, whose unmasked tokens
     are exact), at the level sigma = -log alpha."""
 
-    accepts_head = False
+    capabilities = Capabilities(attention=("bidirectional", "block_causal"), kv_cache=True, time_conditioning=True)
 
     def __init__(self, process, seqs, probs):
         self.process, self.seqs, self.probs = process, seqs, probs
 
-    def new_kv_caches(self):
-        return [[]]
+    def new_cache(self):
+        return []  # the committed blocks themselves (this oracle reads tokens, not keys)
 
-    def __call__(self, x, sigma, weights=None, kv_caches=None, position_offset=0, class_cond=None, store_kv=True):
-        store = kv_caches[0]
+    def __call__(self, x, sigma, weights=None, cache=None, position_offset=0, class_cond=None, store_kv=True):
+        store = cache
         B, S = x.shape
         out = torch.full((B, S, self.process.num_states), -1e30, dtype=torch.float64)
         if store_kv:

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from duolm.processes import AbsorbingProcess
+from duolm.core.processes import AbsorbingProcess
 from duolm.sampling.categorical import categorical_draw, draw_categorical
 
 K, STEPS, N = 64, 64, 40_000

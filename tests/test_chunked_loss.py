@@ -5,14 +5,16 @@ import dataclasses
 import pytest
 import torch
 
-from duolm import chunked_loss
-from duolm.chunked_loss import Head, chunked_loss as run_chunked
-from duolm.conditioning import with_labels
-from duolm.curriculum import Curriculum, CurriculumSchedule
-from duolm.distill import dcd_loss
-from duolm.methods import build_method
+from duolm.contracts import Capabilities
+from duolm.core import chunked_loss
+from duolm.core.chunked_loss import Head
+from duolm.core.chunked_loss import chunked_loss as run_chunked
+from duolm.core.conditioning import with_labels
+from duolm.core.methods import build_method
+from duolm.core.operator import DiffusionTransform
 from duolm.models.dit import DiT, DiTConfig
-from duolm.operator import DiffusionTransform
+from duolm.training.curriculum import Curriculum, CurriculumSchedule
+from duolm.training.distill import dcd_loss
 
 K = 11  # data tokens
 
@@ -117,6 +119,8 @@ def test_a_backbone_without_a_linear_head_chunks_the_loss_only():
     x0 = torch.randint(0, K, (2, 9), generator=torch.Generator().manual_seed(1))
 
     class Logits(torch.nn.Module):  # a stand-in for the UNet: logits from a module with no `head`
+        capabilities = Capabilities(time_conditioning=True, soft_inputs=True)
+
         def __init__(self, net):
             super().__init__()
             self.net = net
@@ -172,7 +176,7 @@ def test_autocast_keeps_the_loss_in_float32():
 
 
 def test_duos_written_out_gradient_is_autograds():
-    from duolm import losses
+    from duolm.core import losses
 
     g = torch.Generator().manual_seed(0)
     n, K = 40, 9
@@ -195,7 +199,7 @@ def test_duos_written_out_gradient_is_autograds():
 @pytest.mark.parametrize("name,written", [("duo", "uniform_nelbo_and_grad"), ("mdlm", "cross_entropy_and_grad"),
                                           ("ar", "cross_entropy_and_grad")])
 def test_training_uses_the_written_out_gradient(monkeypatch, name, written):
-    from duolm import losses
+    from duolm.core import losses
 
     calls = []
     real = getattr(losses, written)
@@ -207,7 +211,7 @@ def test_training_uses_the_written_out_gradient(monkeypatch, name, written):
 
 
 def test_the_cross_entropy_gradient_is_autograds():
-    from duolm import losses
+    from duolm.core import losses
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(30, 8, generator=g, dtype=torch.float64) * 3
@@ -238,7 +242,7 @@ def test_ar_at_gpt2_width_runs_its_cross_entropy_plainly_until_the_logits_pass_t
     measured faster, so it runs unchunked while the batch's logits fit PLAIN_MAX_LOGITS, and chunked
     above it; both give the plain method's losses and gradients. Narrower heads and the other losses
     always chunk."""
-    import duolm.methods as methods
+    import duolm.core.methods as methods
 
     calls = []
     monkeypatch.setattr(methods, "chunked_loss", lambda *a, **k: calls.append(1) or run_chunked(*a, **k))

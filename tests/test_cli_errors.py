@@ -3,9 +3,9 @@ and nothing partial left behind (issue 13's probes)."""
 import json
 
 import pytest
+from tiny_run import TINY
 
 from duolm.app.cli import main
-from tiny_run import TINY
 
 
 def run_cli(capsys, *args):

@@ -12,14 +12,14 @@ import math
 
 import pytest
 import torch
+from oracles import all_sequences, oracle_posterior_marginals, random_joint
 
-from duolm.methods import build_method
-from duolm.processes import AbsorbingProcess, UniformProcess
+from duolm.core.methods import build_method
+from duolm.core.processes import AbsorbingProcess, UniformProcess
+from duolm.core.schedules import LogLinear
 from duolm.sampling import SAMPLERS, SamplerSpec, ancestral_sample
 from duolm.sampling.blocks import block_sample
 from duolm.sampling.confidence import ConfidenceOptions, confidence_sample
-from duolm.schedules import LogLinear
-from oracles import all_sequences, oracle_posterior_marginals, random_joint
 
 K = 5
 

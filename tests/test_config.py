@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from duolm.app.config import ConfigError, compose, compose_components, group_options
-from duolm.methods import build_method
+from duolm.core.methods import build_method
 from duolm.models.backbones import build_backbone
 
 VOCAB = {"char": 28, "gpt2": 50257, "bert-base-uncased": 30522, "smollm2": 49152}

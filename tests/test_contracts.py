@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from duolm.contracts import Denoiser, Process, Schedule
-from duolm.methods import METHODS, PROCESSES, build_method
+from duolm.core.methods import METHODS, PROCESSES, build_method
+from duolm.core.schedules import SCHEDULES
 from duolm.models.dit import DiT, DiTConfig
 from duolm.sampling import denoiser_from
-from duolm.schedules import SCHEDULES
 
 
 @pytest.mark.parametrize("name", sorted(PROCESSES))
@@ -46,7 +46,7 @@ def test_every_diffusion_method_gives_a_denoiser(algo):
 def test_every_recipe_names_rows_that_exist(algo):
     """A recipe's parameterisation and loss are rows of their tables (AR's included), so a method is
     composed from the tables and nothing is matched by name elsewhere."""
-    from duolm.methods import LOSSES, PARAMETERIZATIONS
+    from duolm.core.methods import LOSSES, PARAMETERIZATIONS
 
     recipe = METHODS[algo]
     assert recipe.parameterization in PARAMETERIZATIONS and recipe.loss in LOSSES

@@ -5,9 +5,13 @@ import pytest
 import torch
 from scipy import stats
 
-from duolm.curriculum import (CurriculumSchedule, _distinct_other_ids, top_order_statistics,
-                              topk_relaxation)
-from duolm.operator import DiffusionTransform, gaussian_latents
+from duolm.core.operator import DiffusionTransform, gaussian_latents
+from duolm.training.curriculum import (
+    CurriculumSchedule,
+    _distinct_other_ids,
+    top_order_statistics,
+    topk_relaxation,
+)
 
 
 def test_top_order_statistics_match_sorting_dense_draws():
@@ -109,7 +113,7 @@ def test_true_token_weight_has_the_dense_distribution(k, gamma):
 
 def test_fits_follow_the_vocabulary_and_band():
     """The papers cache fitted coefficients under the mode name only; ours are computed for (K, band)."""
-    from duolm.curriculum import Curriculum
+    from duolm.training.curriculum import Curriculum
 
     a = Curriculum(CurriculumSchedule(mode="poly9", gamma_min=-3.5, gamma_max=-1.75), 28)
     b = Curriculum(CurriculumSchedule(mode="poly9", gamma_min=-3.5, gamma_max=-1.75), 50257)

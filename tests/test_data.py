@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from duolm.data import corpora
-from duolm.data.pipeline import build_splits, unigram_entropy_bits
-from duolm.data.store import SplitWriter, open_store
+from duolm.data.pipeline import build_splits
 from duolm.data.sampler import ResumableSampler
+from duolm.data.statistics import unigram_entropy_bits
+from duolm.data.store import SplitWriter, open_store
 from duolm.data.tokenizers import CharTokenizer, load_tokenizer
 
 

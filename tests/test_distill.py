@@ -2,12 +2,15 @@
 import pytest
 import torch
 
-from duolm.distill import DeltaSchedule, Teacher, dcd_loss
-from duolm.operator import gaussian_latents
-from duolm.methods import build_method
+from duolm.core.methods import build_method
+from duolm.core.operator import (
+    DiffusionTransform,
+    gaussian_coefficients,
+    gaussian_latents,
+)
 from duolm.models.dit import DiT, DiTConfig
 from duolm.models.ema import EMA
-from duolm.operator import DiffusionTransform, gaussian_coefficients
+from duolm.training.distill import DeltaSchedule, Teacher, dcd_loss
 
 K = 11
 
@@ -94,8 +97,9 @@ def test_loss_vanishes_when_the_teacher_is_the_student_and_delta_shrinks(kind):
 def test_distill_command_trains_a_student_and_resumes_its_teacher(tmp_path, corpus):
     """`duolm distill` from a trained Duo model: the checkpoint holds the student's weights (no
     teacher keys) and the teacher's round, and a resumed run continues the round count."""
-    from duolm.app.cli import main
     from tiny_run import TINY
+
+    from duolm.app.cli import main
 
     common = [*TINY, "data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}"]
     assert main(["train", "algo=duo_base", "trainer.max_steps=3", f"run.dir={tmp_path / 'teacher'}", *common]) == 0
@@ -107,7 +111,7 @@ def test_distill_command_trains_a_student_and_resumes_its_teacher(tmp_path, corp
     assert main([*student_args, "trainer.max_steps=5"]) == 0
     ckpt = torch.load(tmp_path / "student" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 5 and ckpt["distill"]["round"] == 2
-    from duolm.checkpoints import from_pretrained
+    from duolm.checkpoints.loading import from_pretrained
 
     assert from_pretrained(tmp_path / "student" / "model").method.name == "duo_base"
     # the samples printed after distillation are the student's, and say so
@@ -120,7 +124,14 @@ def test_distill_command_trains_a_student_and_resumes_its_teacher(tmp_path, corp
 def test_synthetic_chain_metrics_catch_collapse():
     """The Markov-chain yardstick: data samples score the entropy rate and a small bigram TV;
     samples collapsed onto one likely sequence score a low NLL but a large TV."""
-    from duolm.evaluation.hmm import bigram_tv, diversity, entropy_rate, markov_chain, nll_per_token, sample_chain
+    from duolm.evaluation.hmm import (
+        bigram_tv,
+        diversity,
+        entropy_rate,
+        markov_chain,
+        nll_per_token,
+        sample_chain,
+    )
 
     pi, P = markov_chain(8, seed=0)
     x = sample_chain(pi, P, 4000, 12, torch.Generator().manual_seed(0))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from duolm.models.dit import DiT, DiTConfig, KVCache
+from duolm.models.dit import DiT, DiTConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference-dit"
 
@@ -61,10 +61,10 @@ def test_kv_cache_decoding_matches_the_full_causal_pass():
             p.normal_(0, 0.3)
         x = torch.randint(0, 11, (2, 9))
         full = model(x)
-        caches = [KVCache() for _ in model.blocks]
-        parts = [model(x[:, :4], kv_caches=caches)]
+        caches = model.new_cache()
+        parts = [model(x[:, :4], cache=caches)]
         for i in range(4, 9):
-            parts.append(model(x[:, i:i + 1], kv_caches=caches, position_offset=i))
+            parts.append(model(x[:, i:i + 1], cache=caches, position_offset=i))
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -80,7 +80,7 @@ def test_compiled_blocks_train_like_eager_blocks_without_graph_breaks():
     eager, so a training step breaks no graph and gives the eager step's loss and gradients."""
     import torch._dynamo
 
-    from duolm.methods import build_method
+    from duolm.core.methods import build_method
 
     method = build_method("duo", 13)
     grads = []

@@ -10,7 +10,13 @@ import torch
 
 from duolm.app.cli import main
 from duolm.data.tokenizers import load_gpt2
-from duolm.evaluation.judge import Judge, generative_perplexity, judge_ids, load_judge, scored_mask
+from duolm.evaluation.judge import (
+    Judge,
+    generative_perplexity,
+    judge_ids,
+    load_judge,
+    scored_mask,
+)
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +129,13 @@ def test_smollm2_judge_prefers_english(tmp_path):
 # --- zero-shot sets -------------------------------------------------------------------------
 
 def test_detokenizers_undo_each_corpus_preprocessing():
-    from duolm.data.detokenizers import (lambada_detokenize, lm1b_detokenize, ptb_detokenize,
-                                         scientific_papers_detokenize, wikitext_detokenize)
+    from duolm.data.detokenizers import (
+        lambada_detokenize,
+        lm1b_detokenize,
+        ptb_detokenize,
+        scientific_papers_detokenize,
+        wikitext_detokenize,
+    )
 
     assert ptb_detokenize("the company 's shares rose N % to $ N a share , it said") == \
         "the company's shares rose 1% to $1 a share, it said"

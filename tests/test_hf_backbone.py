@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from duolm.methods import build_method
-from duolm.model_format import from_pretrained, save_pretrained
+from duolm.checkpoints.duolm_format import from_pretrained, save_pretrained
+from duolm.core.methods import build_method
 from duolm.models.backbones import build_backbone
 from duolm.models.hf_lm import HFLM, HFConfig
 
@@ -132,13 +132,18 @@ def test_block_sampling_with_the_key_value_cache_equals_the_cache_free_pass(kind
     block's kept), so its logits are the block-causal pass's over the whole prefix (float64, to
     1e-10) and the draws are the same draw for draw, at the cost of one block per call."""
     from duolm.sampling import SamplerSpec
-    from duolm.sampling.blocks import CachedBlock, UncachedBlock, block_sample, commit_block
+    from duolm.sampling.blocks import (
+        CachedBlock,
+        UncachedBlock,
+        block_sample,
+        commit_block,
+    )
 
     method = build_method("mdlm", V, block_size=4)
     net, _ = _wrapped(kind, method.model_vocab_size)
     net.double()
     prefix = torch.randint(2, V, (2, 8), generator=torch.Generator().manual_seed(4))
-    cache = net.new_kv_caches()
+    cache = net.new_cache()
     for b in range(2):
         commit_block(net, cache, prefix[:, 4 * b:4 * b + 4], 4 * b)
     noisy = torch.randint(0, method.model_vocab_size, (2, 4), generator=torch.Generator().manual_seed(5))
@@ -147,7 +152,7 @@ def test_block_sampling_with_the_key_value_cache_equals_the_cache_free_pass(kind
             cached = CachedBlock(net, cache, 8)(noisy, torch.zeros(2, dtype=torch.float64))
             torch.testing.assert_close(cached, UncachedBlock(net, prefix, 4)(noisy, torch.zeros(2, dtype=torch.float64)),
                                        atol=1e-10, rtol=0)
-    assert cache.get_seq_length() == 8
+    assert len(cache) == 8
     st = {}
     spec = SamplerSpec("ancestral", steps=3)
     x = block_sample(method, net, spec, 2, 12, generator=torch.Generator().manual_seed(0), stats=st)
@@ -167,10 +172,6 @@ def test_ar_sampling_on_a_pretrained_backbone_uses_the_cache_and_stays_causal(ki
     a = ar_sample(net, 3, 14, 0, generator=torch.Generator().manual_seed(1), prompt=prompt)
     b = ar_sample(net, 3, 14, 0, generator=torch.Generator().manual_seed(1), prompt=prompt, use_cache=False)
     assert torch.equal(a, b) and a[:, :4].eq(torch.tensor(prompt)).all()
-    from duolm.sampling.prefix_cache import ApproximateCache
-
-    with pytest.raises(ValueError, match="DiT's key-value cache"):
-        ApproximateCache(build_method("mdlm", V), net, "prefix")
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -273,7 +274,7 @@ def test_annealing_with_blocks_opens_each_blocks_own_keys_inside_the_block_causa
     later keys (by position) kept with probability step / N: causal inside the block at step 0, the
     block mask itself from step N; nothing outside the block mask is ever opened. A model trained
     this way runs through the block training pass."""
-    from duolm.models.block_attention import block_diffusion_mask, training_positions
+    from duolm.core.block_attention import block_diffusion_mask, training_positions
 
     net, _ = _wrapped("llama", V + 1, anneal_steps=100)
     net.train()
@@ -300,8 +301,8 @@ def test_chat_holds_the_templated_conversation_and_cuts_each_reply_at_eos():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from duolm.app.api import Model
+    from duolm.checkpoints.duolm_format import Pretrained
     from duolm.data.tokenizers import CharTokenizer, load_tokenizer
-    from duolm.model_format import Pretrained
 
     tok = load_tokenizer("smollm2")
     method = build_method("mdlm", tok.vocab_size)

@@ -4,11 +4,11 @@ import hashlib
 import json
 
 import pytest
+from tiny_run import TINY
 
 import duolm
 from duolm.app import hub
 from duolm.app.cli import main
-from tiny_run import TINY
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_a_hub_id_loads_from_its_snapshot_and_offline_gets_one_sentence(trained,
         asked.append(repo_id)
         return str(snapshot)
 
-    from duolm import hub_access
+    from duolm.io import hub_access
 
     monkeypatch.setattr(hub_access, "_reachable", True)  # the Hub answers; the download is the stand-in
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)

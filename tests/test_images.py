@@ -1,19 +1,22 @@
 """Images: pixel tokens, the image store, class conditioning and guidance, FID / IS, pictures."""
-import json
 
 import numpy as np
 import pytest
 import torch
+from oracles import all_sequences, oracle_posterior_marginals, random_joint
 from scipy.stats import chisquare
 
-from duolm.conditioning import drop_labels, null_labels, with_labels
+from duolm.contracts import Capabilities
+from duolm.core.conditioning import drop_labels, null_labels, with_labels
+from duolm.core.methods import build_method
+from duolm.core.schedules import LogLinear
 from duolm.data.images import build_image_splits, horizontal_flip
 from duolm.data.tokenizers import PixelTokenizer, load_tokenizer
-from duolm.evaluation.image_metrics import feature_statistics, frechet_distance, inception_score
-from duolm.methods import build_method
-from duolm.schedules import LogLinear
-from oracles import all_sequences, oracle_posterior_marginals, random_joint
-
+from duolm.evaluation.image_metrics import (
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+)
 
 # --- pixel tokens ------------------------------------------------------------------------------------
 
@@ -143,6 +146,7 @@ class OracleClassBackbone(torch.nn.Module):
         self.process, self.joints, self.L = process, joints, L
         self.seqs = all_sequences(process.num_states, L)
         self.config = type("C", (), {"num_classes": len(joints)})()
+        self.capabilities = Capabilities(class_conditioning=True, time_conditioning=True)
 
     def forward(self, x, sigma, class_cond=None, weights=None):
         alpha = torch.exp(-sigma.double()).reshape(-1, 1)
@@ -162,8 +166,8 @@ def test_every_sampler_draws_each_class_and_guidance_mixes_the_class_and_null_pr
     greedy-tail-free ancestral ends (chi-square, p > 1e-3, n = 3000 per class); weight w mixes the log
     predictions as normalise(w log p_c + (1 - w) log p_null) for any real w."""
     from duolm.sampling import PsiOptions, SamplerSpec, SamplingModel
-    from duolm.sampling.kappa import Kappa, KappaSchedule
     from duolm.sampling.generate import sample_batch
+    from duolm.sampling.kappa import Kappa, KappaSchedule
 
     method = build_method("duo_base", 3, schedule=LogLinear(eps=0.0))
     joints = [random_joint(3, 1, seed=1), random_joint(3, 1, seed=2)]
@@ -227,11 +231,13 @@ def test_a_class_conditional_dit_uses_its_labels_and_an_unconditional_one_refuse
 
 
 def test_the_objective_binds_labels_with_dropout_and_refuses_missing_ones():
-    from duolm.objectives import Nelbo
+    from duolm.training.objectives import Nelbo
 
     seen = []
 
     class Spy(torch.nn.Module):
+        capabilities = Capabilities(class_conditioning=True, time_conditioning=True)
+
         def forward(self, x, sigma, class_cond=None, weights=None):
             seen.append(class_cond)
             return torch.zeros(*x.shape, 5)

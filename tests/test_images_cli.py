@@ -118,10 +118,11 @@ def _papers_cifar_checkpoint(path):
 
 @pytest.mark.parametrize("use_ema", [True, False])
 def test_the_papers_cifar10_checkpoints_load_and_convert(tmp_path, capsys, use_ema):
-    """Through duolm.checkpoints.load: the UNet, EMA or raw weights, 256 levels with 10 classes,
+    """Through duolm.checkpoints.loading.load: the UNet, EMA or raw weights, 256 levels with 10 classes,
     cosine noise; the fixture's logits to 1e-4 (above e^-8); converted to a duolm folder that
     reloads to the same logits."""
-    from duolm.checkpoints import from_pretrained, load_pretrained as load
+    from duolm.checkpoints.loading import from_pretrained
+    from duolm.checkpoints.loading import load_pretrained as load
 
     ckpt = tmp_path / "papers.ckpt"
     case = _papers_cifar_checkpoint(ckpt)

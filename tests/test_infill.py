@@ -2,15 +2,15 @@
 conditional distribution and the held tokens never change, for every sampler that holds positions."""
 import pytest
 import torch
+from oracles import all_sequences, random_joint
 from scipy.stats import chisquare
+from test_samplers import K, make, oracle, variants
 
+from duolm.core.schedules import LogLinear
 from duolm.data.tokenizers import CharTokenizer
 from duolm.evaluation.likelihood import windows
-from duolm.infill import parse_template
-from duolm.sampling import SAMPLERS, PsiOptions, SamplerSpec, SamplingModel
-from oracles import all_sequences, random_joint
-from duolm.schedules import LogLinear
-from test_samplers import K, make, oracle, variants
+from duolm.sampling import SAMPLERS, SamplerSpec, SamplingModel
+from duolm.sampling.infill import parse_template
 
 
 def test_a_template_holds_its_text_and_marks_the_spans_it_filled():

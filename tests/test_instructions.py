@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
+from duolm.core.methods import build_method
 from duolm.data.instructions import chat_prompt, prompt_ids, reply_ids
 from duolm.data.pipeline import build_splits
 from duolm.data.tokenizers import CharTokenizer, load_tokenizer
-from duolm.methods import build_method
 
 PAIRS = [{"prompt": f"question {i} ", "response": "answer " * (i % 3 + 1)} for i in range(9)]
 
@@ -140,7 +140,7 @@ def test_the_prompt_is_never_noised_and_carries_no_loss(algo, curriculum):
     if curriculum is None:
         out = method.token_loss(net, x0, valid, t=t, generator=g, clean=clean)
     else:
-        from duolm.curriculum import Curriculum, CurriculumSchedule
+        from duolm.training.curriculum import Curriculum, CurriculumSchedule
 
         sched = CurriculumSchedule(mode="simple" if curriculum == "dense" else "poly3", start=0, end=100,
                                    top_k=-1 if curriculum == "dense" else 3)
@@ -182,8 +182,8 @@ def test_sft_trains_scores_the_response_and_answers_from_the_command_line(tmp_pa
     sampling.chat -> Model.chat, on a 1-layer Llama with SmolLM2's tokenizer."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
-    from duolm.app.cli import main
     from duolm.app.api import load
+    from duolm.app.cli import main
 
     base = _tiny_base(tmp_path / "tiny-base", smollm2)
     rows = [{"messages": [{"role": "user", "content": f"What is {i} plus one?"},

@@ -1,8 +1,12 @@
-"""The two layers hold: the library never reaches up into the application, and no modules import each other.
+"""The layers hold: the library never reaches up into the application, its packages import only the
+packages below them, and no modules import each other.
 
 Every import of every module under src/duolm is read from its syntax tree, at the top of a file and
 inside functions alike, so a lazy import cannot hide an edge. The rules (duolm/app/__init__.py):
 - a library module (anything outside duolm.app) never imports duolm.app, omegaconf or hydra;
+- inside the library, a package imports only itself and the packages of a lower rank (LAYERS): the
+  math (duolm.core) below the networks and the data, those below checkpoints and sampling, those
+  below evaluation and training, and all of it below duolm.app;
 - the module graph (edges between duolm modules) has no cycle.
 duolm/__init__.py and duolm/__main__.py are the package's doors to both layers and are exempt
 from the first rule (duolm.load and `python -m duolm` reach the application through them).
@@ -18,6 +22,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "src" / "duolm"
 DOORS = {"duolm", "duolm.__main__"}
 CONFIG_LIBRARIES = ("omegaconf", "hydra")
+# the library's packages by rank: a module imports only its own package and packages of a lower rank
+# (two packages of one rank never import each other: the networks know nothing of the data, sampling
+# nothing of checkpoint formats, evaluation nothing of training)
+LAYERS = {
+    "duolm.contracts": 0, "duolm.io": 0,      # the written contracts; files, the Hub, progress lines
+    "duolm.core": 1,                          # the math
+    "duolm.models": 2, "duolm.data": 2,       # networks; corpora, tokenizers, the token store
+    "duolm.checkpoints": 3, "duolm.sampling": 3,
+    "duolm.evaluation": 4, "duolm.training": 4,
+}
 
 
 def module_name(path: Path) -> str:
@@ -87,6 +101,38 @@ def test_the_library_never_imports_the_application_or_its_config():
             if target == "duolm.app" or target.startswith("duolm.app.") or root in CONFIG_LIBRARIES:
                 bad.append(f"{path.relative_to(ROOT.parent)}:{line} imports {target}")
     assert not bad, "library modules reach up into the application:\n" + "\n".join(bad)
+
+
+def layer_of(name: str) -> str | None:
+    """The LAYERS package a library module belongs to (None: the doors, the application)."""
+    return next((p for p in LAYERS if name == p or name.startswith(p + ".")), None)
+
+
+def test_every_library_module_belongs_to_a_layer():
+    stray = [name for name in modules() if is_library(name) and layer_of(name) is None]
+    assert not stray, f"modules outside every layer of tests/test_layers.py LAYERS: {stray}"
+
+
+def test_the_library_imports_only_downwards():
+    bad = []
+    for name, targets in graph().items():
+        own = layer_of(name)
+        if own is None:
+            continue
+        for target in targets:
+            other = layer_of(target)
+            if other is None or (other != own and LAYERS[other] >= LAYERS[own]):
+                bad.append(f"{name} (rank {LAYERS[own]}) imports {target} "
+                           f"(rank {LAYERS.get(other, 'app')})")
+    assert not bad, "imports that do not go down the layers:\n" + "\n".join(sorted(bad))
+
+
+def test_the_order_check_sees_a_climb(monkeypatch):
+    """A fake edge from the math up to sampling is reported."""
+    edges = {"duolm.core.methods": {"duolm.sampling.blocks"}, "duolm.sampling.blocks": set()}
+    monkeypatch.setattr(sys.modules[__name__], "graph", lambda: edges)
+    with pytest.raises(AssertionError, match="duolm.core.methods .* imports duolm.sampling.blocks"):
+        test_the_library_imports_only_downwards()
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:

@@ -8,8 +8,8 @@ lm_eval = pytest.importorskip("lm_eval")  # the test extra installs it
 
 import duolm  # noqa: E402
 from duolm.app.cli import main  # noqa: E402
-from duolm.evaluation.likelihood import continuation_nelbo  # noqa: E402
 from duolm.app.lm_eval_adapter import DuolmLM  # noqa: E402
+from duolm.evaluation.likelihood import continuation_nelbo  # noqa: E402
 
 # real phrases against strings of rare letters of the same length: the built-in character model (2M
 # parameters, distilled; 3.7 bits/char) should prefer the first; anagrams are too hard for it
@@ -104,9 +104,9 @@ def test_an_ar_model_gives_its_exact_log_likelihood_and_greedy_flag():
     import torch
 
     from duolm.app.api import Model
-    from duolm.checkpoints import Pretrained
+    from duolm.checkpoints.loading import Pretrained
+    from duolm.core.methods import build_method
     from duolm.data.tokenizers import CharTokenizer
-    from duolm.methods import build_method
     from duolm.models.dit import DiT, DiTConfig
 
     tok = CharTokenizer()

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from duolm import losses
-from duolm.methods import build_method
-from duolm.parameterizations import NEG_INF
-from duolm.processes import AbsorbingProcess, UniformProcess
-from duolm.schedules import Cosine, LogLinear
 from oracles import all_sequences, entropy, oracle_posterior_marginals, random_joint
+
+from duolm.contracts import Capabilities
+from duolm.core import losses
+from duolm.core.methods import build_method
+from duolm.core.parameterizations import NEG_INF
+from duolm.core.processes import AbsorbingProcess, UniformProcess
+from duolm.core.schedules import Cosine, LogLinear
 
 torch.set_default_dtype(torch.float32)
 
@@ -207,6 +208,7 @@ def test_monte_carlo_nelbo_of_a_trained_free_denoiser_is_above_the_entropy():
 
         method.time_conditioning = True  # the oracle needs the time; the loss is unchanged
         oracle.alpha = None
+        oracle.capabilities = Capabilities(time_conditioning=True)  # logits only: no head to fuse
         loss = method.token_loss(oracle, x0, generator=g)
         per_seq = loss.nll.sum(-1)
         mean, se = per_seq.mean().item(), per_seq.std().item() / math.sqrt(n)

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from benchmarks.reproduce import training_loss
-from duolm.curriculum import Curriculum, CurriculumSchedule
-from duolm.distill import DeltaSchedule
-from duolm.methods import build_method
+from duolm.core.methods import build_method
 from duolm.models.dit import DiT, DiTConfig
-from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
+from duolm.training.curriculum import Curriculum, CurriculumSchedule
+from duolm.training.distill import DeltaSchedule
 from duolm.training.module import LitDiffusionLM, step_generator
+from duolm.training.objectives import CurriculumNelbo, Distillation, Nelbo
 
 K, B, L, SEED = 8, 6, 12, 3
 

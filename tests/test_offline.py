@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from duolm import hub_access
-from duolm.hub_access import HubUnreachable, from_hub
+from duolm.io import hub_access
+from duolm.io.hub_access import HubUnreachable, from_hub
 
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
 

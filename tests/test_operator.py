@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from duolm.operator import DiffusionTransform, fit_alpha, gaussian_coefficients
+from duolm.core.operator import DiffusionTransform, fit_alpha, gaussian_coefficients
 
 
 def scipy_alpha(K: int, gamma: float) -> float:

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from duolm.checkpoints import from_pretrained, save_pretrained
-from duolm.checkpoints import load_pretrained as load
-from duolm.papers_checkpoints import load_lightning_checkpoint
+from duolm.checkpoints.loading import from_pretrained, save_pretrained
+from duolm.checkpoints.loading import load_pretrained as load
+from duolm.checkpoints.papers import load_lightning_checkpoint
 
 FIX = Path(__file__).parent / "fixtures" / "reference-dit"
 
@@ -107,7 +107,7 @@ def test_pickled_configs_are_read_without_running_their_code(tmp_path):
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)  # what the papers' checkpoints do to a safe loader
     ckpt = load_lightning_checkpoint(path)
-    from duolm.papers_checkpoints import OpaqueObject, plain
+    from duolm.checkpoints.papers import OpaqueObject, plain
 
     assert isinstance(ckpt["hyper_parameters"]["tokenizer"], OpaqueObject)
     conf = plain(ckpt["hyper_parameters"]["config"])
@@ -196,7 +196,7 @@ def test_convert_command_writes_a_duolm_directory(tmp_path, capsys):
 
 def test_an_unreachable_hub_id_is_one_sentence(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from duolm.hub_access import HubUnreachable
+    from duolm.io.hub_access import HubUnreachable
 
     with pytest.raises(HubUnreachable, match="could not be reached .HF_HUB_OFFLINE is set. and the model "
                                              "nobody-here/no-such-model is not in the local cache") as err:
@@ -222,7 +222,7 @@ def test_float16_storage_halves_the_file_and_keeps_the_logits_close(tmp_path):
 
 
 def test_builtin_models_resolve_by_name():
-    from duolm.checkpoints import builtin_models, resolve_builtin
+    from duolm.checkpoints.loading import builtin_models, resolve_builtin
 
     assert resolve_builtin("some/dir") == "some/dir"
     with pytest.raises(FileNotFoundError, match="no built-in model 'nope'"):
@@ -235,7 +235,8 @@ def test_the_shipped_model_loads_and_samples():
     """The float16 built-in model ships with the package (a missing file fails here, not later)."""
     from safetensors import safe_open
 
-    from duolm.checkpoints import builtin_models, load_pretrained as load
+    from duolm.checkpoints.loading import builtin_models
+    from duolm.checkpoints.loading import load_pretrained as load
     from duolm.sampling import SAMPLERS, SamplerSpec, SamplingModel
 
     models = builtin_models()

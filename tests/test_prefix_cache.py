@@ -11,20 +11,19 @@
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
+from test_confidence_sampler import low_confidence_remasking, network
 
-from duolm.methods import build_method
+from duolm.core.methods import build_method
+from duolm.core.processes import AbsorbingProcess
+from duolm.core.schedules import LogLinear
 from duolm.models.dit import DiT, DiTConfig
-from duolm.processes import AbsorbingProcess
 from duolm.sampling import SamplerSpec
 from duolm.sampling.confidence import ConfidenceOptions, confidence_sample
 from duolm.sampling.generate import sample_batch
 from duolm.sampling.prefix_cache import ApproximateCache
 from duolm.sampling.registry import SamplingModel
-from duolm.schedules import LogLinear
-from test_confidence_sampler import low_confidence_remasking, network
 
 K = 5
 
@@ -69,13 +68,30 @@ def _partly_decoded(method, L, start, end, seed=0):
     return x
 
 
+def _mdlm_hf(layers: int, L: int = 12):
+    """model=hf on a tiny random Llama: transformers' cache behind duolm's KVCache."""
+    from transformers import LlamaConfig
+
+    from duolm.models.hf_lm import HFLM, HFConfig
+
+    method = build_method("mdlm", K)
+    torch.manual_seed(layers)
+    base = LlamaConfig(vocab_size=K, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                       num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
+    net = HFLM(HFConfig(vocab_size=method.model_vocab_size, hf_config=base.to_dict(), pretrained="tiny-llama"))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return method, net.double().eval()
+
+
+@pytest.mark.parametrize("backbone", [_mdlm_dit, _mdlm_hf], ids=["dit", "hf"])
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-def test_the_cache_is_exact_at_a_refresh_and_for_one_layer_and_approximate_deeper(mode):
+def test_the_cache_is_exact_at_a_refresh_and_for_one_layer_and_approximate_deeper(mode, backbone):
     L, start, end = 12, 4, 8
     alpha = torch.ones(3)
     errors = {}
     for layers in (1, 2):
-        method, net = _mdlm_dit(layers, L)
+        method, net = backbone(layers, L)
         model = SamplingModel.from_method(method, net)
         first = _partly_decoded(method, L, start, end, seed=1)
         first[:, start:start + 2] = method.mask_id

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from duolm.processes import AbsorbingProcess, UniformProcess
+from duolm.core.processes import AbsorbingProcess, UniformProcess
 
 K = 4
 

@@ -1,8 +1,8 @@
 """Progress in a log: a few plain lines (every 10% or 30 s, and the end), a tqdm bar only on a screen."""
 import io
 
-from duolm import progress as progress_module
-from duolm.progress import LineProgress, progress_bar
+from duolm.io import progress as progress_module
+from duolm.io.progress import LineProgress, progress_bar
 
 
 class FakeClock:

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from duolm.evaluation.hmm import entropy_rate, markov_chain, markov_chain_hmm, nll_per_token, random_hmm, sample_chain
+from duolm.evaluation.hmm import (
+    entropy_rate,
+    markov_chain,
+    markov_chain_hmm,
+    nll_per_token,
+    random_hmm,
+    sample_chain,
+)
 from duolm.evaluation.samples import unigram_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,8 +116,8 @@ def test_dcd_student_beats_its_teacher_at_few_steps():
                            "--curriculum-band", "-2.5", "1.5", "--dcd-gamma-min=-3.5", "--dcd-gamma-max", "3.0"])
     preset = dict(minutes={"duo": 60}, max_steps={"duo": 600}, curriculum_steps=100, rounds=3, round_steps=120,
                   batch=128)
-    from duolm.curriculum import Curriculum, CurriculumSchedule
-    from duolm.methods import build_method
+    from duolm.core.methods import build_method
+    from duolm.training.curriculum import Curriculum, CurriculumSchedule
 
     method = build_method("duo", 8)
     net = mod.make_model(method, 64, 2)

@@ -2,16 +2,29 @@
 
 import pytest
 import torch
+from oracles import all_sequences, oracle_posterior_marginals, random_joint
 from scipy.stats import chisquare
 
-from duolm.processes import AbsorbingProcess, UniformProcess
+from duolm.core.processes import AbsorbingProcess, UniformProcess
+from duolm.core.schedules import LogLinear
 from duolm.sampling import SAMPLERS as SAMPLER_TABLE
+from duolm.sampling import (
+    Kappa,
+    KappaSchedule,
+    PsiOptions,
+    SamplerSpec,
+    SamplingModel,
+    analytic_sample,
+    ancestral_sample,
+    draw_categorical,
+    linear_constant_linear_grid,
+    linear_grid,
+    nucleus,
+    parse_kappa,
+    psi_sample,
+    race_categorical,
+)
 from duolm.sampling.confidence import ConfidenceOptions
-from duolm.sampling import (Kappa, KappaSchedule, PsiOptions, SamplerSpec, SamplingModel, analytic_sample, ancestral_sample,
-                            draw_categorical, linear_constant_linear_grid, linear_grid, nucleus, parse_kappa,
-                            psi_sample, race_categorical)
-from duolm.schedules import LogLinear
-from oracles import all_sequences, oracle_posterior_marginals, random_joint
 
 K = 3
 SCHED = LogLinear(eps=0.0)
@@ -383,12 +396,11 @@ def test_semi_ar_extends_past_the_window_keeping_the_overlap_and_stops_at_eos():
 
 @pytest.mark.parametrize("predictor", ["ancestral", "psi", "ancestral_cache"])
 def test_seeded_generation_is_reproducible(predictor):
+    from duolm.core.methods import build_method
     from duolm.data.tokenizers import CharTokenizer
-    from duolm.sampling import SamplerSpec
-    from duolm.sampling.generate import generate
-    from duolm.methods import build_method
     from duolm.models.dit import DiT, DiTConfig
-    from duolm.sampling import Kappa
+    from duolm.sampling import Kappa, SamplerSpec
+    from duolm.sampling.generate import generate
 
     tok = CharTokenizer()
     method = build_method("mdlm", tok.vocab_size)

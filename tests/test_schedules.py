@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from duolm.schedules import Cosine, LogLinear, make_schedule
+from duolm.core.schedules import Cosine, LogLinear, make_schedule
 
 
 @pytest.mark.parametrize("cls", [LogLinear, Cosine])

@@ -3,11 +3,11 @@ modes, on the built-in corpus and on local corpora, with one or two tokenizer pr
 damaged store is named and rebuilt; a failed build leaves nothing behind."""
 import json
 
+import in_memory_blocks as oracle
 import numpy as np
 import pytest
 import torch
 
-import in_memory_blocks as oracle
 from duolm.data.pipeline import build_splits, load_documents
 from duolm.data.tokenizers import CharTokenizer, load_tokenizer
 

@@ -90,9 +90,9 @@ def test_an_empty_stream_gets_one_sentence(tmp_path):
 @pytest.mark.slow
 def test_a_streaming_run_resumes_where_the_uninterrupted_one_ends(tmp_path):
     from safetensors.torch import load_file
+    from tiny_run import TINY
 
     from duolm.app.cli import main
-    from tiny_run import TINY
 
     f = _jsonl(tmp_path / "owt.jsonl", TEXTS * 3)
     common = [*TINY, "algo=ar", "data=openwebtext-streaming", f"data.data_files={f}", "data.valid_docs=10",

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import TINY
 
 from duolm.app.cli import main
 from duolm.app.config import compose
 from duolm.app.training_run import train
 from duolm.training.module import NonFiniteLossError
-from tiny_run import TINY
 
 
 def _cfg(tmp_path, corpus, *extra):
@@ -42,11 +42,11 @@ def test_every_algo_trains_through_the_same_call(tmp_path, corpus, algo):
     below what the characters' frequencies alone give (measured: AR 0.22, MDLM 1.55, SEDD 1.61, D3PM
     1.40, Duo without and with its curriculum 1.86 and 1.97 nats, against 2.15), and below the untrained
     network's."""
-    from duolm.checkpoints import from_pretrained
-    from duolm.data.pipeline import unigram_entropy_bits
+    from duolm.app.data_settings import load_data
+    from duolm.checkpoints.loading import from_pretrained
+    from duolm.data.statistics import unigram_entropy_bits
     from duolm.evaluation import evaluate_nelbo
     from duolm.models.dit import DiT
-    from duolm.app.data_settings import load_data
 
     cfg = _cfg(tmp_path, corpus, f"algo={algo}", "trainer.max_steps=120", "optim.lr=3e-3", "training.ema=0")
     report = train(cfg, log=lambda *_: None)
@@ -69,10 +69,10 @@ def test_each_curriculum_mode_trains_and_switches_to_plain_duo(tmp_path, corpus,
     """Curriculum for steps 0..8 then plain Duo to 120: the true validation NELBO ends below the
     untrained model's by more than 0.1 nats and below the characters' frequencies (the switch does
     not undo the training)."""
-    from duolm.checkpoints import from_pretrained
+    from duolm.app.data_settings import load_data
+    from duolm.checkpoints.loading import from_pretrained
     from duolm.evaluation import evaluate_nelbo
     from duolm.models.dit import DiT
-    from duolm.app.data_settings import load_data
 
     cfg = _cfg(tmp_path, corpus, "algo=duo", "trainer.max_steps=120", "optim.lr=3e-3", "training.ema=0",
                f"algo.curriculum.mode={mode}", f"algo.curriculum.top_k={top_k}", "algo.curriculum.start=0",
@@ -89,7 +89,7 @@ def test_each_curriculum_mode_trains_and_switches_to_plain_duo(tmp_path, corpus,
     before = evaluate_nelbo(pre.method, DiT(pre.backbone.config), ids, valid, time_samples=64)["nll"]
     after = evaluate_nelbo(pre.method, pre.backbone, ids, valid, time_samples=64)["nll"]
     assert after < before - 0.1, (before, after)
-    from duolm.data.pipeline import unigram_entropy_bits
+    from duolm.data.statistics import unigram_entropy_bits
 
     unigram = unigram_entropy_bits(splits["valid"], pre.tokenizer.vocab_size) * math.log(2)
     # measured after 120 steps at this seed (nats, 64 draws): simple 1.72, poly9 1.75, poly5/top-4 1.80,
@@ -112,7 +112,7 @@ def test_the_papers_owt_curriculum_is_expressible():
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, corpus, monkeypatch):
-    from duolm import methods
+    from duolm.core import methods
 
     real = methods.Method.token_loss
     calls = {"n": 0}
@@ -160,7 +160,11 @@ def test_a_loaded_model_samples_and_evaluates_as_it_was_trained(tmp_path, corpus
     """training.sampling_eps, the loss precision and the loss path are recorded in config.json and in
     the run's checkpoint, and come back with the model: its sampler stops at the trained time floor."""
     import duolm
-    from duolm.checkpoints import builtin_models, from_pretrained, load_pretrained
+    from duolm.checkpoints.loading import (
+        builtin_models,
+        from_pretrained,
+        load_pretrained,
+    )
 
     args = TINY + ["data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
                    f"run.dir={tmp_path / 'run'}"]

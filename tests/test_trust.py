@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import TINY
 
 from duolm.app.cli import main
-from tiny_run import TINY
 
 
 def folder_hash(folder: Path) -> dict:

@@ -60,7 +60,7 @@ def test_the_logits_match_the_papers(weights, cond):
 
 @pytest.mark.skipif(not (SHARED / "lightning.ckpt").exists(), reason="the shared fixture's .ckpt is not here")
 def test_the_lightning_checkpoint_holds_the_same_raw_weights_and_the_ema():
-    from duolm.checkpoints import strip_prefix
+    from duolm.checkpoints.loading import strip_prefix
 
     ckpt = torch.load(SHARED / "lightning.ckpt", map_location="cpu", weights_only=True)
     raw = strip_prefix(ckpt["state_dict"], "backbone.")

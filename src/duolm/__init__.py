@@ -5,8 +5,16 @@
     print(m.generate(n=2, steps=8).texts)
 
 `duolm.load` returns a duolm.app.api.Model (generate, infill, nelbo). The library's pieces live in
-their modules (duolm.methods, duolm.sampling, duolm.checkpoints, ...); the application above them
-(the `duolm` command, its config and jobs, the API) lives in duolm.app.
+their layers, each a package (tests/test_layers.py keeps the order):
+
+- duolm.io: atomic writes, the Hub's door, the offline SmolLM2 folder, progress lines;
+- duolm.core: the math (schedules, processes, parameterisations, losses, methods, Duo's operator,
+  block attention);
+- duolm.models (backbones under duolm.contracts.Backbone) and duolm.data (corpora, tokenizers, the
+  token store);
+- duolm.checkpoints (every format a model comes in) and duolm.sampling (samplers and generation);
+- duolm.evaluation and duolm.training (objectives, curriculum, distillation, the Lightning module);
+- duolm.app, the application: the `duolm` command, its config and jobs, the API, the Hub.
 """
 __version__ = "0.1.0"
 

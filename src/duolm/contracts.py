@@ -1,11 +1,17 @@
-"""The contracts the math is written against, as typing.Protocols (checked by tests/test_contracts.py).
+"""The contracts the library is written against, as typing.Protocols (checked by tests/test_contracts.py
+and tests/test_backbone_contract.py).
 
 - ``Schedule``: the signal level alpha(t) of a discrete diffusion, its derivative, its inverse.
 - ``Process``: a forward process over ``num_states`` states (absorbing, uniform).
 - ``Denoiser``: what every sampler calls: log p(x_0 | x_t) for tokens x_t at signal level alpha_t.
+- ``Backbone``: a network, with one forward signature, and its ``Capabilities``: what it can do,
+  declared by its row of duolm.models.backbones.BACKBONES and asked, never guessed.
+- ``KVCache``: the keys and values a backbone keeps between calls (length, append, crop, rows,
+  positions), implemented by the DiT's cache and by an adapter around transformers' caches.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -63,3 +69,121 @@ class Denoiser(Protocol):
     def __call__(self, x_t: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
         """log p(x_0 | x_t), (B, L, S), for x_t (B, L) long and alpha_t (B,); SEDD's analytic sampler
         takes the log concrete score in its place."""
+
+
+# --- backbones ---------------------------------------------------------------------------------
+ATTENTION_PATTERNS = ("bidirectional", "causal", "block_causal")
+
+
+class CapabilityError(ValueError):
+    """A backbone was asked for something its capabilities do not declare; the message is one sentence."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backbone can do. Its BACKBONES row declares the most its class can do; a built network's
+    ``capabilities`` narrow that to its config (a causal DiT reads no noise level, an unconditional
+    one no labels). Samplers, objectives and the application ask these fields.
+
+    attention: the patterns forward can run: 'bidirectional' (diffusion over the whole sequence),
+        'causal' (AR: only when the network was built causal), 'block_causal' (forward takes an
+        explicit ``attn_mask`` and ``positions``: block diffusion's x_t + x_0 pass).
+    kv_cache: ``new_cache()`` gives a KVCache that forward extends (``cache=``, ``store_kv=``).
+    head: forward(head=f) returns f(features, weight, bias) in place of the logits (the fused loss).
+    class_conditioning: forward(class_cond=labels) (label num_classes is the null label).
+    soft_inputs: forward reads float inputs (B, L, V) and ids (B, L, k) with ``weights`` (Duo's curriculum).
+    time_conditioning: forward reads the noise level sigma (otherwise it is ignored).
+    encoder_prefix: a causal encoder reads a prompt into the cache the canvas attends to.
+    training_step: ``set_step(step)`` changes forward during training (annealed attention).
+    """
+
+    attention: tuple[str, ...] = ("bidirectional",)
+    kv_cache: bool = False
+    head: bool = False
+    class_conditioning: bool = False
+    soft_inputs: bool = False
+    time_conditioning: bool = False
+    encoder_prefix: bool = False
+    training_step: bool = False
+
+    def __post_init__(self):
+        unknown = sorted(set(self.attention) - set(ATTENTION_PATTERNS))
+        if unknown:
+            raise ValueError(f"Capabilities.attention: {unknown[0]!r} is not one of {list(ATTENTION_PATTERNS)}")
+
+    def narrowed(self, **changes) -> "Capabilities":
+        """These capabilities with some turned off (a config that uses less of its class)."""
+        return replace(self, **changes)
+
+    def within(self, declared: "Capabilities") -> list[str]:
+        """The capabilities this claims beyond `declared` (a network beyond its table row), by name."""
+        out = [f"attention {a!r}" for a in self.attention if a not in declared.attention]
+        return out + [f.name for f in fields(self) if f.name != "attention"
+                      and getattr(self, f.name) and not getattr(declared, f.name)]
+
+    def require(self, capability: str, what: str, *, attention: str | None = None) -> None:
+        """Raise CapabilityError (one sentence naming `what` needs it) unless this declares it."""
+        if attention is not None:
+            if attention not in self.attention:
+                raise CapabilityError(f"{what} needs {attention.replace('_', '-')} attention, which this backbone "
+                                      f"does not run (it runs: {', '.join(self.attention)})")
+            return
+        if not getattr(self, capability):
+            raise CapabilityError(f"{what} needs a backbone with {capability.replace('_', ' ')}, which this one "
+                                  f"does not declare")
+
+
+@runtime_checkable
+class KVCache(Protocol):
+    """The keys and values of earlier positions, one entry per layer, for every row of a batch."""
+
+    def __len__(self) -> int:
+        """How many positions are cached."""
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, layer: int, *, keep: bool = True):
+        """The layer's cached keys and values followed by k, v (B, heads, S, head_dim), as a pair;
+        kept for later calls when `keep` (a committed block), not when a noisy block only reads them."""
+
+    def crop(self, length: int) -> None:
+        """Keep the first `length` positions."""
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep these batch rows, in this order (a batch whose finished rows leave)."""
+
+    def keep_positions(self, index: torch.Tensor) -> "KVCache":
+        """A new cache holding only these positions (Fast-dLLM's approximate cache reads around a block)."""
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A network under duolm's one forward signature.
+
+    forward(x, sigma=None, *, weights=None, class_cond=None, positions=None, position_offset=0,
+            attn_mask=None, cache=None, store_kv=True, head=None) -> logits (B, L, V) or head's result
+
+    x: token ids (B, L); with soft_inputs, float logits (B, L, V) or ids (B, L, k) with weights (B, L, k).
+    sigma: the noise level (B,) or per position (B, L); read with time_conditioning, else ignored.
+    class_cond: labels (B,) with class_conditioning. positions (L,) and attn_mask (L, L_keys) bool
+    (True: may attend): block_causal attention. cache: a KVCache from new_cache(), with kv_cache;
+    position_offset: where x starts after the cached positions; store_kv: keep x's keys and values.
+    head: with head, f(features, weight, bias) in place of the output projection.
+    """
+
+    config: object
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this network, as configured, can do (within its BACKBONES row)."""
+
+    def forward(self, x, sigma=None, *, weights=None, class_cond=None, positions=None, position_offset: int = 0,
+                attn_mask=None, cache=None, store_kv: bool = True, head=None):
+        ...
+
+    def new_cache(self) -> KVCache:
+        """An empty KVCache (CapabilityError without kv_cache)."""
+
+    def set_step(self, step: int | None) -> None:
+        """The training step (None outside training); a no-op without training_step."""
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameters, the input embedding's excluded when asked."""

@@ -4,8 +4,8 @@
     m.generate(n=4, steps=8, prompt="the old man", sampler="psi").texts
     m.infill("the [___] sat on the [___:3] mat").texts ; m.nelbo(["some text"])
 
-A thin layer over the library: `duolm.checkpoints.load_pretrained`, `SamplerSpec` and the sampler
-table (`checked_spec`), `duolm.infill` and `duolm.evaluation.likelihood.continuation_nelbo`. Every
+A thin layer over the library: `duolm.checkpoints.loading.load_pretrained`, `SamplerSpec` and the sampler
+table (`checked_spec`), `duolm.sampling.infill` and `duolm.evaluation.likelihood.continuation_nelbo`. Every
 bad argument gets one sentence naming it.
 """
 from __future__ import annotations
@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from duolm.checkpoints import load_pretrained
+from duolm.checkpoints.loading import load_pretrained
 from duolm.data.instructions import prompt_ids, reply_ids
 from duolm.data.tokenizers import is_image
 from duolm.evaluation.likelihood import continuation_nelbo
-from duolm.infill import parse_template
 from duolm.sampling import KappaSchedule, SamplerSpec, checked_spec
-from duolm.sampling.registry import options_from_settings, sampler_settings
 from duolm.sampling.generate import decode_text, generate
+from duolm.sampling.infill import parse_template
+from duolm.sampling.registry import options_from_settings, sampler_settings
 
 
 @dataclass
@@ -174,7 +174,7 @@ class Model:
 
 
 def load(name_or_path, *, device=None, **hints) -> Model:
-    """Any model the one loader takes (duolm.checkpoints.load_pretrained: built-in names, folders, run
+    """Any model the one loader takes (duolm.checkpoints.loading.load_pretrained: built-in names, folders, run
     checkpoints, the papers' files, hub ids), ready to generate, infill and score."""
     return Model(load_pretrained(name_or_path, **hints), device=device)
 

@@ -10,25 +10,31 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from hydra import compose as hydra_compose, initialize_config_dir
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from duolm.app.sampling_settings import check_one_start, spec_from_config
-from duolm.conditioning import check_labels
-from duolm.curriculum import CurriculumSchedule
+from duolm.checkpoints.duolm_format import LOSS_DTYPES
+from duolm.core.conditioning import check_labels
+from duolm.core.methods import Method, build_method
+from duolm.core.schedules import make_schedule
 from duolm.data.images import IMAGE_SOURCES, image_tokenizer
 from duolm.data.pipeline import check_data
-from duolm.distill import DeltaSchedule, check_settings
-from duolm.methods import Method, build_method
-from duolm.objectives import check_time_range
-from duolm.model_format import LOSS_DTYPES
-from duolm.models.backbones import BACKBONES, backbone_config, backbone_row, build_backbone
+from duolm.models.backbones import (
+    BACKBONES,
+    backbone_config,
+    backbone_row,
+    build_backbone,
+)
 from duolm.models.ema import check_decay
 from duolm.sampling import check_sampler, checked_spec
-from duolm.schedules import make_schedule
+from duolm.training.curriculum import CurriculumSchedule
+from duolm.training.distill import DeltaSchedule, check_settings
+from duolm.training.objectives import check_time_range
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("algo", "model", "data", "noise", "sampling", "optim", "trainer", "loader")
@@ -179,12 +185,12 @@ class Components:
     sampling_eps: float
     backbone: object                             # DiTConfig or UNetConfig; vocab_size is a placeholder
                                                  # until backbone_config()
-    curriculum: object | None = None             # duolm.curriculum.CurriculumSchedule, or None when off
-    delta: object | None = None                  # duolm.distill.DeltaSchedule (DCD runs)
+    curriculum: object | None = None             # duolm.training.curriculum.CurriculumSchedule, or None when off
+    delta: object | None = None                  # duolm.training.distill.DeltaSchedule (DCD runs)
     batch: tuple[int, int, int] = (1, 1, 1)      # per-device batch, eval batch, accumulation steps
     num_classes: int = 0                         # > 0: class-conditional training (image data with labels)
     class_dropout: float = 0.0                   # the share of labels replaced by the null label
-    fused_loss: bool = True                      # duolm.chunked_loss (False: the straightforward loss)
+    fused_loss: bool = True                      # duolm.core.chunked_loss (False: the straightforward loss)
 
     def method(self, vocab_size: int) -> Method:
         m = build_method(self.algo["name"], vocab_size, schedule=self.schedule, num_steps=self.algo["T"],

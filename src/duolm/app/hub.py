@@ -6,7 +6,7 @@ Any checkpoint the loader takes is written in duolm's format into a staging fold
 folder is never modified) with a generated model card (README.md): algo, data, size, training
 steps and time, the measured validation NELBO, the sampler settings of its samples and how to
 load it; then the folder is uploaded. Loading by hub id is `duolm.load("me/duo-owt")` (a snapshot
-download, then the normal loader: duolm.checkpoints.load_pretrained).
+download, then the normal loader: duolm.checkpoints.loading.load_pretrained).
 """
 from __future__ import annotations
 
@@ -16,10 +16,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from duolm.checkpoints import load_pretrained, looks_like_hub_id, read_config_json, resolve_builtin, save_pretrained
-from duolm.model_format import METRICS_FILE, training_of
+from duolm.checkpoints.duolm_format import METRICS_FILE, training_of
+from duolm.checkpoints.loading import (
+    load_pretrained,
+    looks_like_hub_id,
+    read_config_json,
+    resolve_builtin,
+    save_pretrained,
+)
 from duolm.models.backbones import backbone_row
-
 
 # bases whose hub id and licence are known offline (model.pretrained's short names)
 KNOWN_BASES = {"smollm2": {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"}}
@@ -87,7 +92,7 @@ def model_card(config: dict, metrics: dict | None, *, repo_id: str, parameters: 
 
 
 def stage(path, repo_id: str, directory: Path) -> Path:
-    """Write the model at `path` (anything duolm.checkpoints.load_pretrained takes) in duolm's format
+    """Write the model at `path` (anything duolm.checkpoints.loading.load_pretrained takes) in duolm's format
     into `directory` with its model card; the source is only read."""
     pre = load_pretrained(path)
     src = Path(resolve_builtin(str(path)))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from duolm.checkpoints import BUILTIN_PREFIX, load_pretrained, looks_like_hub_id
-from duolm.methods import same_model
+from duolm.checkpoints.loading import BUILTIN_PREFIX, load_pretrained, looks_like_hub_id
+from duolm.core.methods import same_model
 
 
 def device() -> str:

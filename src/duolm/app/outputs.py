@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from duolm.checkpoints import BUILTIN_PREFIX
+from duolm.checkpoints.loading import BUILTIN_PREFIX
 
 
 def _given(cfg, key: str) -> bool:

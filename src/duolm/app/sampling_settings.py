@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from duolm.data.instructions import prompt_ids
 from duolm.data.tokenizers import is_image
-from duolm.infill import Template, parse_template
 from duolm.sampling import SamplerSpec, checked_spec
+from duolm.sampling.infill import Template, parse_template
 from duolm.sampling.registry import options_from_settings
 
 

@@ -15,20 +15,27 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from duolm.app.config import is_image_data, validate
 from duolm.app.data_settings import load_data
 from duolm.app.outputs import model_reference
-from duolm.atomic import atomic_torch_save
-from duolm.checkpoints import FORMAT, save_pretrained, training_of
-from duolm.curriculum import Curriculum
+from duolm.checkpoints.loading import FORMAT, save_pretrained, training_of
+from duolm.core.conditioning import num_classes_of
+from duolm.core.methods import Method
 from duolm.data.images import horizontal_flip
-from duolm.data.pipeline import EVAL_ONLY, unigram_entropy_bits
+from duolm.data.pipeline import EVAL_ONLY
+from duolm.data.statistics import unigram_entropy_bits
 from duolm.data.tokenizers import load_tokenizer
-from duolm.methods import Method
+from duolm.io.atomic import atomic_torch_save
 from duolm.models.backbones import backbone_row, build_backbone
-from duolm.objectives import CurriculumNelbo, Distillation, Nelbo
+from duolm.training.curriculum import Curriculum
 from duolm.training.datamodule import BlockDataModule
-from duolm.training.history import TRAIN_JOB, AppendingCSVLogger, check_resumable, drop_rows_after
+from duolm.training.history import (
+    TRAIN_JOB,
+    AppendingCSVLogger,
+    check_resumable,
+    drop_rows_after,
+)
 from duolm.training.interrupt import GracefulStop
 from duolm.training.module import LitDiffusionLM, NonFiniteLossError
-from duolm.training.progress import StepProgress
+from duolm.training.objectives import CurriculumNelbo, Distillation, Nelbo
+from duolm.training.step_progress import StepProgress
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -41,7 +48,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def build_objective(parts, method, backbone, *, distill_cfg=None, curriculum: bool = True, antithetic: bool = True,
                     num_classes: int = 0):
     """The training objective: DCD when distill_cfg is given, Duo's curriculum when configured (and
-    `curriculum`: not when continuing a trained model), else the method's NELBO (duolm.objectives)."""
+    `curriculum`: not when continuing a trained model), else the method's NELBO (duolm.training.objectives)."""
     if distill_cfg is not None:
         d = distill_cfg
         if num_classes:
@@ -121,7 +128,7 @@ class ModelToTrain:
 
     @property
     def num_classes(self) -> int:
-        return getattr(self.backbone.config, "num_classes", 0)
+        return num_classes_of(self.backbone)
 
 
 def model_to_train(cfg, parts, init=None) -> ModelToTrain:
@@ -189,7 +196,7 @@ def resume_point(run_dir: Path, resume: bool, module: LitDiffusionLM) -> str | N
 def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
     """Train per cfg; returns the final report. Resumes from run.dir when a checkpoint is there.
 
-    init: a loaded model (duolm.checkpoints.Pretrained) to start from; with cfg.distill.enabled,
+    init: a loaded model (duolm.checkpoints.loading.Pretrained) to start from; with cfg.distill.enabled,
     the run is Discrete Consistency Distillation of that model (its tokenizer and length are used).
     parts: what duolm.app.config.validate built from cfg (built here when not given). callbacks: more
     Lightning callbacks (benchmarks time the steps with one).

@@ -13,8 +13,7 @@ from pathlib import Path
 from duolm.data.detokenizers import join_wikitext_articles
 from duolm.data.instructions import is_instruction_file, iter_records
 from duolm.data.sources import LOCAL_FILES, TRAINING_SETS, TextSource
-from duolm.hub_access import from_hub
-
+from duolm.io.hub_access import from_hub
 
 LOCAL_FORMATS = ("auto", "text_dir", "text_file", "jsonl", "token_ids", "instructions")
 

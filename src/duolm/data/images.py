@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from duolm.atomic import atomic_directory
 from duolm.data.store import MappedFiles, StoreError, file_lock
 from duolm.data.tokenizers import PixelTokenizer
-from duolm.hub_access import from_hub
+from duolm.io.atomic import atomic_directory
+from duolm.io.hub_access import from_hub
 
 IMAGE_STORE_VERSION = 1
 

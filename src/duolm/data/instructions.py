@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+
 def is_instruction_file(path: Path, text_field: str = "text") -> bool:
     """Whether a .jsonl file holds instruction records: its first record has `messages`, or both
     `prompt` and `response`, and no `text_field`."""

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
-from duolm.atomic import atomic_directory
 from duolm.data import corpora
 from duolm.data.encode import encode_documents
 from duolm.data.instructions import encode_records
-from duolm.data.store import STORE_VERSION, Split, SplitWriter, StoreError, file_lock, open_store
 from duolm.data.sources import STREAM_ONLY, STREAMS, TRAINING_SETS, ZERO_SHOT
+from duolm.data.store import (
+    STORE_VERSION,
+    Split,
+    SplitWriter,
+    StoreError,
+    file_lock,
+    open_store,
+)
 from duolm.data.streaming import StreamingBlocks, stream_texts
 from duolm.data.zero_shot import load_zero_shot
+from duolm.io.atomic import atomic_directory
 
 EVAL_ONLY = tuple(ZERO_SHOT)  # the papers' zero-shot sets
 SOURCES = ("bigtxt", "local", *TRAINING_SETS, *STREAM_ONLY, *EVAL_ONLY)
@@ -150,7 +154,7 @@ def _cached_splits(source, tokenizer, length, mode, cache_dir, num_proc, docs, a
             _build_store(store, source, tokenizer, length, mode, key, num_proc, docs, are_ids)
             return open_store(store, **frame)
     except OSError as err:
-        if isinstance(err, ConnectionError):  # the network's, not the cache folder's (see duolm.hub_access)
+        if isinstance(err, ConnectionError):  # the network's, not the cache folder's (see duolm.io.hub_access)
             raise
         raise ValueError(f"data.cache_dir: cannot write the token store in {root} "
                          f"({err.strerror or type(err).__name__}); nothing was kept") from None
@@ -175,14 +179,3 @@ def _build_store(store: Path, source: str, tokenizer, length: int, mode: str, ke
             meta["splits"][split] = writer.close()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
-
-def entropy_of_counts(counts) -> float:
-    """Entropy in nats of the frequencies `counts` (a tensor or array of occurrence counts)."""
-    p = torch.as_tensor(counts).double()
-    p = p / p.sum()
-    return float(-torch.xlogy(p, p).sum())
-
-
-def unigram_entropy_bits(split: Split, vocab_size: int) -> float:
-    """Entropy of the token frequencies of a split, bits per token: the baseline any model must beat."""
-    return entropy_of_counts(split.token_counts(vocab_size)) / math.log(2)

@@ -17,8 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from duolm.data.detokenizers import (identity, lambada_detokenize, lm1b_detokenize, ptb_detokenize,
-                                     scientific_papers_detokenize, wikitext_detokenize)
+from duolm.data.detokenizers import (
+    identity,
+    lambada_detokenize,
+    lm1b_detokenize,
+    ptb_detokenize,
+    scientific_papers_detokenize,
+    wikitext_detokenize,
+)
 
 # what to pass instead of a hub dataset that cannot be reached
 LOCAL_FILES = ("pass local files in the same format with data.data_files=<a .jsonl, or {train: a.jsonl, "

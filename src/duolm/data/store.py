@@ -1,6 +1,6 @@
 """The token store: a tokenized corpus on disk, read back with numpy.memmap; blocks made on the fly.
 
-One store is a folder, written atomically (duolm.atomic.atomic_directory), holding per split:
+One store is a folder, written atomically (duolm.io.atomic.atomic_directory), holding per split:
 
     <split>/tokens.bin    the stored sequences one after another (uint16 when the vocabulary
                           fits, uint32 otherwise): nanoGPT's train.bin, Megatron's indexed dataset

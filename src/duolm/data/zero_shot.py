@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from duolm.data.detokenizers import join_wikitext_articles
 from duolm.data.sources import ZERO_SHOT
-from duolm.hub_access import from_hub
+from duolm.io.hub_access import from_hub
 
 
 def load_zero_shot(name: str, data_files=None) -> dict:

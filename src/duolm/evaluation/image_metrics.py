@@ -22,9 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from duolm.atomic import atomic_directory
 from duolm.data.images import build_image_splits
 from duolm.data.tokenizers import load_tokenizer
+from duolm.io.atomic import atomic_directory
+
 CLASSIFIER_VERSION = 2  # part of the cache key: a changed architecture or recipe trains a new classifier
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 
-from duolm.hub_access import from_hub
-from duolm.progress import progress_bar
-from duolm.smollm2 import SMOLLM2, smollm2_folder
-
+from duolm.io.hub_access import from_hub
+from duolm.io.progress import progress_bar
+from duolm.io.smollm2 import SMOLLM2, smollm2_folder
 
 
 @dataclass

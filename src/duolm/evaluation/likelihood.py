@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from duolm.conditioning import with_labels
-from duolm.progress import progress_bar
+from duolm.core.conditioning import with_labels
+from duolm.io.progress import progress_bar
 
 
 @torch.no_grad()
@@ -22,7 +22,7 @@ def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, 
     figure is the conditional NELBO; a split of instruction records scores each response (and the
     EOS that ends its block) given its prompt, held clean.
     """
-    conditional = getattr(getattr(backbone, "config", None), "num_classes", 0) > 0
+    conditional = backbone.capabilities.class_conditioning
 
     def batch(a: int, b: int):
         if valid is None:

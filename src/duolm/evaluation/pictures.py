@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from duolm.atomic import atomic_write
 from duolm.data.tokenizers import load_tokenizer
+from duolm.io.atomic import atomic_write
 
 
 def tile(images: np.ndarray, columns: int, pad: int = 1, scale: int = 1) -> np.ndarray:

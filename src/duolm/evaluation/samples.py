@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from duolm.data.pipeline import entropy_of_counts
+from duolm.data.statistics import entropy_of_counts
 from duolm.evaluation.judge import generative_perplexity, load_judge
 from duolm.evaluation.likelihood import evaluate_nelbo
 

@@ -18,9 +18,9 @@ import io
 import json
 from pathlib import Path
 
-from duolm.atomic import atomic_write_text
 from duolm.data.tokenizers import load_tokenizer
 from duolm.evaluation.pictures import upscale_for
+from duolm.io.atomic import atomic_write_text
 
 # Characters that could end the script element, open an HTML comment or end a JavaScript line
 # inside a string literal (U+2028/U+2029), written as JSON escapes: the embedded data stays a

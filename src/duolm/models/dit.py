@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from duolm.contracts import Capabilities
+
 
 @dataclass
 class DiTConfig:
@@ -126,9 +128,10 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.adaLN_modulation.weight)
             nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def forward(self, x, rotary, c=None, kv_cache=None, attn_mask=None, store: bool = True):
-        """attn_mask: (S, S_keys) bool, True = may attend (block diffusion's masks); kv_cache: the keys
-        and values of earlier calls, extended by this call's (kept only when store)."""
+    def forward(self, x, rotary, c=None, cache=None, layer: int = 0, attn_mask=None, store: bool = True):
+        """attn_mask: (S, S_keys) bool, True = may attend (block diffusion's masks); cache: a KVCache
+        whose entry `layer` holds the keys and values of earlier calls, extended by this call's (kept
+        only when store)."""
         B, S, H = x.shape
         adaln = c is not None
         if adaln:
@@ -142,12 +145,12 @@ class DiTBlock(nn.Module):
         k = apply_rotary(qkv[:, :, 1], cos, sin)
         v = qkv[:, :, 2]
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, nh, S, hd)
-        if kv_cache is not None:
-            k, v = kv_cache.extend(k, v, store=store)
-        causal = self.causal and q.shape[2] > 1 and kv_cache is None
+        if cache is not None:
+            k, v = cache.append(k, v, layer, keep=store)
+        causal = self.causal and q.shape[2] > 1 and cache is None
         if attn_mask is not None:
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        elif self.causal and kv_cache is not None and q.shape[2] > 1:
+        elif self.causal and cache is not None and q.shape[2] > 1:
             # a prompt appended to a cache: mask future positions of the new chunk only
             L_all = k.shape[2]
             mask = torch.ones(q.shape[2], L_all, dtype=torch.bool, device=x.device).tril(L_all - q.shape[2])
@@ -211,7 +214,8 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """backbone(x, sigma, weights=None, class_cond=None) -> logits (B, L, vocab_size).
+    """backbone(x, sigma, *, weights=None, class_cond=None, ...) -> logits (B, L, vocab_size)
+    (duolm.contracts.Backbone).
 
     x: token ids (B, L), soft logits (B, L, V), or ids (B, L, k) with weights (B, L, k).
     sigma: (B,) noise conditioning, or (B, L) one per position (block diffusion: each block its own
@@ -219,11 +223,9 @@ class DiT(nn.Module):
     class_cond: (B,) labels of a class-conditional DiT (num_classes > 0; label num_classes is the
     null label). The papers' DiT has no classes; duolm adds the label embedding to sigma's.
     head: a function of (features (B, L, H), weight (V, H), bias (V,)) whose result forward returns in
-    place of the logits: losses that chunk the output projection (duolm.chunked_loss) run it inside
+    place of the logits: losses that chunk the output projection (duolm.core.chunked_loss) run it inside
     forward, so wrappers that hook forward (DDP, FSDP) see every parameter used.
     """
-
-    accepts_head = True
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -240,18 +242,29 @@ class DiT(nn.Module):
                                     for _ in range(c.n_blocks))
         self.output_layer = FinalLayer(c.hidden_size, c.vocab_size, cond)
 
-    def forward(self, x, sigma=None, weights=None, kv_caches=None, position_offset: int = 0, class_cond=None,
-                head=None, attn_mask=None, positions=None, store_kv: bool = True):
+    @property
+    def capabilities(self) -> Capabilities:
+        """Causal (AR, no noise level) or bidirectional with block diffusion's masks; a cache either way."""
+        c = self.config
+        return Capabilities(attention=("causal",) if c.causal else ("bidirectional", "block_causal"), kv_cache=True,
+                            head=True, class_conditioning=c.num_classes > 0, soft_inputs=True,
+                            time_conditioning=not c.causal)
+
+    def set_step(self, step: int | None) -> None:
+        """The DiT's forward does not depend on the training step."""
+
+    def forward(self, x, sigma=None, *, weights=None, class_cond=None, positions=None, position_offset: int = 0,
+                attn_mask=None, cache=None, store_kv: bool = True, head=None):
         """attn_mask (S, S_keys) bool and positions (S,) rotary positions: block diffusion's passes
-        (duolm.models.block_attention); kv_caches with store_kv=False: attend to the cache and this
-        call's tokens without keeping them (a noisy block between denoising steps)."""
+        (duolm.core.block_attention); cache (a DiTCache) with store_kv=False: attend to the cache and
+        this call's tokens without keeping them (a noisy block between denoising steps)."""
+        if class_cond is not None and not self.config.num_classes:
+            raise ValueError("this DiT is unconditional (model.num_classes = 0); it takes no labels")
         h = self.vocab_embed(x, weights)  # (B, L, H)
         c = None
         if not self.config.causal:
             c = self.sigma_map(sigma)
             if class_cond is not None:
-                if not self.config.num_classes:
-                    raise ValueError("this DiT is unconditional (model.num_classes = 0); it takes no labels")
                 label = self.class_map(class_cond)
                 c = c + (label[:, None] if c.dim() == 3 else label)
             c = F.silu(c)
@@ -263,8 +276,7 @@ class DiT(nn.Module):
             cos, sin = self.rotary_emb(int(positions.max()) + 1, h.device)
             rotary = (cos[positions], sin[positions])
         for i, block in enumerate(self.blocks):
-            h = block(h, rotary, c, None if kv_caches is None else kv_caches[i], attn_mask=attn_mask,
-                      store=store_kv)
+            h = block(h, rotary, c, cache, i, attn_mask=attn_mask, store=store_kv)
         if head is not None:
             out = self.output_layer
             return head(out.features(h, c), out.linear.weight, out.linear.bias)
@@ -275,14 +287,15 @@ class DiT(nn.Module):
 
         The blocks are the hot path and compile without graph breaks; the embedding (three input
         kinds) and the output head stay eager, because the chunked loss runs Python loops and
-        autograd inside the head (duolm.chunked_loss), which a compiled graph would break around.
+        autograd inside the head (duolm.core.chunked_loss), which a compiled graph would break around.
         """
         for block in self.blocks:
             block.compile(**kwargs)
 
-    def new_kv_caches(self) -> list["KVCache"]:
-        """One empty key-value cache per block, for incremental causal decoding (forward's kv_caches)."""
-        return [KVCache() for _ in self.blocks]
+    def new_cache(self) -> "DiTCache":
+        """An empty key-value cache (one entry per block): AR's incremental decoding, block diffusion's
+        clean blocks."""
+        return DiTCache(len(self.blocks))
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -291,24 +304,45 @@ class DiT(nn.Module):
         return n
 
 
-class KVCache:
-    """Keys and values (after rotary) of one transformer block: AR's incremental decoding, and block
-    diffusion's clean blocks."""
+class LayerKV:
+    """Keys and values (after rotary) of one transformer block, (B, heads, S, head_dim) each."""
 
-    def __init__(self):
-        self.k = None
-        self.v = None
+    def __init__(self, k=None, v=None):
+        self.k, self.v = k, v
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[2]
 
-    def extend(self, k, v, store: bool = True):
-        """The cached keys and values followed by k, v (B, nh, S, hd); kept for later calls when store."""
+    def extend(self, k, v, keep: bool = True):
+        """The cached keys and values followed by k, v; kept for later calls when keep."""
         k_all = k if self.k is None else torch.cat([self.k, k], dim=2)
         v_all = v if self.v is None else torch.cat([self.v, v], dim=2)
-        if store:
+        if keep:
             self.k, self.v = k_all, v_all
         return k_all, v_all
 
-    def update(self, k, v):
-        return self.extend(k, v, store=True)
+
+class DiTCache:
+    """The DiT's key-value cache (duolm.contracts.KVCache): one LayerKV per transformer block."""
+
+    def __init__(self, n_layers: int = 0, layers: list[LayerKV] | None = None):
+        self.layers = layers if layers is not None else [LayerKV() for _ in range(n_layers)]
+
+    def __len__(self) -> int:
+        return len(self.layers[0]) if self.layers else 0
+
+    def append(self, k, v, layer: int, *, keep: bool = True):
+        return self.layers[layer].extend(k, v, keep)
+
+    def crop(self, length: int) -> None:
+        for c in self.layers:
+            if c.k is not None:
+                c.k, c.v = c.k[:, :, :length], c.v[:, :, :length]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        for c in self.layers:
+            if c.k is not None:
+                c.k, c.v = c.k[rows], c.v[rows]
+
+    def keep_positions(self, index: torch.Tensor) -> "DiTCache":
+        return DiTCache(layers=[LayerKV(c.k[:, :, index], c.v[:, :, index]) for c in self.layers])

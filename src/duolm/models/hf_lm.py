@@ -25,7 +25,7 @@
   state at i - 1, where the causal LM learned to predict token i. Off in this config; the
   application's preset (`model.shift=auto`) turns it on for whole-sequence diffusion, where
   benchmarks/adaptation.py measured it helping MDLM and Duo.
-- `head` (duolm.chunked_loss) gets the final hidden states and the output matrix, tied or not.
+- `head` (duolm.core.chunked_loss) gets the final hidden states and the output matrix, tied or not.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from duolm.contracts import Capabilities
 from duolm.models.dit import TimestepEmbedder
 
 
@@ -92,9 +93,8 @@ def _transformers_config(cfg: HFConfig):
 
 
 class HFLM(nn.Module):
-    """backbone(x, sigma, weights=None, head=None, attn_mask=None, positions=None) -> logits (B, L, V)."""
-
-    accepts_head = True
+    """backbone(x, sigma, *, weights=None, head=None, attn_mask=None, positions=None, cache=None, ...) ->
+    logits (B, L, V) (duolm.contracts.Backbone)."""
 
     def __init__(self, config: HFConfig):
         super().__init__()
@@ -184,6 +184,15 @@ class HFLM(nn.Module):
         return self.lm.get_input_embeddings().weight is self.lm.get_output_embeddings().weight
 
     # --- the forward pass ------------------------------------------------------------------
+    @property
+    def capabilities(self) -> Capabilities:
+        """Causal (algo=ar) or bidirectional with block diffusion's masks; transformers' cache either way;
+        sigma read only with time_conditioning; the step read only while annealing."""
+        c = self.config
+        return Capabilities(attention=("causal",) if c.causal else ("bidirectional", "block_causal"), kv_cache=True,
+                            head=True, soft_inputs=True, time_conditioning=c.time_conditioning,
+                            training_step=c.anneal_steps > 0)
+
     def set_step(self, step: int | None) -> None:
         """The training step (the Lightning module sets it before each step; None outside training)."""
         self.step = step
@@ -229,15 +238,15 @@ class HFLM(nn.Module):
             h = h + (c[:, None] if c.dim() == 2 else c)
         return h
 
-    def forward(self, x, sigma=None, weights=None, head=None, attn_mask=None, positions=None, class_cond=None,
-                kv_caches=None, position_offset: int = 0, store_kv: bool = True):
+    def forward(self, x, sigma=None, *, weights=None, class_cond=None, positions=None, position_offset: int = 0,
+                attn_mask=None, cache=None, store_kv: bool = True, head=None):
         if class_cond is not None:
             raise ValueError("this backbone is unconditional (model=hf takes no labels)")
         h = self.embed(x, weights, sigma)
         B, L = h.shape[:2]
         pos = torch.arange(L, device=h.device) + position_offset if positions is None else positions.to(h.device)
-        if kv_caches is not None:  # block diffusion's sampling: this block attends to the cache and itself
-            feats = self._cached_features(h, pos, kv_caches, store_kv)
+        if cache is not None:  # block diffusion's sampling: this block attends to the cache and itself
+            feats = self._cached_features(h, pos, cache, store_kv)
         else:
             if attn_mask is None:
                 attn_mask = self.default_mask(L, h.device)
@@ -258,11 +267,12 @@ class HFLM(nn.Module):
             return head(feats, lm_head.weight, lm_head.bias)
         return lm_head(feats)
 
-    def new_kv_caches(self):
-        """An empty key-value cache (transformers' DynamicCache) for block-by-block sampling."""
+    def new_cache(self) -> "HFCache":
+        """An empty key-value cache (transformers' DynamicCache behind duolm's KVCache) for block-by-block
+        and AR sampling."""
         from transformers import DynamicCache
 
-        return DynamicCache()
+        return HFCache(DynamicCache())
 
     def _cached_features(self, h, pos, cache, store: bool):
         """The base's final hidden states of a block at positions `pos`, attending to every cached
@@ -273,14 +283,14 @@ class HFLM(nn.Module):
         if self.config.shift:
             raise ValueError("model.shift is not used with block diffusion")
         B, L = h.shape[:2]
-        past = cache.get_seq_length()
+        past = len(cache)
         mask = torch.ones(B, 1, L, past + L, dtype=torch.bool, device=h.device)
         if self.config.causal:  # algo=ar: the new positions (a prompt's) see only those before them
             mask[..., past:] = torch.ones(L, L, dtype=torch.bool, device=h.device).tril()
         out = self.lm.base_model(inputs_embeds=h, attention_mask=mask, position_ids=pos[None].expand(B, -1),
-                                 use_cache=True, **{self._cache_argument: cache})
+                                 use_cache=True, **{self._cache_argument: cache.inner})
         if not store:
-            cache.crop(-L)  # a negative length drops that many from the end (every transformers version)
+            cache.crop(past)  # a noisy block's keys and values are read, not kept
         return out.last_hidden_state
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
@@ -288,6 +298,42 @@ class HFLM(nn.Module):
         if exclude_embeddings:
             n -= self.lm.get_input_embeddings().weight.numel()
         return n
+
+
+class HFCache:
+    """transformers' key-value cache (a DynamicCache, which the base model extends itself) as duolm's
+    KVCache: its length, append, crop, rows and positions."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return int(self.inner.get_seq_length())
+
+    def append(self, k, v, layer: int, *, keep: bool = True):
+        past = len(self)
+        k_all, v_all = self.inner.update(k, v, layer)
+        if not keep:
+            self.inner.layers[layer].crop(past)
+        return k_all, v_all
+
+    def crop(self, length: int) -> None:
+        # transformers 5.25 refuses crop(positive) on some versions' layers and reads a negative number
+        # as "drop that many from the end" on every version: say it that way
+        drop = len(self) - length
+        if drop > 0:
+            self.inner.crop(-drop)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.inner.batch_select_indices(rows)
+
+    def keep_positions(self, index: torch.Tensor) -> "HFCache":
+        from transformers import DynamicCache
+
+        kept = DynamicCache()
+        for i, layer in enumerate(self.inner.layers):
+            kept.update(layer.keys[:, :, index], layer.values[:, :, index], i)
+        return HFCache(kept)
 
 
 def _drop_tied_head(module, state, prefix, local_metadata):
@@ -338,7 +384,7 @@ def base_folder(spec: str) -> str:
     folder, or a hub id (downloaded where the network allows)."""
     from pathlib import Path
 
-    from duolm.smollm2 import SMOLLM2, smollm2_folder
+    from duolm.io.smollm2 import SMOLLM2, smollm2_folder
 
     if spec == SMOLLM2:
         return str(smollm2_folder())
@@ -346,7 +392,7 @@ def base_folder(spec: str) -> str:
         return spec
     from huggingface_hub import snapshot_download
 
-    from duolm.hub_access import from_hub
+    from duolm.io.hub_access import from_hub
 
     with from_hub(f"the pretrained model model.pretrained={spec}", "pass a local folder, or model.pretrained=smollm2 "
                   "(offline)"):
@@ -372,4 +418,4 @@ def base_state_dict(spec: str) -> dict:
     return model.state_dict()
 
 
-__all__ = ["HFConfig", "HFLM", "base_config", "base_folder", "base_state_dict"]
+__all__ = ["HFCache", "HFConfig", "HFLM", "base_config", "base_folder", "base_state_dict"]

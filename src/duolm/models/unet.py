@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from duolm.contracts import Capabilities, CapabilityError
 
 MASK_INPUTS = ("gray", "embedding")
 
@@ -219,12 +220,31 @@ class UNet(nn.Module):
                                              nn.Conv2d(in_ch, 2 * c.channels, 3, padding=1)])
         self.cond_map = LabelEmbedder(c.num_classes, temb_dim)
 
-    def num_parameters(self) -> int:
+    @property
+    def capabilities(self) -> Capabilities:
+        """Pixel ids over the whole image, conditioned on the noise level and (with classes) a label."""
+        return Capabilities(attention=("bidirectional",), class_conditioning=self.config.num_classes > 0,
+                            time_conditioning=True)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Every parameter (the UNet has no token embedding to exclude: it reads pixel values)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x, sigma=None, class_cond=None, weights=None):
+    def new_cache(self):
+        raise CapabilityError("the UNet has no key-value cache (it denoises the whole image at once)")
+
+    def set_step(self, step: int | None) -> None:
+        """The UNet's forward does not depend on the training step."""
+
+    def forward(self, x, sigma=None, *, weights=None, class_cond=None, positions=None, position_offset: int = 0,
+                attn_mask=None, cache=None, store_kv: bool = True, head=None):
         if weights is not None or x.dim() != 2:
-            raise ValueError("the UNet reads pixel ids (B, C*H*W); relaxed (weighted) inputs are not supported")
+            raise CapabilityError("the UNet reads pixel ids (B, C*H*W); relaxed (weighted) inputs are not supported")
+        if positions is not None or attn_mask is not None or cache is not None or position_offset or head is not None:
+            raise CapabilityError("the UNet denoises a whole image in one pass: it takes no attention mask, "
+                                  "positions, cache or head")
+        if class_cond is not None and not self.config.num_classes:
+            raise ValueError("this UNet is unconditional (data.num_classes = 0); it takes no labels")
         c = self.config
         B = x.shape[0]
         pixels = x.reshape(B, c.channels, c.image_size, c.image_size)

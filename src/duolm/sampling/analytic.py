@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from duolm.progress import progress_bar
-from duolm.sampling.grids import linear_grid
+from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import race_categorical
+from duolm.sampling.grids import linear_grid
 from duolm.sampling.spec import SamplerSpec
 
 

@@ -14,9 +14,8 @@ from dataclasses import replace
 
 import torch
 
-from duolm.conditioning import null_labels, with_labels
-from duolm.methods import accepts_head
-from duolm.models.block_attention import block_causal_mask
+from duolm.core.block_attention import block_causal_mask
+from duolm.core.conditioning import null_labels, with_labels
 from duolm.sampling.ancestral import denoiser_from
 from duolm.sampling.guidance import guided_denoiser
 from duolm.sampling.registry import SAMPLERS, SamplingModel
@@ -27,13 +26,15 @@ class CachedBlock:
     """backbone(x_block, sigma) for the block at `offset`: attends to the cache and to itself; the
     cache is not extended (a noisy block changes between steps)."""
 
-    accepts_head = False
+    def __init__(self, backbone, cache, offset: int):
+        self.backbone, self.cache, self.offset = backbone, cache, offset
 
-    def __init__(self, backbone, caches, offset: int):
-        self.backbone, self.caches, self.offset = backbone, caches, offset
+    @property
+    def capabilities(self):  # logits of one block: no head to fuse, no cache of its own
+        return self.backbone.capabilities.narrowed(head=False, kv_cache=False)
 
     def __call__(self, x, sigma, weights=None, class_cond=None):
-        return self.backbone(x, sigma, weights=weights, kv_caches=self.caches, position_offset=self.offset,
+        return self.backbone(x, sigma, weights=weights, cache=self.cache, position_offset=self.offset,
                              class_cond=class_cond, store_kv=False)
 
 
@@ -41,10 +42,12 @@ class UncachedBlock:
     """The same call without a cache: the clean prefix and the noisy block in one block-causal pass
     (the prefix at noise level 0), the block's rows returned. The reference the cache must equal."""
 
-    accepts_head = False
-
     def __init__(self, backbone, prefix: torch.Tensor, block_size: int):
         self.backbone, self.prefix, self.block_size = backbone, prefix, block_size
+
+    @property
+    def capabilities(self):
+        return self.backbone.capabilities.narrowed(head=False, kv_cache=False)
 
     def __call__(self, x, sigma, weights=None, class_cond=None):
         P = self.prefix.shape[1]
@@ -57,14 +60,14 @@ class UncachedBlock:
 
 
 @torch.no_grad()
-def commit_block(backbone, caches, block: torch.Tensor, offset: int, labels=None) -> None:
+def commit_block(backbone, cache, block: torch.Tensor, offset: int, labels=None) -> None:
     """Write a finished block's keys and values into the cache (noise level 0, the clean half).
 
     Only the keys and values are wanted, so a backbone that takes a head skips its output projection
     (at a GPT-2 vocabulary that projection is most of a 16-token call's time)."""
     sigma = torch.zeros(block.shape[0], device=block.device)
-    head = {"head": _no_logits} if accepts_head(backbone) else {}
-    backbone(block, sigma, kv_caches=caches, position_offset=offset, class_cond=labels, store_kv=True, **head)
+    head = {"head": _no_logits} if backbone.capabilities.head else {}
+    backbone(block, sigma, cache=cache, position_offset=offset, class_cond=labels, store_kv=True, **head)
 
 
 def _no_logits(features, weight, bias):
@@ -89,14 +92,14 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
     if entry.needs != "x0":
         raise ValueError(f"block diffusion samples with an x_0 sampler (ancestral, psi), not "
                          f"sampling.predictor={spec.predictor}")
-    cache = cache and hasattr(backbone, "new_kv_caches")  # a backbone without one (model=hf): the cache-free pass
+    cache = cache and backbone.capabilities.kv_cache  # a backbone without one: the cache-free pass
     one_block = replace(spec, total_length=None, prefix=None)
     device = device or next(backbone.parameters()).device
     prefix = torch.as_tensor(list(prefix or []), dtype=torch.long)
-    caches = backbone.new_kv_caches() if cache else None
+    caches = backbone.new_cache() if cache else None
     if guided:  # the unconditional model (the null label) keeps its own cache of the same blocks
         null = null_labels(len(labels), backbone.config.num_classes, labels.device)
-        null_caches = backbone.new_kv_caches() if cache else None
+        null_caches = backbone.new_cache() if cache else None
     out = torch.empty(batch, 0, dtype=torch.long, device=device)
     calls = {"denoiser_calls": 0, "cached_calls": 0, "commit_calls": 0}
     while out.shape[1] < total_length:

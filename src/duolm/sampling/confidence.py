@@ -33,7 +33,7 @@ from typing import ClassVar, Mapping
 
 import torch
 
-from duolm.progress import progress_bar
+from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus_log
 from duolm.sampling.grids import linear_grid
 from duolm.sampling.prefix_cache import CACHE_MODES, ApproximateCache

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from duolm.progress import progress_bar
+from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus_log
 
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import torch
 
+from duolm.core.conditioning import num_classes_of
 from duolm.data.tokenizers import is_image
 from duolm.sampling.blocks import block_sample
 from duolm.sampling.registry import SAMPLERS, SamplingModel
@@ -117,14 +118,14 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
     """Samples as a JSON-ready dict. Image models: classes and guidance as in sample_labels and
     guided_denoiser; trajectory > 0 (True: every step) also records x_t of the first batch at that
     many steps (duolm view plays it).
-    template: a duolm.infill.Template whose text is held and whose blanks are filled; each
+    template: a duolm.sampling.infill.Template whose text is held and whose blanks are filled; each
     sample then gives the filled template's text and the character spans generated.
     spec: as duolm.sampling.checked_spec returns it (infill=True with a template), which is where
     every setting, and the template's needs, are checked."""
     backbone.eval()
     g = torch.Generator(device=device or "cpu").manual_seed(seed)
     torch.manual_seed(seed)
-    num_classes = getattr(backbone.config, "num_classes", 0)
+    num_classes = num_classes_of(backbone)
     labels = sample_labels(classes, num_samples, num_classes)
     out, stats, t0 = [], {"denoiser_calls": 0, "cached_calls": 0}, time.perf_counter()
     frames = [] if trajectory else None

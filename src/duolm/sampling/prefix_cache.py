@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from duolm.conditioning import with_labels
-from duolm.models.dit import KVCache
+from duolm.core.conditioning import with_labels
 from duolm.sampling.ancestral import denoiser_from
 
 CACHE_MODES = ("none", "prefix", "dual")
@@ -34,11 +33,9 @@ class ApproximateCache:
     def __init__(self, method, backbone, mode: str, labels=None):
         if mode not in ("prefix", "dual"):
             raise ValueError(f"sampling.confidence.cache must be one of {list(CACHE_MODES)}, got {mode!r}")
-        if not isinstance(getattr(backbone, "new_kv_caches", lambda: None)(), list):  # per-layer K/V it can slice
-            raise ValueError("sampling.confidence.cache needs the DiT's key-value cache, whose positions it slices; "
-                             "this backbone has none of that kind (model=hf: use cache=none)")
+        backbone.capabilities.require("kv_cache", "sampling.confidence.cache (Fast-dLLM's approximate cache)")
         self.method, self.backbone, self.mode, self.labels = method, backbone, mode, labels
-        self.full: list[KVCache] | None = None
+        self.full = None  # the refresh call's KVCache
         self.query_positions = 0  # per sequence, summed over calls: what the cache saves
 
     def _denoise(self, net, x, alpha):
@@ -47,10 +44,10 @@ class ApproximateCache:
     def predict(self, x, alpha, start: int, end: int, refresh: bool) -> torch.Tensor:
         B, L = x.shape
         if refresh or self.full is None:
-            caches = self.backbone.new_kv_caches()
+            caches = self.backbone.new_cache()
 
             def storing(inp, sigma, weights=None, class_cond=None):
-                return self.backbone(inp, sigma, weights=weights, kv_caches=caches, store_kv=True,
+                return self.backbone(inp, sigma, weights=weights, cache=caches, store_kv=True,
                                      class_cond=class_cond)
 
             out = self._denoise(storing, x, alpha)
@@ -59,17 +56,13 @@ class ApproximateCache:
             return out
         stop = L if self.mode == "prefix" else end
 
-        def outside(t):  # (B, nh, L, hd) -> the cached positions this call reads instead of computing
-            return t[:, :, :start] if self.mode == "prefix" else torch.cat([t[:, :, :start], t[:, :, end:]], 2)
-
-        kept = []
-        for c in self.full:
-            kc = KVCache()
-            kc.k, kc.v = outside(c.k), outside(c.v)
-            kept.append(kc)
+        # the cached positions this call reads instead of computing
+        outside = torch.arange(start) if self.mode == "prefix" else \
+            torch.cat([torch.arange(start), torch.arange(end, L)])
+        kept = self.full.keep_positions(outside.to(x.device))
 
         def cached(inp, sigma, weights=None, class_cond=None):
-            return self.backbone(inp, sigma, weights=weights, kv_caches=kept, position_offset=start, store_kv=False,
+            return self.backbone(inp, sigma, weights=weights, cache=kept, position_offset=start, store_kv=False,
                                  class_cond=class_cond)
 
         part = self._denoise(cached, x[:, start:stop], alpha)  # (B, stop - start, K)

@@ -18,7 +18,7 @@ from typing import ClassVar, Mapping
 
 import torch
 
-from duolm.progress import progress_bar
+from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus, nucleus_log
 from duolm.sampling.first_hitting import first_hitting_sample
 from duolm.sampling.grids import linear_constant_linear_grid, linear_grid

@@ -14,10 +14,16 @@ from typing import Callable
 
 import torch
 
-from duolm.conditioning import null_labels, with_labels
+from duolm.core.conditioning import null_labels, with_labels
 from duolm.sampling import analytic, ancestral, ar, confidence, psi
 from duolm.sampling.guidance import guided_denoiser
-from duolm.sampling.spec import AUTO, NOISE_REMOVAL, SamplerSpec, default_predictor, output_of
+from duolm.sampling.spec import (
+    AUTO,
+    NOISE_REMOVAL,
+    SamplerSpec,
+    default_predictor,
+    output_of,
+)
 
 # what a method's network gives, by method: log p(x_0 | x_t), SEDD's log score, or next-token logits
 NEEDS = {"x0": "x_0 probabilities from a diffusion denoiser (algo=mdlm, d3pm, duo_base or duo)",

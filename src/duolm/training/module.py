@@ -11,10 +11,10 @@ import math
 import lightning.pytorch as pl
 import torch
 
-from duolm.conditioning import with_labels
+from duolm.core.conditioning import with_labels
 from duolm.models.ema import EMA
-from duolm.objectives import Objective
 from duolm.training import NonFiniteLossError
+from duolm.training.objectives import Objective
 
 
 def step_generator(seed: int, step: int, micro_batch: int, rank: int, device="cpu") -> torch.Generator:
@@ -45,7 +45,7 @@ class LitDiffusionLM(pl.LightningModule):
                  global_batch_size: int = 64, eval_time_samples: int = 1, export_config: dict | None = None,
                  seed: int = 0, augment=None):
         super().__init__()
-        self.objective = objective  # duolm.objectives: Nelbo, CurriculumNelbo or Distillation
+        self.objective = objective  # duolm.training.objectives: Nelbo, CurriculumNelbo or Distillation
         self.method = objective.method
         self.backbone = backbone
         self.ema = EMA(self.backbone, ema_decay) if ema_decay > 0 else None
@@ -80,8 +80,7 @@ class LitDiffusionLM(pl.LightningModule):
         if self.augment is not None:  # its own stream, so the loss draws what they would without it
             x0 = self.augment(x0, generator=step_generator(self.seed + 1, self.global_step, batch_idx % accum, rank,
                                                            self.device))
-        if hasattr(self.backbone, "set_step"):  # a backbone whose attention depends on the step (annealing)
-            self.backbone.set_step(self.global_step)
+        self.backbone.set_step(self.global_step)  # a no-op unless its attention depends on the step (annealing)
         loss = self.objective.token_loss(self.backbone, x0, valid, step=self.global_step, generator=g,
                                          index=self._global_index(batch_idx, x0.shape[0]),
                                          total=self.global_batch_size, ema=self.ema, labels=labels,

@@ -7,17 +7,24 @@ from pathlib import Path
 
 from duolm.app.config import is_image_data
 from duolm.app.data_settings import load_data, plain
-from duolm.app.loading import data_given, device as default_device, load_for_eval, model_path, perplexity_line, unit_of
+from duolm.app.loading import (
+    data_given,
+    load_for_eval,
+    model_path,
+    perplexity_line,
+    unit_of,
+)
+from duolm.app.loading import device as default_device
 from duolm.app.outputs import results_dir
-from duolm.atomic import write_json
-from duolm.checkpoints import load_pretrained
+from duolm.checkpoints.loading import load_pretrained
 from duolm.data.images import IMAGE_SOURCES, build_image_splits
-from duolm.data.pipeline import unigram_entropy_bits
+from duolm.data.statistics import unigram_entropy_bits
 from duolm.data.tokenizers import is_image
 from duolm.evaluation import evaluate_nelbo
 from duolm.evaluation.image_metrics import check_inception, score_image_samples
 from duolm.evaluation.judge import load_judge
 from duolm.evaluation.samples import score_samples_file
+from duolm.io.atomic import write_json
 
 
 def cmd_eval(cfg, parts):

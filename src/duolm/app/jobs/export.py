@@ -5,8 +5,8 @@ import torch
 
 from duolm.app.hub import push
 from duolm.app.loading import load_for_eval
-from duolm.checkpoints import save_pretrained
-from duolm.model_format import training_of
+from duolm.checkpoints.duolm_format import training_of
+from duolm.checkpoints.loading import save_pretrained
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

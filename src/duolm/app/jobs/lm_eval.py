@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from duolm.app.api import Model
 from duolm.app.loading import load_for_eval, model_path
 from duolm.app.outputs import results_dir
-from duolm.atomic import write_json
-from duolm.hub_access import from_hub
+from duolm.io.atomic import write_json
+from duolm.io.hub_access import from_hub
 
 
 def cmd_lm_eval(cfg, parts):

@@ -7,10 +7,10 @@ from duolm.app.config import ConfigError, check_conditioning, parse_classes
 from duolm.app.loading import load_for_eval, model_path
 from duolm.app.outputs import results_dir
 from duolm.app.sampling_settings import spec_for_model, template_from_config
-from duolm.atomic import write_json
 from duolm.data.instructions import reply_ids
 from duolm.data.tokenizers import is_image
 from duolm.evaluation.pictures import write_result_pictures
+from duolm.io.atomic import write_json
 from duolm.sampling import check_infill
 from duolm.sampling.generate import generate
 

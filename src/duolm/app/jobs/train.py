@@ -7,13 +7,14 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from duolm.app.jobs.sample import sample_and_print
-from duolm.app.loading import device as default_device, load_for_eval, perplexity_line, unit_of
+from duolm.app.loading import device as default_device
+from duolm.app.loading import load_for_eval, perplexity_line, unit_of
 from duolm.app.outputs import distill_run_dir
 from duolm.app.training_run import load_data, train
-from duolm.atomic import write_json
-from duolm.checkpoints import from_pretrained
+from duolm.checkpoints.duolm_format import METRICS_FILE
+from duolm.checkpoints.loading import from_pretrained
 from duolm.evaluation import evaluate_nelbo
-from duolm.model_format import METRICS_FILE
+from duolm.io.atomic import write_json
 from duolm.training import quiet_libraries
 
 

@@ -3,8 +3,8 @@
 config.json records everything needed to sample or evaluate: the algo, the network's shape, the
 noise schedule, the tokenizer, the sequence length and how the method was trained (its
 training-time draw floor sampling_eps, the loss precision and the loss path), so a loaded model
-behaves as it was trained. ``duolm.checkpoints.load_pretrained`` is the one door that reads every format;
-this file holds duolm's own, which the papers' readers (duolm.papers_checkpoints) build on.
+behaves as it was trained. ``duolm.checkpoints.loading.load_pretrained`` is the one door that reads every format;
+this file holds duolm's own, which the papers' readers (duolm.checkpoints.papers) build on.
 """
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from duolm.atomic import atomic_directory
+from duolm.core.conditioning import num_classes_of
+from duolm.core.methods import build_method
+from duolm.core.schedules import make_schedule
 from duolm.data.tokenizers import HFTokenizer, load_tokenizer
-from duolm.methods import build_method
+from duolm.io.atomic import atomic_directory
 from duolm.models.backbones import backbone_config, build_backbone
-from duolm.schedules import make_schedule
 
 FORMAT = "duolm/1"
 METRICS_FILE = "metrics.json"  # written next to a trained model by `duolm train`: validation, training, sampler
@@ -44,7 +45,7 @@ class Pretrained:
     @property
     def num_classes(self) -> int:
         """> 0 for a class-conditional model (label num_classes is the null label)."""
-        return getattr(self.backbone.config, "num_classes", 0)
+        return num_classes_of(self.backbone)
 
 
 def save_pretrained(directory, backbone: torch.nn.Module, *, algo: dict, noise: dict, tokenizer, length: int,

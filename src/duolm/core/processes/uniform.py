@@ -1,11 +1,17 @@
 """Uniform-state diffusion: q(x_t | x_0) = Cat(alpha_t * onehot(x_0) + (1 - alpha_t) / K)."""
 from __future__ import annotations
 
-
 import torch
 
-from duolm.processes.absorbing import _expand
-from duolm.processes.steps import DRAW, NOISE, STAY, expand_level, posterior_or_pc, resolve
+from duolm.core.processes.absorbing import _expand
+from duolm.core.processes.steps import (
+    DRAW,
+    NOISE,
+    STAY,
+    expand_level,
+    posterior_or_pc,
+    resolve,
+)
 
 
 class UniformProcess:

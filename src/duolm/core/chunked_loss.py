@@ -28,7 +28,7 @@ import torch.nn.functional as F
 TARGET_CHUNK_ELEMENTS = 1 << 22  # the floor of logits per chunk (16 MB in float32)
 # and at least WIDTH_FACTOR x hidden tokens per chunk (see chunk_tokens)
 WIDTH_FACTOR = 0.5
-# a loss whose row says its straightforward form is faster at a width (duolm.methods.Loss.plain_from_width)
+# a loss whose row says its straightforward form is faster at a width (duolm.core.methods.Loss.plain_from_width)
 # runs plainly while the batch's logits stay at or below this many (512 MB in float32)
 PLAIN_MAX_LOGITS = 1 << 27
 

@@ -1,20 +1,29 @@
 """Checkpoints: the one door to load any model, and duolm's own format.
 
-    pre = duolm.checkpoints.load_pretrained("builtin:duo-bigtxt-dcd")   # -> Pretrained(backbone, method, tokenizer, config)
+    pre = duolm.checkpoints.loading.load_pretrained("builtin:duo-bigtxt-dcd")   # -> Pretrained(backbone, method, tokenizer, config)
 
 ``load_pretrained`` takes a built-in name (``builtin:<name>``), a duolm model directory, a `duolm train`
 run checkpoint (``.ckpt``, EMA weights by default), the papers' Lightning checkpoints and their
-Hugging Face layouts (duolm.papers_checkpoints), or a Hugging Face Hub id where the network
-allows. duolm's own format (a folder with model.safetensors and config.json) is duolm.model_format.
+Hugging Face layouts (duolm.checkpoints.papers), or a Hugging Face Hub id where the network
+allows. duolm's own format (a folder with model.safetensors and config.json) is duolm.checkpoints.duolm_format.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from duolm import papers_checkpoints as papers
-from duolm.hub_access import HubUnreachable, from_hub
-from duolm.model_format import (FORMAT, Pretrained, from_pretrained, method_from_config, pretrained_from_run,
-                                read_config_json, save_pretrained, strip_prefix, training_of)
+from duolm.checkpoints import papers
+from duolm.checkpoints.duolm_format import (
+    FORMAT,
+    Pretrained,
+    from_pretrained,
+    method_from_config,
+    pretrained_from_run,
+    read_config_json,
+    save_pretrained,
+    strip_prefix,
+    training_of,
+)
+from duolm.io.hub_access import HubUnreachable, from_hub
 
 __all__ = ["BUILTIN_PREFIX", "FORMAT", "Pretrained", "builtin_models", "from_pretrained", "load_pretrained",
            "looks_like_hub_id", "method_from_config", "pretrained_from_run", "read_config_json", "resolve_builtin",
@@ -25,7 +34,7 @@ BUILTIN_PREFIX = "builtin:"
 
 def builtin_models() -> dict[str, Path]:
     """Small models that ship inside the package (src/duolm/pretrained/<name>)."""
-    root = Path(__file__).parent / "pretrained"
+    root = Path(__file__).parents[1] / "pretrained"
     return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").exists()} if root.is_dir() else {}
 
 

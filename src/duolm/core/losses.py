@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from duolm.parameterizations import NEG_INF
+from duolm.core.parameterizations import NEG_INF
 
 
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -106,7 +106,7 @@ def uniform_nelbo_and_grad(logits: torch.Tensor, x_t, x0, alpha, dalpha, weight)
     logits (n, K); x_t, x0 (n,); alpha, dalpha, weight (n,). With r_y = K a p_y / xbar_theta(y) and
     R = sum r, every term's derivative is a combination of r, p and the two one-hot vectors at x_t and
     x_0, so the gradient costs a few passes over the chunk instead of autograd's graph of (n, K)
-    tensors (duolm.chunked_loss; tests/test_chunked_loss.py checks it against autograd).
+    tensors (duolm.core.chunked_loss; tests/test_chunked_loss.py checks it against autograd).
     """
     n, K = logits.shape
     a, da = alpha.to(logits.dtype)[:, None], dalpha.to(logits.dtype)[:, None]

@@ -7,7 +7,7 @@ own uniform-state alpha = T(gamma); the loss is a KL between their x_0 predictio
 `update_every` steps the teacher is refreshed from the student and delta doubles (or grows
 linearly), so later rounds distil longer jumps.
 
-This module holds the mechanics; duolm.objectives.Distillation is the training objective built
+This module holds the mechanics; duolm.training.objectives.Distillation is the training objective built
 from them, and `duolm distill` runs it.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from duolm.chunked_loss import Head
-from duolm.methods import PARAMETERIZATIONS, TokenLoss, accepts_head
-from duolm.operator import DiffusionTransform, gaussian_latents
+from duolm.core.chunked_loss import Head
+from duolm.core.methods import PARAMETERIZATIONS, TokenLoss
+from duolm.core.operator import DiffusionTransform, gaussian_latents
 
 KL_KINDS = ("kl-bwd", "kl-fwd")
 DELTA_GROWTHS = ("double", "linear")
@@ -154,7 +154,7 @@ def _kl(kind: str, log_student: torch.Tensor, log_teacher: torch.Tensor) -> torc
 
 def _head_of(net, x, sigma) -> Head:
     """The network's last features and projection (or, without a linear head, its logits)."""
-    if accepts_head(net):
+    if net.capabilities.head:
         return net(x, sigma, head=lambda f, w, b: Head(f.reshape(-1, f.shape[-1]), w, b).for_matmul())
     logits = net(x, sigma)
     return Head(logits.reshape(-1, logits.shape[-1]))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from duolm.atomic import atomic_directory
+from duolm.io.atomic import atomic_directory
 
 SMOLLM2 = "smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -6,16 +6,35 @@ null label ("no class"). Binding the labels here keeps methods and samplers unaw
 """
 from __future__ import annotations
 
-import functools
-
 import torch
+
+
+class Labelled:
+    """A backbone with its labels bound: called as the backbone is, with class_cond=labels; its
+    capabilities are the backbone's."""
+
+    def __init__(self, backbone, labels: torch.Tensor):
+        self.backbone, self.labels = backbone, labels
+
+    @property
+    def capabilities(self):
+        return self.backbone.capabilities
+
+    def __call__(self, *args, **kwargs):
+        return self.backbone(*args, class_cond=self.labels, **kwargs)
 
 
 def with_labels(backbone, labels: torch.Tensor | None):
     """The backbone with its class labels bound (the backbone itself when labels is None)."""
     if labels is None:
         return backbone
-    return functools.partial(backbone, class_cond=labels)
+    return Labelled(backbone, labels)
+
+
+def num_classes_of(backbone) -> int:
+    """The classes a backbone is conditioned on (0: unconditional): its config's num_classes, read
+    only where its capabilities declare class conditioning."""
+    return backbone.config.num_classes if backbone.capabilities.class_conditioning else 0
 
 
 def null_labels(n: int, num_classes: int, device=None) -> torch.Tensor:

@@ -20,10 +20,10 @@ from typing import Protocol
 
 import torch
 
-from duolm.conditioning import drop_labels, with_labels
-from duolm.distill import Teacher, check_settings, dcd_loss
-from duolm.methods import Method, TokenLoss
-from duolm.operator import DiffusionTransform
+from duolm.core.conditioning import drop_labels, with_labels
+from duolm.core.methods import Method, TokenLoss
+from duolm.core.operator import DiffusionTransform
+from duolm.training.distill import Teacher, check_settings, dcd_loss
 
 
 class Objective(Protocol):
@@ -109,7 +109,7 @@ def check_time_range(method: Method, lo, hi) -> None:
 
 
 class CurriculumNelbo(Nelbo):
-    """Duo's curriculum (duolm.curriculum.Curriculum) while active, the plain NELBO after."""
+    """Duo's curriculum (duolm.training.curriculum.Curriculum) while active, the plain NELBO after."""
 
     def __init__(self, method: Method, curriculum, *, antithetic: bool = True, num_classes: int = 0,
                  class_dropout: float = 0.0):

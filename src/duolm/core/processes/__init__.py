@@ -2,7 +2,7 @@
 
 Both implement duolm.contracts.Process, which the losses and samplers are written against.
 """
-from duolm.processes.absorbing import AbsorbingProcess
-from duolm.processes.uniform import UniformProcess
+from duolm.core.processes.absorbing import AbsorbingProcess
+from duolm.core.processes.uniform import UniformProcess
 
 __all__ = ["AbsorbingProcess", "UniformProcess"]

@@ -14,11 +14,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from duolm import losses, parameterizations
-from duolm.chunked_loss import PLAIN_MAX_LOGITS, Head, chunked_loss
-from duolm.models.block_attention import block_diffusion_mask, training_positions
-from duolm.processes import AbsorbingProcess, UniformProcess
-from duolm.schedules import LogLinear
+from duolm.core import losses, parameterizations
+from duolm.core.block_attention import block_diffusion_mask, training_positions
+from duolm.core.chunked_loss import PLAIN_MAX_LOGITS, Head, chunked_loss
+from duolm.core.processes import AbsorbingProcess, UniformProcess
+from duolm.core.schedules import LogLinear
 
 
 @dataclass
@@ -38,10 +38,10 @@ class Method:
     'ar' | 'subs' | 'mean' | 'score'. loss: 'ar' | 'mdlm' | 'd3pm' | 'uniform' | 'sedd'.
     num_steps: T for discrete-time losses (0 = continuous time).
     fused: compute the output projection and the loss a chunk of tokens at a time
-    (duolm.chunked_loss), never holding (B, L, K) activations for backward; False is the
+    (duolm.core.chunked_loss), never holding (B, L, K) activations for backward; False is the
     straightforward computation (same numbers; tests compare the two).
     block_size: block diffusion. Each block of the sequence draws its own time; the network reads
-    x_t ⊕ x_0 with the block-diffusion mask (duolm.models.block_attention), so a noisy block is
+    x_t ⊕ x_0 with the block-diffusion mask (duolm.core.block_attention), so a noisy block is
     denoised given the clean blocks before it, and the NELBO is the sum of the blocks' NELBOs.
     """
 
@@ -192,7 +192,7 @@ class Method:
 
     def chunked_token_losses(self, backbone, inputs, sigma, per_token, valid, *, weights=None, rows=None,
                              grad_fn=None) -> torch.Tensor:
-        """Per-token losses (N,) with the projection and the loss chunked (duolm.chunked_loss)."""
+        """Per-token losses (N,) with the projection and the loss chunked (duolm.core.chunked_loss)."""
         reduction = valid.reshape(-1)
         plain_from = LOSSES[self.loss].plain_from_width
 
@@ -206,7 +206,7 @@ class Method:
             return chunked_loss(Head(features, weight, bias), per_token, reduction,
                                 dtype=self.loss_dtype, grad_fn=grad_fn)
 
-        if accepts_head(backbone):
+        if backbone.capabilities.head:
             return backbone(inputs, sigma, weights=weights, head=head)
         logits = backbone(inputs, sigma, weights=weights)  # no linear head to fuse: chunk the loss only
         if rows is not None:
@@ -248,7 +248,10 @@ class BlockTrainingPass:
 
     def __init__(self, backbone, x0: torch.Tensor, block_size: int):
         self.backbone, self.x0, self.block_size = backbone, x0, block_size
-        self.accepts_head = accepts_head(backbone)
+
+    @property
+    def capabilities(self):
+        return self.backbone.capabilities
 
     def __call__(self, x_t, sigma, weights=None, head=None):
         if weights is not None or x_t.dim() != 2:
@@ -262,12 +265,6 @@ class BlockTrainingPass:
         if head is None:
             return self.backbone(inputs, sigma, **kwargs)[:, :L]
         return self.backbone(inputs, sigma, head=lambda f, w, b: head(f[:, :L], w, b), **kwargs)
-
-
-def accepts_head(backbone) -> bool:
-    """Whether backbone(x, sigma, head=f) runs f on its final features (duolm.models.dit.DiT does);
-    looks through functools.partial (duolm.conditioning.with_labels)."""
-    return bool(getattr(getattr(backbone, "func", backbone), "accepts_head", False))
 
 
 # --- the tables -----------------------------------------------------------------------------
@@ -287,7 +284,7 @@ class Loss:
     per_token(method, parameterised output, x_t, x0, t (B, 1), alpha, dalpha) -> per-token loss (B, L).
     gradient(method, x_t (N,), x0 (N,), alpha (N,), dalpha (N,)) -> grad_fn(logits (n, K), rows, weights)
     -> (loss (n,), d sum(weights * loss) / d logits), or None where this method's variant has no written-out
-    gradient; the chunked loss (duolm.chunked_loss) then takes autograd on each chunk. Each written-out
+    gradient; the chunked loss (duolm.core.chunked_loss) then takes autograd on each chunk. Each written-out
     gradient is checked against autograd (tests/test_chunked_loss.py).
     """
 
@@ -295,7 +292,7 @@ class Loss:
     gradient: Callable | None = None
     # at a projection this wide or wider the straightforward form measured faster than the chunked one
     # (benchmarks/train_step.py: AR at model=small, H = 768, 0.89-0.93x chunked), so the head runs it
-    # plainly unless the batch's logits pass duolm.chunked_loss.PLAIN_MAX_LOGITS, the memory the
+    # plainly unless the batch's logits pass duolm.core.chunked_loss.PLAIN_MAX_LOGITS, the memory the
     # chunking exists to save. None: always chunked (Duo's and MDLM's written-out gradients win at every width)
     plain_from_width: int | None = None
 

@@ -24,9 +24,15 @@ from dataclasses import dataclass
 
 import torch
 
-from duolm import losses
-from duolm.methods import TokenLoss
-from duolm.operator import FIT_KINDS, DiffusionTransform, fit_alpha, gaussian_coefficients, gaussian_latents
+from duolm.core import losses
+from duolm.core.methods import TokenLoss
+from duolm.core.operator import (
+    FIT_KINDS,
+    DiffusionTransform,
+    fit_alpha,
+    gaussian_coefficients,
+    gaussian_latents,
+)
 
 MODES = ("none", "simple", *FIT_KINDS)
 

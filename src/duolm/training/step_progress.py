@@ -5,7 +5,7 @@ import time
 
 import lightning.pytorch as pl
 
-from duolm.progress import progress_bar
+from duolm.io.progress import progress_bar
 
 
 class StepProgress(pl.Callback):

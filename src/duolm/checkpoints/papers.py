@@ -1,6 +1,6 @@
 """The papers' checkpoint formats, read without the papers' code and without running pickled code.
 
-``duolm.checkpoints.load_pretrained`` is the one door; it hands these formats here:
+``duolm.checkpoints.loading.load_pretrained`` is the one door; it hands these formats here:
 - the raw Lightning ``.ckpt`` of s-sahoo/duo and kuleshov-group/mdlm (Duo, MDLM, SEDD, AR): the
   DiT's state under ``backbone.``, the EMA as an unnamed ``shadow_params`` list in parameter
   order (buffers excluded), and a pickled OmegaConf config and tokenizer. It is read with a
@@ -31,11 +31,15 @@ from pathlib import Path
 
 import torch
 
-from duolm.model_format import FORMAT, Pretrained, method_from_config, strip_prefix
-from duolm.data.tokenizers import load_tokenizer
-from duolm.methods import same_model
+from duolm.checkpoints.duolm_format import (
+    FORMAT,
+    Pretrained,
+    method_from_config,
+    strip_prefix,
+)
+from duolm.core.methods import same_model
+from duolm.data.tokenizers import PixelTokenizer, load_tokenizer
 from duolm.models.dit import DiT, DiTConfig
-from duolm.data.tokenizers import PixelTokenizer
 from duolm.models.unet import UNet, UNetConfig
 
 _SAFE_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "int", "float", "str", "bytes", "bytearray",
