@@ -1,8 +1,11 @@
-"""Every command in README.md and in `duolm <command> --help` runs as written, through `bash -c`.
+"""Every command in README.md, in the docs site's pages and in `duolm <command> --help` runs as
+written, through `bash -c`.
 
-README's bash blocks run as whole scripts (a block's loops and heredocs included), then every
-inline `duolm ...` command of the text, then every --help example, in README order, in one fresh
-folder (so the quick start's model is there for the commands that read it). Only what the reader
+The documentation is read in reading order (tests/doc_pages.py: README.md, then mkdocs.yml's nav).
+Its bash blocks run as whole scripts (a block's loops and heredocs included), then every inline
+`duolm ...` command of the text, then every --help example, in one fresh folder (so the quick
+start's model is there for the commands that read it); a block the docs repeat (the quick start on
+the home page) runs once. Only what the reader
 would wait minutes for changes, and every change is listed here:
 
 - `duolm` on the PATH is a wrapper that appends FAST overrides for its command (fewer steps, a
@@ -25,11 +28,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from doc_pages import documentation, label
 
 from duolm.app.cli import COMMAND_HELP
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
 
 PLACEHOLDERS = {"<model>": "outputs/bigtxt-duo-demo/model", "<image model>": "outputs/mnist-duo_base-unet-cpu/model",
                 "<any model>": "outputs/bigtxt-duo-demo/model", "<in>": "outputs/bigtxt-duo-demo/model",
@@ -109,20 +112,31 @@ def help_examples() -> list[str]:
     return [e for _, _, examples in COMMAND_HELP.values() for e in examples]
 
 
+def all_text() -> str:
+    return "\n".join(page.read_text() for page in documentation())
+
+
 def documented() -> list[tuple[str, str]]:
-    """(where, script) in the order they run."""
-    text = README.read_text()
-    out = [(f"README.md bash block {i + 1}", b) for i, b in enumerate(bash_blocks(text))]
-    out += [("README.md inline", c) for c in inline_commands(text)]
+    """(where, script) in the order they run; a script the docs repeat runs once."""
+    out = []
+    for page in documentation():
+        text = page.read_text()
+        out += [(f"{label(page)} bash block {i + 1}", b) for i, b in enumerate(bash_blocks(text))]
+        out += [(f"{label(page)} inline", c) for c in inline_commands(text)]
     out += [("duolm --help example", e) for e in help_examples()]
-    return out
+    seen, once = set(), []
+    for where, script in out:
+        if script not in seen:
+            seen.add(script)
+            once.append((where, script))
+    return once
 
 
 def test_the_documented_commands_are_found():
     """The extraction itself: the blocks, the inline infilling command and the examples are there."""
     scripts = [s for _, s in documented()]
-    assert len(bash_blocks(README.read_text())) >= 8
-    assert any("sampling.infill='the [___] sat on the [___:3] mat'" in s for s in inline_commands(README.read_text()))
+    assert len(bash_blocks(all_text())) >= 8
+    assert any("sampling.infill='the [___] sat on the [___:3] mat'" in s for s in inline_commands(all_text()))
     assert any("sampling.infill='the [___]" in e for e in help_examples())
     assert all(("<" not in s) or any(p in s for p in PLACEHOLDERS) or "<<'EOF'" in s or "<|" in s for s in scripts)
 

@@ -1,7 +1,9 @@
-"""Every figure block of the README names the JSON it came from, that file exists, and it says when and where.
+"""Every figure block of the README and the docs names the JSON it came from, that file exists, and it
+says when and where.
 
-A figure block is one of the README's result sections (the reproduction on a hidden Markov model, the
-image run) or one `**Title**` paragraph group of its Measured section. Each must cite at least one
+A figure block is one of the result sections (the reproduction on a hidden Markov model, the image
+run: a page of the docs' results) or one `**Title**` paragraph group of a Measured section (the
+README's headline figures and the docs' Measured page); tests/doc_pages.py lists the pages. Each must cite at least one
 results file under benchmarks/results/ (a .json, or a folder of them) that exists. Every cited JSON that
 records its provenance (benchmarks/provenance.py: "date", "machine", "command", "commit") must have its
 date quoted in the block, so a table is never silently older than the file it names. Results written
@@ -14,36 +16,43 @@ import re
 from pathlib import Path
 
 import pytest
+from doc_pages import documentation, label
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-RESULT_SECTIONS = ("## Reproducing the papers' claims on one CPU", "## Images on one CPU")
+RESULT_SECTIONS = ("Reproducing the papers' claims on one CPU", "Images on one CPU")
 # results made before benchmarks recorded their provenance: path -> the date the block must state
 UNDATED = {"benchmarks/results/builtin/": "2026-11-27"}
 CITED = re.compile(r"benchmarks/results/[\w./-]+")
 
 
 def figure_blocks(text: str) -> dict[str, str]:
-    sections = re.split(r"(?m)^(?=## )", text)
+    sections = re.split(r"(?m)^(?=##? )", text)  # a page's title (#) or a README section (##)
     blocks = {}
     for section in sections:
-        title = section.splitlines()[0] if section else ""
+        title = section.splitlines()[0].lstrip("#").strip() if section else ""
         if title.startswith(RESULT_SECTIONS):
             blocks[title] = section
-        elif title == "## Measured":
+        elif title == "Measured":
             for part in re.split(r"(?m)^(?=\*\*)", section)[1:]:
                 blocks[part.split("**")[1]] = part
     return blocks
 
 
+def all_blocks() -> dict[str, str]:
+    """Every page's figure blocks, named 'page: block'."""
+    return {f"{label(page)}: {name}": block for page in documentation()
+            for name, block in figure_blocks(page.read_text()).items()}
+
+
 def test_the_readme_has_its_figure_blocks():
-    blocks = figure_blocks(README.read_text())
+    blocks = all_blocks()
     assert len(blocks) >= 7, sorted(blocks)  # the two result sections and the Measured blocks
+    assert any(name.startswith("README.md: ") for name in blocks)  # the front door's headline figures
 
 
-@pytest.mark.parametrize("name", sorted(figure_blocks(README.read_text())))
+@pytest.mark.parametrize("name", sorted(all_blocks()))
 def test_every_figure_block_names_an_existing_dated_json(name):
-    block = figure_blocks(README.read_text())[name]
+    block = all_blocks()[name]
     cited = sorted({c.rstrip(".,;:)") for c in CITED.findall(block)})
     jsons = [c for c in cited if c.endswith(".json") or (ROOT / c).is_dir()]
     assert jsons, f"README block {name!r} names no results JSON under benchmarks/results/"
