@@ -50,3 +50,29 @@ def test_every_recipe_names_rows_that_exist(algo):
 
     recipe = METHODS[algo]
     assert recipe.parameterization in PARAMETERIZATIONS and recipe.loss in LOSSES
+
+
+@pytest.mark.parametrize("algo", sorted(METHODS))
+def test_what_a_recipe_declares_it_supports_fits_its_process_and_output(algo):
+    """Supports is declared, not derived: these are the facts each declaration rests on."""
+    recipe, method = METHODS[algo], build_method(algo, 6)
+    assert method.supports is recipe.supports
+    if recipe.supports.curriculum or recipe.supports.distillation:  # both walk Gaussian trajectories through argmax
+        assert method.process is not None and method.process.gaussian_dual
+    if recipe.supports.blocks or recipe.supports.guidance:  # both read x_0 predictions
+        assert method.output_kind == "x0"
+    assert method.exact_likelihood == (method.output_kind == "ar") == (method.process is None)
+
+
+def test_a_gate_follows_the_table_not_the_name(monkeypatch):
+    """A recipe that declares blocks gets them: the refusal reads the table."""
+    from dataclasses import replace
+
+    from duolm.core import methods
+
+    with pytest.raises(ValueError, match=r"algo.block_size is for algo.name in \['mdlm', 'duo_base', 'duo'\]"):
+        build_method("sedd", 6, block_size=2)
+    monkeypatch.setitem(methods.METHODS, "sedd", replace(methods.METHODS["sedd"],
+                                                         supports=methods.Supports(blocks=True)))
+    assert build_method("sedd", 6, block_size=2).block_size == 2
+    assert methods.same_model("duo", "duo_base") and not methods.same_model("mdlm", "sedd")

@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from duolm.app.sampling_settings import check_one_start, spec_from_config
 from duolm.checkpoints.duolm_format import LOSS_DTYPES
 from duolm.core.conditioning import check_labels
-from duolm.core.methods import Method, build_method
+from duolm.core.methods import Method, build_method, methods_supporting
 from duolm.core.schedules import make_schedule
 from duolm.data.images import IMAGE_SOURCES, image_tokenizer
 from duolm.data.pipeline import check_data
@@ -254,8 +254,9 @@ def _method_parts(cfg) -> tuple[Components, Method]:
     probe = _built("algo", lambda: parts.method(2))
     c = cfg.algo.get("curriculum")
     if c is not None:
-        if cfg.algo.name != "duo":
-            raise ConfigError(f"algo.curriculum is only for algo=duo, not {cfg.algo.name}")
+        if not probe.supports.curriculum:
+            raise ConfigError(f"algo.curriculum is only for algo={'|'.join(methods_supporting('curriculum'))}, "
+                              f"not {cfg.algo.name}")
         curriculum = _built("algo.curriculum", lambda: CurriculumSchedule(
             mode=c.mode, tau_log10_start=c.gumbel_tau_log10_start, tau_log10_end=c.gumbel_tau_log10_end,
             start=c.start, end=c.end, gamma_min=c.gamma_min, gamma_max=c.gamma_max, top_k=c.top_k))

@@ -3,12 +3,15 @@
 A method knows nothing of the trainer: it takes a backbone (any module called
 as ``backbone(tokens, sigma) -> logits``), clean tokens and times, and returns
 per-token losses. Three tables compose it: ``METHODS`` (name -> recipe), ``PARAMETERIZATIONS``
-(raw logits -> what the loss and samplers read) and ``LOSSES`` (that output -> per-token loss).
+(raw logits -> what the loss and samplers read, and which kind of output that is: next-token
+logits, x_0 probabilities or a score) and ``LOSSES`` (that output -> per-token loss). A recipe also
+declares what the method supports (``Supports``: blocks, the curriculum, distillation, guidance,
+a clipped time range), which the objectives, the samplers and the config ask instead of its name.
 A new method is one row of METHODS, plus a row of the others when it brings its own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -58,11 +61,24 @@ class Method:
     fused: bool = True
     block_size: int | None = None  # block diffusion (BD3-LM): AR over blocks, diffusion inside; None: one block
 
+    supports: "Supports" = field(default_factory=lambda: Supports())  # what it can be trained and sampled with
+
     # --- the network's interface -------------------------------------------------
+    @property
+    def output_kind(self) -> str:
+        """What the parameterised output is (its PARAMETERIZATIONS row): 'ar' (next-token logits),
+        'x0' (log p(x_0 | x_t)) or 'score' (SEDD's log concrete score)."""
+        return PARAMETERIZATIONS[self.parameterization].output
+
     @property
     def is_autoregressive(self) -> bool:
         """AR: no forward process; the network is causal and predicts the next token."""
-        return self.process is None
+        return self.output_kind == "ar"
+
+    @property
+    def exact_likelihood(self) -> bool:
+        """sequence_nelbo is the exact NLL (AR), not a Monte Carlo draw of a bound: one draw suffices."""
+        return self.output_kind == "ar"
 
     @property
     def model_vocab_size(self) -> int:
@@ -95,7 +111,7 @@ class Method:
         """
         sigma = self.sigma(alpha)
         logits = backbone(x_t if model_input is None else model_input, sigma, weights=weights)
-        return PARAMETERIZATIONS[self.parameterization](self, logits.to(self.loss_dtype), x_t, alpha)
+        return PARAMETERIZATIONS[self.parameterization].read(self, logits.to(self.loss_dtype), x_t, alpha)
 
     # --- losses --------------------------------------------------------------------
     def num_blocks(self, length: int) -> int:
@@ -164,7 +180,7 @@ class Method:
 
         def per_token(z, rows):  # z (n, K) -> (n,): each token is a batch row of its own
             tr, ar, dar = (v[rows] for v in per)
-            out = PARAMETERIZATIONS[self.parameterization](self, z[:, None], x_t1[rows], ar)
+            out = PARAMETERIZATIONS[self.parameterization].read(self, z[:, None], x_t1[rows], ar)
             return self.loss_from_output(out, x_t1[rows], x01[rows], tr, ar, dar)[:, 0]
 
         # the loss's gradient in the logits, where its row writes it out (fewer passes than autograd)
@@ -177,7 +193,7 @@ class Method:
         """Next-token prediction: position i's output scores token i + 1 (no x_t, no time)."""
         # the papers' AR has one more output row (their mask token); it is never a target
         targets = x0[:, 1:]
-        param, loss = PARAMETERIZATIONS[self.parameterization], LOSSES[self.loss]
+        param, loss = PARAMETERIZATIONS[self.parameterization].read, LOSSES[self.loss]
         if not self.fused:
             logits = backbone(x0[:, :-1], None)[..., :self.vocab_size]
             out = param(self, logits.to(self.loss_dtype), None, None)
@@ -268,12 +284,25 @@ class BlockTrainingPass:
 
 
 # --- the tables -----------------------------------------------------------------------------
-# parameterisation: (method, logits (B, L, S), x_t, alpha) -> what the loss and the samplers read
+OUTPUT_KINDS = ("ar", "x0", "score")
+
+
+@dataclass(frozen=True)
+class Parameterization:
+    """One row of PARAMETERIZATIONS. read(method, logits (B, L, S), x_t, alpha) -> what the loss and the
+    samplers read; output: which kind that is (OUTPUT_KINDS), what a sampler must be able to take."""
+
+    read: Callable
+    output: str
+
+
 PARAMETERIZATIONS = {
-    "ar": lambda m, logits, x_t, alpha: logits,  # next-token logits, read as they are (AR has no x_t)
-    "subs": lambda m, logits, x_t, alpha: parameterizations.subs(logits, x_t, m.mask_id),
-    "mean": lambda m, logits, x_t, alpha: parameterizations.mean(logits, m.mask_id),
-    "score": lambda m, logits, x_t, alpha: parameterizations.log_score(logits, x_t, -torch.log(alpha.reshape(-1))),
+    # next-token logits, read as they are (AR has no x_t)
+    "ar": Parameterization(lambda m, logits, x_t, alpha: logits, output="ar"),
+    "subs": Parameterization(lambda m, logits, x_t, alpha: parameterizations.subs(logits, x_t, m.mask_id), "x0"),
+    "mean": Parameterization(lambda m, logits, x_t, alpha: parameterizations.mean(logits, m.mask_id), "x0"),
+    "score": Parameterization(lambda m, logits, x_t, alpha: parameterizations.log_score(
+        logits, x_t, -torch.log(alpha.reshape(-1))), "score"),
 }
 
 
@@ -339,9 +368,33 @@ PROCESSES = {"absorbing": AbsorbingProcess, "uniform": UniformProcess}
 
 
 @dataclass(frozen=True)
+class Supports:
+    """What a method can be trained and sampled with; the objectives, the samplers and the config ask
+    these, never the method's name.
+
+    blocks: block diffusion (algo.block_size). curriculum: Duo's curriculum (its process is argmax of
+    Gaussian diffusion, and the recipe trains with it). distillation: DCD (a uniform-state teacher).
+    guidance: classifier-free guidance (mixes x_0 predictions). clipped_times: a training range of
+    continuous diffusion times (algo.clip_min / clip_max).
+    """
+
+    blocks: bool = False
+    curriculum: bool = False
+    distillation: bool = False
+    guidance: bool = False
+    clipped_times: bool = False
+
+
+def methods_supporting(what: str) -> list[str]:
+    """The algos whose recipes support `what`, a field of Supports (for the sentence that refuses the others)."""
+    return [name for name, r in METHODS.items() if getattr(r.supports, what)]
+
+
+@dataclass(frozen=True)
 class Recipe:
     """One row of the method table. process: a key of PROCESSES, or None for AR. time: which
-    NELBO the loss has: 'continuous' (algo.T = 0), 'discrete' (algo.T >= 1) or 'either'."""
+    NELBO the loss has: 'continuous' (algo.T = 0), 'discrete' (algo.T >= 1) or 'either'.
+    supports: what it can be trained and sampled with."""
 
     process: str | None
     parameterization: str
@@ -349,26 +402,36 @@ class Recipe:
     time_conditioning: bool
     time: str = "continuous"
     num_steps: int = 0
+    supports: Supports = Supports()
+
+    @property
+    def model(self) -> tuple:
+        """What defines the trained model (how it is trained, the curriculum, is not part of it)."""
+        return self.process, self.parameterization, self.loss, self.time_conditioning, self.time, self.num_steps
 
 
+# block diffusion: masked (BD3-LM) and uniform-state inside each block; SEDD's score and D3PM's
+# discrete-time loss would need their own block samplers and tests. Guidance mixes x_0 predictions,
+# which a score model (SEDD) does not give.
+_DUO = Supports(blocks=True, distillation=True, guidance=True, clipped_times=True)
 METHODS = {
     "ar": Recipe(None, "ar", "ar", time_conditioning=False),
-    "mdlm": Recipe("absorbing", "subs", "mdlm", time_conditioning=False),
-    "sedd": Recipe("absorbing", "score", "sedd", time_conditioning=True),
-    "d3pm": Recipe("absorbing", "mean", "d3pm", time_conditioning=True, time="discrete", num_steps=1000),
-    "duo_base": Recipe("uniform", "mean", "uniform", time_conditioning=True, time="either"),
-    "duo": Recipe("uniform", "mean", "uniform", time_conditioning=True, time="either"),
+    "mdlm": Recipe("absorbing", "subs", "mdlm", time_conditioning=False,
+                   supports=Supports(blocks=True, guidance=True, clipped_times=True)),
+    "sedd": Recipe("absorbing", "score", "sedd", time_conditioning=True, supports=Supports(clipped_times=True)),
+    "d3pm": Recipe("absorbing", "mean", "d3pm", time_conditioning=True, time="discrete", num_steps=1000,
+                   supports=Supports(guidance=True)),
+    "duo_base": Recipe("uniform", "mean", "uniform", time_conditioning=True, time="either", supports=_DUO),
+    "duo": Recipe("uniform", "mean", "uniform", time_conditioning=True, time="either",
+                  supports=replace(_DUO, curriculum=True)),
 }
 ALGOS = tuple(METHODS)
-# block diffusion (algo.block_size): masked (BD3-LM) and uniform-state inside each block; SEDD's score
-# and D3PM's discrete-time loss would need their own block samplers and tests
-BLOCK_ALGOS = ("mdlm", "duo_base", "duo")
 
 
 def same_model(a: str, b: str) -> bool:
-    """Whether algos a and b name the same model (duo and duo_base share a recipe: Duo's curriculum
+    """Whether algos a and b name the same model (duo and duo_base share one: Duo's curriculum
     changes only how it is trained), so a checkpoint of one loads as the other."""
-    return a == b or (a in METHODS and b in METHODS and METHODS[a] == METHODS[b])
+    return a == b or (a in METHODS and b in METHODS and METHODS[a].model == METHODS[b].model)
 
 
 def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | None = None,
@@ -389,8 +452,8 @@ def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | 
     if block_size is not None:
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"algo.block_size must be null or an integer >= 1, got {block_size!r}")
-        if name not in BLOCK_ALGOS:
-            raise ValueError(f"algo.block_size is for algo.name in {list(BLOCK_ALGOS)}; block diffusion of "
+        if not r.supports.blocks:
+            raise ValueError(f"algo.block_size is for algo.name in {methods_supporting('blocks')}; block diffusion of "
                              f"{name} is not implemented (got algo.name={name!r})")
     process = None if r.process is None else PROCESSES[r.process](vocab_size)
     return Method(name, vocab_size=vocab_size, process=process, schedule=schedule or LogLinear(),
@@ -398,4 +461,4 @@ def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | 
                   time_conditioning=r.time_conditioning if time_conditioning is None or process is None
                   else bool(time_conditioning),
                   num_steps=r.num_steps if num_steps is None else int(num_steps), loss_dtype=loss_dtype,
-                  sampling_eps=sampling_eps, fused=fused, block_size=block_size)
+                  sampling_eps=sampling_eps, fused=fused, block_size=block_size, supports=r.supports)

@@ -105,15 +105,15 @@ def continuation_nelbo(method, backbone, pairs: list[tuple[list[int], list[int]]
             clean[r, :len(ids) - n] = True
         x0, scored, clean = x0.to(device), scored.to(device), clean.to(device)
         rows = torch.tensor([i for i, _, _ in chunk])
-        for k in range(num_samples if not method.is_autoregressive else 1):
+        for k in range(num_samples if not method.exact_likelihood else 1):
             per = method.sequence_nelbo(backbone, x0, scored.float(), generator=g, clean=clean)[0].cpu()
-            if method.is_autoregressive:  # AR: exact; every draw is the same number
+            if method.exact_likelihood:  # AR: exact; every draw is the same number
                 draws[:, :].index_add_(0, rows, per[:, None].expand(-1, num_samples))
                 break
             draws[:, k].index_add_(0, rows, per)
     results = []
     for i, (_, cont) in enumerate(pairs):
         d = draws[i]
-        se = float(d.std() / math.sqrt(num_samples)) if num_samples > 1 and not method.is_autoregressive else 0.0
+        se = float(d.std() / math.sqrt(num_samples)) if num_samples > 1 and not method.exact_likelihood else 0.0
         results.append({"nelbo": float(d.mean()), "se": se, "tokens": len(cont)})
     return results

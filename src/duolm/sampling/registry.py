@@ -55,7 +55,7 @@ class SamplingModel:
         if backbone is not None and output != "ar":
             den = ancestral.denoiser_from(method, with_labels(backbone, labels))
             if labels is not None and guidance is not None and guidance != 1.0:
-                if output == "score":
+                if not method.supports.guidance:
                     raise ValueError("sampling.guidance mixes x_0 predictions; a score model (sedd) gives none, so "
                                      "it samples with guidance 1 (the conditional model) only")
                 null = null_labels(len(labels), backbone.config.num_classes, labels.device)

@@ -30,10 +30,8 @@ def check_noise_removal(value: str) -> None:
 
 def output_of(method) -> str:
     """What a method's network gives: 'x0' (log p(x_0 | x_t)), 'score' (SEDD's log score) or 'ar'
-    (next-token logits); a key of duolm.sampling.registry.NEEDS."""
-    if method.is_autoregressive:
-        return "ar"
-    return "score" if method.parameterization == "score" else "x0"
+    (next-token logits); a key of duolm.sampling.registry.NEEDS, declared by its parameterisation."""
+    return method.output_kind
 
 
 def default_predictor(method) -> str:

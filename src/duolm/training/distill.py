@@ -134,7 +134,7 @@ def dcd_loss(method, student, teacher_net, x0: torch.Tensor, t: torch.Tensor, de
     B, L = x0.shape
     x_t1, x_s1 = x_t.reshape(-1, 1), x_s.reshape(-1, 1)
     a_t1, a_s1 = a_t.expand(B, L).reshape(-1, 1), a_s.expand(B, L).reshape(-1, 1)
-    param = PARAMETERIZATIONS[method.parameterization]
+    param = PARAMETERIZATIONS[method.parameterization].read
 
     def per_token(z, rows):
         log_student = param(method, z[:, None], x_t1[rows], a_t1[rows]).to(dtype).log_softmax(-1)

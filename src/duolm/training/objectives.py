@@ -70,7 +70,7 @@ class Nelbo:
         return with_labels(backbone, drop_labels(labels, self.class_dropout, self.num_classes, generator))
 
     def sample_times(self, x0, generator=None, index=None, total=None) -> torch.Tensor | None:
-        if self.method.is_autoregressive:
+        if self.method.process is None:
             return None  # AR: no diffusion time
         t = self.method.sample_times(x0.shape[0], antithetic=self.antithetic, device=x0.device, index=index,
                                      total=total, generator=generator, blocks=self.method.num_blocks(x0.shape[1]))
@@ -99,7 +99,7 @@ class Nelbo:
 def check_time_range(method: Method, lo, hi) -> None:
     """algo.clip_min / clip_max: a training range of diffusion times inside (0, 1] (BD3-LM's
     clipped schedule, which lowers the loss's variance; validation still scores all of [eps, 1])."""
-    if method.is_autoregressive or method.num_steps:
+    if not method.supports.clipped_times or method.num_steps:
         raise ValueError(f"algo.clip_min/clip_max are for continuous-time diffusion (mdlm, duo_base, sedd), not "
                          f"{method.name}{' with T > 0' if method.num_steps else ''}")
     ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi))
@@ -148,7 +148,7 @@ class Distillation(Nelbo):
     def __init__(self, method: Method, student: torch.nn.Module, *, schedule, kind: str = "kl-bwd",
                  gamma_min: float = -4.0, gamma_max: float = -1.0, teacher_from: str = "weights",
                  dtype=torch.float32, antithetic: bool = True):
-        if method.is_autoregressive or not method.process.gaussian_dual:
+        if not method.supports.distillation:
             raise ValueError(f"distillation needs a uniform-state (Duo) teacher, not {method.name}")
         if method.block_size is not None:
             raise ValueError("distillation of block diffusion models is not implemented (algo.block_size must be null)")

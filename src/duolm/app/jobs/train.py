@@ -41,7 +41,7 @@ def cmd_train(cfg, parts, init=None):
                         max_batches=cfg.eval.max_batches, device=device, progress=True)
     capped = " (stopped by trainer.max_minutes)" if report.get("stopped_by") else ""
     print(f"\ntrained {report['steps']} steps in {report['train_seconds'] / 60:.1f} min{capped} -> {report['model_dir']}")
-    bound = "exact NLL" if pre.method.is_autoregressive else "NELBO (an upper bound on the NLL)"
+    bound = "exact NLL" if pre.method.exact_likelihood else "NELBO (an upper bound on the NLL)"
     print(perplexity_line(f"validation {bound}", ev, report["unigram_bits_per_token"], unit))
     res = sample_and_print(cfg, pre, device, checkpoint=report["model_dir"], out_dir=cfg.run.dir)
     write_json({**res, "validation": ev, "train": report}, Path(cfg.run.dir) / "report.json")
