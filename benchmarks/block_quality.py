@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from duolm.sampling.observers import Recorder
+
 try:
     from benchmarks.provenance import provenance
     from benchmarks.reproduce import make_model, quality, train
@@ -63,8 +65,9 @@ def draw(method, net, steps: int, n: int, L: int, seed: int) -> tuple[torch.Tens
     out, calls = [], {}
     with torch.no_grad():
         for start in range(0, n, 256):
-            st = {}
-            out.append(sample_batch(method, net, spec, min(256, n - start), L, bos_id=0, generator=g, stats=st))
+            recorder = Recorder()
+            st = recorder.counts
+            out.append(sample_batch(method, net, spec, min(256, n - start), L, bos_id=0, generator=g, observer=recorder))
             for k in ("denoiser_calls", "commit_calls"):
                 calls[k] = calls.get(k, 0) + st.get(k, 0)
     batches = -(-n // 256)
@@ -85,9 +88,10 @@ def approximate_cache(method, net, hmm, p, L: int, seed: int) -> list[dict]:
             xs, calls, positions = [], 0, 0
             with torch.no_grad():
                 for start in range(0, p["n_samples"], 256):
-                    st = {}
+                    recorder = Recorder()
+                    st = recorder.counts
                     xs.append(sample_batch(method, net, spec, min(256, p["n_samples"] - start), L, bos_id=0,
-                                           generator=g, stats=st))
+                                           generator=g, observer=recorder))
                     calls += st["denoiser_calls"]
                     positions += st.get("query_positions", st["denoiser_calls"] * L)
             batches = -(-p["n_samples"] // 256)

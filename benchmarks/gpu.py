@@ -148,17 +148,17 @@ def adapted_once(work: Path, args, lora: bool) -> dict:
 def sample_once(model_dir: Path, args) -> dict:
     from duolm.checkpoints.loading import load_pretrained as load
     from duolm.sampling import SamplerSpec
-    from duolm.sampling.generate import generate
+    from duolm.sampling.generate import GenerationRequest, generate
 
     pre = load(model_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pre.backbone.to(device)
     spec = SamplerSpec(predictor="ancestral", steps=8, noise_removal="greedy")
     n = 2 if args.smoke else 32
-    generate(pre.method, pre.backbone, pre.tokenizer, spec, length=args.length, num_samples=n, batch_size=n,
-             seed=0, device=device, progress=False)  # warm-up
-    res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=args.length, num_samples=n, batch_size=n,
-                   seed=1, device=device, progress=False)
+    generate(pre.method, pre.backbone, pre.tokenizer, GenerationRequest(spec, length=args.length, num_samples=n,
+             batch_size=n, seed=0), device=device, progress=False)  # warm-up
+    res = generate(pre.method, pre.backbone, pre.tokenizer, GenerationRequest(spec, length=args.length, num_samples=n,
+                   batch_size=n, seed=1), device=device, progress=False)
     return {"steps": 8, "samples": n, "length": args.length, "seconds": round(res["seconds"], 3),
             "tokens_per_second": round(res["tokens_per_second"])}
 

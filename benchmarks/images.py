@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
     from duolm.evaluation.pictures import write_result_pictures
     from duolm.evaluation.plots import plot_quality_vs_steps
     from duolm.io.atomic import write_json
-    from duolm.sampling.generate import generate
+    from duolm.sampling.generate import GenerationRequest, generate
 
     models = {}
     for name in args.models:
@@ -179,9 +179,9 @@ def main(argv=None) -> dict:
             if args.resume and done.exists():
                 rows.append(json.loads(done.read_text()))
                 continue
-            res = generate(m["pre"].method, m["pre"].backbone, m["pre"].tokenizer, spec,
+            res = generate(m["pre"].method, m["pre"].backbone, m["pre"].tokenizer, GenerationRequest(spec,
                            length=m["pre"].config["length"], num_samples=p["n_samples"], batch_size=p["sample_batch"],
-                           seed=0, progress=False, guidance=1.0)
+                           seed=0, guidance=1.0), progress=False)
             res["data"] = p["data"]
             write_json(res, work / "samples" / f"{setting}.json")
             scored = score_image_samples(res, source=p["data"], cache_dir=work / "cache")

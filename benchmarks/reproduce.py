@@ -40,13 +40,7 @@ from duolm.evaluation.hmm import random_hmm
 from duolm.evaluation.samples import unigram_entropy
 from duolm.models.dit import DiT, DiTConfig
 from duolm.models.ema import EMA
-from duolm.sampling import (
-    KappaSchedule,
-    PsiOptions,
-    SamplerSpec,
-    ar_sample,
-    parse_kappa,
-)
+from duolm.sampling import KappaSchedule, PsiOptions, SamplerSpec, ar_sample, parse_kappa
 from duolm.sampling.generate import sample_batch
 from duolm.training.curriculum import Curriculum, CurriculumSchedule
 from duolm.training.distill import DeltaSchedule

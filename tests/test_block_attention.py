@@ -8,11 +8,7 @@ from pathlib import Path
 
 import torch
 
-from duolm.core.block_attention import (
-    block_causal_mask,
-    block_diffusion_mask,
-    training_positions,
-)
+from duolm.core.block_attention import block_causal_mask, block_diffusion_mask, training_positions
 from duolm.models.dit import DiT, DiTConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference-bd3lm"  # a copy of ../shared/fixtures/reference-bd3lm

@@ -14,6 +14,7 @@ from duolm.models.dit import DiT, DiTConfig
 from duolm.sampling import Kappa, KappaSchedule, PsiOptions, SamplerSpec
 from duolm.sampling.blocks import block_sample
 from duolm.sampling.generate import sample_batch
+from duolm.sampling.observers import Recorder
 
 K, L, BS = 3, 4, 2
 
@@ -42,9 +43,10 @@ def test_cached_sampling_equals_the_cache_free_pass_draw_for_draw(algo, predicto
 def test_block_models_sample_through_sample_batch_and_stop_at_eos():
     m = build_method("mdlm", 11, block_size=4)
     net = _dit(m).float()
-    st = {}
+    recorder = Recorder()
+    st = recorder.counts
     x = sample_batch(m, net, SamplerSpec("ancestral", steps=4, total_length=40), 2, 16, bos_id=10,
-                     generator=torch.Generator().manual_seed(0), stats=st)
+                     generator=torch.Generator().manual_seed(0), observer=recorder)
     assert x.shape == (2, 40) and st["blocks"] == 10 and st["commit_calls"] == 10
     assert st["denoiser_calls"] == 10 * 5  # 4 steps and the greedy tail per block
     # an EOS everywhere after the first block: stop there, EOS after it
@@ -78,8 +80,9 @@ def test_guided_block_sampling_keeps_a_cache_per_model_and_equals_the_cache_free
     assert torch.equal(run(2.5), run(2.5, cache=False))
     assert not torch.equal(run(2.5), run(1.0))
     assert torch.equal(run(0.0), run(1.0, lab=torch.full((3,), 3)))  # the null label: unconditional
-    st = {}
-    block_sample(m, net, spec, 3, 12, labels=labels, guidance=2.5, stats=st)
+    recorder = Recorder()
+    st = recorder.counts
+    block_sample(m, net, spec, 3, 12, labels=labels, guidance=2.5, observer=recorder)
     assert st["commit_calls"] == 2 * 3  # both caches get each of the 3 blocks
 
 

@@ -20,6 +20,7 @@ from duolm.core.schedules import LogLinear
 from duolm.sampling import SAMPLERS, SamplerSpec, ancestral_sample
 from duolm.sampling.blocks import block_sample
 from duolm.sampling.confidence import ConfidenceOptions, confidence_sample
+from duolm.sampling.observers import Recorder
 
 K = 5
 
@@ -81,9 +82,10 @@ def test_masked_threshold_one_is_low_confidence_remasking_draw_for_draw(steps):
     prefix[:, :2] = True
     values = torch.randint(0, K, (6, L), generator=torch.Generator().manual_seed(1))
     x0 = torch.where(prefix, values, torch.full((6, L), proc.mask_id))
-    stats = {}
+    recorder = Recorder()
+    stats = recorder.counts
     x = confidence_sample(den, proc, LogLinear(), (6, L), steps=steps, threshold=1.0, min_per_step=1,
-                          fixed=(prefix, values), stats=stats)
+                          fixed=(prefix, values), observer=recorder)
     assert torch.equal(x, low_confidence_remasking(den, proc.mask_id, x0, steps))
     assert stats["denoiser_calls"] == min(steps, L - 2)
 
@@ -111,9 +113,10 @@ def test_committed_tokens_never_change(kind, proposal):
     L = 10
     proc = AbsorbingProcess(K) if kind == "absorbing" else UniformProcess(K)
     den = network(proc, L, seed=4)
-    seen, stats = [], {}
+    recorder = Recorder(states=True)
+    seen, stats = recorder.states, recorder.counts
     x = confidence_sample(den, proc, LogLinear(), (20, L), steps=6, threshold=0.5, min_per_step=1,
-                          proposal=proposal, generator=torch.Generator().manual_seed(0), trajectory=seen, stats=stats)
+                          proposal=proposal, generator=torch.Generator().manual_seed(0), observer=recorder)
     assert stats["committed_per_step"][0] >= 1
     # recompute which positions each step committed from the trajectory and the rule's own record:
     # a masked model's committed token is its first non-mask value; it must survive to the end
@@ -124,16 +127,16 @@ def test_committed_tokens_never_change(kind, proposal):
         assert (x != proc.mask_id).all()
     else:
         # threshold 0 commits every position at the first call, which ends the run
-        seen, stats = [], {}
+        recorder = Recorder(states=True)
+        seen, stats = recorder.states, recorder.counts
         y = confidence_sample(den, proc, LogLinear(), (20, L), steps=6, threshold=0.0, min_per_step=1,
-                              proposal=proposal, generator=torch.Generator().manual_seed(0), trajectory=seen,
-                              stats=stats)
+                              proposal=proposal, generator=torch.Generator().manual_seed(0), observer=recorder)
         assert stats["denoiser_calls"] == 1 and len(seen) == 2 and torch.equal(seen[1], y)
         # min_per_step=3 commits 3 a step (10 positions): the tokens of step k stay to the end
-        seen, stats = [], {}
+        recorder = Recorder(states=True)
+        seen, stats = recorder.states, recorder.counts
         y = confidence_sample(den, proc, LogLinear(), (20, L), steps=6, threshold=1.0, min_per_step=3,
-                              proposal=proposal, generator=torch.Generator().manual_seed(0), trajectory=seen,
-                              stats=stats)
+                              proposal=proposal, generator=torch.Generator().manual_seed(0), observer=recorder)
         assert stats["committed_per_step"] == [3.0, 3.0, 3.0, 1.0]
         # a position whose value after step 1 equals its final value in every later frame was committed
         # at step 1; at least 3 per row must be so
@@ -153,11 +156,14 @@ def test_a_confident_denoiser_finishes_before_the_budget():
         out[:, torch.arange(L), target] = math.log(0.99)
         return out
 
-    stats = {}
-    x = confidence_sample(den, proc, LogLinear(), (3, L), steps=12, threshold=0.9, stats=stats)
+    recorder = Recorder()
+
+    stats = recorder.counts
+    x = confidence_sample(den, proc, LogLinear(), (3, L), steps=12, threshold=0.9, observer=recorder)
     assert stats["denoiser_calls"] == 1 and (x == target).all()
-    stats = {}
-    confidence_sample(den, proc, LogLinear(), (3, L), steps=12, threshold=1.0, stats=stats)
+    recorder = Recorder()
+    stats = recorder.counts
+    confidence_sample(den, proc, LogLinear(), (3, L), steps=12, threshold=1.0, observer=recorder)
     assert stats["denoiser_calls"] == 12 and stats["committed_per_step"] == [1.0] * 12
 
 
@@ -183,9 +189,10 @@ def test_inside_blocks_the_cached_run_equals_the_cache_free_one(algo):
     net = net.double().eval()
     spec = SamplerSpec("confidence", steps=4, total_length=14, prefix=(1, 2, 3),
                        options=ConfidenceOptions(threshold=0.3, proposal="sample"))
-    stats = [{}, {}]
+    recorders = [Recorder(), Recorder()]
+    stats = [r.counts for r in recorders]
     runs = [block_sample(m, net, spec, 3, 14, prefix=spec.prefix, generator=torch.Generator().manual_seed(7),
-                         cache=c, stats=s) for c, s in zip((True, False), stats)]
+                         cache=c, observer=s) for c, s in zip((True, False), recorders)]
     assert torch.equal(runs[0], runs[1]) and (runs[0][:, :3] == torch.tensor([1, 2, 3])).all()
     assert SAMPLERS["confidence"].exact is False
     assert stats[0]["denoiser_calls"] <= 4 * 4 + (1 if algo == "duo_base" else 0) * 4

@@ -6,12 +6,7 @@ import torch
 from scipy import stats
 
 from duolm.core.operator import DiffusionTransform, gaussian_latents
-from duolm.training.curriculum import (
-    CurriculumSchedule,
-    _distinct_other_ids,
-    top_order_statistics,
-    topk_relaxation,
-)
+from duolm.training.curriculum import CurriculumSchedule, _distinct_other_ids, top_order_statistics, topk_relaxation
 
 
 def test_top_order_statistics_match_sorting_dense_draws():

@@ -3,11 +3,7 @@ import pytest
 import torch
 
 from duolm.core.methods import build_method
-from duolm.core.operator import (
-    DiffusionTransform,
-    gaussian_coefficients,
-    gaussian_latents,
-)
+from duolm.core.operator import DiffusionTransform, gaussian_coefficients, gaussian_latents
 from duolm.models.dit import DiT, DiTConfig
 from duolm.models.ema import EMA
 from duolm.training.distill import DeltaSchedule, Teacher, dcd_loss
@@ -124,14 +120,7 @@ def test_distill_command_trains_a_student_and_resumes_its_teacher(tmp_path, corp
 def test_synthetic_chain_metrics_catch_collapse():
     """The Markov-chain yardstick: data samples score the entropy rate and a small bigram TV;
     samples collapsed onto one likely sequence score a low NLL but a large TV."""
-    from duolm.evaluation.hmm import (
-        bigram_tv,
-        diversity,
-        entropy_rate,
-        markov_chain,
-        nll_per_token,
-        sample_chain,
-    )
+    from duolm.evaluation.hmm import bigram_tv, diversity, entropy_rate, markov_chain, nll_per_token, sample_chain
 
     pi, P = markov_chain(8, seed=0)
     x = sample_chain(pi, P, 4000, 12, torch.Generator().manual_seed(0))

@@ -10,13 +10,7 @@ import torch
 
 from duolm.app.cli import main
 from duolm.data.tokenizers import load_gpt2
-from duolm.evaluation.judge import (
-    Judge,
-    generative_perplexity,
-    judge_ids,
-    load_judge,
-    scored_mask,
-)
+from duolm.evaluation.judge import Judge, generative_perplexity, judge_ids, load_judge, scored_mask
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from duolm.checkpoints.duolm_format import from_pretrained, save_pretrained
 from duolm.core.methods import build_method
 from duolm.models.backbones import build_backbone
 from duolm.models.hf_lm import HFLM, HFConfig
+from duolm.sampling.observers import Recorder
 
 V = 40  # the base's vocabulary
 
@@ -132,12 +133,7 @@ def test_block_sampling_with_the_key_value_cache_equals_the_cache_free_pass(kind
     block's kept), so its logits are the block-causal pass's over the whole prefix (float64, to
     1e-10) and the draws are the same draw for draw, at the cost of one block per call."""
     from duolm.sampling import SamplerSpec
-    from duolm.sampling.blocks import (
-        CachedBlock,
-        UncachedBlock,
-        block_sample,
-        commit_block,
-    )
+    from duolm.sampling.blocks import CachedBlock, UncachedBlock, block_sample, commit_block
 
     method = build_method("mdlm", V, block_size=4)
     net, _ = _wrapped(kind, method.model_vocab_size)
@@ -153,9 +149,10 @@ def test_block_sampling_with_the_key_value_cache_equals_the_cache_free_pass(kind
             torch.testing.assert_close(cached, UncachedBlock(net, prefix, 4)(noisy, torch.zeros(2, dtype=torch.float64)),
                                        atol=1e-10, rtol=0)
     assert len(cache) == 8
-    st = {}
+    recorder = Recorder()
+    st = recorder.counts
     spec = SamplerSpec("ancestral", steps=3)
-    x = block_sample(method, net, spec, 2, 12, generator=torch.Generator().manual_seed(0), stats=st)
+    x = block_sample(method, net, spec, 2, 12, generator=torch.Generator().manual_seed(0), observer=recorder)
     y = block_sample(method, net, spec, 2, 12, generator=torch.Generator().manual_seed(0), cache=False)
     assert torch.equal(x, y) and (x != method.mask_id).all() and st["commit_calls"] == 3
 

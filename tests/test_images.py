@@ -12,11 +12,7 @@ from duolm.core.methods import build_method
 from duolm.core.schedules import LogLinear
 from duolm.data.images import build_image_splits, horizontal_flip
 from duolm.data.tokenizers import PixelTokenizer, load_tokenizer
-from duolm.evaluation.image_metrics import (
-    feature_statistics,
-    frechet_distance,
-    inception_score,
-)
+from duolm.evaluation.image_metrics import feature_statistics, frechet_distance, inception_score
 
 # --- pixel tokens ------------------------------------------------------------------------------------
 

@@ -162,7 +162,7 @@ def test_bad_files_get_clear_errors(tmp_path):
 
 def test_round_trip_gives_identical_outputs_and_samples(tmp_path):
     from duolm.sampling import SamplerSpec
-    from duolm.sampling.generate import generate
+    from duolm.sampling.generate import GenerationRequest, generate
 
     pre = load(FIX / "duo" / "lightning.ckpt", algo="duo", tokenizer=_char_tok_for("duo"), n_heads=4)
     out = save_pretrained(tmp_path / "m", pre.backbone, algo=pre.config["algo"], noise=pre.config["noise"],
@@ -173,10 +173,9 @@ def test_round_trip_gives_identical_outputs_and_samples(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again.backbone(x, s), pre.backbone(x, s), rtol=0, atol=0)
     spec = SamplerSpec(steps=4)
-    a = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=32, num_samples=2, batch_size=2, seed=3,
-                 progress=False)
-    b = generate(again.method, again.backbone, again.tokenizer, spec, length=32, num_samples=2, batch_size=2, seed=3,
-                 progress=False)
+    request = GenerationRequest(spec, length=32, num_samples=2, batch_size=2, seed=3)
+    a = generate(pre.method, pre.backbone, pre.tokenizer, request, progress=False)
+    b = generate(again.method, again.backbone, again.tokenizer, request, progress=False)
     assert [x["ids"] for x in a["samples"]] == [x["ids"] for x in b["samples"]]
 
 

@@ -22,6 +22,7 @@ from duolm.models.dit import DiT, DiTConfig
 from duolm.sampling import SamplerSpec
 from duolm.sampling.confidence import ConfidenceOptions, confidence_sample
 from duolm.sampling.generate import sample_batch
+from duolm.sampling.observers import Recorder
 from duolm.sampling.prefix_cache import ApproximateCache
 from duolm.sampling.registry import SamplingModel
 
@@ -37,9 +38,10 @@ def test_generation_blocks_at_threshold_one_are_llada_semi_ar_remasking(steps, b
     held[:, :2] = True
     values = torch.randint(0, K, (4, L), generator=torch.Generator().manual_seed(1))
     x0 = torch.where(held, values, torch.full((4, L), proc.mask_id))
-    traj = []
+    recorder = Recorder(states=True)
+    traj = recorder.states
     x = confidence_sample(den, proc, LogLinear(), (4, L), steps=steps, threshold=1.0, block_length=block_length,
-                          fixed=(held, values), trajectory=traj)
+                          fixed=(held, values), observer=recorder)
     assert torch.equal(x, low_confidence_remasking(den, proc.mask_id, x0, steps, block_length))
     for xt in traj:  # a block opens only once every block before it is decoded
         masked = xt == proc.mask_id
@@ -115,9 +117,10 @@ def test_one_layer_cached_draws_equal_the_cache_free_ones_and_process_fewer_posi
     for cache in ("none", "prefix", "dual"):
         spec = SamplerSpec(predictor="confidence", steps=16, options=ConfidenceOptions(
             threshold=1.0, block_length=4, cache=cache))  # one token per call: four calls per block
-        st = {}
+        recorder = Recorder()
+        st = recorder.counts
         draws[cache] = sample_batch(method, net, spec, 6, L, bos_id=0, generator=torch.Generator().manual_seed(0),
-                                    stats=st)
+                                    observer=recorder)
         positions[cache] = st.get("query_positions", st["denoiser_calls"] * L)
         assert (draws[cache] != method.mask_id).all()
     assert torch.equal(draws["prefix"], draws["none"]) and torch.equal(draws["dual"], draws["none"])

@@ -9,14 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from duolm.evaluation.hmm import (
-    entropy_rate,
-    markov_chain,
-    markov_chain_hmm,
-    nll_per_token,
-    random_hmm,
-    sample_chain,
-)
+from duolm.evaluation.hmm import entropy_rate, markov_chain, markov_chain_hmm, nll_per_token, random_hmm, sample_chain
 from duolm.evaluation.samples import unigram_entropy
 
 ROOT = Path(__file__).resolve().parents[1]

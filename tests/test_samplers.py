@@ -25,6 +25,7 @@ from duolm.sampling import (
     race_categorical,
 )
 from duolm.sampling.confidence import ConfidenceOptions
+from duolm.sampling.observers import Recorder
 
 K = 3
 SCHED = LogLinear(eps=0.0)
@@ -156,10 +157,11 @@ def test_kappa_one_is_ancestral_sampling_draw_for_draw(kind):
 def test_the_cache_saves_calls_and_changes_nothing():
     process = AbsorbingProcess(K)
     joint = random_joint(K, 2, seed=6)
-    stats = {}
+    recorder = Recorder()
+    stats = recorder.counts
     # 4 sequences of 2 tokens: at most 8 of the 64 updates (+ the noise-removal call) change the batch
     ancestral_sample(oracle(process, joint, 2), process, SCHED, (4, 2), steps=64, noise_removal="ancestral",
-                     generator=torch.Generator().manual_seed(0), cache=True, stats=stats)
+                     generator=torch.Generator().manual_seed(0), cache=True, observer=recorder)
     assert stats["denoiser_calls"] + stats["cached_calls"] == 65 and stats["cached_calls"] >= 55
     n = 6000
     a = empirical(run("ancestral", process, joint, 2, n, 16, 11), 2)
@@ -209,8 +211,9 @@ def test_greedy_tail_returns_the_argmax_and_keeps_unmasked_tokens():
                    noise_removal="greedy", x_init=start)
     assert (x == torch.tensor([1, 0, 1])).all()
     # ancestral_sample counts the greedy call after its `steps` updates (the papers' count)
-    stats = {}
-    ancestral_sample(den, proc, LogLinear(), (5, 3), steps=3, noise_removal="greedy", stats=stats)
+    recorder = Recorder()
+    stats = recorder.counts
+    ancestral_sample(den, proc, LogLinear(), (5, 3), steps=3, noise_removal="greedy", observer=recorder)
     assert stats["denoiser_calls"] == 4
 
 
@@ -400,7 +403,7 @@ def test_seeded_generation_is_reproducible(predictor):
     from duolm.data.tokenizers import CharTokenizer
     from duolm.models.dit import DiT, DiTConfig
     from duolm.sampling import Kappa, SamplerSpec
-    from duolm.sampling.generate import generate
+    from duolm.sampling.generate import GenerationRequest, generate
 
     tok = CharTokenizer()
     method = build_method("mdlm", tok.vocab_size)
@@ -411,10 +414,12 @@ def test_seeded_generation_is_reproducible(predictor):
         torch.nn.init.normal_(p, std=0.2)
     spec = SamplerSpec(predictor=predictor, steps=6,
                        options=PsiOptions(kappa=KappaSchedule(middle=Kappa("max-capped", 0.1))) if predictor == "psi" else None)
-    runs = [generate(method, net, tok, spec, length=12, num_samples=3, batch_size=2, seed=5, progress=False)
+    runs = [generate(method, net, tok, GenerationRequest(spec, length=12, num_samples=3, batch_size=2, seed=5),
+                     progress=False)
             for _ in range(2)]
     assert [s["ids"] for s in runs[0]["samples"]] == [s["ids"] for s in runs[1]["samples"]]
-    other = generate(method, net, tok, spec, length=12, num_samples=3, batch_size=2, seed=6, progress=False)
+    other = generate(method, net, tok, GenerationRequest(spec, length=12, num_samples=3, batch_size=2, seed=6),
+                     progress=False)
     assert [s["ids"] for s in other["samples"]] != [s["ids"] for s in runs[0]["samples"]]
 
 

@@ -160,11 +160,7 @@ def test_a_loaded_model_samples_and_evaluates_as_it_was_trained(tmp_path, corpus
     """training.sampling_eps, the loss precision and the loss path are recorded in config.json and in
     the run's checkpoint, and come back with the model: its sampler stops at the trained time floor."""
     import duolm
-    from duolm.checkpoints.loading import (
-        builtin_models,
-        from_pretrained,
-        load_pretrained,
-    )
+    from duolm.checkpoints.loading import builtin_models, from_pretrained, load_pretrained
 
     args = TINY + ["data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
                    f"run.dir={tmp_path / 'run'}"]

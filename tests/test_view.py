@@ -14,7 +14,7 @@ from PIL import Image
 import duolm
 from duolm.evaluation.trajectory_page import page_data, write_page
 from duolm.sampling import SamplerSpec
-from duolm.sampling.generate import generate
+from duolm.sampling.generate import GenerationRequest, generate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
@@ -37,8 +37,9 @@ def _page_title(url: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def text_result():
     m = duolm.load("builtin:duo-bigtxt-dcd", device="cpu")
-    return generate(m.method, m.pretrained.backbone, m.tokenizer, SamplerSpec(steps=8), length=m.length,
-                    num_samples=3, batch_size=3, seed=0, progress=False, trajectory=True, predictions=True)
+    return generate(m.method, m.pretrained.backbone, m.tokenizer, GenerationRequest(SamplerSpec(steps=8),
+                    length=m.length, num_samples=3, batch_size=3, seed=0, trajectory=True, predictions=True),
+                    progress=False)
 
 
 def test_a_trajectory_is_recorded_at_every_step(text_result):

@@ -21,7 +21,7 @@ from duolm.data.instructions import prompt_ids, reply_ids
 from duolm.data.tokenizers import is_image
 from duolm.evaluation.likelihood import continuation_nelbo
 from duolm.sampling import KappaSchedule, SamplerSpec, checked_spec
-from duolm.sampling.generate import decode_text, generate
+from duolm.sampling.generate import GenerationRequest, decode_text, generate
 from duolm.sampling.infill import parse_template
 from duolm.sampling.registry import options_from_settings, sampler_settings
 
@@ -114,8 +114,9 @@ class Model:
         held = None if prompt is None else prompt_ids(self.tokenizer, prompt=prompt)
         spec = self.spec(steps=steps, sampler=sampler, prompt_ids=held,
                          total_length=length if length and length > self.length else None, **options)
-        res = generate(self.method, self.pretrained.backbone, self.tokenizer, spec, length=self.length,
-                       num_samples=n, batch_size=batch_size, seed=seed, device=self.device, progress=progress)
+        request = GenerationRequest(spec, length=self.length, num_samples=n, batch_size=batch_size, seed=seed)
+        res = generate(self.method, self.pretrained.backbone, self.tokenizer, request, device=self.device,
+                       progress=progress)
         if length and length < self.length:  # a shorter request: the first `length` tokens
             for smp in res["samples"]:
                 smp["ids"] = smp["ids"][:length]
@@ -133,8 +134,9 @@ class Model:
             raise ValueError(f"the conversation is {len(prompt)} tokens in the chat template; the model's window is "
                              f"{self.length}: nothing is left for the reply")
         spec = self.spec(steps=steps, sampler=sampler, prompt_ids=prompt, **options)
-        res = generate(self.method, self.pretrained.backbone, self.tokenizer, spec, length=self.length,
-                       num_samples=n, batch_size=batch_size, seed=seed, device=self.device, progress=progress)
+        request = GenerationRequest(spec, length=self.length, num_samples=n, batch_size=batch_size, seed=seed)
+        res = generate(self.method, self.pretrained.backbone, self.tokenizer, request, device=self.device,
+                       progress=progress)
         ids = [reply_ids(self.tokenizer, smp["ids"], len(prompt)) for smp in res["samples"]]
         return Generation([self.tokenizer.decode(r) for r in ids], ids, result=res)
 
@@ -147,9 +149,10 @@ class Model:
         tpl = parse_template(template, self.tokenizer, blank_length=blank_length, max_length=self.length,
                              key="template")
         spec = self.spec(steps=steps, sampler=sampler, infill=True, **options)
-        res = generate(self.method, self.pretrained.backbone, self.tokenizer, spec, length=self.length,
-                       num_samples=n, batch_size=batch_size, seed=seed, device=self.device, progress=progress,
-                       template=tpl)
+        request = GenerationRequest(spec, length=self.length, num_samples=n, batch_size=batch_size, seed=seed,
+                                    template=tpl)
+        res = generate(self.method, self.pretrained.backbone, self.tokenizer, request, device=self.device,
+                       progress=progress)
         return Generation([s["text"] for s in res["samples"]], [s["ids"][:tpl.length] for s in res["samples"]],
                           [s["spans"] for s in res["samples"]], result=res)
 

@@ -15,18 +15,10 @@ import sys
 
 from omegaconf import OmegaConf
 
-from duolm.app.config import (
-    GROUPS,
-    ConfigError,
-    compose,
-    compose_components,
-    group_options,
-)
+from duolm.app.config import GROUPS, ConfigError, compose, compose_components, group_options
 from duolm.io.hub_access import HubUnreachable
 from duolm.sampling.registry import options_help
-from duolm.training import (
-    NonFiniteLossError,  # not training.module: that loads Lightning (seconds)
-)
+from duolm.training import NonFiniteLossError  # not training.module: that loads Lightning (seconds)
 
 USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,push,lm-eval,data,config} [key=value ...]
 

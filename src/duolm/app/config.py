@@ -24,12 +24,7 @@ from duolm.core.methods import Method, build_method, methods_supporting
 from duolm.core.schedules import make_schedule
 from duolm.data.images import IMAGE_SOURCES, image_tokenizer
 from duolm.data.pipeline import check_data
-from duolm.models.backbones import (
-    BACKBONES,
-    backbone_config,
-    backbone_row,
-    build_backbone,
-)
+from duolm.models.backbones import BACKBONES, backbone_config, backbone_row, build_backbone
 from duolm.models.ema import check_decay
 from duolm.sampling import check_sampler, checked_spec
 from duolm.training.curriculum import CurriculumSchedule

@@ -26,12 +26,7 @@ from duolm.io.atomic import atomic_torch_save
 from duolm.models.backbones import backbone_row, build_backbone
 from duolm.training.curriculum import Curriculum
 from duolm.training.datamodule import BlockDataModule
-from duolm.training.history import (
-    TRAIN_JOB,
-    AppendingCSVLogger,
-    check_resumable,
-    drop_rows_after,
-)
+from duolm.training.history import TRAIN_JOB, AppendingCSVLogger, check_resumable, drop_rows_after
 from duolm.training.interrupt import GracefulStop
 from duolm.training.module import LitDiffusionLM, NonFiniteLossError
 from duolm.training.objectives import CurriculumNelbo, Distillation, Nelbo

@@ -31,12 +31,7 @@ from pathlib import Path
 
 import torch
 
-from duolm.checkpoints.duolm_format import (
-    FORMAT,
-    Pretrained,
-    method_from_config,
-    strip_prefix,
-)
+from duolm.checkpoints.duolm_format import FORMAT, Pretrained, method_from_config, strip_prefix
 from duolm.core.methods import same_model
 from duolm.data.tokenizers import PixelTokenizer, load_tokenizer
 from duolm.models.dit import DiT, DiTConfig

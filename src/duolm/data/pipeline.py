@@ -18,14 +18,7 @@ from duolm.data import corpora
 from duolm.data.encode import encode_documents
 from duolm.data.instructions import encode_records
 from duolm.data.sources import STREAM_ONLY, STREAMS, TRAINING_SETS, ZERO_SHOT
-from duolm.data.store import (
-    STORE_VERSION,
-    Split,
-    SplitWriter,
-    StoreError,
-    file_lock,
-    open_store,
-)
+from duolm.data.store import STORE_VERSION, Split, SplitWriter, StoreError, file_lock, open_store
 from duolm.data.streaming import StreamingBlocks, stream_texts
 from duolm.data.zero_shot import load_zero_shot
 from duolm.io.atomic import atomic_directory

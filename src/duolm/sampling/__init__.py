@@ -13,21 +13,9 @@ from duolm.sampling.grids import linear_constant_linear_grid, linear_grid
 from duolm.sampling.guidance import guided_denoiser
 from duolm.sampling.kappa import Kappa, KappaSchedule, parse_kappa
 from duolm.sampling.psi import PsiOptions, nucleus, psi_sample
-from duolm.sampling.registry import (
-           SAMPLERS,
-           Sampler,
-           SamplingModel,
-           check_infill,
-           check_sampler,
-           checked_spec,
-)
+from duolm.sampling.registry import SAMPLERS, Sampler, SamplingModel, check_infill, check_sampler, checked_spec
 from duolm.sampling.semi_ar import held_positions, semi_ar_sample
-from duolm.sampling.spec import (
-           NOISE_REMOVAL,
-           SamplerSpec,
-           default_noise_removal,
-           default_predictor,
-)
+from duolm.sampling.spec import NOISE_REMOVAL, SamplerSpec, default_noise_removal, default_predictor
 
 __all__ = ["NOISE_REMOVAL", "SAMPLERS", "Kappa", "KappaSchedule", "PsiOptions", "Sampler", "SamplerSpec", "SamplingModel", "analytic_sample",
            "ancestral_sample", "ar_sample", "check_infill", "check_sampler", "checked_spec", "default_noise_removal", "default_predictor",

@@ -6,6 +6,7 @@ import torch
 from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import race_categorical
 from duolm.sampling.grids import linear_grid
+from duolm.sampling.observers import NOTHING, Observer
 from duolm.sampling.spec import SamplerSpec
 
 
@@ -66,7 +67,7 @@ def analytic_sample(score_fn, process, schedule, shape, *, steps: int, noise_rem
 
 
 def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, fixed=None, generator=None,
-              device=None, disable_progress: bool = True, stats=None):
+              device=None, disable_progress: bool = True, observer: Observer = NOTHING):
     """The registry's adapter; held positions are not supported by Tweedie tau-leaping here."""
     if fixed is not None:
         raise ValueError("sampling.predictor=analytic cannot hold positions (sampling.prefix, total_length)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from duolm.io.progress import progress_bar
+from duolm.sampling.observers import NOTHING, Observer
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None,
 
 
 def from_spec(model, spec, shape, *, bos_id: int, fixed=None, generator=None, device=None,
-              disable_progress: bool = True, stats=None):
+              disable_progress: bool = True, observer: Observer = NOTHING):
     """The registry's adapter: sampling.prefix (BOS first) is the prompt."""
     return ar_sample(model.backbone, shape[0], shape[1], bos_id, use_cache=model.backbone.capabilities.kv_cache,
                      generator=generator, device=device, disable_progress=disable_progress,

@@ -18,6 +18,7 @@ from duolm.core.block_attention import block_causal_mask
 from duolm.core.conditioning import null_labels, with_labels
 from duolm.sampling.ancestral import denoiser_from
 from duolm.sampling.guidance import guided_denoiser
+from duolm.sampling.observers import NOTHING, Observer, Recorder
 from duolm.sampling.registry import SAMPLERS, SamplingModel
 from duolm.sampling.semi_ar import held_positions
 
@@ -75,21 +76,22 @@ def _no_logits(features, weight, bias):
 
 
 def block_sample(method, backbone, spec, batch: int, total_length: int, *, generator=None, device=None,
-                 progress: bool = False, stats: dict | None = None, eos_id: int | None = None, prefix=None,
+                 progress: bool = False, observer: Observer = NOTHING, eos_id: int | None = None, prefix=None,
                  labels: torch.Tensor | None = None, guidance: float | None = None,
                  cache: bool = True) -> torch.Tensor:
     """(batch, total_length) token ids, generated block by block; prefix: token ids held at the start
     (whole blocks go straight into the cache, a partial one is held inside the first sampled block);
     spec.stop_at_eos stops once every sequence holds an EOS after its first token. cache=False runs
     every call over the whole clean prefix instead (the same draws; the baseline it is measured
-    against)."""
+    against). The observer gets the counts of every block summed (denoiser_calls, cached_calls,
+    commit_calls, blocks)."""
     bs = method.block_size
     guided = guidance is not None and guidance != 1.0
     if guided and labels is None:
         raise ValueError("sampling.guidance mixes the class-conditional and the unconditional model; this one is "
                          "unconditional (no labels), so sample with guidance 1")
     entry = SAMPLERS[spec.predictor]
-    if entry.needs != "x0":
+    if "blocks" not in entry.strategies:
         raise ValueError(f"block diffusion samples with an x_0 sampler (ancestral, psi), not "
                          f"sampling.predictor={spec.predictor}")
     cache = cache and backbone.capabilities.kv_cache  # a backbone without one: the cache-free pass
@@ -114,14 +116,14 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
                 net_u = CachedBlock(backbone, null_caches, offset) if cache else UncachedBlock(backbone, out, bs)
                 model = replace(model, guided=True, denoiser=guided_denoiser(
                     model.denoiser, denoiser_from(method, with_labels(net_u, null)), float(guidance)))
-            st = {}
+            st = Recorder()
             fixed = held_positions(batch, bs, held) if len(held) else None
             if fixed is not None:
                 fixed = tuple(f.to(device) for f in fixed)
             block = entry.run(model, one_block, (batch, bs), bos_id=None, fixed=fixed, generator=generator,
-                              device=device, disable_progress=not progress, stats=st)
+                              device=device, disable_progress=not progress, observer=st)
             for k in ("denoiser_calls", "cached_calls"):
-                calls[k] += st.get(k, 0)
+                calls[k] += st.counts.get(k, 0)
         if cache:
             commit_block(backbone, caches, block, offset, labels)
             calls["commit_calls"] += 1
@@ -137,6 +139,5 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
         seen = torch.cumsum((out == eos_id) & (torch.arange(out.shape[1], device=out.device) > 0), 1) > 0
         after = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=out.device), seen[:, :-1]], 1)
         out = torch.where(after, torch.full_like(out, eos_id), out)
-    if stats is not None:
-        stats.update(calls, blocks=-(-out.shape[1] // bs))
+    observer.report(**calls, blocks=-(-out.shape[1] // bs))
     return out

@@ -36,6 +36,7 @@ import torch
 from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus_log
 from duolm.sampling.grids import linear_grid
+from duolm.sampling.observers import NOTHING, Observer
 from duolm.sampling.prefix_cache import CACHE_MODES, ApproximateCache
 from duolm.sampling.spec import SamplerSpec, Setting, check_noise_removal
 
@@ -116,14 +117,15 @@ def to_commit(conf: torch.Tensor, open_: torch.Tensor, threshold: float, need: t
 def confidence_sample(denoiser, process, schedule, shape, *, steps: int, threshold: float = 0.9,
                       min_per_step: int = 1, proposal: str = "greedy", noise_removal: str = "greedy",
                       eps: float = 1e-3, p_nucleus: float = 1.0, fixed: tuple | None = None, generator=None,
-                      device=None, dtype=torch.float64, disable_progress: bool = True, stats: dict | None = None,
-                      x_init: torch.Tensor | None = None, trajectory: list | None = None,
+                      device=None, dtype=torch.float64, disable_progress: bool = True,
+                      x_init: torch.Tensor | None = None, observer: Observer = NOTHING,
                       block_length: int | None = None, cache: ApproximateCache | None = None):
     """(B, L) token ids by confidence-based parallel decoding (module docstring); at most `steps`
     denoiser calls on a masked model, `steps` + 1 (the noise-removal call) on a uniform-state one.
     fixed: (mask (B, L) bool, values (B, L)) positions held from the start. block_length and cache:
-    masked models only (module docstring). `stats` gets denoiser_calls and committed_per_step (the
-    mean over the batch at each step), and with a cache query_positions (per sequence, all calls)."""
+    masked models only (module docstring). The observer gets every state, then denoiser_calls and
+    committed_per_step (the mean over the batch at each step), and with a cache query_positions (per
+    sequence, all calls)."""
     check_noise_removal(noise_removal)
     B, L = shape
     draw = categorical_draw(dtype)
@@ -135,8 +137,7 @@ def confidence_sample(denoiser, process, schedule, shape, *, steps: int, thresho
     masked = process.mask_id is not None
     committed = held.clone()
     per_step: list[float] = []
-    if trajectory is not None:
-        trajectory.append(x.cpu())
+    observer.step(0, x)
     if masked:
         if block_length is not None and block_length > L:
             block_length = None
@@ -165,8 +166,7 @@ def confidence_sample(denoiser, process, schedule, shape, *, steps: int, thresho
                 committed |= new
                 per_step.append(float(new.sum()) / B)
                 bar.update(1)
-                if trajectory is not None:
-                    trajectory.append(x.cpu())
+                observer.step(len(per_step), x)
         bar.close()
     else:
         grid = linear_grid(steps, eps, final_zero=noise_removal != "none")
@@ -188,12 +188,9 @@ def confidence_sample(denoiser, process, schedule, shape, *, steps: int, thresho
             x = torch.where(committed, x, torch.where(new, tokens, x_new))
             committed |= new
             per_step.append(float(new.sum()) / B)
-            if trajectory is not None:
-                trajectory.append(x.cpu())
-    if stats is not None:
-        stats.update(denoiser_calls=len(per_step), cached_calls=0, committed_per_step=per_step)
-        if cache is not None:
-            stats["query_positions"] = cache.query_positions
+            observer.step(len(per_step), x)
+    observer.report(denoiser_calls=len(per_step), cached_calls=0, committed_per_step=per_step,
+                    **({} if cache is None else {"query_positions": cache.query_positions}))
     return x
 
 
@@ -226,7 +223,7 @@ def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **c
                          "decodes every position at every step")
     cache = None
     if o.cache != "none":
-        if getattr(model.method, "block_size", None) is not None:
+        if model.method is not None and model.method.block_size is not None:
             raise ValueError("sampling.confidence.cache is Fast-dLLM's approximate cache for whole-sequence models; "
                              "a block diffusion model (algo.block_size) already samples with its exact cache")
         if model.guided:

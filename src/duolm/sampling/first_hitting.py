@@ -15,13 +15,14 @@ import torch
 
 from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus_log
+from duolm.sampling.observers import NOTHING, Observer
 
 
 @torch.no_grad()
 def first_hitting_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, noise_removal: str = "greedy",
                          p_nucleus: float = 1.0, fixed: tuple | None = None, generator=None, device=None,
-                         dtype=torch.float64, disable_progress: bool = True, stats: dict | None = None,
-                         x_init: torch.Tensor | None = None, trajectory: list | None = None):
+                         dtype=torch.float64, disable_progress: bool = True, x_init: torch.Tensor | None = None,
+                         observer: Observer = NOTHING):
     """psi_sample's ancestral run (kappa = 1) with cache=True for an absorbing process."""
     n = len(grid) - 1
     B = shape[0]
@@ -39,12 +40,11 @@ def first_hitting_sample(denoiser, process, schedule, shape, *, grid: torch.Tens
     hit = torch.searchsorted(-survival.contiguous(), -v.reshape(-1), right=False).reshape(x.shape)
     hit = torch.where(x == mask_id, hit, torch.full_like(hit, n))
     events = torch.unique(hit[hit < n]).tolist()
-    recorded = 0  # steps whose x the trajectory holds (x before the first step is its first entry)
-    if trajectory is not None:
-        trajectory.append(x.cpu())
+    recorded = 0  # steps the observer has seen
+    observer.step(0, x)
     for i in progress_bar(events, disable=disable_progress, desc="sampling"):
-        if trajectory is not None:  # the steps in between changed nothing
-            trajectory.extend([x.cpu()] * (i - recorded))
+        for j in range(recorded, i):  # the steps in between changed nothing
+            observer.step(j + 1, x)
         log_p = nucleus_log(denoiser(x, alphas[i].reshape(1).expand(B)), p_nucleus, dtype)
         if i == n - 1 and noise_removal == "greedy":  # every mask left hits the last step
             x = process.greedy(log_p, x)
@@ -54,11 +54,9 @@ def first_hitting_sample(denoiser, process, schedule, shape, *, grid: torch.Tens
             x[now] = draw(log_p[now], generator, exclude=mask_id)
         if fixed is not None:
             x = torch.where(fmask, fvals, x)
-        if trajectory is not None:
-            trajectory.append(x.cpu())
+        observer.step(i + 1, x)
         recorded = i + 1
-    if trajectory is not None:
-        trajectory.extend([x.cpu()] * (n - recorded))
-    if stats is not None:
-        stats.update(denoiser_calls=len(events), cached_calls=n - len(events))
+    for j in range(recorded, n):
+        observer.step(j + 1, x)
+    observer.report(denoiser_calls=len(events), cached_calls=n - len(events))
     return x

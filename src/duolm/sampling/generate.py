@@ -8,49 +8,52 @@ application builds the spec from its config (duolm.app.sampling_settings).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from duolm.core.conditioning import num_classes_of
 from duolm.data.tokenizers import is_image
 from duolm.sampling.blocks import block_sample
+from duolm.sampling.observers import NOTHING, CountsOnly, Observer, Recorder
 from duolm.sampling.registry import SAMPLERS, SamplingModel
 from duolm.sampling.semi_ar import held_positions, semi_ar_sample
 from duolm.sampling.spec import SamplerSpec
+from duolm.sampling.strategy import strategy_for
 
 
 def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *, bos_id: int, generator=None,
-                 device=None, progress: bool = False, stats: dict | None = None, eos_id: int | None = None,
+                 device=None, progress: bool = False, observer: Observer = NOTHING, eos_id: int | None = None,
                  fixed=None, labels: torch.Tensor | None = None, guidance: float | None = None,
-                 trajectory: list | None = None, predictions: list | None = None) -> torch.Tensor:
-    """One batch of samples with the sampler `spec` names: (batch, length), or
-    (batch, spec.total_length) by semi-autoregressive windows when that is longer. labels (batch,)
-    and guidance: a class-conditional model's classes and guidance weight; trajectory: a list that
-    receives x_t at every step (x_0 samplers); predictions: a list that receives the denoiser's
-    most likely x_0 at every step (samplers that call it once per step)."""
-    if getattr(method, "block_size", None) is not None:  # block diffusion: block by block, with the cache
-        if fixed is not None or trajectory is not None or predictions is not None:
+                 predictions: list | None = None) -> torch.Tensor:
+    """One batch of samples with the sampler `spec` names, by the strategy the method needs
+    (duolm.sampling.strategy): (batch, length), or (batch, spec.total_length) past the model's
+    length. labels (batch,) and guidance: a class-conditional model's classes and guidance weight;
+    observer: gets every state x_t and the sampler's counts (duolm.sampling.observers); predictions:
+    a list that receives the denoiser's most likely x_0 at every step (samplers that call it once
+    per step)."""
+    strategy = strategy_for(method, length, spec.total_length)
+    if strategy == "blocks":  # block diffusion: block by block, with the cache
+        if fixed is not None or observer.wants_states or predictions is not None:
             raise ValueError("block diffusion generates block by block: sampling.infill and sampling.trajectory "
                              "need a whole-sequence model")
         return block_sample(method, backbone, spec, batch, spec.total_length or length, generator=generator,
-                            device=device, progress=progress, stats=stats, eos_id=eos_id, prefix=spec.prefix,
+                            device=device, progress=progress, observer=observer, eos_id=eos_id, prefix=spec.prefix,
                             labels=labels, guidance=guidance)
-    if spec.total_length and spec.total_length > length and spec.predictor != "ar":
+    if strategy == "windows":
         one_window = replace(spec, total_length=None)
 
         def window(fx):
             return sample_batch(method, backbone, one_window, batch, length, bos_id=bos_id, generator=generator,
-                                device=device, progress=progress, stats=stats, fixed=fx)
+                                device=device, progress=progress, observer=CountsOnly(observer), fixed=fx)
 
         return semi_ar_sample(window, batch, length, spec.total_length, spec.stride or length // 2,
                               prefix=list(spec.prefix or []), eos_id=eos_id, stop_at_eos=spec.stop_at_eos)
     spec.check_length(length)
-    if fixed is None and spec.prefix and spec.predictor != "ar":
+    if fixed is None and spec.prefix and strategy == "window":
         fixed = held_positions(batch, length, list(spec.prefix))
     model = SamplingModel.from_method(method, backbone, labels=labels, guidance=guidance)
-    extra = {"trajectory": trajectory} if trajectory is not None else {}
-    if trajectory is not None and SAMPLERS[spec.predictor].needs != "x0":
+    if observer.wants_states and SAMPLERS[spec.predictor].needs != "x0":
         raise ValueError(f"sampling.trajectory records x_t of the x_0 samplers (ancestral, psi), not "
                          f"sampling.predictor={spec.predictor}")
     if predictions is not None:
@@ -60,7 +63,7 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
         model = replace(model, denoiser=_recording(model.denoiser, predictions))
     return SAMPLERS[spec.predictor].run(model, spec, (batch, length), bos_id=bos_id, fixed=fixed,
                                         generator=generator, device=device, disable_progress=not progress,
-                                        stats=stats, **extra)
+                                        observer=observer)
 
 
 DOCUMENT_BREAK = "\n\n"  # what an end-of-text token inside a sample reads as in its text
@@ -112,16 +115,37 @@ def sample_labels(classes, num_samples: int, num_classes: int) -> list[int | Non
     return [int(classes[i % len(classes)]) for i in range(num_samples)]
 
 
-def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num_samples: int, batch_size: int,
-             seed: int = 0, device=None, progress: bool = True, classes=None, guidance: float | None = None,
-             trajectory: int = 0, template=None, predictions: bool = False) -> dict:
-    """Samples as a JSON-ready dict. Image models: classes and guidance as in sample_labels and
-    guided_denoiser; trajectory > 0 (True: every step) also records x_t of the first batch at that
-    many steps (duolm view plays it).
-    template: a duolm.sampling.infill.Template whose text is held and whose blanks are filled; each
-    sample then gives the filled template's text and the character spans generated.
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate, built once by whoever asks (the sample job from its config, the API from its
+    arguments) and handed to `generate` whole.
+
     spec: as duolm.sampling.checked_spec returns it (infill=True with a template), which is where
-    every setting, and the template's needs, are checked."""
+    every setting, and the template's needs, are checked. length: the model's window. Image
+    models: classes and guidance as in sample_labels and guided_denoiser. trajectory > 0 (True:
+    every step) records x_t of the first batch at that many steps (duolm view plays it), with the
+    denoiser's most likely x_0 at each when `predictions`. template: a duolm.sampling.infill.Template
+    whose text is held and whose blanks are filled."""
+
+    spec: SamplerSpec
+    length: int
+    num_samples: int
+    batch_size: int
+    seed: int = 0
+    classes: object = None
+    guidance: float | None = None
+    trajectory: int | bool = 0
+    predictions: bool = False
+    template: object = None
+
+
+def generate(method, backbone, tokenizer, request: GenerationRequest, *, device=None, progress: bool = True) -> dict:
+    """The samples `request` asks for, as a JSON-ready dict (texts decoded, or an image model's labels;
+    timing and the samplers' counts); writing it is the caller's."""
+    r = request
+    spec, length, num_samples, batch_size, seed = r.spec, r.length, r.num_samples, r.batch_size, r.seed
+    classes, guidance, trajectory, predictions, template = r.classes, r.guidance, r.trajectory, r.predictions, \
+        r.template
     backbone.eval()
     g = torch.Generator(device=device or "cpu").manual_seed(seed)
     torch.manual_seed(seed)
@@ -132,16 +156,17 @@ def generate(method, backbone, tokenizer, spec: SamplerSpec, *, length: int, num
     guesses = [] if trajectory and predictions else None
     for start in range(0, num_samples, batch_size):
         b = min(batch_size, num_samples - start)
-        st = {}
+        st = Recorder(states=bool(trajectory) and start == 0)
         batch_labels = (torch.tensor(labels[start:start + b], device=device) if num_classes else None)
         out.append(sample_batch(method, backbone, spec, b, length, bos_id=tokenizer.bos_id, generator=g,
-                                device=device, progress=progress, stats=st, eos_id=tokenizer.eos_id,
+                                device=device, progress=progress, observer=st, eos_id=tokenizer.eos_id,
                                 labels=batch_labels, guidance=guidance,
-                                trajectory=frames if start == 0 else None,
                                 predictions=guesses if start == 0 else None,
                                 fixed=None if template is None else template.held(b, length)).cpu())
+        if st.states is not None:
+            frames = st.states
         for k in stats:
-            stats[k] += st.get(k, 0)
+            stats[k] += st.counts.get(k, 0)
     seconds = time.perf_counter() - t0
     ids = torch.cat(out)
     if is_image(tokenizer):

@@ -23,6 +23,7 @@ from duolm.sampling.categorical import categorical_draw, nucleus, nucleus_log
 from duolm.sampling.first_hitting import first_hitting_sample
 from duolm.sampling.grids import linear_constant_linear_grid, linear_grid
 from duolm.sampling.kappa import KappaSchedule, parse_kappa
+from duolm.sampling.observers import NOTHING, Observer
 from duolm.sampling.spec import SamplerSpec, Setting, check_noise_removal
 
 TIME_PROFILES = ("linear", "linear-constant-linear")
@@ -74,8 +75,7 @@ class PsiOptions:
 def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas: torch.Tensor | None = None,
                kappa: KappaSchedule | None = None, noise_removal: str = "greedy", p_nucleus: float = 1.0, fixed: tuple | None = None,
                cache: bool = False, generator=None, device=None, dtype=torch.float64,
-               disable_progress: bool = True, stats: dict | None = None, x_init: torch.Tensor | None = None,
-               trajectory: list | None = None):
+               disable_progress: bool = True, x_init: torch.Tensor | None = None, observer: Observer = NOTHING):
     """Run the sampler over `grid` (n + 1 times from 1 down; n denoiser calls at most).
 
     kappas: (n,) mixing weights, one per step (None: all 1, ancestral); or kappa, a KappaSchedule
@@ -83,7 +83,7 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
     is posterior-only. fixed: (mask (B, L) bool,
     values (B, L)) positions held at given tokens throughout. cache: reuse the
     denoiser output while x_t is unchanged (only valid when the denoiser ignores
-    alpha_t, as MDLM's does); `stats` receives the number of calls made and saved.
+    alpha_t, as MDLM's does); the observer gets every state and the number of calls made and saved.
     """
     check_noise_removal(noise_removal)
     n = len(grid) - 1
@@ -99,8 +99,8 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
     if cache and process.first_hitting and (kappas is None or bool((kappas == 1).all())):
         return first_hitting_sample(denoiser, process, schedule, shape, grid=grid, noise_removal=noise_removal,
                                     p_nucleus=p_nucleus, fixed=fixed, generator=generator, device=device,
-                                    dtype=dtype, disable_progress=disable_progress, stats=stats, x_init=x_init,
-                                    trajectory=trajectory)
+                                    dtype=dtype, disable_progress=disable_progress, x_init=x_init,
+                                    observer=observer)
     B = shape[0]
     draw = categorical_draw(dtype)
     if x_init is not None:
@@ -112,8 +112,7 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
         x = torch.where(fmask, fvals, x)
     calls = saved = 0
     log_p = prev_x = None
-    if trajectory is not None:
-        trajectory.append(x.cpu())
+    observer.step(0, x)
     for i in progress_bar(range(n), disable=disable_progress, desc="sampling"):
         t, s = grid[i], grid[i + 1]
         alpha_t = schedule(t.reshape(1)).alpha.expand(B).to(device)
@@ -132,10 +131,8 @@ def psi_sample(denoiser, process, schedule, shape, *, grid: torch.Tensor, kappas
         if fixed is not None:
             x_new = torch.where(fmask, fvals, x_new)
         x = x_new
-        if trajectory is not None:
-            trajectory.append(x.cpu())
-    if stats is not None:
-        stats.update(denoiser_calls=calls, cached_calls=saved)
+        observer.step(i + 1, x)
+    observer.report(denoiser_calls=calls, cached_calls=saved)
     return x
 
 

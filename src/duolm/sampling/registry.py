@@ -17,13 +17,7 @@ import torch
 from duolm.core.conditioning import null_labels, with_labels
 from duolm.sampling import analytic, ancestral, ar, confidence, psi
 from duolm.sampling.guidance import guided_denoiser
-from duolm.sampling.spec import (
-    AUTO,
-    NOISE_REMOVAL,
-    SamplerSpec,
-    default_predictor,
-    output_of,
-)
+from duolm.sampling.spec import AUTO, NOISE_REMOVAL, SamplerSpec, default_predictor, output_of
 
 # what a method's network gives, by method: log p(x_0 | x_t), SEDD's log score, or next-token logits
 NEEDS = {"x0": "x_0 probabilities from a diffusion denoiser (algo=mdlm, d3pm, duo_base or duo)",
@@ -67,8 +61,8 @@ class SamplingModel:
 
 @dataclass(frozen=True)
 class Sampler:
-    """run(model: SamplingModel, spec, shape, *, bos_id, fixed, generator, device, disable_progress, stats)
-    -> (B, L) token ids."""
+    """run(model: SamplingModel, spec, shape, *, bos_id, fixed, generator, device, disable_progress, observer)
+    -> (B, L) token ids. strategies: the ways of generating it supports (duolm.sampling.strategy)."""
 
     run: Callable
     needs: str                                   # a key of NEEDS
@@ -78,6 +72,7 @@ class Sampler:
     check: Callable[[SamplerSpec, object], None] | None = None  # (spec, schedule): sampler-specific settings
     options: type | None = None                  # its own settings (SamplerOptions), read from sampling.<name>
     exact: bool = True                           # draws the model's distribution as steps grow (False: a heuristic)
+    strategies: tuple[str, ...] = ("window", "windows", "blocks")  # duolm.sampling.strategy.STRATEGIES
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -85,8 +80,9 @@ SAMPLERS: dict[str, Sampler] = {
     "ancestral_cache": Sampler(ancestral.from_spec, needs="x0", reuses_output=True),
     "psi": Sampler(psi.from_spec, needs="x0", check=psi.check_spec, options=psi.PsiOptions),
     "confidence": Sampler(confidence.from_spec, needs="x0", options=confidence.ConfidenceOptions, exact=False),
-    "analytic": Sampler(analytic.from_spec, needs="score", noise_removal=("ancestral", "none"), holds_positions=False),
-    "ar": Sampler(ar.from_spec, needs="ar", noise_removal=NOISE_REMOVAL),
+    "analytic": Sampler(analytic.from_spec, needs="score", noise_removal=("ancestral", "none"), holds_positions=False,
+                        strategies=("window",)),
+    "ar": Sampler(ar.from_spec, needs="ar", noise_removal=NOISE_REMOVAL, strategies=("autoregressive",)),
 }
 
 

@@ -26,13 +26,7 @@ import torch
 
 from duolm.core import losses
 from duolm.core.methods import TokenLoss
-from duolm.core.operator import (
-    FIT_KINDS,
-    DiffusionTransform,
-    fit_alpha,
-    gaussian_coefficients,
-    gaussian_latents,
-)
+from duolm.core.operator import FIT_KINDS, DiffusionTransform, fit_alpha, gaussian_coefficients, gaussian_latents
 
 MODES = ("none", "simple", *FIT_KINDS)
 

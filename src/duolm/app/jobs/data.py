@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 
-from duolm.app.data_settings import (
-    load_data,  # not training_run: `duolm data` needs no Lightning
-)
+from duolm.app.data_settings import load_data  # not training_run: `duolm data` needs no Lightning
 
 
 def cmd_data(cfg, parts):

@@ -7,13 +7,7 @@ from pathlib import Path
 
 from duolm.app.config import is_image_data
 from duolm.app.data_settings import load_data, plain
-from duolm.app.loading import (
-    data_given,
-    load_for_eval,
-    model_path,
-    perplexity_line,
-    unit_of,
-)
+from duolm.app.loading import data_given, load_for_eval, model_path, perplexity_line, unit_of
 from duolm.app.loading import device as default_device
 from duolm.app.outputs import results_dir
 from duolm.checkpoints.loading import load_pretrained

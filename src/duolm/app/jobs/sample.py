@@ -12,7 +12,7 @@ from duolm.data.tokenizers import is_image
 from duolm.evaluation.pictures import write_result_pictures
 from duolm.io.atomic import write_json
 from duolm.sampling import check_infill
-from duolm.sampling.generate import generate
+from duolm.sampling.generate import GenerationRequest, generate
 
 
 def cmd_sample(cfg, parts):
@@ -39,10 +39,11 @@ def sample_and_print(cfg, pre, device, checkpoint=None, out_dir=None) -> dict:
             check_infill(spec, pre.method, pre.config["length"])
     except ValueError as err:
         raise ConfigError(f"{err} (the model at {where})") from None
-    res = generate(pre.method, pre.backbone, pre.tokenizer, spec, length=pre.config["length"],
-                   num_samples=s.num_samples, batch_size=s.batch_size, seed=s.seed, device=device,
-                   classes=parse_classes(s.classes), guidance=s.guidance, trajectory=s.trajectory,
-                   predictions=bool(s.get("trajectory_predictions", False)), template=template)
+    request = GenerationRequest(spec, length=pre.config["length"], num_samples=s.num_samples,
+                                batch_size=s.batch_size, seed=s.seed, classes=parse_classes(s.classes),
+                                guidance=s.guidance, trajectory=s.trajectory,
+                                predictions=bool(s.get("trajectory_predictions", False)), template=template)
+    res = generate(pre.method, pre.backbone, pre.tokenizer, request, device=device)
     res = {"checkpoint": str(where), **res}
     if s.get("chat"):  # each sample's reply: after the conversation, up to its first end of text
         start = len(spec.prefix)

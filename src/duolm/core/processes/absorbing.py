@@ -3,14 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from duolm.core.processes.steps import (
-    DRAW,
-    NOISE,
-    STAY,
-    expand_level,
-    posterior_or_pc,
-    resolve,
-)
+from duolm.core.processes.steps import DRAW, NOISE, STAY, expand_level, posterior_or_pc, resolve
 
 
 def _expand(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -4,14 +4,7 @@ from __future__ import annotations
 import torch
 
 from duolm.core.processes.absorbing import _expand
-from duolm.core.processes.steps import (
-    DRAW,
-    NOISE,
-    STAY,
-    expand_level,
-    posterior_or_pc,
-    resolve,
-)
+from duolm.core.processes.steps import DRAW, NOISE, STAY, expand_level, posterior_or_pc, resolve
 
 
 class UniformProcess:
