@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 from oracles import all_sequences, oracle_posterior_marginals, random_joint
+from said_as import raises_said_as
 
 from duolm.core.methods import build_method
 from duolm.core.processes import AbsorbingProcess, UniformProcess
@@ -168,11 +169,11 @@ def test_a_confident_denoiser_finishes_before_the_budget():
 
 
 def test_bad_settings_are_one_sentence_naming_the_key():
-    with pytest.raises(ValueError, match="sampling.confidence.threshold"):
+    with raises_said_as("sampling.confidence.threshold"):
         ConfidenceOptions(threshold=1.5)
-    with pytest.raises(ValueError, match="sampling.confidence.min_per_step"):
+    with raises_said_as("sampling.confidence.min_per_step"):
         ConfidenceOptions(min_per_step=-1)
-    with pytest.raises(ValueError, match="sampling.confidence.proposal"):
+    with raises_said_as("sampling.confidence.proposal"):
         ConfidenceOptions.from_settings({"proposal": "beam"})
 
 

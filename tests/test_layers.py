@@ -26,11 +26,12 @@ CONFIG_LIBRARIES = ("omegaconf", "hydra")
 # (two packages of one rank never import each other: the networks know nothing of the data, sampling
 # nothing of checkpoint formats, evaluation nothing of training)
 LAYERS = {
-    "duolm.contracts": 0, "duolm.io": 0,      # the written contracts; files, the Hub, progress lines
-    "duolm.core": 1,                          # the math
-    "duolm.models": 2, "duolm.data": 2,       # networks; corpora, tokenizers, the token store
-    "duolm.checkpoints": 3, "duolm.sampling": 3,
-    "duolm.evaluation": 4, "duolm.training": 4,
+    "duolm.errors": 0,                        # the library's errors in its own terms
+    "duolm.contracts": 1, "duolm.io": 1,      # the written contracts; files, the Hub, progress lines
+    "duolm.core": 2,                          # the math
+    "duolm.models": 3, "duolm.data": 3,       # networks; corpora, tokenizers, the token store
+    "duolm.checkpoints": 4, "duolm.sampling": 4,
+    "duolm.evaluation": 5, "duolm.training": 5,
 }
 
 

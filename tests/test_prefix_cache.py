@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from said_as import raises_said_as
 from test_confidence_sampler import low_confidence_remasking, network
 
 from duolm.core.methods import build_method
@@ -134,7 +135,7 @@ def test_one_layer_cached_draws_equal_the_cache_free_ones_and_process_fewer_posi
     (dict(block_length=0), "sampling.confidence.block_length must be null or an integer >= 1, got 0"),
 ])
 def test_bad_cache_settings_are_one_sentence(options, needle):
-    with pytest.raises(ValueError, match="^" + needle.replace("[", r"\[").replace("]", r"\]")):
+    with raises_said_as("^" + needle.replace("[", r"\[").replace("]", r"\]")):
         ConfidenceOptions(**options)
 
 
@@ -151,5 +152,5 @@ def test_where_the_cache_and_blocks_do_not_apply_is_one_sentence():
         sample_batch(duo, net, spec, 2, L, bos_id=0)
     method, net = _mdlm_dit(1, L)
     few = SamplerSpec(predictor="confidence", steps=2, options=ConfidenceOptions(block_length=4))
-    with pytest.raises(ValueError, match=r"sampling.steps \(2\) must be at least the number of generation blocks \(4"):
+    with raises_said_as(r"sampling.steps \(2\) must be at least the number of generation blocks \(4"):
         sample_batch(method, net, few, 2, L, bos_id=0)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from oracles import all_sequences, oracle_posterior_marginals, random_joint
+from said_as import raises_said_as
 from scipy.stats import chisquare
 
 from duolm.core.processes import AbsorbingProcess, UniformProcess
@@ -325,14 +326,14 @@ def test_linear_constant_linear_grid_always_reaches_eps():
                                         (dict(steps=10, plateau=1.5), "plateau must lie inside the grid"),
                                         (dict(steps=10, plateau=0.0005), "plateau must lie inside the grid")])
 def test_bad_grids(kwargs, msg):
-    with pytest.raises(ValueError, match=msg):
+    with raises_said_as(msg):
         linear_constant_linear_grid(**kwargs)
 
 
 def test_bad_sampler_settings():
-    with pytest.raises(ValueError, match="sampling.steps must be >= 1"):
+    with raises_said_as("sampling.steps must be >= 1"):
         ancestral_sample(None, UniformProcess(3), LogLinear(), (1, 1), steps=0)
-    with pytest.raises(ValueError, match="sampling.noise_removal must be one of"):
+    with raises_said_as("sampling.noise_removal must be one of"):
         ancestral_sample(None, UniformProcess(3), LogLinear(), (1, 1), steps=2, noise_removal="sometimes")
     with pytest.raises(ValueError, match="not available for the analytic sampler"):
         analytic_sample(None, AbsorbingProcess(3), LogLinear(), (1, 1), steps=2, noise_removal="greedy")
@@ -393,7 +394,7 @@ def test_semi_ar_extends_past_the_window_keeping_the_overlap_and_stops_at_eos():
 
     out = semi_ar_sample(eos_window, batch=2, length=8, total_length=40, stride=4, eos_id=0, stop_at_eos=True)
     assert out.shape[1] == 8 and (out[:, 6:] == 0).all()
-    with pytest.raises(ValueError, match="sampling.stride"):
+    with raises_said_as("sampling.stride"):
         semi_ar_sample(window, batch=1, length=8, total_length=20, stride=9)
 
 

@@ -16,6 +16,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from duolm.errors import SettingError
+
 
 @runtime_checkable
 class Schedule(Protocol):
@@ -75,8 +77,9 @@ class Denoiser(Protocol):
 ATTENTION_PATTERNS = ("bidirectional", "causal", "block_causal")
 
 
-class CapabilityError(ValueError):
-    """A backbone was asked for something its capabilities do not declare; the message is one sentence."""
+class CapabilityError(SettingError):
+    """A backbone was asked for something its capabilities do not declare; the message is one sentence
+    (what needs it may name a library field, `Type.field`, as every SettingError does)."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from duolm.app.fields import in_config_terms
 from duolm.checkpoints.loading import load_pretrained
 from duolm.data.instructions import prompt_ids, reply_ids
 from duolm.data.tokenizers import is_image
@@ -79,6 +80,7 @@ class Model:
                 f"length {self.length}, vocabulary {self.tokenizer.vocab_size})")
 
     # --- sampling ---------------------------------------------------------------------------
+    @in_config_terms
     def spec(self, *, steps: int = 64, sampler: str = "auto", noise_removal: str = "auto", kappa=None,
              p_nucleus: float = 1.0, prompt_ids=None, total_length: int | None = None, infill: bool = False,
              **options):
@@ -103,6 +105,7 @@ class Model:
                            prefix=prompt_ids, total_length=total_length, options=sampler_options, **options)
         return checked_spec(spec, self.method, self.length, infill=infill)
 
+    @in_config_terms
     def generate(self, n: int = 1, *, steps: int = 64, prompt: str | None = None, sampler: str = "auto",
                  length: int | None = None, seed: int = 0, batch_size: int = 16, progress: bool = False,
                  **options) -> Generation:
@@ -123,6 +126,7 @@ class Model:
                 smp["text"] = decode_text(self.tokenizer, smp["ids"])
         return Generation([s["text"] for s in res["samples"]], [s["ids"] for s in res["samples"]], result=res)
 
+    @in_config_terms
     def chat(self, messages: list[dict], *, n: int = 1, steps: int = 64, sampler: str = "auto", seed: int = 0,
              batch_size: int = 16, progress: bool = False, **options) -> Generation:
         """n replies to a conversation [{'role', 'content'}, ...]: the messages formatted by the
@@ -140,6 +144,7 @@ class Model:
         ids = [reply_ids(self.tokenizer, smp["ids"], len(prompt)) for smp in res["samples"]]
         return Generation([self.tokenizer.decode(r) for r in ids], ids, result=res)
 
+    @in_config_terms
     def infill(self, template: str, *, n: int = 1, steps: int = 64, sampler: str = "auto", blank_length: int = 8,
                seed: int = 0, batch_size: int = 16, progress: bool = False, **options) -> Generation:
         """Fill the blanks of `template` ('[___]', or '[___:n]' for n tokens): texts, ids of the

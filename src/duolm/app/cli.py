@@ -16,6 +16,8 @@ import sys
 from omegaconf import OmegaConf
 
 from duolm.app.config import GROUPS, ConfigError, compose, compose_components, group_options
+from duolm.app.fields import config_message
+from duolm.errors import SettingError
 from duolm.io.hub_access import HubUnreachable
 from duolm.sampling.registry import options_help
 from duolm.training import NonFiniteLossError  # not training.module: that loads Lightning (seconds)
@@ -186,6 +188,8 @@ def user_message(err: BaseException) -> str:
     DUOLM_DEBUG=1 for the traceback)."""
     if isinstance(err, HubUnreachable):
         return str(err)
+    if isinstance(err, SettingError):  # the library's own terms, said in config keys
+        return config_message(err)
     if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:
         where = f"{err.filename}: " if err.filename else ""
         return f"{where}{err.strerror}"

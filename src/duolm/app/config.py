@@ -17,6 +17,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from duolm.app.fields import config_message
 from duolm.app.sampling_settings import check_one_start, spec_from_config
 from duolm.checkpoints.duolm_format import LOSS_DTYPES
 from duolm.core.conditioning import check_labels
@@ -24,12 +25,15 @@ from duolm.core.methods import Method, build_method, methods_supporting
 from duolm.core.schedules import make_schedule
 from duolm.data.images import IMAGE_SOURCES, image_tokenizer
 from duolm.data.pipeline import check_data
+from duolm.errors import SettingError
 from duolm.models.backbones import BACKBONES, backbone_config, backbone_row, build_backbone
 from duolm.models.ema import check_decay
+from duolm.models.hf_lm import check_shift
 from duolm.sampling import check_sampler, checked_spec
+from duolm.sampling.guidance import check_guidance
 from duolm.training.curriculum import CurriculumSchedule
 from duolm.training.distill import DeltaSchedule, check_settings
-from duolm.training.objectives import check_time_range
+from duolm.training.objectives import check_curriculum, check_time_range
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("algo", "model", "data", "noise", "sampling", "optim", "trainer", "loader")
@@ -203,6 +207,8 @@ def _built(key_hint: str, build):
     """build(), with its ValueError turned into the one-sentence ConfigError (the message names the key)."""
     try:
         return build()
+    except SettingError as err:  # the library's own terms, said in config keys
+        raise ConfigError(config_message(err)) from None
     except ValueError as err:
         msg = str(err)
         raise ConfigError(msg if "." in msg.split(" ", 1)[0] or key_hint in msg else f"{key_hint}: {msg}") from None
@@ -263,11 +269,10 @@ def _method_parts(cfg) -> tuple[Components, Method]:
                               "times); algo=duo_base is Duo without it")
     if probe.block_size is not None:
         if parts.curriculum is not None:
-            raise ConfigError("algo.block_size needs algo.curriculum.mode=none (Duo's curriculum reads the whole "
-                              "sequence); algo=duo_base is Duo without it")
+            _built("algo", lambda: check_curriculum(probe))
         length = cfg.model.get("length")
-        if isinstance(length, int) and length % probe.block_size:
-            raise ConfigError(f"algo.block_size ({probe.block_size}) must divide model.length ({length})")
+        if isinstance(length, int):
+            _built("algo", lambda: probe.num_blocks(length))
     return parts, probe
 
 
@@ -285,12 +290,8 @@ def _check_data(cfg) -> None:
     _positive(cfg, "data.num_proc", allow_none=True)
     if cfg.model.get("type") == "hf":  # a pretrained LM: its tokenizer, and options that need the whole sequence
         blocks = cfg.algo.get("block_size") is not None
-        if cfg.model.get("shift") is True and cfg.algo.name == "ar":
-            raise ConfigError("model.shift realigns a diffusion model's outputs with the AR head's; algo=ar predicts "
-                              "the next token already: set model.shift=false or auto")
-        if cfg.model.get("shift") is True and blocks:
-            raise ConfigError("model.shift reads each output from the position before it, which block diffusion's "
-                              "x_t + x_0 pass does not have: set algo.block_size=null or model.shift=false")
+        _built("model.shift", lambda: check_shift(cfg.model.get("shift") is True, causal=cfg.algo.name == "ar",
+                                                  blocks=blocks))
         if not is_image_data(cfg) and cfg.data.tokenizer != cfg.model.pretrained:
             raise ConfigError(f"model=hf reads text in its pretrained model's tokenizer: set "
                               f"data.tokenizer={cfg.model.pretrained} (it is {cfg.data.tokenizer})")
@@ -486,12 +487,11 @@ def parse_classes(classes):
     return items
 
 
-def check_conditioning(guidance, classes, num_classes: int, score_model: bool = False) -> None:
-    """Guidance and labels need a class-conditional model; labels must be among its classes; a
-    score model (sedd) has no x_0 prediction for guidance to mix."""
-    if score_model and guidance not in (None, 1, 1.0):
-        raise ValueError("sampling.guidance mixes x_0 predictions; a score model (sedd) gives none, so it samples "
-                         "with guidance 1 (the conditional model) only")
+def check_conditioning(guidance, classes, num_classes: int, method=None) -> None:
+    """Guidance and labels need a class-conditional model; labels must be among its classes; the
+    method must support guidance (duolm.sampling.guidance.check_guidance; method None: not known yet)."""
+    if method is not None:
+        check_guidance(method, guidance)
     if not num_classes:
         if guidance is not None:
             raise ValueError("sampling.guidance needs a class-conditional model; this model was trained without labels")

@@ -13,8 +13,7 @@ from duolm.sampling.registry import options_from_settings
 def spec_from_config(sampling, method, tokenizer=None) -> SamplerSpec:
     """The spec of the `sampling` group, 'auto' left for SamplerSpec.resolve. Its last time is the
     method's own sampling_eps: a model samples down to the time floor it was trained with."""
-    prefix = None
-    check_one_start(sampling)
+    prefix = None  # prefix and chat together were refused once, at validation (check_one_start)
     if sampling.get("prefix") or sampling.get("chat"):
         if tokenizer is None:
             raise ValueError(f"sampling.{'chat' if sampling.get('chat') else 'prefix'} needs the tokenizer")

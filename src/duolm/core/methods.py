@@ -22,6 +22,7 @@ from duolm.core.block_attention import block_diffusion_mask, training_positions
 from duolm.core.chunked_loss import PLAIN_MAX_LOGITS, Head, chunked_loss
 from duolm.core.processes import AbsorbingProcess, UniformProcess
 from duolm.core.schedules import LogLinear
+from duolm.errors import SettingError
 
 
 @dataclass
@@ -119,7 +120,8 @@ class Method:
         if self.block_size is None:
             return 1
         if length % self.block_size:
-            raise ValueError(f"model.length ({length}) must be a multiple of algo.block_size ({self.block_size})")
+            raise SettingError(f"`Method.block_size` ({self.block_size}) must divide `Method.num_blocks.length` "
+                               f"({length})")
         return length // self.block_size
 
     def sample_times(self, n, *, generator=None, antithetic=True, index=None, total=None, device=None,

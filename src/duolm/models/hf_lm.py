@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from duolm.contracts import Capabilities
+from duolm.errors import SettingError
 from duolm.models.dit import TimestepEmbedder
 
 
@@ -256,9 +257,7 @@ class HFLM(nn.Module):
                                      position_ids=pos[None].expand(B, -1), use_cache=False)
             feats = out.last_hidden_state
         if self.config.shift:
-            if attn_mask.shape[-1] != L or L != x.shape[1] or positions is not None:
-                raise ValueError("model.shift reads each output from the position before it, which block "
-                                 "diffusion's x_t + x_0 pass does not have; use it without algo.block_size")
+            check_shift(True, causal=False, blocks=attn_mask.shape[-1] != L or L != x.shape[1] or positions is not None)
             # the causal LM was trained so that position i - 1 predicts token i: keep that alignment
             # (position 0, with nothing before it, reads itself)
             feats = torch.cat([feats[:, :1], feats[:, :-1]], dim=1)
@@ -280,8 +279,7 @@ class HFLM(nn.Module):
         for algo=ar, whose sampler feeds its prompt and then one token a call). The
         base appends the block's keys and values to the cache; store=False crops them off again
         (a noisy block changes between steps), store=True keeps them (a committed clean block)."""
-        if self.config.shift:
-            raise ValueError("model.shift is not used with block diffusion")
+        check_shift(self.config.shift, causal=False, blocks=True)
         B, L = h.shape[:2]
         past = len(cache)
         mask = torch.ones(B, 1, L, past + L, dtype=torch.bool, device=h.device)
@@ -334,6 +332,18 @@ class HFCache:
         for i, layer in enumerate(self.inner.layers):
             kept.update(layer.keys[:, :, index], layer.values[:, :, index], i)
         return HFCache(kept)
+
+
+def check_shift(shift: bool, *, causal: bool, blocks: bool) -> None:
+    """model.shift realigns a diffusion model's outputs with the causal LM's head: not for AR (which
+    predicts the next token already), not for block diffusion (whose x_t + x_0 pass has no position
+    before each output)."""
+    if shift and causal:
+        raise SettingError("`HFConfig.shift` realigns a diffusion model's outputs with the AR head's; `Method.name`=ar "
+                           "predicts the next token already: set `HFConfig.shift`=false or auto")
+    if shift and blocks:
+        raise SettingError("`HFConfig.shift` reads each output from the position before it, which block diffusion's "
+                           "x_t + x_0 pass does not have: set `Method.block_size`=null or `HFConfig.shift`=false")
 
 
 def _drop_tied_head(module, state, prefix, local_metadata):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from duolm.errors import SettingError
 from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import race_categorical
 from duolm.sampling.grids import linear_grid
@@ -41,7 +42,7 @@ def analytic_sample(score_fn, process, schedule, shape, *, steps: int, noise_rem
     if process.mask_id is None:
         raise ValueError("the analytic sampler is for absorbing (SEDD) score models")
     if noise_removal not in ("ancestral", "none"):
-        raise ValueError(f"sampling.noise_removal={noise_removal} is not available for the analytic sampler "
+        raise SettingError(f"`SamplerSpec.noise_removal`={noise_removal} is not available for the analytic sampler "
                          f"(a score model has no x_0 argmax); use ancestral or none")
     grid = linear_grid(steps, eps, final_zero=False)
     B = shape[0]
@@ -70,7 +71,7 @@ def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, fix
               device=None, disable_progress: bool = True, observer: Observer = NOTHING):
     """The registry's adapter; held positions are not supported by Tweedie tau-leaping here."""
     if fixed is not None:
-        raise ValueError("sampling.predictor=analytic cannot hold positions (sampling.prefix, total_length)")
+        raise SettingError("`SamplerSpec.predictor`=analytic cannot hold positions (`SamplerSpec.prefix`, total_length)")
     return analytic_sample(model.denoiser, model.process, model.schedule, shape,
                            steps=spec.steps, noise_removal=spec.noise_removal, eps=spec.eps, generator=generator,
                            device=device, dtype=spec.dtype,

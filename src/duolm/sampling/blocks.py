@@ -16,6 +16,7 @@ import torch
 
 from duolm.core.block_attention import block_causal_mask
 from duolm.core.conditioning import null_labels, with_labels
+from duolm.errors import SettingError
 from duolm.sampling.ancestral import denoiser_from
 from duolm.sampling.guidance import guided_denoiser
 from duolm.sampling.observers import NOTHING, Observer, Recorder
@@ -88,12 +89,12 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
     bs = method.block_size
     guided = guidance is not None and guidance != 1.0
     if guided and labels is None:
-        raise ValueError("sampling.guidance mixes the class-conditional and the unconditional model; this one is "
+        raise SettingError("`GenerationRequest.guidance` mixes the class-conditional and the unconditional model; this one is "
                          "unconditional (no labels), so sample with guidance 1")
     entry = SAMPLERS[spec.predictor]
     if "blocks" not in entry.strategies:
-        raise ValueError(f"block diffusion samples with an x_0 sampler (ancestral, psi), not "
-                         f"sampling.predictor={spec.predictor}")
+        raise SettingError(f"block diffusion samples with an x_0 sampler (ancestral, psi), not "
+                         f"`SamplerSpec.predictor`={spec.predictor}")
     cache = cache and backbone.capabilities.kv_cache  # a backbone without one: the cache-free pass
     one_block = replace(spec, total_length=None, prefix=None)
     device = device or next(backbone.parameters()).device

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from duolm.errors import SettingError
+
 
 def draw_categorical(log_p: torch.Tensor, generator=None, *, exclude: int | None = None) -> torch.Tensor:
     """One index per row of log_p (m, K) (log-probabilities, normalised or not): (m,) long, in float64.
@@ -60,7 +62,7 @@ def categorical_draw(dtype: torch.dtype):
 
 def check_top_p(top_p: float) -> None:
     if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"sampling.p_nucleus must lie in (0, 1], got {top_p}")
+        raise SettingError(f"`SamplerSpec.p_nucleus` must lie in (0, 1], got {top_p}")
 
 
 def nucleus(p: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -33,6 +33,7 @@ from typing import ClassVar, Mapping
 
 import torch
 
+from duolm.errors import SettingError
 from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus_log
 from duolm.sampling.grids import linear_grid
@@ -65,19 +66,19 @@ class ConfidenceOptions:
 
     def __post_init__(self):
         if not isinstance(self.threshold, (int, float)) or not 0 <= self.threshold <= 1:
-            raise ValueError(f"sampling.confidence.threshold must be a probability in [0, 1], got {self.threshold!r}")
+            raise SettingError(f"`ConfidenceOptions.threshold` must be a probability in [0, 1], got {self.threshold!r}")
         if not isinstance(self.min_per_step, int) or isinstance(self.min_per_step, bool) or self.min_per_step < 0:
-            raise ValueError(f"sampling.confidence.min_per_step must be an integer >= 0, got {self.min_per_step!r}")
+            raise SettingError(f"`ConfidenceOptions.min_per_step` must be an integer >= 0, got {self.min_per_step!r}")
         if self.proposal not in PROPOSALS:
-            raise ValueError(f"sampling.confidence.proposal must be one of {list(PROPOSALS)}, got {self.proposal!r}")
+            raise SettingError(f"`ConfidenceOptions.proposal` must be one of {list(PROPOSALS)}, got {self.proposal!r}")
         b = self.block_length
         if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
-            raise ValueError(f"sampling.confidence.block_length must be null or an integer >= 1, got {b!r}")
+            raise SettingError(f"`ConfidenceOptions.block_length` must be null or an integer >= 1, got {b!r}")
         if self.cache not in CACHE_MODES:
-            raise ValueError(f"sampling.confidence.cache must be one of {list(CACHE_MODES)}, got {self.cache!r}")
+            raise SettingError(f"`ConfidenceOptions.cache` must be one of {list(CACHE_MODES)}, got {self.cache!r}")
         if self.cache != "none" and b is None:
-            raise ValueError("sampling.confidence.cache reuses keys inside a generation block: set "
-                             "sampling.confidence.block_length too")
+            raise SettingError("`ConfidenceOptions.cache` reuses keys inside a generation block: set "
+                             "`ConfidenceOptions.block_length` too")
 
     @classmethod
     def from_settings(cls, settings: Mapping) -> "ConfidenceOptions":
@@ -204,8 +205,8 @@ def generation_blocks(held: torch.Tensor, block_length: int | None, steps: int) 
     if not spans:
         return []
     if steps < len(spans):
-        raise ValueError(f"sampling.steps ({steps}) must be at least the number of generation blocks "
-                         f"({len(spans)}: the window over sampling.confidence.block_length={block_length})")
+        raise SettingError(f"`SamplerSpec.steps` ({steps}) must be at least the number of generation blocks "
+                         f"({len(spans)}: the window over `ConfidenceOptions.block_length`={block_length})")
     base, extra = divmod(steps, len(spans))
     return [(a, b, base + (j < extra)) for j, (a, b) in enumerate(spans)]
 
@@ -219,16 +220,16 @@ def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **c
     o = options_of(spec)
     masked = model.process.mask_id is not None
     if o.block_length is not None and not masked:
-        raise ValueError("sampling.confidence.block_length is for masked models (mdlm); a uniform-state model "
+        raise SettingError("`ConfidenceOptions.block_length` is for masked models (mdlm); a uniform-state model "
                          "decodes every position at every step")
     cache = None
     if o.cache != "none":
         if model.method is not None and model.method.block_size is not None:
-            raise ValueError("sampling.confidence.cache is Fast-dLLM's approximate cache for whole-sequence models; "
+            raise SettingError("`ConfidenceOptions.cache` is Fast-dLLM's approximate cache for whole-sequence models; "
                              "a block diffusion model (algo.block_size) already samples with its exact cache")
         if model.guided:
-            raise ValueError("sampling.confidence.cache does not keep the unconditional model's keys; "
-                             "sample with sampling.guidance=1")
+            raise SettingError("`ConfidenceOptions.cache` does not keep the unconditional model's keys; "
+                             "sample with `GenerationRequest.guidance`=1")
         cache = ApproximateCache(model.method, model.backbone, o.cache, labels=model.labels)
     return confidence_sample(model.denoiser, model.process, model.schedule, shape, steps=spec.steps,
                              threshold=o.threshold, min_per_step=o.min_per_step, proposal=o.proposal,

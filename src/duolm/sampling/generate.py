@@ -14,6 +14,7 @@ import torch
 
 from duolm.core.conditioning import num_classes_of
 from duolm.data.tokenizers import is_image
+from duolm.errors import SettingError
 from duolm.sampling.blocks import block_sample
 from duolm.sampling.observers import NOTHING, CountsOnly, Observer, Recorder
 from duolm.sampling.registry import SAMPLERS, SamplingModel
@@ -35,7 +36,7 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
     strategy = strategy_for(method, length, spec.total_length)
     if strategy == "blocks":  # block diffusion: block by block, with the cache
         if fixed is not None or observer.wants_states or predictions is not None:
-            raise ValueError("block diffusion generates block by block: sampling.infill and sampling.trajectory "
+            raise SettingError("block diffusion generates block by block: `GenerationRequest.template` and `GenerationRequest.trajectory` "
                              "need a whole-sequence model")
         return block_sample(method, backbone, spec, batch, spec.total_length or length, generator=generator,
                             device=device, progress=progress, observer=observer, eos_id=eos_id, prefix=spec.prefix,
@@ -54,12 +55,12 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
         fixed = held_positions(batch, length, list(spec.prefix))
     model = SamplingModel.from_method(method, backbone, labels=labels, guidance=guidance)
     if observer.wants_states and SAMPLERS[spec.predictor].needs != "x0":
-        raise ValueError(f"sampling.trajectory records x_t of the x_0 samplers (ancestral, psi), not "
-                         f"sampling.predictor={spec.predictor}")
+        raise SettingError(f"`GenerationRequest.trajectory` records x_t of the x_0 samplers (ancestral, psi), not "
+                         f"`SamplerSpec.predictor`={spec.predictor}")
     if predictions is not None:
         if SAMPLERS[spec.predictor].needs != "x0" or SAMPLERS[spec.predictor].reuses_output:
-            raise ValueError(f"sampling.trajectory_predictions records one prediction per step, which "
-                             f"sampling.predictor={spec.predictor} does not make; use ancestral or psi")
+            raise SettingError(f"`GenerationRequest.predictions` records one prediction per step, which "
+                             f"`SamplerSpec.predictor`={spec.predictor} does not make; use ancestral or psi")
         model = replace(model, denoiser=_recording(model.denoiser, predictions))
     return SAMPLERS[spec.predictor].run(model, spec, (batch, length), bos_id=bos_id, fixed=fixed,
                                         generator=generator, device=device, disable_progress=not progress,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from duolm.errors import SettingError
+
 
 def linear_grid(steps: int, eps: float = 1e-3, final_zero: bool = True) -> torch.Tensor:
     """steps + 1 times from 1 down to eps, evenly spaced; with final_zero, then 0.
@@ -14,7 +16,7 @@ def linear_grid(steps: int, eps: float = 1e-3, final_zero: bool = True) -> torch
     collapses the samples onto the most likely tokens.)
     """
     if steps < 1:
-        raise ValueError(f"sampling.steps must be >= 1, got {steps}")
+        raise SettingError(f"`SamplerSpec.steps` must be >= 1, got {steps}")
     t = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
     return torch.cat([t, torch.zeros(1, dtype=torch.float64)]) if final_zero else t
 
@@ -30,16 +32,16 @@ def linear_constant_linear_grid(steps: int, plateau: float, *, high_frac: float 
     half to even and can stop at the plateau instead).
     """
     if steps < 1:
-        raise ValueError(f"sampling.steps must be >= 1, got {steps}")
+        raise SettingError(f"`SamplerSpec.steps` must be >= 1, got {steps}")
     if plateau_in not in ("t", "alpha"):
-        raise ValueError(f"sampling.psi.plateau_in must be 't' or 'alpha', got {plateau_in!r}")
+        raise SettingError(f"`PsiOptions.plateau_in` must be 't' or 'alpha', got {plateau_in!r}")
     c = float(plateau)
     if plateau_in == "alpha":
         if schedule is None:
             raise ValueError("a plateau given in alpha needs the noise schedule")
         c = float(schedule.inverse(torch.tensor(c, dtype=torch.float64)))
     if not eps < c < 1.0:
-        raise ValueError(f"sampling.psi.plateau must lie inside the grid, t in ({eps}, 1); got t = {c:.4g}")
+        raise SettingError(f"`PsiOptions.plateau` must lie inside the grid, t in ({eps}, 1); got t = {c:.4g}")
     n = steps + 1  # points
     n_hi = max(1, int(high_frac * n + 0.5))
     n_mid = int(middle_frac * n + 0.5)

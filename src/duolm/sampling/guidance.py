@@ -3,6 +3,16 @@ from __future__ import annotations
 
 import torch
 
+from duolm.errors import SettingError
+
+
+def check_guidance(method, guidance) -> None:
+    """Guidance mixes x_0 predictions: a method whose recipe does not support it (a score model, sedd)
+    samples with guidance 1 (None) only."""
+    if guidance not in (None, 1, 1.0) and not method.supports.guidance:
+        raise SettingError("`GenerationRequest.guidance` mixes x_0 predictions; a score model (sedd) gives none, so "
+                           "it samples with guidance 1 (the conditional model) only")
+
 
 def guided_denoiser(conditional, unconditional, weight: float):
     """log p_w(x_0 | x_t) = normalise(w log p(x_0 | x_t, c) + (1 - w) log p(x_0 | x_t)).

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from duolm.data.tokenizers import encode_fragment
+from duolm.errors import SettingError
 
 BLANK = re.compile(r"\[_+(?::(\d+))?\]")
 
@@ -70,7 +71,7 @@ def parse_template(source: str, tokenizer, *, blank_length: int = 8, max_length:
                    key: str = "sampling.infill") -> Template:
     """The template's pieces; one-sentence errors name `key` (no blank, a bad length, too long)."""
     if not isinstance(blank_length, int) or isinstance(blank_length, bool) or blank_length < 1:
-        raise ValueError(f"sampling.blank_length must be an integer >= 1, got {blank_length!r}")
+        raise SettingError(f"`Template.blank_length` must be an integer >= 1, got {blank_length!r}")
     pieces, at = [], 0
     for m in BLANK.finditer(source):
         if m.start() > at:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from duolm.errors import SettingError
+
 KAPPA_MODES = ("posterior", "pc", "constant", "remdm-constant", "max-capped", "max-rescale")
 _ALIASES = {"pure-posterior": "posterior", "pure-pc": "pc", "constant-remdm": "remdm-constant",
             "constant-eta": "constant", "max-capped-eta": "max-capped", "max-rescale-eta": "max-rescale"}
@@ -71,7 +73,7 @@ def parse_kappa(spec: str) -> Kappa:
     try:
         eta = float(tail)
     except ValueError:
-        raise ValueError(f"sampling.psi mode {spec!r}: expected one of {list(KAPPA_MODES)} followed by "
+        raise SettingError(f"`PsiOptions.kappa` mode {spec!r}: expected one of {list(KAPPA_MODES)} followed by "
                          f"'-<eta>' (e.g. max-capped-0.01), or pure-posterior / pure-pc") from None
     mode = _ALIASES.get(head, head)
     return Kappa(mode, eta)
@@ -89,7 +91,7 @@ class KappaSchedule:
 
     def __post_init__(self):
         if not (0 <= self.high_frac <= 1 and 0 <= self.middle_frac <= 1 and self.high_frac + self.middle_frac <= 1):
-            raise ValueError(f"sampling.psi.high_frac ({self.high_frac}) and middle_frac ({self.middle_frac}) must "
+            raise SettingError(f"`KappaSchedule.high_frac` ({self.high_frac}) and middle_frac ({self.middle_frac}) must "
                              f"be in [0, 1] with a sum <= 1")
 
     def kappas(self, alphas: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from duolm.core.conditioning import with_labels
+from duolm.errors import SettingError
 from duolm.sampling.ancestral import denoiser_from
 
 CACHE_MODES = ("none", "prefix", "dual")
@@ -32,7 +33,7 @@ class ApproximateCache:
 
     def __init__(self, method, backbone, mode: str, labels=None):
         if mode not in ("prefix", "dual"):
-            raise ValueError(f"sampling.confidence.cache must be one of {list(CACHE_MODES)}, got {mode!r}")
+            raise SettingError(f"`ConfidenceOptions.cache` must be one of {list(CACHE_MODES)}, got {mode!r}")
         backbone.capabilities.require("kv_cache", "sampling.confidence.cache (Fast-dLLM's approximate cache)")
         self.method, self.backbone, self.mode, self.labels = method, backbone, mode, labels
         self.full = None  # the refresh call's KVCache

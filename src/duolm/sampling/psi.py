@@ -18,6 +18,7 @@ from typing import ClassVar, Mapping
 
 import torch
 
+from duolm.errors import SettingError
 from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus, nucleus_log
 from duolm.sampling.first_hitting import first_hitting_sample
@@ -52,12 +53,12 @@ class PsiOptions:
 
     def __post_init__(self):
         if self.time_profile not in TIME_PROFILES:
-            raise ValueError(f"sampling.psi.time_profile must be one of {list(TIME_PROFILES)}, "
+            raise SettingError(f"`PsiOptions.time_profile` must be one of {list(TIME_PROFILES)}, "
                              f"got {self.time_profile!r}")
         if self.plateau_in not in ("t", "alpha"):
-            raise ValueError(f"sampling.psi.plateau_in must be one of ['t', 'alpha'], got {self.plateau_in!r}")
+            raise SettingError(f"`PsiOptions.plateau_in` must be one of ['t', 'alpha'], got {self.plateau_in!r}")
         if self.plateau_in == "alpha" and not 0 < self.plateau < 1:
-            raise ValueError(f"sampling.psi.plateau must be a signal level in (0, 1) with plateau_in=alpha, "
+            raise SettingError(f"`PsiOptions.plateau` must be a signal level in (0, 1) with plateau_in=alpha, "
                              f"got {self.plateau}")
 
     @classmethod

@@ -15,8 +15,9 @@ from typing import Callable
 import torch
 
 from duolm.core.conditioning import null_labels, with_labels
+from duolm.errors import SettingError
 from duolm.sampling import analytic, ancestral, ar, confidence, psi
-from duolm.sampling.guidance import guided_denoiser
+from duolm.sampling.guidance import check_guidance, guided_denoiser
 from duolm.sampling.spec import AUTO, NOISE_REMOVAL, SamplerSpec, default_predictor, output_of
 
 # what a method's network gives, by method: log p(x_0 | x_t), SEDD's log score, or next-token logits
@@ -49,9 +50,7 @@ class SamplingModel:
         if backbone is not None and output != "ar":
             den = ancestral.denoiser_from(method, with_labels(backbone, labels))
             if labels is not None and guidance is not None and guidance != 1.0:
-                if not method.supports.guidance:
-                    raise ValueError("sampling.guidance mixes x_0 predictions; a score model (sedd) gives none, so "
-                                     "it samples with guidance 1 (the conditional model) only")
+                check_guidance(method, guidance)
                 null = null_labels(len(labels), backbone.config.num_classes, labels.device)
                 den = guided_denoiser(den, ancestral.denoiser_from(method, with_labels(backbone, null)),
                                       float(guidance))
@@ -90,32 +89,32 @@ def check_sampler(spec: SamplerSpec, method=None) -> None:
     """Raise one ValueError sentence naming the key when spec cannot sample from method (None: the
     model is not known yet, so only that the sampler exists)."""
     if spec.predictor not in SAMPLERS and spec.predictor != AUTO:
-        raise ValueError(f"sampling.predictor must be one of {[AUTO, *SAMPLERS]}, got {spec.predictor!r}")
+        raise SettingError(f"`SamplerSpec.predictor` must be one of {[AUTO, *SAMPLERS]}, got {spec.predictor!r}")
     if method is None:
         return
     spec = spec.resolve(method)
     entry = SAMPLERS[spec.predictor]
     if entry.needs != output_of(method):
-        raise ValueError(f"sampling.predictor={spec.predictor} needs {NEEDS[entry.needs]}, not algo={method.name}; "
-                         f"algo={method.name} samples with sampling.predictor={default_predictor(method)}")
+        raise SettingError(f"`SamplerSpec.predictor`={spec.predictor} needs {NEEDS[entry.needs]}, not `Method.name`={method.name}; "
+                         f"`Method.name`={method.name} samples with `SamplerSpec.predictor`={default_predictor(method)}")
     if spec.noise_removal not in entry.noise_removal:
         why = " (a score model (sedd) gives no x_0 probabilities for it)" if entry.needs == "score" else ""
-        raise ValueError(f"sampling.noise_removal={spec.noise_removal} needs x_0 probabilities{why}; use one of "
-                         f"{list(entry.noise_removal)} with sampling.predictor={spec.predictor}")
+        raise SettingError(f"`SamplerSpec.noise_removal`={spec.noise_removal} needs x_0 probabilities{why}; use one of "
+                         f"{list(entry.noise_removal)} with `SamplerSpec.predictor`={spec.predictor}")
     if entry.reuses_output and method.time_conditioning:
-        raise ValueError(f"sampling.predictor={spec.predictor} reuses the denoiser output, which is only valid for a "
-                         f"model without time conditioning (algo=mdlm)")
+        raise SettingError(f"`SamplerSpec.predictor`={spec.predictor} reuses the denoiser output, which is only valid for a "
+                         f"model without time conditioning (`Method.name`=mdlm)")
     if spec.options is not None and not (entry.options and isinstance(spec.options, entry.options)):
-        raise ValueError(f"sampling.predictor={spec.predictor} takes "
+        raise SettingError(f"`SamplerSpec.predictor`={spec.predictor} takes "
                          f"{'no options' if entry.options is None else entry.options.__name__}, "
                          f"not {type(spec.options).__name__}")
     if entry.check is not None:
         entry.check(spec, method.schedule)
     if spec.total_length is not None and entry.needs == "ar":
-        raise ValueError("sampling.total_length is for diffusion models; AR samples up to model.length here")
+        raise SettingError("`SamplerSpec.total_length` is for diffusion models; AR samples up to `GenerationRequest.length` here")
     if not entry.holds_positions and (spec.prefix or spec.total_length is not None):
-        raise ValueError(f"sampling.predictor={spec.predictor} cannot hold tokens fixed, so sampling.prefix and "
-                         f"sampling.total_length are not available with it")
+        raise SettingError(f"`SamplerSpec.predictor`={spec.predictor} cannot hold tokens fixed, so `SamplerSpec.prefix` and "
+                         f"`SamplerSpec.total_length` are not available with it")
 
 
 def checked_spec(spec: SamplerSpec, method, length: int | None = None, *, infill: bool = False) -> SamplerSpec:
@@ -154,11 +153,11 @@ def options_from_settings(predictor: str, sampling) -> object | None:
 def check_infill(spec: SamplerSpec, method, length: int) -> None:
     """Infilling holds the template's text: a diffusion sampler that can hold positions, one window."""
     if method.is_autoregressive:
-        raise ValueError("sampling.infill needs a diffusion model; an AR model (algo=ar) only continues text")
+        raise SettingError("`GenerationRequest.template` needs a diffusion model; an AR model (`Method.name`=ar) only continues text")
     if not SAMPLERS[spec.predictor].holds_positions:
-        raise ValueError(f"sampling.infill holds the template's text fixed, which sampling.predictor="
+        raise SettingError(f"`GenerationRequest.template` holds the template's text fixed, which `SamplerSpec.predictor`="
                          f"{spec.predictor} cannot do; use ancestral or psi")
     if spec.prefix or (spec.total_length and spec.total_length > length):
-        raise ValueError("sampling.infill fills one window of the model: drop sampling.prefix and "
-                         "sampling.total_length (the template's text is the prompt)")
+        raise SettingError("`GenerationRequest.template` fills one window of the model: drop `SamplerSpec.prefix` and "
+                         "`SamplerSpec.total_length` (the template's text is the prompt)")
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from duolm.errors import SettingError
+
 
 def held_positions(batch: int, length: int, tokens) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask, values) holding `tokens` fixed at the start of every sequence, the `fixed` argument
@@ -18,9 +20,9 @@ def held_positions(batch: int, length: int, tokens) -> tuple[torch.Tensor, torch
 def check_windows(length: int, total_length: int | None, stride: int | None) -> None:
     """Semi-autoregressive settings against the model's window `length` (None: not set)."""
     if total_length is not None and total_length < length:
-        raise ValueError(f"sampling.total_length ({total_length}) must be >= model.length ({length})")
+        raise SettingError(f"`SamplerSpec.total_length` ({total_length}) must be >= `GenerationRequest.length` ({length})")
     if stride is not None and not 1 <= stride <= length:
-        raise ValueError(f"sampling.stride must lie in [1, model.length={length}], got {stride}")
+        raise SettingError(f"`SamplerSpec.stride` must lie in [1, `GenerationRequest.length`={length}], got {stride}")
 
 
 def semi_ar_sample(sample_window, batch: int, length: int, total_length: int, stride: int, *,

@@ -16,6 +16,7 @@ from typing import ClassVar, Mapping, NamedTuple, Protocol
 
 import torch
 
+from duolm.errors import SettingError
 from duolm.sampling.categorical import check_top_p
 from duolm.sampling.semi_ar import check_windows
 
@@ -25,7 +26,7 @@ AUTO = "auto"  # predictor / noise_removal: the method's default (SamplerSpec.re
 
 def check_noise_removal(value: str) -> None:
     if value not in NOISE_REMOVAL:
-        raise ValueError(f"sampling.noise_removal must be one of {list(NOISE_REMOVAL)}, got {value!r}")
+        raise SettingError(f"`SamplerSpec.noise_removal` must be one of {list(NOISE_REMOVAL)}, got {value!r}")
 
 
 def output_of(method) -> str:
@@ -79,7 +80,7 @@ class SamplerSpec:
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"sampling.steps must be an integer >= 1, got {self.steps!r}")
+            raise SettingError(f"`SamplerSpec.steps` must be an integer >= 1, got {self.steps!r}")
         if self.noise_removal != AUTO:
             check_noise_removal(self.noise_removal)
         check_top_p(self.p_nucleus)
@@ -101,7 +102,7 @@ class SamplerSpec:
         """The settings that depend on the model's length window."""
         check_windows(length, self.total_length, self.stride)
         if self.prefix and len(self.prefix) >= length:
-            raise ValueError(f"sampling.prefix is {len(self.prefix)} tokens; the model's length is {length}")
+            raise SettingError(f"`SamplerSpec.prefix` is {len(self.prefix)} tokens; the model's length is {length}")
 
     def describe(self) -> dict:
         """The spec as a samples file records it: its fields, and the options' own keys beside them."""

@@ -23,6 +23,7 @@ import torch
 from duolm.core.conditioning import drop_labels, with_labels
 from duolm.core.methods import Method, TokenLoss
 from duolm.core.operator import DiffusionTransform
+from duolm.errors import SettingError
 from duolm.training.distill import Teacher, check_settings, dcd_loss
 
 
@@ -108,14 +109,19 @@ def check_time_range(method: Method, lo, hi) -> None:
                          f"{lo!r} and {hi!r}")
 
 
+def check_curriculum(method: Method) -> None:
+    """Duo's curriculum relaxes the whole sequence at once: not inside block diffusion's blocks."""
+    if method.block_size is not None:
+        raise SettingError("`Method.block_size` needs `CurriculumSchedule.mode`=none (Duo's curriculum reads the "
+                           "whole sequence); `Method.name`=duo_base is Duo without it")
+
+
 class CurriculumNelbo(Nelbo):
     """Duo's curriculum (duolm.training.curriculum.Curriculum) while active, the plain NELBO after."""
 
     def __init__(self, method: Method, curriculum, *, antithetic: bool = True, num_classes: int = 0,
                  class_dropout: float = 0.0):
-        if method.block_size is not None:
-            raise ValueError("Duo's curriculum needs the whole sequence; with algo.block_size set "
-                             "algo.curriculum.mode must be none")
+        check_curriculum(method)
         super().__init__(method, antithetic=antithetic, num_classes=num_classes, class_dropout=class_dropout)
         self.curriculum = curriculum
 

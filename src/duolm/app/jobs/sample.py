@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from duolm.app.config import ConfigError, check_conditioning, parse_classes
+from duolm.app.fields import config_message
 from duolm.app.loading import load_for_eval, model_path
 from duolm.app.outputs import results_dir
 from duolm.app.sampling_settings import spec_for_model, template_from_config
@@ -30,15 +31,16 @@ def sample_and_print(cfg, pre, device, checkpoint=None, out_dir=None) -> dict:
     try:  # against the model that was loaded, not the config's algo and length
         spec = spec_for_model(s, pre)
     except ValueError as err:
-        raise ConfigError(f"{err} (the model at {where} is {pre.method.name}, length {pre.config['length']})") from None
+        raise ConfigError(f"{config_message(err)} (the model at {where} is {pre.method.name}, length "
+                          f"{pre.config['length']})") from None
     image = is_image(pre.tokenizer)
     try:
-        check_conditioning(s.guidance, s.classes, pre.num_classes, score_model=pre.method.parameterization == "score")
+        check_conditioning(s.guidance, s.classes, pre.num_classes, method=pre.method)
         template = template_from_config(s, pre)
         if template is not None:  # the spec is already resolved and checked: only what a template adds
             check_infill(spec, pre.method, pre.config["length"])
     except ValueError as err:
-        raise ConfigError(f"{err} (the model at {where})") from None
+        raise ConfigError(f"{config_message(err)} (the model at {where})") from None
     request = GenerationRequest(spec, length=pre.config["length"], num_samples=s.num_samples,
                                 batch_size=s.batch_size, seed=s.seed, classes=parse_classes(s.classes),
                                 guidance=s.guidance, trajectory=s.trajectory,
