@@ -163,10 +163,15 @@ def test_sampler_options_are_checked_against_the_loaded_model(tmp_path, corpus, 
     # duo and duo_base are one model
     assert main(["sample", f"eval.checkpoint_path={duo}", "algo=duo_base", f"sampling.output={out}",
                  "sampling.num_samples=1", "sampling.steps=2"]) == 0
-    # kappa settings of an unused predictor are not checked
-    assert main(["sample", f"eval.checkpoint_path={duo}", "sampling.psi.middle_mode=nonsense",
-                 f"sampling.output={out}", "sampling.num_samples=1", "sampling.steps=2"]) == 0
     capsys.readouterr()
+    # a sampler's settings are checked whether it samples or not (issue 33 names this change: they
+    # passed unchecked before), and one that cannot apply to the chosen sampler says so
+    code, err = run_cli(capsys, "sample", f"eval.checkpoint_path={duo}", "sampling.psi.middle_mode=nonsense",
+                        f"sampling.output={out}")
+    assert code == 2 and "sampling.psi mode 'nonsense'" in err
+    code, err = run_cli(capsys, "sample", f"eval.checkpoint_path={duo}", "sampling.psi.middle_mode=pure-pc",
+                        f"sampling.output={out}")
+    assert code == 2 and "sampling.psi.middle_mode applies to sampling.predictor=psi, not auto" in err
     code, err = run_cli(capsys, "sample", f"eval.checkpoint_path={duo}", "sampling.predictor=ancestral_cache",
                         f"sampling.output={out}")
     assert code == 2 and "only valid for a model without time conditioning" in err and "is duo, length 16" in err

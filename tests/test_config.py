@@ -66,3 +66,27 @@ def test_local_data_needs_a_path():
 def test_method_table_names_the_key():
     with pytest.raises(ValueError, match="algo.name must be one of"):
         build_method("gpt", 10)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("sampling.prefix=Cost is ${x}", ("prefix", "Cost is ${x}")),
+    ("sampling.prefix='price: ${5}'", ("prefix", "price: ${5}")),
+    ('sampling.prefix="a ${b} c"', ("prefix", "a ${b} c")),
+    ("sampling.infill=the [___] costs ${3}", ("infill", "the [___] costs ${3}")),
+    ("sampling.chat=What is ${HOME}?", ("chat", "What is ${HOME}?")),
+])
+def test_a_users_text_is_text_even_with_dollar_braces(override, expected):
+    """`${` inside a free-text value is the user's text, not an OmegaConf interpolation, however the
+    shell passed it (bare, single- or double-quoted), and it stays text at every later access."""
+    cfg = compose([override])
+    key, value = expected
+    assert cfg.sampling[key] == value and cfg.sampling.get(key) == value
+
+
+def test_every_sampler_block_is_checked_and_a_setting_that_cannot_apply_says_so():
+    with pytest.raises(ConfigError, match=r"^sampling.confidence.threshold must be a probability in \[0, 1\], got 7$"):
+        compose(["sampling.predictor=ancestral", "sampling.confidence.threshold=7"])
+    with pytest.raises(ConfigError, match=r"^sampling.psi.plateau applies to sampling.predictor=psi, not ancestral: "
+                                          r"set sampling.predictor=psi or drop sampling.psi.plateau$"):
+        compose(["sampling.predictor=ancestral", "sampling.psi.plateau=0.3"])
+    assert compose(["sampling.predictor=psi", "sampling.psi.plateau=0.3"]).sampling.psi.plateau == 0.3

@@ -29,8 +29,9 @@ from duolm.errors import SettingError
 from duolm.models.backbones import BACKBONES, backbone_config, backbone_row, build_backbone
 from duolm.models.ema import check_decay
 from duolm.models.hf_lm import check_shift
-from duolm.sampling import check_sampler, checked_spec
+from duolm.sampling import SAMPLERS, check_sampler, checked_spec
 from duolm.sampling.guidance import check_guidance
+from duolm.sampling.registry import options_from_settings
 from duolm.training.curriculum import CurriculumSchedule
 from duolm.training.distill import DeltaSchedule, check_settings
 from duolm.training.objectives import check_curriculum, check_time_range
@@ -92,13 +93,22 @@ def hydra_quoted(value: str) -> str:
     return "'" + out.replace("${", "\\${") + "'"
 
 
+def literal_texts(cfg) -> dict[str, str]:
+    """A user's text is text: the free-text values that hold `${` as written (the command line's
+    quoting escaped it), read before the config is resolved, after which OmegaConf would take them
+    for interpolations at their next access."""
+    values = {key: OmegaConf.select(cfg, key, default=None) for key in FREE_TEXT_KEYS}
+    return {key: v for key, v in values.items() if isinstance(v, str) and "${" in v}
+
+
 def shell_safe(override: str) -> str:
     """A free-text key's value quoted for Hydra, unless it is already quoted or null."""
     key, eq, value = override.partition("=")
     if not eq or key.lstrip("+~") not in FREE_TEXT_KEYS or value == "null":
         return override
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return override
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":  # quoted already: `${` stays text
+        inner = re.sub(r"(?<!\\)\$\{", r"\\${", value[1:-1])
+        return f"{key}={value[0]}{inner}{value[-1]}"
     return f"{key}={hydra_quoted(value)}"
 
 
@@ -151,7 +161,10 @@ def compose_components(overrides: list[str] | None = None, *,
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"bad override: {first}") from None
     _check_backbone_data(cfg)  # before resolving: an image network's length is the image's
+    texts = literal_texts(cfg)
     OmegaConf.resolve(cfg)
+    for key, value in texts.items():  # escaped again: OmegaConf would read `${` as an interpolation
+        OmegaConf.update(cfg, key, value.replace("${", "\\${"), merge=False)
     cfg.given = sorted(set(given))
     return cfg, validate(cfg, model_from_checkpoint=model_from_checkpoint)
 
@@ -460,6 +473,14 @@ def _check_sampling(cfg, method, *, model_known: bool, num_classes: int = 0) -> 
         _positive(cfg, key)
     if model_known:
         _built("sampling", lambda: check_conditioning(g, s.get("classes"), num_classes))
+
+    for name, row in SAMPLERS.items():  # every sampler's block, chosen or not: a bad value is refused either way
+        if row.options is not None:
+            _built(f"sampling.{name}", lambda name=name: options_from_settings(name, s))
+            given = [k for k in cfg.get("given", []) if k.startswith(f"sampling.{name}.")]
+            if given and s.predictor != name:
+                raise ConfigError(f"{given[0]} applies to sampling.predictor={name}, not {s.predictor}: set "
+                                  f"sampling.predictor={name} or drop {given[0]}")
 
     def check():
         # the prefix is tokenized when the tokenizer has loaded; its length is checked then
