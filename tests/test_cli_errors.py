@@ -147,6 +147,53 @@ def test_ctrl_c_writes_a_checkpoint_and_a_rerun_resumes(tmp_path, corpus):
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 2
 
 
+def test_a_second_ctrl_c_stops_at_once_in_one_sentence_and_the_history_stays_consistent(tmp_path, corpus):
+    """Two Ctrl-Cs: exit 130 with one sentence saying no checkpoint was written (before, Lightning
+    exited 1 in silence); the rerun starts at step 0 and drops the rows the stopped run logged, so
+    logs/metrics.csv never holds a step twice."""
+    import csv
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    # a network whose steps take long enough for the second Ctrl-C to land inside one
+    tiny = [a for a in TINY if a != "logging.csv=false" and not a.startswith(("model.hidden_size", "model.length",
+                                                                              "loader.global_batch_size"))]
+    tiny += ["model.hidden_size=256", "model.length=128", "loader.global_batch_size=64"]
+    args = [sys.executable, "-m", "duolm", "train", *tiny, "data=local", f"data.path={corpus}",
+            f"data.cache_dir={tmp_path / 'c'}", f"run.dir={run}", "run.checkpoint_every=100000",
+            "trainer.log_every_n_steps=1", "trainer.max_steps=100000", "trainer.max_minutes=null"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if proc.stdout.readline().startswith("duolm:"):
+            break
+    metrics = run / "logs" / "metrics.csv"
+    while proc.poll() is None and time.time() < deadline and not (metrics.is_file() and
+                                                                   len(metrics.read_text().splitlines()) > 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    first = proc.stderr.readline()  # the handler's line: the step is still running (steps of ~0.1 s here)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    err = first + err
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopped at once (a second Ctrl-C)" in err and "a rerun starts at step 0" in err, err[-2000:]
+    assert "Traceback" not in err and not (run / "checkpoints" / "last.ckpt").exists()
+    logged = len(metrics.read_text().splitlines()) - 1
+    assert logged >= 2
+    again = subprocess.run(args[:-2] + ["trainer.max_steps=2"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{logged} rows an earlier run logged without a checkpoint are dropped" in again.stdout
+    steps = [int(float(r["step"])) for r in csv.DictReader(open(metrics)) if r.get("step") and r.get("train/loss")]
+    assert steps and len(steps) == len(set(steps)) and max(steps) <= 2, steps
+
+
 def test_sampler_options_are_checked_against_the_loaded_model(tmp_path, corpus, capsys):
     base = [*TINY, "data=local", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'c'}", "trainer.max_steps=1"]
     assert main(["train", *base, "algo=mdlm", f"run.dir={tmp_path / 'mdlm'}"]) == 0

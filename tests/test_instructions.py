@@ -61,6 +61,35 @@ def test_the_store_marks_each_prompt_and_scores_the_response_and_its_end(tmp_pat
         assert len(train) < len(records)  # several records to a block
 
 
+def test_the_response_alone_is_reported_beside_the_padded_figure(tmp_path):
+    """For instruction records the NELBO scores each response and the EOS padding of its block; the
+    responses alone (up to their first EOS) are reported beside it. With AR both are exact, so each
+    equals the sum of next-token NLLs over its own positions."""
+    from duolm.core.methods import build_method
+    from duolm.evaluation import evaluate_nelbo
+    from duolm.models.dit import DiT, DiTConfig
+
+    tok = CharTokenizer()
+    valid = build_splits("local", tok, 40, "pad", None, 1, path=str(_write(tmp_path / "sft.jsonl", PAIRS)),
+                         valid_fraction=0.34)["valid"]
+    method = build_method("ar", tok.vocab_size)
+    torch.manual_seed(0)
+    net = DiT(DiTConfig(vocab_size=tok.vocab_size, hidden_size=32, cond_dim=16, n_blocks=1, n_heads=2, dropout=0.0,
+                        causal=True))
+    for q in net.parameters():
+        torch.nn.init.normal_(q, std=0.2)
+    ev = evaluate_nelbo(method, net, valid, batch_size=2, eos_id=tok.eos_id)
+    x0, scored, clean = valid.blocks_with_prompts(0, len(valid))
+    with torch.no_grad():
+        nll = -net(x0[:, :-1]).double().log_softmax(-1).gather(-1, x0[:, 1:, None])[..., 0]  # position i + 1's
+    ends = (x0 == tok.eos_id) & scored
+    response = (scored & ((ends.long().cumsum(1) - ends.long()) == 0))[:, 1:]
+    assert ev["tokens"] == int(scored.sum()) and ev["response_tokens"] == int(response.sum()) < ev["tokens"]
+    assert abs(ev["nll"] - float((nll * scored[:, 1:]).sum() / scored.sum())) < 1e-5
+    assert abs(ev["response_nll"] - float((nll * response).sum() / response.sum())) < 1e-5
+    assert ev["scored"] == "each response and the EOS padding of its block, given its prompt"
+
+
 def test_chat_records_use_the_template_and_the_prompt_has_one_bos(tmp_path, smollm2):
     messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
     rows = [{"messages": messages}] * 3
@@ -202,6 +231,7 @@ def test_sft_trains_scores_the_response_and_answers_from_the_command_line(tmp_pa
     _, scored, clean = valid.blocks_with_prompts(0, len(valid))
     # the response's NELBO: only the positions after each prompt are scored
     assert math.isfinite(report["nll"]) and report["tokens"] == int(scored.sum()) == scored.numel() - int(clean.sum())
+    assert 0 < report["response_tokens"] < report["tokens"] and math.isfinite(report["response_nll"])
     assert int(clean.sum()) >= 30 * len(valid)  # SmolLM2's template: 30-odd prompt tokens a record
     # lm-evaluation-harness on the same model: a local multiple-choice task (offline)
     pytest.importorskip("lm_eval")

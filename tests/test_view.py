@@ -5,6 +5,8 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +146,11 @@ def test_a_samples_file_without_a_trajectory_gets_one_sentence(tmp_path):
         run = subprocess.run([sys.executable, "-m", "duolm", "view", str(path)], capture_output=True, text=True)
         assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
         assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_the_legend_names_what_bos_and_eos_read_as(text_result):
+    """The built-in model writes its BOS / EOS as '|'; the page's legend says so."""
+    data = page_data(text_result)
+    assert data["markers"] == text_result["document_markers"] and "|" in data["markers"]
+    html = write_page(text_result, Path(tempfile.mkdtemp()) / "legend.html").read_text()
+    assert 'id="markers"' in html and "start / end of a text (BOS / EOS)" in html

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import textwrap
 
 from omegaconf import OmegaConf
 
@@ -20,7 +21,7 @@ from duolm.app.fields import config_message
 from duolm.errors import SettingError
 from duolm.io.hub_access import HubUnreachable
 from duolm.sampling.registry import options_help
-from duolm.training import NonFiniteLossError  # not training.module: that loads Lightning (seconds)
+from duolm.training import NonFiniteLossError, StoppedAtOnce  # not training.module: that loads Lightning (seconds)
 
 USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,push,lm-eval,data,config} [key=value ...]
 
@@ -51,10 +52,14 @@ Config groups: algo, model, data, noise, sampling, optim, trainer, loader (see `
 # per command: (purpose, most-used keys, examples)
 COMMAND_HELP = {
     "train": ("train a model on data=..., then report its validation NELBO and print samples; rerunning the "
-              "same command resumes from run.dir",
+              "same command resumes from run.dir. The end-of-run report: run.final_validation (eval.max_batches "
+              "caps it) and run.final_samples (sampling.num_samples at sampling.steps); false skips either, and "
+              "a run of fewer than 100 steps scores 16 batches and draws 2 samples at 16 steps unless those "
+              "keys are given",
               ["algo", "model", "data", "trainer.max_steps", "trainer.max_minutes", "loader.global_batch_size",
                "optim.lr", "run.dir",
-               "trainer.devices", "trainer.precision"],
+               "trainer.devices", "trainer.precision", "run.final_validation", "run.final_samples",
+               "eval.max_batches", "sampling.num_samples", "sampling.steps"],
               ["duolm train", "duolm train algo=mdlm trainer.max_steps=2000",
                "duolm train algo=duo model=small data=openwebtext-split trainer=gpu loader=papers optim=papers",
                "duolm train data=mnist model=unet-cpu algo=duo_base noise=cosine data.levels=16"]),
@@ -103,7 +108,8 @@ COMMAND_HELP = {
 def command_help(command: str) -> str:
     purpose, keys, examples = COMMAND_HELP[command]
     cfg = compose([])
-    lines = [f"usage: duolm {command} [key=value ...]", "", f"  {purpose}", "", "config groups (group=choice):"]
+    lines = [f"usage: duolm {command} [key=value ...]", "",
+             textwrap.fill(purpose, 100, initial_indent="  ", subsequent_indent="  "), "", "config groups (group=choice):"]
     lines += [f"  {g:<9} {', '.join(group_options(g))}" for g in GROUPS]
     lines += ["", "most-used keys (default):"]
     for k in keys:
@@ -111,7 +117,7 @@ def command_help(command: str) -> str:
         shown = k if k in GROUPS else f"{k} ({value})" if k != "any key" else k
         lines.append(f"  {shown}")
     if command == "sample":
-        lines += ["", "sampler settings (sampling.<predictor>.<key>, read for that predictor only):"]
+        lines += ["", "sampler settings (sampling.<predictor>.<key>: given with sampling.predictor=<predictor>):"]
         lines += [f"  {line}" for line in options_help()]
     lines += ["", "examples:", *(f"  {e}" for e in examples), "", "every key: duolm config"]
     return "\n".join(lines)
@@ -174,6 +180,9 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         print("\nduolm: interrupted", file=sys.stderr)
+        return 130
+    except StoppedAtOnce as err:
+        print(f"\nduolm: {err}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - every error a user can cause is one sentence
         if os.environ.get("DUOLM_DEBUG"):

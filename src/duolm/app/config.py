@@ -85,6 +85,25 @@ FREE_TEXT_KEYS = ("sampling.infill", "sampling.prefix", "sampling.chat", "sampli
                   "convert.output", "hub.repo", "hub.message", "plot.output")
 
 
+def stray_words(overrides: list[str]) -> str | None:
+    """One sentence for words that are not key=value: most often the rest of a value whose quotes the
+    shell removed (sampling.prefix=the old man arrives as three words), with the quoting that works."""
+    for i, o in enumerate(overrides):
+        if "=" in o or o.startswith(("+", "~")):
+            continue
+        j = i
+        while j < len(overrides) and "=" not in overrides[j]:
+            j += 1
+        words = overrides[i:j]
+        if i and overrides[i - 1].partition("=")[0] in FREE_TEXT_KEYS:
+            key, _, first = overrides[i - 1].partition("=")
+            whole = " ".join([first, *words])
+            return (f"{key}: {' '.join(words)!r} arrived as separate words after {key}={first} (the shell splits an "
+                    f"unquoted value at its spaces); quote the whole value: \"{key}={whole}\"")
+        return f"{o!r} is not key=value; every setting is written key=value (duolm config prints every key)"
+    return None
+
+
 def hydra_quoted(value: str) -> str:
     """`value` as one single-quoted Hydra string that parses back to exactly `value` (quotes and the
     backslashes before them escaped, `${` kept literal)."""
@@ -139,6 +158,9 @@ def compose_components(overrides: list[str] | None = None, *,
     """(config, what validate built). model_from_checkpoint: the command reads a trained model
     (sample, eval, convert), so the sampler is checked against it once loaded, not against the
     config's algo and model."""
+    stray = stray_words(overrides or [])
+    if stray:
+        raise ConfigError(stray)
     overrides = [shell_safe(o) for o in overrides or []]
     given = []
     for o in overrides:
@@ -352,7 +374,9 @@ def _check_loader(cfg) -> None:
 
 
 def _check_eval(cfg) -> None:
-    """eval, lm_eval and hub: the evaluation and sharing commands' settings."""
+    """eval, lm_eval and hub: the evaluation and sharing commands' settings (and what a run reports at its end)."""
+    _choice(cfg, "run.final_validation", (True, False))
+    _choice(cfg, "run.final_samples", (True, False))
     _choice(cfg, "eval.image_features", ("classifier", "inception"))
     for key in ("eval.time_samples", "eval.batch_size", "eval.judge_batch_size", "lm_eval.num_mc_samples",
                 "lm_eval.batch_size", "lm_eval.steps"):

@@ -58,4 +58,7 @@ def perplexity_line(name: str, ev: dict, baseline_bits: float | None, unit: str 
             f"perplexity {ev['ppl']:.2f}")
     if baseline_bits is not None:
         line += f" (token frequencies alone: {baseline_bits:.3f} bits/{unit})"
+    if "response_nll" in ev:  # instruction records: say what was scored, and the response alone beside it
+        line += (f"\n  scored: {ev['scored']}; the responses alone (up to their first EOS, {ev['response_tokens']} "
+                 f"{unit}s): {ev['response_nll']:.4f} nats/{unit}, perplexity {ev['response_ppl']:.2f}")
     return line

@@ -24,6 +24,7 @@ from duolm.data.statistics import unigram_entropy_bits
 from duolm.data.tokenizers import load_tokenizer
 from duolm.io.atomic import atomic_torch_save
 from duolm.models.backbones import backbone_row, build_backbone
+from duolm.training import StoppedAtOnce
 from duolm.training.curriculum import Curriculum
 from duolm.training.datamodule import BlockDataModule
 from duolm.training.history import TRAIN_JOB, AppendingCSVLogger, check_resumable, drop_rows_after
@@ -181,6 +182,12 @@ def resume_point(run_dir: Path, resume: bool, module: LitDiffusionLM) -> str | N
     in run.dir changes); the log rows after it are dropped. None: a fresh run."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if not (resume and last.exists()):
+        # a fresh start: rows an earlier run logged without leaving a checkpoint (stopped at once, or
+        # killed) describe steps this run will take again; the history restarts with it
+        dropped = drop_rows_after(run_dir / "logs" / "metrics.csv", -1)
+        if dropped:
+            print(f"duolm: starting at step 0; {dropped} rows an earlier run logged without a checkpoint are "
+                  f"dropped from {run_dir / 'logs' / 'metrics.csv'}")
         return None
     saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
     check_resumable(saved.get("duolm", {}), module.checkpoint_config(), run_dir)
@@ -232,6 +239,11 @@ def train(cfg, *, log=print, init=None, parts=None, callbacks=()) -> dict:
             kept = (f"the last good checkpoint is {last}" if last.exists()
                     else "no checkpoint had been written yet (run.checkpoint_every)")
             raise NonFiniteLossError(f"{err}; {kept}") from None
+        except StoppedAtOnce as err:
+            kept = (f"a rerun of the same command resumes from {last} (step "
+                    f"{int(torch.load(last, map_location='cpu', weights_only=True, mmap=True)['global_step'])})"
+                    if last.exists() else "no checkpoint had been written, so a rerun starts at step 0")
+            raise StoppedAtOnce(f"{err} at step {trainer.global_step}; {kept}") from None
     train_seconds = time.perf_counter() - t0
     trainer.save_checkpoint(last)
     report = {"algo": model.method.name, "steps": trainer.global_step, "train_seconds": train_seconds,

@@ -246,9 +246,16 @@ class Method:
         """One Monte Carlo draw of each sequence's NELBO in nats, prior term included (exact NLL for
         AR), (B,) float64, and each sequence's number of scored tokens (B,): the one computation
         behind validation, `duolm eval` and continuation likelihoods."""
+        terms = self.nelbo_terms(backbone, x0, valid, generator=generator, clean=clean)
+        return (terms.nll * terms.weight).sum(-1), terms.weight.sum(-1).double()
+
+    def nelbo_terms(self, backbone, x0: torch.Tensor, valid: torch.Tensor | None = None, *, generator=None,
+                    clean: torch.Tensor | None = None) -> TokenLoss:
+        """The terms sequence_nelbo sums, per token, float64: each token's loss and its prior term
+        (B, L), or AR's (B, L - 1) next-token NLLs of positions 1 .. L - 1, with their weights."""
         out = self.token_loss(backbone, x0, valid, generator=generator, clean=clean)
         prior = self.prior_kl(x0).to(out.nll.device).double()
-        return ((out.nll.double() + prior) * out.weight).sum(-1), out.weight.sum(-1).double()
+        return TokenLoss(out.nll.double() + prior, out.weight)
 
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
         """The NELBO's prior term per token (B, L); zero for AR (its likelihood is exact). The

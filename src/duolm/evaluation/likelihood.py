@@ -12,7 +12,7 @@ from duolm.io.progress import progress_bar
 @torch.no_grad()
 def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, batch_size: int = 32,
                    time_samples: int = 1, max_batches: int | None = None, seed: int = 0,
-                   device=None, progress: bool = False) -> dict:
+                   device=None, progress: bool = False, eos_id: int | None = None) -> dict:
     """Average of the per-token NELBO over a split, with t drawn `time_samples` times per sequence.
 
     The standard error is over sequences (each sequence's NELBO is one Monte
@@ -20,7 +20,9 @@ def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, 
     their valid mask, or a store split (duolm.data.store.Split), read a batch at a time. A
     class-conditional network is given each image's label (an image split carries them), so the
     figure is the conditional NELBO; a split of instruction records scores each response (and the
-    EOS that ends its block) given its prompt, held clean.
+    EOS that ends its block) given its prompt, held clean; with eos_id it also reports, from the same
+    draws, the terms of the response positions alone (each response up to its first EOS, not the EOS
+    padding after it: `response_nll`, a diagnostic the padding-weighted figure dilutes, not a bound).
     """
     conditional = backbone.capabilities.class_conditioning
 
@@ -35,6 +37,7 @@ def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, 
     g = torch.Generator(device=device or "cpu").manual_seed(seed)
     backbone.eval()
     per_seq, tokens = [], []
+    response_total, response_count = 0.0, 0.0
     n_batches = math.ceil(len(ids) / batch_size)
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
@@ -44,9 +47,19 @@ def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, 
         clean = None if clean is None else clean.to(device)
         net = with_labels(backbone, None if labels is None else labels.to(device))
         total = 0.0
+        response = None
+        if clean is not None and eos_id is not None:  # up to the first EOS after the prompt
+            ends = (x0 == eos_id) & v.bool()
+            response = v.bool() & ((ends.long().cumsum(1) - ends.long()) == 0)
         for _ in range(time_samples):
-            nelbo, count = method.sequence_nelbo(net, x0, v, generator=g, clean=clean)
-            total = total + nelbo / time_samples
+            terms = method.nelbo_terms(net, x0, v, generator=g, clean=clean)
+            total = total + (terms.nll * terms.weight).sum(-1) / time_samples
+            if response is not None:
+                aligned = response[:, response.shape[1] - terms.nll.shape[1]:]  # AR scores positions 1 .. L - 1
+                response_total += float((terms.nll * aligned).sum()) / time_samples
+        count = terms.weight.sum(-1).double()
+        if response is not None:
+            response_count += float(response[:, response.shape[1] - terms.nll.shape[1]:].sum())
         per_seq.append(total.cpu())
         tokens.append(count.cpu())
     per_seq, tokens = torch.cat(per_seq), torch.cat(tokens)
@@ -54,8 +67,13 @@ def evaluate_nelbo(method, backbone, ids, valid: torch.Tensor | None = None, *, 
     # standard error of a ratio estimator: per-sequence NELBO per token, weighted by length
     ratio = per_seq / tokens.clamp_min(1)
     se = float(ratio.std() / math.sqrt(max(1, len(ratio) - 1))) if len(ratio) > 1 else float("nan")
-    return {"nll": nll, "nll_se": se, "bits_per_token": nll / math.log(2), "ppl": math.exp(min(nll, 50)),
-            "sequences": len(per_seq), "tokens": int(tokens.sum()), "time_samples": time_samples}
+    out = {"nll": nll, "nll_se": se, "bits_per_token": nll / math.log(2), "ppl": math.exp(min(nll, 50)),
+           "sequences": len(per_seq), "tokens": int(tokens.sum()), "time_samples": time_samples}
+    if response_count:
+        r = response_total / response_count
+        out.update(scored="each response and the EOS padding of its block, given its prompt", response_nll=r,
+                   response_ppl=math.exp(min(r, 50)), response_tokens=int(response_count))
+    return out
 
 
 def windows(context: list[int], continuation: list[int], length: int) -> list[tuple[list[int], int]]:

@@ -52,6 +52,7 @@ def page_data(result: dict) -> dict:
     data["mask_id"] = traj.get("mask_id")
     data["final_ids"] = [s["ids"] for s in result["samples"][:len(traj["ids"][0])]]
     data["predictions"] = traj.get("predictions")  # the denoiser's most likely x_0 from each frame, or None
+    data["markers"] = result.get("document_markers") or []  # what BOS / EOS read as (the legend names them)
     return data
 
 
@@ -104,7 +105,7 @@ header { display: flex; gap: 1em; align-items: center; flex-wrap: wrap; position
   <button id="play">play</button>
   <input id="slider" type="range" min="0" value="0" step="1">
   <span id="step"></span>
-  <span class="legend"><span class="tok changed">changed at this step</span> · <span class="tok mask">&#9617;</span> mask</span>
+  <span class="legend"><span class="tok changed">changed at this step</span> · <span class="tok mask">&#9617;</span> mask<span id="markers"></span></span>
 </header>
 <div id="meta" class="legend"></div>
 <div id="samples"></div>
@@ -116,6 +117,10 @@ const slider = document.getElementById("slider");
 const stepLabel = document.getElementById("step");
 const box = document.getElementById("samples");
 const n = DATA.frames.length;
+if (DATA.markers && DATA.markers.length) {
+  document.getElementById("markers").textContent =
+    " · " + DATA.markers.map(m => JSON.stringify(m)).join(" ") + " start / end of a text (BOS / EOS)";
+}
 slider.max = String(n - 1);
 document.getElementById("meta").textContent =
   (DATA.algo || "") + (DATA.sampler ? " · " + DATA.sampler : "") + (DATA.num_steps ? " · " + DATA.num_steps + " steps" : "") +

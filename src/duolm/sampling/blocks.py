@@ -17,6 +17,7 @@ import torch
 from duolm.core.block_attention import block_causal_mask
 from duolm.core.conditioning import null_labels, with_labels
 from duolm.errors import SettingError
+from duolm.io.progress import progress_bar
 from duolm.sampling.ancestral import denoiser_from
 from duolm.sampling.guidance import guided_denoiser
 from duolm.sampling.observers import NOTHING, Observer, Recorder
@@ -105,6 +106,8 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
         null_caches = backbone.new_cache() if cache else None
     out = torch.empty(batch, 0, dtype=torch.long, device=device)
     calls = {"denoiser_calls": 0, "cached_calls": 0, "commit_calls": 0}
+    # one bar for the whole generation, a block a tick (not one bar per block)
+    bar = progress_bar(total=-(-total_length // bs), disable=not progress, desc="sampling", unit="block")
     while out.shape[1] < total_length:
         offset = out.shape[1]
         held = prefix[offset:offset + bs]
@@ -122,7 +125,7 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
             if fixed is not None:
                 fixed = tuple(f.to(device) for f in fixed)
             block = entry.run(model, one_block, (batch, bs), bos_id=None, fixed=fixed, generator=generator,
-                              device=device, disable_progress=not progress, observer=st)
+                              device=device, disable_progress=True, observer=st)
             for k in ("denoiser_calls", "cached_calls"):
                 calls[k] += st.counts.get(k, 0)
         if cache:
@@ -132,9 +135,11 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
                 commit_block(backbone, null_caches, block, offset, null)
                 calls["commit_calls"] += 1
         out = torch.cat([out, block], dim=1)
+        bar.update(1)
         if spec.stop_at_eos and eos_id is not None and offset + bs >= len(prefix) and \
                 ((out[:, 1:] == eos_id).any(-1)).all():
             break
+    bar.close()
     out = out[:, :total_length]
     if spec.stop_at_eos and eos_id is not None:  # after a sequence's first EOS, EOS
         seen = torch.cumsum((out == eos_id) & (torch.arange(out.shape[1], device=out.device) > 0), 1) > 0

@@ -8,6 +8,11 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message is one sentence for the user."""
 
 
+class StoppedAtOnce(Exception):
+    """A second Ctrl-C: training stopped in the middle of a step, without writing a checkpoint for it.
+    Not a KeyboardInterrupt, which Lightning turns into a silent exit(1); the message is one sentence."""
+
+
 def quiet_libraries() -> None:
     """Keep the console to what duolm says: Lightning's start-up notes and tips, and library
     deprecation notices about their own internals, are not for a duolm user."""

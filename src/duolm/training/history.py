@@ -40,22 +40,24 @@ def check_resumable(saved: dict, current: dict, run_dir) -> None:
                          f"run.dir for this one (or delete that folder to start over)")
 
 
-def drop_rows_after(metrics_csv: Path, step: int) -> None:
-    """Remove the rows logged after `step` (a resumed run logs them again), atomically."""
+def drop_rows_after(metrics_csv: Path, step: int) -> int:
+    """Remove the rows logged after `step` (a resumed run logs them again; -1: every row), atomically;
+    returns how many were removed."""
     if not metrics_csv.is_file():
-        return
+        return 0
     with open(metrics_csv, newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames or [], list(reader)
-    kept = [r for r in rows if not r.get("step") or int(float(r["step"])) <= step]
+    kept = [r for r in rows if (not r.get("step") and step >= 0) or (r.get("step") and int(float(r["step"])) <= step)]
     if len(kept) == len(rows):
-        return
+        return 0
     tmp = metrics_csv.with_name(f".{metrics_csv.name}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(kept)
     os.replace(tmp, metrics_csv)
+    return len(rows) - len(kept)
 
 
 class _AppendingWriter(_ExperimentWriter):

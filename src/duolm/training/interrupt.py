@@ -8,10 +8,12 @@ import threading
 
 import lightning.pytorch as pl
 
+from duolm.training import StoppedAtOnce
+
 
 class GracefulStop(pl.Callback):
     """The first SIGINT asks every rank to stop after the current optimizer step (the trainer then
-    writes last.ckpt as at the end of any run); a second one interrupts at once."""
+    writes last.ckpt as at the end of any run); a second one stops at once (StoppedAtOnce)."""
 
     def __init__(self):
         self.requested = False
@@ -19,7 +21,7 @@ class GracefulStop(pl.Callback):
 
     def _handler(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise StoppedAtOnce("stopped at once (a second Ctrl-C), in the middle of a step")
         self.requested = True
         print("\nduolm: stopping after this step and writing a checkpoint (Ctrl-C again to stop at once)",
               file=sys.stderr, flush=True)

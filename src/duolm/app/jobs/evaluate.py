@@ -28,7 +28,7 @@ def cmd_eval(cfg, parts):
     splits, data_name = eval_splits(cfg, pre)
     ev = evaluate_nelbo(pre.method, pre.backbone, splits["valid"],
                         batch_size=cfg.eval.batch_size, time_samples=cfg.eval.time_samples,
-                        max_batches=cfg.eval.max_batches, device=device, progress=True)
+                        max_batches=cfg.eval.max_batches, device=device, progress=True, eos_id=pre.tokenizer.eos_id)
     base = unigram_entropy_bits(splits["valid"], pre.tokenizer.vocab_size)
     print(perplexity_line(f"{pre.method.name} on {data_name}", ev, base, unit_of(pre)))
     out = Path(cfg.eval.output or results_dir(cfg) / "eval.json")

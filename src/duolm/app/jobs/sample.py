@@ -22,6 +22,22 @@ def cmd_sample(cfg, parts):
     return 0
 
 
+def sample_output(given, folder: Path) -> tuple[str, Path | None]:
+    """Where the samples go: sampling.output as given (the user chose it: replaced), else samples.json
+    in the model's run folder, or, when an earlier one is there, the next free samples-<n>.json
+    beside it, so a later command never silently replaces samples (nor the trajectory a `duolm
+    view` page was made from). Returns (path, the earlier file kept or None)."""
+    if given:
+        return str(given), None
+    first = folder / "samples.json"
+    if not first.exists():
+        return str(first), None
+    n = 1
+    while (folder / f"samples-{n}.json").exists():
+        n += 1
+    return str(folder / f"samples-{n}.json"), first
+
+
 def sample_and_print(cfg, pre, device, checkpoint=None, out_dir=None) -> dict:
     """Sample from a loaded model (Pretrained) as cfg.sampling says, write the JSON (sampling.output,
     else out_dir/samples.json; out_dir: the folder of the run or model sampled, duolm.app.outputs)
@@ -53,8 +69,10 @@ def sample_and_print(cfg, pre, device, checkpoint=None, out_dir=None) -> dict:
             smp["reply"] = pre.tokenizer.decode(reply_ids(pre.tokenizer, smp["ids"], start))
     if image:
         res["data"] = pre.config.get("data")  # which training images FID compares against
-    out = s.output or str(Path(out_dir or cfg.run.dir) / "samples.json")
+    out, kept = sample_output(s.output, Path(out_dir or cfg.run.dir))
     write_json(res, out)
+    if kept:
+        print(f"(kept the earlier {kept.name}; these samples are {Path(out).name}, beside it)")
     how = (f"{spec.predictor}, {res['steps']} steps, last step {res['noise_removal']}"
            if not pre.method.is_autoregressive else "autoregressive, KV cache")
     if "cache" in res:
