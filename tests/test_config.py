@@ -1,6 +1,7 @@
 """Every config preset composes, validates and instantiates; bad values get one clear sentence."""
 import pytest
 import torch
+from said_as import raises_said_as
 
 from duolm.app.config import ConfigError, compose, compose_components, group_options
 from duolm.core.methods import build_method
@@ -64,7 +65,7 @@ def test_local_data_needs_a_path():
 
 
 def test_method_table_names_the_key():
-    with pytest.raises(ValueError, match="algo.name must be one of"):
+    with raises_said_as("algo.name must be one of"):
         build_method("gpt", 10)
 
 

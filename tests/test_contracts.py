@@ -3,6 +3,7 @@ import inspect
 
 import pytest
 import torch
+from said_as import raises_said_as
 
 from duolm.contracts import Denoiser, Process, Schedule
 from duolm.core.methods import METHODS, PROCESSES, build_method
@@ -70,7 +71,7 @@ def test_a_gate_follows_the_table_not_the_name(monkeypatch):
 
     from duolm.core import methods
 
-    with pytest.raises(ValueError, match=r"algo.block_size is for algo.name in \['mdlm', 'duo_base', 'duo'\]"):
+    with raises_said_as(r"algo.block_size is for algo.name in \['mdlm', 'duo_base', 'duo'\]"):
         build_method("sedd", 6, block_size=2)
     monkeypatch.setitem(methods.METHODS, "sedd", replace(methods.METHODS["sedd"],
                                                          supports=methods.Supports(blocks=True)))

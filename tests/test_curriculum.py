@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from said_as import raises_said_as
 from scipy import stats
 
 from duolm.core.operator import DiffusionTransform, gaussian_latents
@@ -84,7 +85,7 @@ def test_schedule_tau_and_switch():
                                         (dict(mode="simple", top_k=8), "needs an efficient mode"),
                                         (dict(mode="poly9", top_k=0), "top_k must be -1")])
 def test_bad_schedules(kwargs, msg):
-    with pytest.raises(ValueError, match=msg):
+    with raises_said_as(msg):
         CurriculumSchedule(**kwargs)
 
 

@@ -1,6 +1,7 @@
 """Mechanics of Discrete Consistency Distillation."""
 import pytest
 import torch
+from said_as import raises_said_as
 
 from duolm.core.methods import build_method
 from duolm.core.operator import DiffusionTransform, gaussian_coefficients, gaussian_latents
@@ -37,7 +38,7 @@ def test_delta_doubles_at_each_refresh_and_grows_linearly_when_asked():
     assert d.delta(10 ** 6) == 1.0
     lin = DeltaSchedule(growth="linear", linear_min=0.01, linear_max=0.2, max_steps=100)
     assert lin.delta(0) == pytest.approx(0.01) and lin.delta(50) == pytest.approx(0.105) and lin.delta(500) == 0.2
-    with pytest.raises(ValueError, match="distill.delta_growth"):
+    with raises_said_as("distill.delta_growth"):
         DeltaSchedule(growth="exp")
 
 

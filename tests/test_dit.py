@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from said_as import raises_said_as
 
 from duolm.models.dit import DiT, DiTConfig
 
@@ -69,7 +70,7 @@ def test_kv_cache_decoding_matches_the_full_causal_pass():
 
 
 def test_bad_head_count_is_a_clear_error():
-    with pytest.raises(ValueError, match="model.hidden_size"):
+    with raises_said_as("model.hidden_size"):
         DiT(DiTConfig(vocab_size=5, hidden_size=30, n_heads=4))
 
 

@@ -218,7 +218,7 @@ def test_bad_lora_settings_are_one_sentence():
     for bad, needle in [({"r": -1}, "model.lora.r must be an integer >= 0"), ({"rank": 4}, "model.lora.rank is not"),
                         ({"r": 4, "dropout": 1.5}, "model.lora.dropout must lie in"),
                         ({"r": 4, "target_modules": []}, "model.lora.target_modules must be")]:
-        with pytest.raises(ValueError, match=needle):
+        with raises_said_as(needle):
             check_lora(bad)
 
 
@@ -263,7 +263,7 @@ def test_attention_mask_annealing_opens_the_causal_mask_over_its_steps():
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(net(x), bidirectional(x), atol=1e-5, rtol=0)  # evaluation: bidirectional
-    with pytest.raises(ValueError, match="algo=ar stays causal"):
+    with raises_said_as("algo=ar stays causal"):
         HFConfig(vocab_size=3, hf_config={"model_type": "llama"}, causal=True, anneal_steps=10)
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from oracles import all_sequences, oracle_posterior_marginals, random_joint
+from said_as import raises_said_as
 from scipy.stats import chisquare
 
 from duolm.contracts import Capabilities
@@ -47,11 +48,11 @@ def test_digits_keep_their_17_gray_levels_and_coarser_levels_quantise():
 
 
 def test_bad_image_settings_are_one_sentence():
-    with pytest.raises(ValueError, match="data.levels must be at most 256"):
+    with raises_said_as("data.levels must be at most 256"):
         PixelTokenizer(300, 1, 8)
-    with pytest.raises(ValueError, match="data.channels"):
+    with raises_said_as("data.channels"):
         PixelTokenizer(16, 0, 8)
-    with pytest.raises(ValueError, match="do not match data.channels=1"):
+    with raises_said_as("do not match data.channels=1"):
         PixelTokenizer(16, 1, 8).encode_pixels(np.zeros((2, 3, 8, 8)))
 
 

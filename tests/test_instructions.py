@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
 
+from duolm.app.fields import config_message
 from duolm.core.methods import build_method
 from duolm.data.instructions import chat_prompt, prompt_ids, reply_ids
 from duolm.data.pipeline import build_splits
@@ -127,8 +129,10 @@ def test_records_whose_prompt_leaves_no_room_are_dropped_and_counted(tmp_path):
 def test_bad_instruction_data_is_one_sentence(tmp_path, rows, fmt, match):
     path = _write(tmp_path / "s.jsonl", rows)
     mode = "wrap" if fmt == "jsonl-wrap" else "pad"
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError) as info:
         build_splits("local", CharTokenizer(), 32, mode, None, 1, path=str(path), format="instructions")
+    said = config_message(info.value)  # the sentence a user of the command reads
+    assert re.search(match, said), said
 
 
 class Recorder(torch.nn.Module):

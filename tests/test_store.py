@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from duolm.app.fields import config_message
 from duolm.data.pipeline import build_splits, load_documents
 from duolm.data.tokenizers import CharTokenizer, load_tokenizer
 
@@ -149,7 +150,7 @@ def test_a_full_disk_gets_one_sentence_and_leaves_no_partial_store(tmp_path, mon
     monkeypatch.setattr(store_mod.SplitWriter, "add_flat", full)
     with pytest.raises(ValueError) as err:
         build_splits("bigtxt", CharTokenizer(), 64, "wrap", str(tmp_path))
-    msg = str(err.value)
+    msg = config_message(err.value)  # the sentence a user of the command reads
     assert msg.startswith("data.cache_dir: cannot write the token store") and "No space left" in msg
     assert "\n" not in msg and [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

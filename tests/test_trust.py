@@ -50,7 +50,9 @@ def test_commands_on_another_model_leave_a_run_byte_for_byte_unchanged(workdir, 
         assert main(args) == 0, args
     assert folder_hash(mine) == before
     assert (workdir / "outputs" / "builtin-duo-bigtxt-dcd-outputs" / "samples.json").is_file()
-    assert json.loads((workdir / "other" / "samples.json").read_text())["checkpoint"] == str(other)
+    # the later sample is written beside the training's samples.json, which it no longer replaces (issue 33)
+    assert json.loads((workdir / "other" / "samples-1.json").read_text())["checkpoint"] == str(other)
+    assert (workdir / "other" / "samples.json").is_file()
     assert (workdir / "converted-outputs" / "samples.json").is_file()
     assert (workdir / "other" / "eval.json").is_file()
     assert (workdir / "other-dcd" / "model" / "config.json").is_file()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from said_as import raises_said_as
 
 import duolm
 from duolm.evaluation.trajectory_page import page_data, write_page
@@ -135,7 +136,7 @@ def test_a_page_of_hostile_token_strings_runs_its_selftest_and_none_of_the_data(
 
 
 def test_a_samples_file_without_a_trajectory_gets_one_sentence(tmp_path):
-    with pytest.raises(ValueError, match="sampling.trajectory=true"):
+    with raises_said_as("sampling.trajectory=true"):
         page_data({"samples": [{"ids": [1], "text": "a"}]})
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({"samples": [{"ids": [1], "text": "a"}]}))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-FIELD = re.compile(r"`([A-Z]\w*(?:\.\w+)+)`")
+FIELD = re.compile(r"`([A-Za-z_]\w*(?:\.\w+)+)`")
 
 
 class SettingError(ValueError):

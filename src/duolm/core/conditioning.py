@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from duolm.errors import SettingError
+
 
 class Labelled:
     """A backbone with its labels bound: called as the backbone is, with class_cond=labels; its
@@ -54,8 +56,8 @@ def check_labels(labels, num_classes: int) -> None:
     """One sentence when labels fall outside [0, num_classes] (num_classes itself is the null label)."""
     labels = torch.as_tensor(labels)
     if num_classes == 0:
-        raise ValueError("sampling.classes: the model is unconditional (trained without labels)")
+        raise SettingError("`GenerationRequest.classes`: the model is unconditional (trained without labels)")
     bad = labels[(labels < 0) | (labels > num_classes)]
     if bad.numel():
-        raise ValueError(f"sampling.classes: label {int(bad[0])} is outside the model's classes 0..{num_classes - 1} "
+        raise SettingError(f"`GenerationRequest.classes`: label {int(bad[0])} is outside the model's classes 0..{num_classes - 1} "
                          f"({num_classes} is the null label)")

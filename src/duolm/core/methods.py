@@ -449,21 +449,21 @@ def build_method(name: str, vocab_size: int, *, schedule=None, num_steps: int | 
     """The method named `name` for a tokenizer of vocab_size tokens (num_steps, time_conditioning:
     None keeps the recipe's)."""
     if name not in METHODS:
-        raise ValueError(f"algo.name must be one of {list(ALGOS)}, got {name!r}")
+        raise SettingError(f"`build_method.name` must be one of {list(ALGOS)}, got {name!r}")
     r = METHODS[name]
     if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0):
-        raise ValueError(f"algo.T must be an integer >= 0, got {num_steps!r}")
+        raise SettingError(f"`build_method.num_steps` must be an integer >= 0, got {num_steps!r}")
     if num_steps is not None:
         if r.time == "discrete" and num_steps < 1:
-            raise ValueError(f"algo.T must be >= 1 for {name} (a discrete-time NELBO), got {num_steps}")
+            raise SettingError(f"`build_method.num_steps` must be >= 1 for {name} (a discrete-time NELBO), got {num_steps}")
         if r.time == "continuous" and num_steps != 0:
-            raise ValueError(f"algo.T must be 0 for {name} (a continuous-time loss), got {num_steps}")
+            raise SettingError(f"`build_method.num_steps` must be 0 for {name} (a continuous-time loss), got {num_steps}")
     if block_size is not None:
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"algo.block_size must be null or an integer >= 1, got {block_size!r}")
+            raise SettingError(f"`Method.block_size` must be null or an integer >= 1, got {block_size!r}")
         if not r.supports.blocks:
-            raise ValueError(f"algo.block_size is for algo.name in {methods_supporting('blocks')}; block diffusion of "
-                             f"{name} is not implemented (got algo.name={name!r})")
+            raise SettingError(f"`Method.block_size` is for `build_method.name` in {methods_supporting('blocks')}; block diffusion of "
+                             f"{name} is not implemented (got `build_method.name`={name!r})")
     process = None if r.process is None else PROCESSES[r.process](vocab_size)
     return Method(name, vocab_size=vocab_size, process=process, schedule=schedule or LogLinear(),
                   parameterization=r.parameterization, loss=r.loss,

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from duolm.errors import SettingError
+
 _PANEL = 1.0         # width of one Gauss-Legendre panel in z (measured: 3e-13 worst error against scipy)
 _NODES = 16          # nodes per panel
 _SQRT_2PI = math.sqrt(2 * math.pi)
@@ -149,9 +151,9 @@ def fit_alpha(vocab_size: int, gamma_min: float, gamma_max: float, kind: str = "
               points: int = 4001) -> AlphaFit:
     """Fit alpha(t) = T(gamma(t)) over the band; t = 0 is gamma_min (least noise)."""
     if kind not in FIT_KINDS:
-        raise ValueError(f"algo.curriculum.mode fit must be one of {list(FIT_KINDS)}, got {kind!r}")
+        raise SettingError(f"`CurriculumSchedule.mode` fit must be one of {list(FIT_KINDS)}, got {kind!r}")
     if not gamma_min < gamma_max:
-        raise ValueError(f"algo.curriculum.gamma_min ({gamma_min}) must be below gamma_max ({gamma_max})")
+        raise SettingError(f"`CurriculumSchedule.gamma_min` ({gamma_min}) must be below gamma_max ({gamma_max})")
     T = DiffusionTransform(vocab_size)
     t = torch.linspace(0, 1, points, dtype=torch.float64)
     span = gamma_max - gamma_min

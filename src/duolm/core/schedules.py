@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from duolm.errors import SettingError
+
 
 @dataclass(frozen=True)
 class ScheduleOutput:
@@ -25,7 +27,7 @@ class LogLinear:
 
     def __init__(self, eps: float = 1e-3):
         if not 0.0 <= eps < 1.0:
-            raise ValueError(f"noise.eps must lie in [0, 1), got {eps}")
+            raise SettingError(f"`Schedule.eps` must lie in [0, 1), got {eps}")
         self.eps = eps
 
     def __call__(self, t: torch.Tensor) -> ScheduleOutput:
@@ -47,7 +49,7 @@ class Cosine:
 
     def __init__(self, eps: float = 1e-3):
         if not 0.0 <= eps < 1.0:
-            raise ValueError(f"noise.eps must lie in [0, 1), got {eps}")
+            raise SettingError(f"`Schedule.eps` must lie in [0, 1), got {eps}")
         self.eps = eps
 
     def __call__(self, t: torch.Tensor) -> ScheduleOutput:
@@ -66,5 +68,5 @@ SCHEDULES = {"log-linear": LogLinear, "cosine": Cosine}
 
 def make_schedule(name: str, eps: float = 1e-3):
     if name not in SCHEDULES:
-        raise ValueError(f"noise.type must be one of {sorted(SCHEDULES)}, got {name!r}")
+        raise SettingError(f"`make_schedule.name` must be one of {sorted(SCHEDULES)}, got {name!r}")
     return SCHEDULES[name](eps=eps)

@@ -13,6 +13,7 @@ from pathlib import Path
 from duolm.data.detokenizers import join_wikitext_articles
 from duolm.data.instructions import is_instruction_file, iter_records
 from duolm.data.sources import LOCAL_FILES, TRAINING_SETS, TextSource
+from duolm.errors import SettingError
 from duolm.io.hub_access import from_hub
 
 LOCAL_FORMATS = ("auto", "text_dir", "text_file", "jsonl", "token_ids", "instructions")
@@ -102,8 +103,8 @@ def _iter_token_ids(path: Path, vocab_size: int | None = None):
             if vocab_size is not None:
                 bad = [i for i in ids if not 0 <= i < vocab_size]
                 if bad:
-                    raise ValueError(f"{path}:{n}: token id {bad[0]}, outside the vocabulary [0, {vocab_size}) of "
-                                     f"data.tokenizer")
+                    raise SettingError(f"{path}:{n}: token id {bad[0]}, outside the vocabulary [0, {vocab_size}) of "
+                                     f"`load_tokenizer.spec`")
             yield ids
 
 
@@ -120,7 +121,7 @@ def _iter_jsonl(path: Path, field: str):
                 raise ValueError(f"{path}:{n}: expected a JSON object with a {field!r} field, got a "
                                  f"{type(row).__name__}")
             if field not in row:
-                raise ValueError(f"{path}:{n}: no {field!r} field (set data.text_field)")
+                raise SettingError(f"{path}:{n}: no {field!r} field (set `build_splits.text_field`)")
             if not isinstance(row[field], str):
                 raise ValueError(f"{path}:{n}: the {field!r} field is {json.dumps(row[field])[:40]}, not text")
             yield row[field]
@@ -153,7 +154,7 @@ def local_documents(path: str | Path, fmt: str = "auto", text_field: str = "text
     if fmt == "text_dir":
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
-            raise ValueError(f"data.path: {path} holds no .txt files")
+            raise SettingError(f"`build_splits.path`: {path} holds no .txt files")
         raw, ids = (lambda: (f.read_text(encoding="utf-8", errors="replace") for f in files)), False
     elif fmt == "text_file":
         raw, ids = (lambda: _iter_text_file(path)), False
@@ -163,10 +164,10 @@ def local_documents(path: str | Path, fmt: str = "auto", text_field: str = "text
         raw, ids = (lambda: _iter_token_ids(path, vocab_size)), True
     elif fmt == "instructions":
         if path.is_dir():
-            raise ValueError(f"data.format=instructions reads one .jsonl file; data.path {path} is a folder")
+            raise SettingError(f"`build_splits.format`=instructions reads one .jsonl file; `build_splits.path` {path} is a folder")
         raw, ids = (lambda: iter_records(path)), False
     else:
-        raise ValueError(f"data.format must be one of {list(LOCAL_FORMATS)}, got {fmt!r}")
+        raise SettingError(f"`build_splits.format` must be one of {list(LOCAL_FORMATS)}, got {fmt!r}")
 
     def non_empty():
         seen = False
@@ -175,7 +176,7 @@ def local_documents(path: str | Path, fmt: str = "auto", text_field: str = "text
                 seen = True
                 yield d
         if not seen:
-            raise ValueError(f"data.path: {path} is empty")
+            raise SettingError(f"`build_splits.path`: {path} is empty")
 
     return (Instructions if fmt == "instructions" else Documents)(non_empty), ids
 
@@ -193,8 +194,8 @@ def split_local(docs: Documents, valid_fraction: float) -> dict[str, Documents]:
     n = sum(1 for _ in docs)  # one counting pass: memory stays bounded
     kind = type(docs) if isinstance(docs, Documents) else Documents
     if n < 2 and kind is Instructions:
-        raise ValueError("data.path: one instruction record cannot be split into training and validation; "
-                         "add records or pass data.valid_path")
+        raise SettingError("`build_splits.path`: one instruction record cannot be split into training and validation; "
+                         "add records or pass `build_splits.valid_path`")
     if n < 2:
         d = next(iter(docs))
         cut = int(len(d) * (1 - 1 / every))

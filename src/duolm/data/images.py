@@ -25,6 +25,7 @@ import torch
 
 from duolm.data.store import MappedFiles, StoreError, file_lock
 from duolm.data.tokenizers import PixelTokenizer
+from duolm.errors import SettingError
 from duolm.io.atomic import atomic_directory
 from duolm.io.hub_access import from_hub
 
@@ -43,7 +44,7 @@ class ImageSource:
 def _package_file(package: str, relative: str, extra: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"data.source needs the {package} package (pip install 'duolm[{extra}]')")
+        raise SettingError(f"`build_splits.source` needs the {package} package (pip install 'duolm[{extra}]')")
     path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.is_file():
         raise ValueError(f"{path}: missing from the installed {package} package")
@@ -80,12 +81,12 @@ def _read_cifar10(data_files=None, batch: int = 1000) -> dict:
         try:
             ds = datasets.load_dataset("parquet", data_files=dict(data_files))
         except Exception as err:  # noqa: BLE001 - missing files, another schema
-            raise ValueError(f"data=cifar10: could not load data.data_files ({type(err).__name__}: "
+            raise SettingError(f"`build_splits.dataset`=cifar10: could not load `build_splits.data_files` ({type(err).__name__}: "
                              f"{str(err)[:120]}); {local}") from None
     names = {"train": "train", "valid": "test" if "test" in ds else "valid"}
     for split in names.values():
         if split not in ds or not {"img", "label"} <= set(ds[split].column_names):
-            raise ValueError(f"data=cifar10: the {split!r} split needs columns img and label, found "
+            raise SettingError(f"`build_splits.dataset`=cifar10: the {split!r} split needs columns img and label, found "
                              f"{ds[split].column_names if split in ds else 'no such split'}")
 
     def batches(part):
@@ -183,7 +184,7 @@ def image_tokenizer(source: str, levels: int | None, num_classes: int | None = N
     None: the source's classes, 0: unconditional."""
     src = IMAGE_SOURCES[source]
     if num_classes not in (None, 0, src.num_classes):
-        raise ValueError(f"data.num_classes must be {src.num_classes} (the classes of data={source}) or 0 "
+        raise SettingError(f"`build_image_splits.num_classes` must be {src.num_classes} (the classes of `build_splits.dataset`={source}) or 0 "
                          f"(unconditional), got {num_classes!r}")
     return PixelTokenizer(levels or src.max_value + 1, src.channels, src.image_size,
                           src.num_classes if num_classes is None else num_classes)
@@ -193,7 +194,7 @@ def build_image_splits(source: str, levels: int | None, cache_dir=None, data_fil
                        num_classes: int | None = None) -> tuple:
     """(tokenizer, {'train': ImageSplit, 'valid': ImageSplit}), built once into cache_dir."""
     if source not in IMAGE_SOURCES:
-        raise ValueError(f"data.source must be one of {sorted(IMAGE_SOURCES)} for images, got {source!r}")
+        raise SettingError(f"`build_splits.source` must be one of {sorted(IMAGE_SOURCES)} for images, got {source!r}")
     tokenizer = image_tokenizer(source, levels, num_classes)
     root = Path(cache_dir or "~/.cache/duolm").expanduser() / "images"
     directory = root / f"{source}-{tokenizer.levels}-{_key(source, tokenizer, data_files)}"
@@ -218,12 +219,12 @@ def _write_image_store(directory: Path, source: str, tokenizer, data_files) -> N
             with open(d / "pixels.bin", "wb") as fp, open(d / "labels.bin", "wb") as fl:
                 for images, labels in batches:
                     if labels.size and (labels.min() < 0 or labels.max() >= src.num_classes):
-                        raise ValueError(f"data={source}: a label outside [0, {src.num_classes})")
+                        raise SettingError(f"`build_splits.dataset`={source}: a label outside [0, {src.num_classes})")
                     fp.write(tokenizer.encode_pixels(images, src.max_value).astype(np.uint8).tobytes())
                     fl.write(labels.astype(np.int64).tobytes())
                     n += len(labels)
             if n == 0:
-                raise ValueError(f"data={source}: the {split} split has no images")
+                raise SettingError(f"`build_splits.dataset`={source}: the {split} split has no images")
             meta["splits"][split] = {"count": n}
         (tmp / "meta.json").write_text(json.dumps(meta))
 

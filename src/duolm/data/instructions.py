@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from duolm.errors import SettingError
+
 
 def is_instruction_file(path: Path, text_field: str = "text") -> bool:
     """Whether a .jsonl file holds instruction records: its first record has `messages`, or both
@@ -80,7 +82,7 @@ def has_chat_template(tokenizer) -> bool:
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
     """The conversation as the tokenizer's chat template writes it, the assistant's turn opened."""
     if not has_chat_template(tokenizer):
-        raise ValueError(f"conversations are formatted with the tokenizer's chat template; data.tokenizer="
+        raise SettingError(f"conversations are formatted with the tokenizer's chat template; `load_tokenizer.spec`="
                          f"{getattr(tokenizer, 'name', '?')} has none (use prompt/response records or an "
                          f"instruction-tuned model's tokenizer)")
     text = tokenizer.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -96,7 +98,7 @@ def render(record: dict, tokenizer) -> tuple[str, str]:
         try:
             return chat_prompt(tokenizer, record["messages"][:-1]), record["messages"][-1]["content"]
         except ValueError as err:
-            raise ValueError(f"{record.get('where', 'data.path')}: {err}") from None
+            raise SettingError(f"{record.get('where', '`build_splits.path`')}: {err}") from None
     return record["prompt"], record["response"]
 
 

@@ -21,6 +21,7 @@ from duolm.data.sources import STREAM_ONLY, STREAMS, TRAINING_SETS, ZERO_SHOT
 from duolm.data.store import STORE_VERSION, Split, SplitWriter, StoreError, file_lock, open_store
 from duolm.data.streaming import StreamingBlocks, stream_texts
 from duolm.data.zero_shot import load_zero_shot
+from duolm.errors import SettingError
 from duolm.io.atomic import atomic_directory
 
 EVAL_ONLY = tuple(ZERO_SHOT)  # the papers' zero-shot sets
@@ -54,7 +55,7 @@ def load_documents(source: str, vocab_size: int | None = None, **kwargs) -> tupl
         if kwargs.get("valid_path"):
             valid, _ = corpora.local_documents(kwargs["valid_path"], fmt, field, vocab_size)
             if isinstance(docs, corpora.Instructions) != isinstance(valid, corpora.Instructions):
-                raise ValueError("data.valid_path must hold the same kind of records as data.path (instruction "
+                raise SettingError("`build_splits.valid_path` must hold the same kind of records as `build_splits.path` (instruction "
                                  "records in both, or texts in both)")
             return {"train": docs, "valid": valid}, are_ids
         return corpora.split_local(docs, kwargs.get("valid_fraction", 0.05)), are_ids
@@ -62,22 +63,22 @@ def load_documents(source: str, vocab_size: int | None = None, **kwargs) -> tupl
         return load_zero_shot(source, kwargs.get("data_files")), False
     if source in TRAINING_SETS:
         return corpora.hf_source(source, kwargs.get("data_files")), False
-    raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
+    raise SettingError(f"`build_splits.source` must be one of {list(SOURCES)}, got {source!r}")
 
 
 def check_data(source: str, mode: str, streaming: bool = False) -> None:
     """The data settings that need no file: a known source and block mode, and streaming's limits."""
     if source not in SOURCES:
-        raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
+        raise SettingError(f"`build_splits.source` must be one of {list(SOURCES)}, got {source!r}")
     if mode not in BLOCK_MODES:
-        raise ValueError(f"data.blocks must be one of {list(BLOCK_MODES)}, got {mode!r}")
+        raise SettingError(f"`build_splits.blocks` must be one of {list(BLOCK_MODES)}, got {mode!r}")
     if streaming and source not in STREAMS:
-        raise ValueError(f"data.streaming=true reads {sorted(STREAMS)}; data.source={source} is read into a token store")
+        raise SettingError(f"`build_splits.streaming`=true reads {sorted(STREAMS)}; `build_splits.source`={source} is read into a token store")
     if streaming and mode != "wrap":
-        raise ValueError(f"data.streaming=true makes wrap blocks; data.blocks={mode} needs the token store "
-                         f"(data.streaming=false)")
+        raise SettingError(f"`build_splits.streaming`=true makes wrap blocks; `build_splits.blocks`={mode} needs the token store "
+                         f"(`build_splits.streaming`=false)")
     if source in STREAM_ONLY and not streaming:
-        raise ValueError(f"data.source={source} is read in streaming mode only: set data.streaming=true")
+        raise SettingError(f"`build_splits.source`={source} is read in streaming mode only: set `build_splits.streaming`=true")
 
 
 class StreamingSource:
@@ -149,7 +150,7 @@ def _cached_splits(source, tokenizer, length, mode, cache_dir, num_proc, docs, a
     except OSError as err:
         if isinstance(err, ConnectionError):  # the network's, not the cache folder's (see duolm.io.hub_access)
             raise
-        raise ValueError(f"data.cache_dir: cannot write the token store in {root} "
+        raise SettingError(f"`build_splits.cache_dir`: cannot write the token store in {root} "
                          f"({err.strerror or type(err).__name__}); nothing was kept") from None
 
 

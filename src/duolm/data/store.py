@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from duolm.errors import SettingError
+
 STORE_VERSION = 2
 
 
@@ -68,10 +70,10 @@ class SplitWriter:
     def __init__(self, directory: Path, *, mode: str, length: int, bos: int, eos: int, vocab_size: int,
                  source: str = "data", prompts: bool = False):
         if prompts and mode == "wrap":
-            raise ValueError("data.blocks=wrap joins documents into one stream; instruction records (prompt and "
-                             "response) need data.blocks=pad or pack")
+            raise SettingError("`build_splits.blocks`=wrap joins documents into one stream; instruction records (prompt and "
+                             "response) need `build_splits.blocks`=pad or pack")
         if mode == "wrap" and length < 3:
-            raise ValueError(f"model.length must be >= 3 to wrap text with BOS and EOS, got {length}")
+            raise SettingError(f"`build_splits.length` must be >= 3 to wrap text with BOS and EOS, got {length}")
         directory.mkdir(parents=True, exist_ok=True)
         self.directory, self.mode, self.length, self.bos, self.eos = directory, mode, length, bos, eos
         self.vocab_size, self.source = vocab_size, source
@@ -166,12 +168,12 @@ class SplitWriter:
         n_blocks = _num_blocks(self.mode, self.length, meta)
         if n_blocks == 0:
             if self.mode == "wrap":
-                raise ValueError(f"{self.source}: {self.n_tokens} tokens cannot fill one block of "
-                                 f"model.length={self.length}; use more text or a shorter model.length")
+                raise SettingError(f"{self.source}: {self.n_tokens} tokens cannot fill one block of "
+                                 f"`build_splits.length`={self.length}; use more text or a shorter `build_splits.length`")
             if self.n_dropped:
-                raise ValueError(f"{self.source}: every one of the {self.n_dropped} records has a prompt of "
-                                 f"model.length - 2 = {self.length - 2} tokens or more, so no response fits; use "
-                                 f"a longer model.length")
+                raise SettingError(f"{self.source}: every one of the {self.n_dropped} records has a prompt of "
+                                 f"`build_splits.length` - 2 = {self.length - 2} tokens or more, so no response fits; use "
+                                 f"a longer `build_splits.length`")
             raise ValueError(f"{self.source}: no {'non-empty sequences' if self.mode == 'pad' else 'sequences to pack'}")
         return meta
 

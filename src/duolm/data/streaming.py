@@ -24,6 +24,7 @@ import torch
 
 from duolm.data.encode import encode_documents
 from duolm.data.sources import LOCAL_FILES, STREAMS
+from duolm.errors import SettingError
 from duolm.io.hub_access import from_hub
 
 
@@ -89,7 +90,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                  start: StreamPosition = StreamPosition(0, 0, 0), source: str = "data"):
         super().__init__()
         if length < 3:
-            raise ValueError(f"model.length must be >= 3 to wrap text with BOS and EOS, got {length}")
+            raise SettingError(f"`build_splits.length` must be >= 3 to wrap text with BOS and EOS, got {length}")
         self.texts, self.tokenizer, self.length = texts, tokenizer, length
         self.rank, self.world, self.num_proc = rank, world, num_proc
         self.start, self.source = StreamPosition(*start), source

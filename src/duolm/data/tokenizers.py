@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from duolm.errors import SettingError
 from duolm.io.hub_access import HubUnreachable, from_hub
 
 TEXT8_ALPHABET = "abcdefghijklmnopqrstuvwxyz "
@@ -81,9 +82,9 @@ class PixelTokenizer:
         for key, value, low in (("levels", levels, 2), ("channels", channels, 1), ("image_size", image_size, 1),
                                 ("num_classes", num_classes, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"data.{key} must be an integer >= {low}, got {value!r}")
+                raise SettingError(f"`PixelTokenizer.{key}` must be an integer >= {low}, got {value!r}")
         if levels > 256:
-            raise ValueError(f"data.levels must be at most 256 (8-bit pixels), got {levels}")
+            raise SettingError(f"`PixelTokenizer.levels` must be at most 256 (8-bit pixels), got {levels}")
         self.levels, self.channels, self.image_size, self.num_classes = levels, channels, image_size, num_classes
         self.vocab_size = levels
         self.bos_id = self.eos_id = self.pad_id = 0  # images have no document markers; never used as such
@@ -99,7 +100,7 @@ class PixelTokenizer:
 
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != (self.channels, self.image_size, self.image_size):
-            raise ValueError(f"images of shape {tuple(images.shape[1:])} do not match data.channels={self.channels} "
+            raise SettingError(f"images of shape {tuple(images.shape[1:])} do not match `PixelTokenizer.channels`={self.channels} "
                              f"and data.image_size={self.image_size}")
         ids = (images.astype(np.int64) * self.levels) // (max_value + 1)
         return ids.reshape(len(images), -1)
@@ -139,7 +140,7 @@ class HFTokenizer:
         self.bos_id = bos if bos is not None else eos
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos
         if self.eos_id is None:
-            raise ValueError(f"data.tokenizer {name!r} has no EOS or SEP token; duolm needs one to separate documents")
+            raise SettingError(f"`load_tokenizer.spec` {name!r} has no EOS or SEP token; duolm needs one to separate documents")
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -203,6 +204,6 @@ def load_tokenizer(spec) -> CharTokenizer | HFTokenizer | PixelTokenizer:
     except HubUnreachable:
         raise
     except Exception as err:  # noqa: BLE001 - the hub and local paths fail in many ways
-        raise ValueError(f"data.tokenizer: could not load {spec!r} ({type(err).__name__}); use 'char', 'gpt2', "
+        raise SettingError(f"`load_tokenizer.spec`: could not load {spec!r} ({type(err).__name__}); use 'char', 'gpt2', "
                          f"or a local tokenizer folder") from err
     return HFTokenizer(tok, spec)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from duolm.data.detokenizers import join_wikitext_articles
 from duolm.data.sources import ZERO_SHOT
+from duolm.errors import SettingError
 from duolm.io.hub_access import from_hub
 
 
@@ -20,7 +21,7 @@ def load_zero_shot(name: str, data_files=None) -> dict:
     from datasets import load_dataset
 
     if name not in ZERO_SHOT:
-        raise ValueError(f"data.source: the zero-shot sets are {sorted(ZERO_SHOT)}, got {name!r}")
+        raise SettingError(f"`build_splits.source`: the zero-shot sets are {sorted(ZERO_SHOT)}, got {name!r}")
     spec = ZERO_SHOT[name]  # its valid_split is the one split a zero-shot set has
     if data_files:
         path = str(data_files if isinstance(data_files, str) else next(iter(dict(data_files).values())))

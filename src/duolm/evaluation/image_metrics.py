@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from duolm.data.images import build_image_splits
 from duolm.data.tokenizers import load_tokenizer
+from duolm.errors import SettingError
 from duolm.io.atomic import atomic_directory
 
 CLASSIFIER_VERSION = 2  # part of the cache key: a changed architecture or recipe trains a new classifier
@@ -168,11 +169,11 @@ def check_inception(given=None) -> Path:
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
-        raise ValueError("eval.image_features=inception needs torch-fidelity (pip install torch-fidelity), the "
-                         "Inception-v3 the papers' FID uses; or use eval.image_features=classifier") from None
+        raise SettingError("`score_image_samples.features`=inception needs torch-fidelity (pip install torch-fidelity), the "
+                         "Inception-v3 the papers' FID uses; or use `score_image_samples.features`=classifier") from None
     if not path.is_file():
-        raise ValueError(f"eval.image_features=inception: no Inception-v3 weights at {path}; download {INCEPTION_URL} "
-                         f"there (or set eval.inception_weights), or use eval.image_features=classifier")
+        raise SettingError(f"`score_image_samples.features`=inception: no Inception-v3 weights at {path}; download {INCEPTION_URL} "
+                         f"there (or set eval.inception_weights), or use `score_image_samples.features`=classifier")
     return path
 
 
@@ -238,7 +239,7 @@ def score_image_samples(result: dict, *, source: str, cache_dir=None, data_files
     _, splits = build_image_splits(source, tok.levels, cache_dir, data_files)
     train, valid = splits["train"], splits["valid"]
     if train.length != tok.length:
-        raise ValueError(f"eval.samples: the samples are {tok.channels}x{tok.image_size}x{tok.image_size} images, "
+        raise SettingError(f"`score_samples_file.path`: the samples are {tok.channels}x{tok.image_size}x{tok.image_size} images, "
                          f"data={source} has {train.length} pixels per image")
     real = tok.decode_pixels(balanced_subset(train, fid_real).numpy())
     samples = tok.decode_pixels(np.asarray([s["ids"] for s in result["samples"]]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from duolm.data.statistics import entropy_of_counts
+from duolm.errors import SettingError
 from duolm.evaluation.judge import generative_perplexity, load_judge
 from duolm.evaluation.likelihood import evaluate_nelbo
 
@@ -66,11 +67,11 @@ def scoring_nelbo(scoring_model, ids: list[list[int]], *, time_samples: int = 8,
 
     lengths = {len(r) for r in ids}
     if lengths != {scoring_model.config["length"]}:
-        raise ValueError(f"eval.scoring_model reads blocks of {scoring_model.config['length']} tokens; the samples "
+        raise SettingError(f"`score_samples_file.scoring_model` reads blocks of {scoring_model.config['length']} tokens; the samples "
                          f"have lengths {sorted(lengths)}")
     x = torch.tensor(ids)
     if int(x.max()) >= scoring_model.tokenizer.vocab_size:
-        raise ValueError("eval.scoring_model: the samples hold token ids outside its vocabulary "
+        raise SettingError("`score_samples_file.scoring_model`: the samples hold token ids outside its vocabulary "
                          f"({scoring_model.tokenizer.vocab_size}); it must share the samples' tokenizer")
     ev = evaluate_nelbo(scoring_model.method, scoring_model.backbone, x, torch.ones_like(x, dtype=torch.float32),
                         batch_size=64, time_samples=time_samples, device=device)
@@ -95,9 +96,9 @@ def score_samples_file(path, *, judge: str | None = "smollm2", judge_context: in
         ids = [r["ids"] for r in rows]
         texts = [r["text"] for r in rows]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"eval.samples: {path} is not a duolm samples file ({err!r})") from None
+        raise SettingError(f"`score_samples_file.path`: {path} is not a duolm samples file ({err!r})") from None
     if not rows:
-        raise ValueError(f"eval.samples: {path} holds no samples")
+        raise SettingError(f"`score_samples_file.path`: {path} holds no samples")
     lengths = {len(r) for r in ids}
     ent = torch.cat([unigram_entropy(torch.tensor([r for r in ids if len(r) == n])) for n in sorted(lengths)])
     out = {k: data[k] for k in ("checkpoint", "algo", "steps", "sampler", "noise_removal", "seed", "num_samples", "length",

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from duolm.data.tokenizers import load_tokenizer
+from duolm.errors import SettingError
 from duolm.evaluation.pictures import upscale_for
 from duolm.io.atomic import atomic_write_text
 
@@ -37,8 +38,8 @@ def page_data(result: dict) -> dict:
     """What the page's script reads, from a samples JSON with a trajectory."""
     traj = result.get("trajectory")
     if not traj or not traj.get("ids"):
-        raise ValueError("the samples file has no trajectory to show; sample with sampling.trajectory=true "
-                         "(every step) or sampling.trajectory=<number of steps>")
+        raise SettingError("the samples file has no trajectory to show; sample with `GenerationRequest.trajectory`=true "
+                         "(every step) or `GenerationRequest.trajectory`=<number of steps>")
     data = {"steps": traj["steps"], "algo": result.get("algo"), "sampler": (result.get("sampler") or {}).get("predictor"),
             "num_steps": result.get("steps")}
     if "image" in result:

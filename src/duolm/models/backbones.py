@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from duolm.contracts import Backbone, Capabilities
+from duolm.errors import SettingError
 from duolm.models.dit import DiT, DiTConfig
 from duolm.models.hf_lm import HFLM, HFConfig, base_config
 from duolm.models.unet import UNet, UNetConfig
@@ -65,7 +66,7 @@ BACKBONES: dict[str, BackboneRow] = {
 
 def backbone_row(kind: str) -> BackboneRow:
     if kind not in BACKBONES:
-        raise ValueError(f"model.type must be one of {sorted(BACKBONES)}, got {kind!r}")
+        raise SettingError(f"`build_backbone.type` must be one of {sorted(BACKBONES)}, got {kind!r}")
     return BACKBONES[kind]
 
 

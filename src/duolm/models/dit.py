@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from duolm.contracts import Capabilities
+from duolm.errors import SettingError
 
 
 @dataclass
@@ -35,16 +36,16 @@ class DiTConfig:
         for key in ("vocab_size", "hidden_size", "cond_dim", "n_blocks", "n_heads"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{key} must be an integer >= 1, got {value!r}")
+                raise SettingError(f"`DiTConfig.{key}` must be an integer >= 1, got {value!r}")
         if self.hidden_size % self.n_heads:
-            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by "
-                             f"model.n_heads ({self.n_heads})")
+            raise SettingError(f"`DiTConfig.hidden_size` ({self.hidden_size}) must be divisible by "
+                             f"`DiTConfig.n_heads` ({self.n_heads})")
         if (self.hidden_size // self.n_heads) % 2:
-            raise ValueError("model.hidden_size / model.n_heads must be even (rotary embeddings rotate pairs)")
+            raise SettingError("`DiTConfig.hidden_size` / `DiTConfig.n_heads` must be even (rotary embeddings rotate pairs)")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+            raise SettingError(f"`DiTConfig.dropout` must lie in [0, 1), got {self.dropout}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"data.num_classes must be an integer >= 0, got {self.num_classes!r}")
+            raise SettingError(f"`DiTConfig.num_classes` must be an integer >= 0, got {self.num_classes!r}")
         if self.num_classes and self.causal:
             raise ValueError("class conditioning needs a diffusion model; algo=ar is unconditional here")
 
@@ -259,7 +260,7 @@ class DiT(nn.Module):
         (duolm.core.block_attention); cache (a DiTCache) with store_kv=False: attend to the cache and
         this call's tokens without keeping them (a noisy block between denoising steps)."""
         if class_cond is not None and not self.config.num_classes:
-            raise ValueError("this DiT is unconditional (model.num_classes = 0); it takes no labels")
+            raise SettingError("this DiT is unconditional (`DiTConfig.num_classes` = 0); it takes no labels")
         h = self.vocab_embed(x, weights)  # (B, L, H)
         c = None
         if not self.config.causal:

@@ -5,10 +5,12 @@ import contextlib
 
 import torch
 
+from duolm.errors import SettingError
+
 
 def check_decay(decay: float) -> None:
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-        raise ValueError(f"training.ema must lie in [0, 1), got {decay!r}")
+        raise SettingError(f"`EMA.decay` must lie in [0, 1), got {decay!r}")
 
 
 class EMA:

@@ -57,22 +57,22 @@ class HFConfig:
 
     def __post_init__(self):
         if self.num_classes:
-            raise ValueError("model.num_classes: a pretrained language model backbone is unconditional")
+            raise SettingError("`HFConfig.num_classes`: a pretrained language model backbone is unconditional")
         self.lora = check_lora(self.lora)
         if self.shift not in (True, False):
-            raise ValueError(f"model.shift must be true, false or auto, got {self.shift!r}")
+            raise SettingError(f"`HFConfig.shift` must be true, false or auto, got {self.shift!r}")
         if self.init not in ("pretrained", "random"):
-            raise ValueError(f"model.init must be one of ['pretrained', 'random'], got {self.init!r}")
+            raise SettingError(f"`HFConfig.init` must be one of ['pretrained', 'random'], got {self.init!r}")
         if self.init == "random" and self.lora is not None:
-            raise ValueError("model.lora adapts pretrained weights; with model.init=random train every weight "
-                             "(model.lora.r=0)")
+            raise SettingError("`HFConfig.lora` adapts pretrained weights; with `HFConfig.init`=random train every weight "
+                             "(`HFConfig.lora.r`=0)")
         a = self.anneal_steps
         if isinstance(a, bool) or not isinstance(a, int) or a < 0:
-            raise ValueError(f"model.anneal_steps must be an integer >= 0 (0: bidirectional from the start), got {a!r}")
+            raise SettingError(f"`HFConfig.anneal_steps` must be an integer >= 0 (0: bidirectional from the start), got {a!r}")
         if a and self.causal:
-            raise ValueError("model.anneal_steps opens a causal mask into a bidirectional one; algo=ar stays causal")
+            raise SettingError("`HFConfig.anneal_steps` opens a causal mask into a bidirectional one; `Method.name`=ar stays causal")
         if not isinstance(self.hf_config, dict) or "model_type" not in self.hf_config:
-            raise ValueError(f"model.pretrained={self.pretrained!r}: no transformers config with a model_type "
+            raise SettingError(f"`HFConfig.pretrained`={self.pretrained!r}: no transformers config with a model_type "
                              f"was read for it")
 
     def to_dict(self) -> dict:
@@ -142,14 +142,14 @@ class HFLM(nn.Module):
                 if k not in state:
                     if self.tied and v.data_ptr() in rows:  # the tied head: the embedding, copied once
                         continue
-                    raise ValueError(f"model.pretrained={self.config.pretrained!r}: the base weights lack {k}")
+                    raise SettingError(f"`HFConfig.pretrained`={self.config.pretrained!r}: the base weights lack {k}")
                 src = state[k].to(v.dtype)
                 if v.data_ptr() in rows and src.shape[0] != v.shape[0]:
                     n = min(src.shape[0], v.shape[0])
                     v[:n] = src[:n]
                     v[n:] = src.mean(0)
                 elif src.shape != v.shape:
-                    raise ValueError(f"model.pretrained={self.config.pretrained!r}: {k} has shape "
+                    raise SettingError(f"`HFConfig.pretrained`={self.config.pretrained!r}: {k} has shape "
                                      f"{tuple(src.shape)} in the base, {tuple(v.shape)} here")
                 else:
                     v.copy_(src)
@@ -375,16 +375,16 @@ def check_lora(lora) -> dict | None:
         return None
     unknown = sorted(set(lora) - set(LORA_DEFAULTS))
     if unknown:
-        raise ValueError(f"model.lora.{unknown[0]} is not a LoRA setting (its settings: r, alpha, dropout, "
+        raise SettingError(f"`HFConfig.lora`.{unknown[0]} is not a LoRA setting (its settings: r, alpha, dropout, "
                          f"target_modules)")
     lc = {**LORA_DEFAULTS, **lora}
     if isinstance(lc["r"], bool) or not isinstance(lc["r"], int) or lc["r"] < 0:
-        raise ValueError(f"model.lora.r must be an integer >= 0 (0: no adapters), got {lc['r']!r}")
+        raise SettingError(f"`HFConfig.lora.r` must be an integer >= 0 (0: no adapters), got {lc['r']!r}")
     if not isinstance(lc["dropout"], (int, float)) or not 0 <= lc["dropout"] < 1:
-        raise ValueError(f"model.lora.dropout must lie in [0, 1), got {lc['dropout']!r}")
+        raise SettingError(f"`HFConfig.lora.dropout` must lie in [0, 1), got {lc['dropout']!r}")
     tm = lc["target_modules"]
     if not (tm == "all-linear" or (isinstance(tm, (list, tuple)) and tm and all(isinstance(t, str) for t in tm))):
-        raise ValueError(f"model.lora.target_modules must be 'all-linear' or a list of module names, got {tm!r}")
+        raise SettingError(f"`HFConfig.lora.target_modules` must be 'all-linear' or a list of module names, got {tm!r}")
     lc["target_modules"] = tm if isinstance(tm, str) else list(tm)
     return lc if lc["r"] > 0 else None
 
@@ -415,7 +415,7 @@ def base_config(spec: str) -> dict:
     try:
         return AutoConfig.from_pretrained(base_folder(spec)).to_dict()
     except (OSError, ValueError) as err:
-        raise ValueError(f"model.pretrained={spec!r}: cannot read its transformers config ({type(err).__name__})") \
+        raise SettingError(f"`HFConfig.pretrained`={spec!r}: cannot read its transformers config ({type(err).__name__})") \
             from None
 
 

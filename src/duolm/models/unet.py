@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from duolm.contracts import Capabilities, CapabilityError
+from duolm.errors import SettingError
 
 MASK_INPUTS = ("gray", "embedding")
 
@@ -52,19 +53,18 @@ class UNetConfig:
                          ("time_embed_dim", 2), ("num_classes", 0)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                where = "data" if key in ("channels", "image_size", "num_classes") else "model"
-                raise ValueError(f"{where}.{key} must be an integer >= {low}, got {value!r}")
+                raise SettingError(f"`UNetConfig.{key}` must be an integer >= {low}, got {value!r}")
         if not self.ch_mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.ch_mult):
-            raise ValueError(f"model.ch_mult must be a list of integers >= 1, got {self.ch_mult!r}")
+            raise SettingError(f"`UNetConfig.ch_mult` must be a list of integers >= 1, got {self.ch_mult!r}")
         if not 0 <= self.attn_scale < len(self.ch_mult):
-            raise ValueError(f"model.attn_scale must index model.ch_mult (0..{len(self.ch_mult) - 1}), "
+            raise SettingError(f"`UNetConfig.attn_scale` must index `UNetConfig.ch_mult` (0..{len(self.ch_mult) - 1}), "
                              f"got {self.attn_scale}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+            raise SettingError(f"`UNetConfig.dropout` must lie in [0, 1), got {self.dropout}")
         if self.mask_input not in MASK_INPUTS:
-            raise ValueError(f"model.mask_input must be one of {', '.join(MASK_INPUTS)}, got {self.mask_input!r}")
+            raise SettingError(f"`UNetConfig.mask_input` must be one of {', '.join(MASK_INPUTS)}, got {self.mask_input!r}")
         if self.image_size % (2 ** (len(self.ch_mult) - 1)):
-            raise ValueError(f"data.image_size ({self.image_size}) must be divisible by 2^(len(model.ch_mult) - 1) "
+            raise SettingError(f"`UNetConfig.image_size` ({self.image_size}) must be divisible by 2^(len(`UNetConfig.ch_mult`) - 1) "
                              f"= {2 ** (len(self.ch_mult) - 1)} for this UNet")
 
     @property
@@ -82,8 +82,8 @@ def _groups(ch: int) -> int:
 def group_norm(ch: int) -> nn.GroupNorm:
     """The papers' GroupNorm (min(ch / 4, 32) groups); a channel count it cannot split is a config error."""
     if ch % _groups(ch):
-        raise ValueError(f"model.ch and model.ch_mult give a layer of {ch} channels, which GroupNorm cannot split into "
-                         f"{_groups(ch)} groups; use a model.ch that is a multiple of 4 (of 32 above 128)")
+        raise SettingError(f"`UNetConfig.ch` and `UNetConfig.ch_mult` give a layer of {ch} channels, which GroupNorm cannot split into "
+                         f"{_groups(ch)} groups; use a `UNetConfig.ch` that is a multiple of 4 (of 32 above 128)")
     return nn.GroupNorm(_groups(ch), ch, eps=1e-6)
 
 
@@ -244,7 +244,7 @@ class UNet(nn.Module):
             raise CapabilityError("the UNet denoises a whole image in one pass: it takes no attention mask, "
                                   "positions, cache or head")
         if class_cond is not None and not self.config.num_classes:
-            raise ValueError("this UNet is unconditional (data.num_classes = 0); it takes no labels")
+            raise SettingError("this UNet is unconditional (`UNetConfig.num_classes` = 0); it takes no labels")
         c = self.config
         B = x.shape[0]
         pixels = x.reshape(B, c.channels, c.image_size, c.image_size)

@@ -27,6 +27,7 @@ import torch
 from duolm.core import losses
 from duolm.core.methods import TokenLoss
 from duolm.core.operator import FIT_KINDS, DiffusionTransform, fit_alpha, gaussian_coefficients, gaussian_latents
+from duolm.errors import SettingError
 
 MODES = ("none", "simple", *FIT_KINDS)
 
@@ -50,19 +51,19 @@ class CurriculumSchedule:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"algo.curriculum.mode must be one of {list(MODES)}, got {self.mode!r}")
+            raise SettingError(f"`CurriculumSchedule.mode` must be one of {list(MODES)}, got {self.mode!r}")
         if self.mode == "none":
             return
         if not self.gamma_min < self.gamma_max:
-            raise ValueError(f"algo.curriculum.gamma_min ({self.gamma_min}) must be below "
-                             f"algo.curriculum.gamma_max ({self.gamma_max})")
+            raise SettingError(f"`CurriculumSchedule.gamma_min` ({self.gamma_min}) must be below "
+                             f"`CurriculumSchedule.gamma_max` ({self.gamma_max})")
         if not 0 <= self.start <= self.end:
-            raise ValueError(f"algo.curriculum.start ({self.start}) and end ({self.end}) must satisfy "
+            raise SettingError(f"`CurriculumSchedule.start` ({self.start}) and end ({self.end}) must satisfy "
                              f"0 <= start <= end")
         if self.top_k == 0 or self.top_k < -1:
-            raise ValueError(f"algo.curriculum.top_k must be -1 (dense) or >= 1, got {self.top_k}")
+            raise SettingError(f"`CurriculumSchedule.top_k` must be -1 (dense) or >= 1, got {self.top_k}")
         if self.mode == "simple" and self.top_k != -1:
-            raise ValueError("algo.curriculum.top_k needs an efficient mode (poly3 ... poly9, sigmoid); "
+            raise SettingError("`CurriculumSchedule.top_k` needs an efficient mode (poly3 ... poly9, sigmoid); "
                              "mode=simple is the dense original")
 
     def active(self, step: int) -> bool:
@@ -133,7 +134,7 @@ class Curriculum:
 def _distinct_other_ids(x0: torch.Tensor, K: int, k: int, generator=None) -> torch.Tensor:
     """k distinct ids != x_0 per position, a uniformly random ordered subset, (B, L, k)."""
     if k > K - 1:
-        raise ValueError(f"algo.curriculum.top_k ({k}) must be below the vocabulary size ({K})")
+        raise SettingError(f"`CurriculumSchedule.top_k` ({k}) must be below the vocabulary size ({K})")
     shape = (*x0.shape, k)
     if k * k > K:  # dense vocabularies: a random permutation is cheap enough
         keys = torch.rand((*x0.shape, K - 1), device=x0.device, generator=generator)

@@ -20,6 +20,7 @@ import torch
 from duolm.core.chunked_loss import Head
 from duolm.core.methods import PARAMETERIZATIONS, TokenLoss
 from duolm.core.operator import DiffusionTransform, gaussian_latents
+from duolm.errors import SettingError
 
 KL_KINDS = ("kl-bwd", "kl-fwd")
 DELTA_GROWTHS = ("double", "linear")
@@ -29,11 +30,11 @@ TEACHER_SOURCES = ("weights", "ema")
 def check_settings(kind: str, teacher_from: str, gamma_min: float, gamma_max: float) -> None:
     """The DCD settings that do not need a model (checked again by Distillation)."""
     if kind not in KL_KINDS:
-        raise ValueError(f"distill.loss_type must be one of {list(KL_KINDS)}, got {kind!r}")
+        raise SettingError(f"`Distillation.kind` must be one of {list(KL_KINDS)}, got {kind!r}")
     if teacher_from not in TEACHER_SOURCES:
-        raise ValueError(f"distill.teacher_from must be one of {list(TEACHER_SOURCES)}, got {teacher_from!r}")
+        raise SettingError(f"`Distillation.teacher_from` must be one of {list(TEACHER_SOURCES)}, got {teacher_from!r}")
     if not gamma_min < gamma_max:
-        raise ValueError(f"distill.gamma_min ({gamma_min}) must be below distill.gamma_max ({gamma_max})")
+        raise SettingError(f"`Distillation.gamma_min` ({gamma_min}) must be below `Distillation.gamma_max` ({gamma_max})")
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,10 @@ class DeltaSchedule:
 
     def __post_init__(self):
         if self.growth not in DELTA_GROWTHS:
-            raise ValueError(f"distill.delta_growth must be one of {list(DELTA_GROWTHS)}, got {self.growth!r}")
-        for key, value in (("distill.T", self.num_steps), ("distill.update_teacher_every", self.update_every)):
+            raise SettingError(f"`DeltaSchedule.growth` must be one of {list(DELTA_GROWTHS)}, got {self.growth!r}")
+        for key, value in (("num_steps", self.num_steps), ("update_every", self.update_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+                raise SettingError(f"`DeltaSchedule.{key}` must be an integer >= 1, got {value!r}")
 
     def round(self, step: int) -> int:
         return step // self.update_every
@@ -110,7 +111,7 @@ def dcd_loss(method, student, teacher_net, x0: torch.Tensor, t: torch.Tensor, de
     'kl-bwd' is KL(student || teacher), 'kl-fwd' KL(teacher || student).
     """
     if kind not in KL_KINDS:
-        raise ValueError(f"distill.loss_type must be one of {list(KL_KINDS)}, got {kind!r}")
+        raise SettingError(f"`Distillation.kind` must be one of {list(KL_KINDS)}, got {kind!r}")
     t = (t.to(x0.device).double() + delta).clamp(max=1.0)
     s = (t - delta).clamp(min=0.0)
     span = gamma_max - gamma_min

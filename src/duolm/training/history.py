@@ -9,6 +9,8 @@ from pathlib import Path
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger
 
+from duolm.errors import SettingError
+
 # what a checkpoint's "duolm" entry must match for a run to continue from it, with the key a user changes
 FINGERPRINT_KEYS = {"algo": "algo", "model": "model.*", "tokenizer": "data.tokenizer", "length": "model.length",
                     "data": "data"}
@@ -23,8 +25,8 @@ def check_resumable(saved: dict, current: dict, run_dir) -> None:
     if job != now:
         made = f"a {job['kind']} run" + (f" of {job['from']}" if job.get("from") else "")
         this = f"this {now['kind']}" + (f" of {now['from']}" if now.get("from") else "")
-        raise ValueError(f"run.dir={run_dir} holds {made}, which {this} would overwrite; give this one its own "
-                         f"run.dir (duolm distill's default is a new folder next to its teacher)")
+        raise SettingError(f"`check_resumable.run_dir`={run_dir} holds {made}, which {this} would overwrite; give this one its own "
+                         f"`check_resumable.run_dir` (duolm distill's default is a new folder next to its teacher)")
     diffs = []
     for key, user_key in FINGERPRINT_KEYS.items():
         if key in saved and saved.get(key) != current.get(key):
@@ -36,8 +38,8 @@ def check_resumable(saved: dict, current: dict, run_dir) -> None:
                 detail = f"{a!r} -> {b!r}"
             diffs.append(f"{user_key} ({detail})")
     if diffs:
-        raise ValueError(f"run.dir={run_dir} holds a run with another setup: {'; '.join(diffs)}; choose a new "
-                         f"run.dir for this one (or delete that folder to start over)")
+        raise SettingError(f"`check_resumable.run_dir`={run_dir} holds a run with another setup: {'; '.join(diffs)}; choose a new "
+                         f"`check_resumable.run_dir` for this one (or delete that folder to start over)")
 
 
 def drop_rows_after(metrics_csv: Path, step: int) -> int:

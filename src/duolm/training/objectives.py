@@ -101,11 +101,11 @@ def check_time_range(method: Method, lo, hi) -> None:
     """algo.clip_min / clip_max: a training range of diffusion times inside (0, 1] (BD3-LM's
     clipped schedule, which lowers the loss's variance; validation still scores all of [eps, 1])."""
     if not method.supports.clipped_times or method.num_steps:
-        raise ValueError(f"algo.clip_min/clip_max are for continuous-time diffusion (mdlm, duo_base, sedd), not "
+        raise SettingError(f"`Nelbo.clip_min`/`Nelbo.clip_max` are for continuous-time diffusion (mdlm, duo_base, sedd), not "
                          f"{method.name}{' with T > 0' if method.num_steps else ''}")
     ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi))
     if not ok or not 0 < lo < hi <= 1:
-        raise ValueError(f"algo.clip_min and algo.clip_max must satisfy 0 < clip_min < clip_max <= 1, got "
+        raise SettingError(f"`Nelbo.clip_min` and `Nelbo.clip_max` must satisfy 0 < clip_min < clip_max <= 1, got "
                          f"{lo!r} and {hi!r}")
 
 
@@ -157,7 +157,7 @@ class Distillation(Nelbo):
         if not method.supports.distillation:
             raise ValueError(f"distillation needs a uniform-state (Duo) teacher, not {method.name}")
         if method.block_size is not None:
-            raise ValueError("distillation of block diffusion models is not implemented (algo.block_size must be null)")
+            raise SettingError("distillation of block diffusion models is not implemented (`Method.block_size` must be null)")
         check_settings(kind, teacher_from, gamma_min, gamma_max)
         super().__init__(method, antithetic=antithetic)
         self.schedule, self.kind, self.teacher_from, self.dtype = schedule, kind, teacher_from, dtype
@@ -173,7 +173,7 @@ class Distillation(Nelbo):
             raise ValueError("distillation on instruction records (a prompt held clean) is not supported; distill "
                              "on text data")
         if self.teacher_from == "ema" and ema is None:
-            raise ValueError("distill.teacher_from=ema needs the run's EMA (training.ema > 0)")
+            raise SettingError("`Distillation.teacher_from`=ema needs the run's EMA (`EMA.decay` > 0)")
         self.teacher.net.to(x0.device)  # a no-op once there
         self.teacher.maybe_refresh(step, self.schedule, backbone, ema if self.teacher_from == "ema" else None)
         t = self.sample_times(x0, generator, index, total)

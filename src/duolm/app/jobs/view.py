@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from duolm.app.fields import config_message
 from duolm.evaluation.plots import load_results, plot_quality_vs_steps
 from duolm.evaluation.trajectory_page import write_page
 
@@ -25,8 +26,8 @@ def cmd_view(files) -> int:
             raise ValueError(f"{name} is not a samples JSON (duolm sample's output)")
         try:
             out = write_page(result, path.with_suffix(".html"), title=f"duolm · {path.name}")
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from None
+        except ValueError as err:  # the library's sentence, in config keys
+            raise ValueError(f"{name}: {config_message(err)}") from None
         print(f"wrote {out} (open it in any browser)")
     return 0
 
