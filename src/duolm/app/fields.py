@@ -71,6 +71,7 @@ LISTED = {
     "score_samples_file.scoring_model": "eval.scoring_model",
     "score_samples_file.mauve_texts": "eval.mauve_texts",
     "check_resumable.run_dir": "run.dir",
+    "load_pretrained.algo": "algo",
 }
 
 

@@ -34,6 +34,7 @@ import torch
 from duolm.checkpoints.duolm_format import FORMAT, Pretrained, method_from_config, strip_prefix
 from duolm.core.methods import same_model
 from duolm.data.tokenizers import PixelTokenizer, load_tokenizer
+from duolm.errors import SettingError
 from duolm.models.dit import DiT, DiTConfig
 from duolm.models.unet import UNet, UNetConfig
 
@@ -244,7 +245,7 @@ def from_lightning(ckpt: dict, source: str, *, algo: str | None = None, use_ema:
         raise ValueError(f"{source} holds a {file_algo} model, but algo={algo} was asked")
     algo = algo or file_algo
     if algo is None:
-        raise ValueError(f"{source}: the checkpoint does not say its algo; pass algo=duo|mdlm|sedd|ar")
+        raise SettingError(f"{source}: the checkpoint does not say its algo; pass `load_pretrained.algo`=duo|mdlm|sedd|ar")
     model = conf.get("model") or {}
     noise = {"type": _noise_name((conf.get("noise") or {}).get("type", "log-linear")), "eps": 1e-3}
     tok = ((conf.get("data") or {}).get("tokenizer_name_or_path")) or tokenizer

@@ -47,7 +47,7 @@ class DiTConfig:
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise SettingError(f"`DiTConfig.num_classes` must be an integer >= 0, got {self.num_classes!r}")
         if self.num_classes and self.causal:
-            raise ValueError("class conditioning needs a diffusion model; algo=ar is unconditional here")
+            raise SettingError("class conditioning needs a diffusion model; `Method.name`=ar is unconditional here")
 
     def to_dict(self) -> dict:
         return asdict(self)
