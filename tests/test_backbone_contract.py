@@ -57,6 +57,7 @@ CASES = {
     "hf-qwen2": lambda: _hf("qwen2", time_conditioning=True),
     "hf-llama-causal": lambda: _hf("llama", causal=True),
     "hf-llama-annealed": lambda: _hf("llama", anneal_steps=10),
+    "hf-gpt2-lora": lambda: _hf("gpt2", lora={"r": 4}),
 }
 ROW = {name: name.split("-")[0] for name in CASES}
 
@@ -247,6 +248,35 @@ def test_the_cache_equals_the_cache_free_pass_where_declared(case):
                                    atol=1e-10, rtol=0)
         cache.crop(2)
         assert len(cache) == 2
+
+
+def test_the_weights_survive_a_safetensors_round_trip(case, tmp_path):
+    """What duolm's model folder does with a network's state dict (a tied head, adapters only, ...)
+    gives back the same function in a fresh network of the same config."""
+    from safetensors.torch import load_file, save_file
+
+    name, net = case
+    if net.capabilities.adapters:
+        pytest.skip("an adapters-only state reads its base from model.pretrained (tests/test_hf_backbone.py "
+                    "round-trips a LoRA folder)")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "w.safetensors")
+    torch.manual_seed(1)
+    fresh = _jiggled(CASES[name]())
+    fresh.load_state_dict(load_file(tmp_path / "w.safetensors"))
+    x = _ids(net)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, _sigma(2)), net(x, _sigma(2)), atol=1e-10, rtol=0)
+
+
+def test_adapters_are_declared_where_they_merge(case):
+    """merged() folds the adapters in float32 (a fresh network): equal to 1e-6, not 1e-10."""
+    _, net = case
+    assert net.capabilities.adapters == (getattr(net.config, "lora", None) is not None)
+    if net.capabilities.adapters:
+        x = _ids(net)
+        with torch.no_grad():
+            torch.testing.assert_close(net.merged().double().eval()(x, _sigma(2)), net(x, _sigma(2)), atol=1e-6,
+                                       rtol=0)
 
 
 def test_the_training_step_changes_attention_only_where_declared(case):

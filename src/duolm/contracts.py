@@ -98,6 +98,7 @@ class Capabilities:
     time_conditioning: forward reads the noise level sigma (otherwise it is ignored).
     encoder_prefix: a causal encoder reads a prompt into the cache the canvas attends to.
     training_step: ``set_step(step)`` changes forward during training (annealed attention).
+    adapters: it trains adapters (LoRA) over frozen weights; ``merged()`` folds them into a plain network.
     """
 
     attention: tuple[str, ...] = ("bidirectional",)
@@ -108,6 +109,7 @@ class Capabilities:
     time_conditioning: bool = False
     encoder_prefix: bool = False
     training_step: bool = False
+    adapters: bool = False
 
     def __post_init__(self):
         unknown = sorted(set(self.attention) - set(ATTENTION_PATTERNS))

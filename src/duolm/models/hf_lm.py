@@ -192,7 +192,7 @@ class HFLM(nn.Module):
         c = self.config
         return Capabilities(attention=("causal",) if c.causal else ("bidirectional", "block_causal"), kv_cache=True,
                             head=True, soft_inputs=True, time_conditioning=c.time_conditioning,
-                            training_step=c.anneal_steps > 0)
+                            training_step=c.anneal_steps > 0, adapters=c.lora is not None)
 
     def set_step(self, step: int | None) -> None:
         """The training step (the Lightning module sets it before each step; None outside training)."""

@@ -21,7 +21,7 @@ def cmd_convert(cfg, parts):
     pre, _ = load_for_eval(cfg)
     backbone = pre.backbone.cpu()
     if cfg.convert.get("merge_lora"):
-        if getattr(backbone.config, "lora", None) is None:
+        if not backbone.capabilities.adapters:
             raise ValueError(f"convert.merge_lora: {cfg.eval.checkpoint_path} has no LoRA adapters to merge")
         backbone = backbone.merged()
     out = save_pretrained(cfg.convert.output, backbone, algo=pre.config["algo"], noise=pre.config["noise"],
