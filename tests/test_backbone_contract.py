@@ -304,3 +304,19 @@ def test_a_refused_capability_is_one_sentence():
         caps.require("kv_cache", "sampling.confidence.cache")
     with pytest.raises(CapabilityError, match="needs block-causal attention"):
         caps.require("", "algo.block_size", attention="block_causal")
+
+
+@pytest.mark.parametrize("algo,block_size", [("ar", None), ("mdlm", None), ("mdlm", 4), ("duo_base", 4)])
+def test_a_method_asks_the_attention_it_needs(case, algo, block_size):
+    """AR needs a causal network, block diffusion block-causal masks, whole-sequence diffusion a
+    bidirectional one: Method.check_backbone asks the declared attention, one sentence otherwise."""
+    from duolm.core.methods import build_method
+
+    _, net = case
+    method = build_method(algo, 6, block_size=block_size)
+    needed = "causal" if algo == "ar" else "block_causal" if block_size else "bidirectional"
+    if needed in net.capabilities.attention:
+        method.check_backbone(net.capabilities)
+    else:
+        with pytest.raises(CapabilityError, match=f"needs {needed.replace('_', '-')} attention"):
+            method.check_backbone(net.capabilities)

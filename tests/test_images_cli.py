@@ -70,6 +70,8 @@ def test_train_sample_score_and_plot_digits(tmp_path, capsys):
     (["train", "data=digits", "model=unet-cpu"], "use algo=duo_base (as the papers' CIFAR-10 runs do)"),
     (["train", "data=digits", "model=unet-cpu", "algo=duo_base", "model.ch=6"], "which GroupNorm cannot split into 4 groups"),
     (["train", "data=digits", "model=unet-cpu", "algo=ar"], "algo=ar does not train on images here"),
+    (["train", "data=digits", "model=unet-cpu", "algo=mdlm", "algo.block_size=16"],
+     "algo.block_size needs block-causal attention, which this backbone does not run (it runs: bidirectional)"),
     (["train", "data=digits", "model=unet-cpu", "algo=duo_base", "model.mask_input=embedding"],
      "model.mask_input=embedding marks the mask state of a masked process (algo=mdlm); algo=duo_base has no mask"),
     (["train", "data=digits", "model=unet-cpu", "algo=mdlm", "model.mask_input=vector"],

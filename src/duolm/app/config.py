@@ -254,6 +254,8 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     piece per config group, in the order a run uses them."""
     parts, probe = _method_parts(cfg)
     _check_modality(cfg, parts)
+    # what the method needs of the network (AR: causal; blocks: block-causal), from its row
+    _built("model", lambda: probe.check_backbone(backbone_row(cfg.model.get("type", "dit")).capabilities))
     _check_mask_input(cfg, probe)
     parts.backbone = _built("model", lambda: _backbone_placeholder(cfg, parts.num_classes, probe.causal))
     _check_data(cfg)

@@ -144,6 +144,7 @@ def model_to_train(cfg, parts, init=None) -> ModelToTrain:
     method = parts.method(tokenizer.vocab_size)
     net_config = parts.backbone_config(method)
     backbone = build_backbone(net_config)
+    method.check_backbone(backbone.capabilities)
     row = backbone_row(net_config.type)
     if row.initialise is not None:  # a pretrained network: its weights, not random ones
         row.initialise(backbone)

@@ -114,6 +114,16 @@ class Method:
         logits = backbone(x_t if model_input is None else model_input, sigma, weights=weights)
         return PARAMETERIZATIONS[self.parameterization].read(self, logits.to(self.loss_dtype), x_t, alpha)
 
+    def check_backbone(self, capabilities) -> None:
+        """What this method needs of a backbone (duolm.contracts.Capabilities), refused in one sentence:
+        AR reads a causal network; block diffusion runs block-causal masks over x_t + x_0."""
+        if self.is_autoregressive:
+            capabilities.require("", "`Method.name`=ar", attention="causal")
+        elif self.block_size is not None:
+            capabilities.require("", "`Method.block_size`", attention="block_causal")
+        else:
+            capabilities.require("", f"`Method.name`={self.name}", attention="bidirectional")
+
     # --- losses --------------------------------------------------------------------
     def num_blocks(self, length: int) -> int:
         """How many diffusion blocks a sequence of `length` tokens has (1 without block_size)."""
