@@ -18,9 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from duolm.app.fields import config_message
-from duolm.app.sampling_settings import check_one_start, spec_from_config
+from duolm.app.sampling_settings import sampling_settings
 from duolm.checkpoints.duolm_format import LOSS_DTYPES
-from duolm.core.conditioning import check_labels
 from duolm.core.methods import Method, build_method, methods_supporting
 from duolm.core.schedules import make_schedule
 from duolm.data.images import IMAGE_SOURCES, image_tokenizer
@@ -30,8 +29,8 @@ from duolm.models.backbones import BACKBONES, backbone_config, backbone_row, bui
 from duolm.models.ema import check_decay
 from duolm.models.hf_lm import check_shift
 from duolm.sampling import SAMPLERS, check_sampler, checked_spec
-from duolm.sampling.guidance import check_guidance
 from duolm.sampling.registry import options_from_settings
+from duolm.sampling.request import check_conditioning, check_one_start, parse_classes, spec_from_settings
 from duolm.training.curriculum import CurriculumSchedule
 from duolm.training.distill import DeltaSchedule, check_settings
 from duolm.training.objectives import check_curriculum, check_time_range
@@ -510,43 +509,14 @@ def _check_sampling(cfg, method, *, model_known: bool, num_classes: int = 0) -> 
 
     def check():
         # the prefix is tokenized when the tokenizer has loaded; its length is checked then
-        check_one_start(s)
-        spec = spec_from_config(OmegaConf.merge(s, {"prefix": None, "chat": None}), method)
+        settings = sampling_settings(s)
+        check_one_start(settings)
+        start = (0,) if settings.get("prefix") or settings.get("chat") else None  # a stand-in: it must hold tokens
+        spec = spec_from_settings(settings, eps=method.sampling_eps, prefix=start)
         if not model_known:
-            check_sampler(spec)
+            check_sampler(replace(spec, prefix=None))
             return
-        if s.get("prefix") or s.get("chat"):
-            spec = replace(spec, prefix=(0,))  # a stand-in: the sampler must be able to hold tokens
         checked_spec(spec, method, cfg.model.length)
 
     _built("sampling.psi", check)
 
-
-def parse_classes(classes):
-    """sampling.classes -> None (each class in turn), 'none' (the null label) or a list of labels."""
-    if classes is None or classes == "none":
-        return classes
-    if isinstance(classes, int) and not isinstance(classes, bool):
-        return [classes]
-    items = list(classes) if not isinstance(classes, str) else None
-    if items is None or not items or any(isinstance(c, bool) or not isinstance(c, int) for c in items):
-        raise ValueError(f"sampling.classes must be null, none or a list of class labels, got {classes!r}")
-    return items
-
-
-def check_conditioning(guidance, classes, num_classes: int, method=None) -> None:
-    """Guidance and labels need a class-conditional model; labels must be among its classes; the
-    method must support guidance (duolm.sampling.guidance.check_guidance; method None: not known yet)."""
-    if method is not None:
-        check_guidance(method, guidance)
-    if not num_classes:
-        if guidance is not None:
-            raise ValueError("sampling.guidance needs a class-conditional model; this model was trained without labels")
-        if classes is not None:
-            raise ValueError("sampling.classes needs a class-conditional model; this model was trained without labels")
-        return
-    labels = parse_classes(classes)
-    if isinstance(labels, list):
-        check_labels(labels, num_classes)
-        if num_classes in labels:
-            raise ValueError(f"sampling.classes: use none for unconditional samples, not the null label {num_classes}")

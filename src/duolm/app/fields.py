@@ -32,6 +32,8 @@ LISTED = {
     "Method.num_blocks.length": "model.length",
     "CurriculumSchedule.mode": "algo.curriculum.mode",
     "GenerationRequest.classes": "sampling.classes",
+    "request_from_settings.prefix": "sampling.prefix",
+    "request_from_settings.chat": "sampling.chat",
     "build_method.name": "algo.name",
     "build_method.num_steps": "algo.T",
     "build_backbone.type": "model.type",

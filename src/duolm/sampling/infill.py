@@ -68,8 +68,9 @@ class Template:
 
 
 def parse_template(source: str, tokenizer, *, blank_length: int = 8, max_length: int | None = None,
-                   key: str = "sampling.infill") -> Template:
-    """The template's pieces; one-sentence errors name `key` (no blank, a bad length, too long)."""
+                   key: str = "`GenerationRequest.template`") -> Template:
+    """The template's pieces; one-sentence errors name `key` (no blank, a bad length, too long): the
+    library's field by default, or the caller's own name for it (the Python API says `template`)."""
     if not isinstance(blank_length, int) or isinstance(blank_length, bool) or blank_length < 1:
         raise SettingError(f"`Template.blank_length` must be an integer >= 1, got {blank_length!r}")
     pieces, at = [], 0
@@ -78,16 +79,16 @@ def parse_template(source: str, tokenizer, *, blank_length: int = 8, max_length:
             pieces.append(_held(source[at:m.start()], tokenizer, before_blank=True))
         n = int(m.group(1)) if m.group(1) else blank_length
         if n < 1:
-            raise ValueError(f"{key}: a blank needs at least one token, got {m.group(0)!r}")
+            raise SettingError(f"{key}: a blank needs at least one token, got {m.group(0)!r}")
         pieces.append(Piece(None, [], n))
         at = m.end()
     if at < len(source):
         pieces.append(_held(source[at:], tokenizer))
     if not any(p.text is None for p in pieces):
-        raise ValueError(f"{key} has no blank to fill; mark one with [___] (or [___:n] for n tokens)")
+        raise SettingError(f"{key} has no blank to fill; mark one with [___] (or [___:n] for n tokens)")
     template = Template(source, tuple(p for p in pieces if p.length), tokenizer.bos_id)
     if max_length is not None and template.length > max_length:
-        raise ValueError(f"{key} is {template.length} tokens with its blanks (and the BOS token); the model's "
+        raise SettingError(f"{key} is {template.length} tokens with its blanks (and the BOS token); the model's "
                          f"length is {max_length}: shorten the template or its blanks")
     return template
 

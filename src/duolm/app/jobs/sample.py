@@ -3,17 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from duolm.app.config import ConfigError, check_conditioning, parse_classes
+from duolm.app.config import ConfigError
 from duolm.app.fields import config_message
 from duolm.app.loading import load_for_eval, model_path
 from duolm.app.outputs import results_dir
-from duolm.app.sampling_settings import spec_for_model, template_from_config
+from duolm.app.sampling_settings import sampling_settings
 from duolm.data.instructions import reply_ids
 from duolm.data.tokenizers import is_image
 from duolm.evaluation.pictures import write_result_pictures
 from duolm.io.atomic import write_json
-from duolm.sampling import check_infill
-from duolm.sampling.generate import GenerationRequest, generate
+from duolm.sampling.generate import generate
+from duolm.sampling.request import request_from_settings
 
 
 def cmd_sample(cfg, parts):
@@ -45,26 +45,16 @@ def sample_and_print(cfg, pre, device, checkpoint=None, out_dir=None) -> dict:
     s = cfg.sampling
     where = checkpoint or model_path(cfg)
     try:  # against the model that was loaded, not the config's algo and length
-        spec = spec_for_model(s, pre)
+        request = request_from_settings(sampling_settings(s), method=pre.method, tokenizer=pre.tokenizer,
+                                        length=pre.config["length"], num_classes=pre.num_classes)
     except ValueError as err:
         raise ConfigError(f"{config_message(err)} (the model at {where} is {pre.method.name}, length "
                           f"{pre.config['length']})") from None
     image = is_image(pre.tokenizer)
-    try:
-        check_conditioning(s.guidance, s.classes, pre.num_classes, method=pre.method)
-        template = template_from_config(s, pre)
-        if template is not None:  # the spec is already resolved and checked: only what a template adds
-            check_infill(spec, pre.method, pre.config["length"])
-    except ValueError as err:
-        raise ConfigError(f"{config_message(err)} (the model at {where})") from None
-    request = GenerationRequest(spec, length=pre.config["length"], num_samples=s.num_samples,
-                                batch_size=s.batch_size, seed=s.seed, classes=parse_classes(s.classes),
-                                guidance=s.guidance, trajectory=s.trajectory,
-                                predictions=bool(s.get("trajectory_predictions", False)), template=template)
     res = generate(pre.method, pre.backbone, pre.tokenizer, request, device=device)
     res = {"checkpoint": str(where), **res}
     if s.get("chat"):  # each sample's reply: after the conversation, up to its first end of text
-        start = len(spec.prefix)
+        start = len(request.spec.prefix)
         for smp in res["samples"]:
             smp["reply"] = pre.tokenizer.decode(reply_ids(pre.tokenizer, smp["ids"], start))
     if image:
@@ -73,7 +63,7 @@ def sample_and_print(cfg, pre, device, checkpoint=None, out_dir=None) -> dict:
     write_json(res, out)
     if kept:
         print(f"(kept the earlier {kept.name}; these samples are {Path(out).name}, beside it)")
-    how = (f"{spec.predictor}, {res['steps']} steps, last step {res['noise_removal']}"
+    how = (f"{request.spec.predictor}, {res['steps']} steps, last step {res['noise_removal']}"
            if not pre.method.is_autoregressive else "autoregressive, KV cache")
     if "cache" in res:
         how += (f", {res['cache']['cached_calls']} of {res['cache']['cached_calls'] + res['cache']['denoiser_calls']} "
