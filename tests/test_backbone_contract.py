@@ -303,7 +303,7 @@ def test_a_refused_capability_is_one_sentence():
                                               r"one does not declare$"):
         caps.require("kv_cache", "sampling.confidence.cache")
     with pytest.raises(CapabilityError, match="needs block-causal attention"):
-        caps.require("", "algo.block_size", attention="block_causal")
+        caps.require_attention("block_causal", "algo.block_size")
 
 
 @pytest.mark.parametrize("algo,block_size", [("ar", None), ("mdlm", None), ("mdlm", 4), ("duo_base", 4)])

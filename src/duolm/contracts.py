@@ -126,13 +126,14 @@ class Capabilities:
         return out + [f.name for f in fields(self) if f.name != "attention"
                       and getattr(self, f.name) and not getattr(declared, f.name)]
 
-    def require(self, capability: str, what: str, *, attention: str | None = None) -> None:
-        """Raise CapabilityError (one sentence naming `what` needs it) unless this declares it."""
-        if attention is not None:
-            if attention not in self.attention:
-                raise CapabilityError(f"{what} needs {attention.replace('_', '-')} attention, which this backbone "
-                                      f"does not run (it runs: {', '.join(self.attention)})")
-            return
+    def require_attention(self, pattern: str, what: str) -> None:
+        """Raise CapabilityError (one sentence naming `what` needs it) unless this runs the attention `pattern`."""
+        if pattern not in self.attention:
+            raise CapabilityError(f"{what} needs {pattern.replace('_', '-')} attention, which this backbone "
+                                  f"does not run (it runs: {', '.join(self.attention)})")
+
+    def require(self, capability: str, what: str) -> None:
+        """Raise CapabilityError (one sentence naming `what` needs it) unless this declares `capability`."""
         if not getattr(self, capability):
             raise CapabilityError(f"{what} needs a backbone with {capability.replace('_', ' ')}, which this one "
                                   f"does not declare")

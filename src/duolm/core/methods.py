@@ -118,11 +118,11 @@ class Method:
         """What this method needs of a backbone (duolm.contracts.Capabilities), refused in one sentence:
         AR reads a causal network; block diffusion runs block-causal masks over x_t + x_0."""
         if self.is_autoregressive:
-            capabilities.require("", "`Method.name`=ar", attention="causal")
+            capabilities.require_attention("causal", "`Method.name`=ar")
         elif self.block_size is not None:
-            capabilities.require("", "`Method.block_size`", attention="block_causal")
+            capabilities.require_attention("block_causal", "`Method.block_size`")
         else:
-            capabilities.require("", f"`Method.name`={self.name}", attention="bidirectional")
+            capabilities.require_attention("bidirectional", f"`Method.name`={self.name}")
 
     # --- losses --------------------------------------------------------------------
     def num_blocks(self, length: int) -> int:

@@ -34,7 +34,7 @@ class ApproximateCache:
     def __init__(self, method, backbone, mode: str, labels=None):
         if mode not in ("prefix", "dual"):
             raise SettingError(f"`ConfidenceOptions.cache` must be one of {list(CACHE_MODES)}, got {mode!r}")
-        backbone.capabilities.require("kv_cache", "sampling.confidence.cache (Fast-dLLM's approximate cache)")
+        backbone.capabilities.require("kv_cache", "`ConfidenceOptions.cache` (Fast-dLLM's approximate cache)")
         self.method, self.backbone, self.mode, self.labels = method, backbone, mode, labels
         self.full = None  # the refresh call's KVCache
         self.query_positions = 0  # per sequence, summed over calls: what the cache saves
