@@ -69,6 +69,7 @@ LISTED = {
     "PixelTokenizer.channels": "data.channels",
     "build_image_splits.num_classes": "data.num_classes",
     "score_image_samples.features": "eval.image_features",
+    "check_inception.given": "eval.inception_weights",
     "score_samples_file.path": "eval.samples",
     "score_samples_file.scoring_model": "eval.scoring_model",
     "score_samples_file.mauve_texts": "eval.mauve_texts",

@@ -100,8 +100,8 @@ class PixelTokenizer:
 
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != (self.channels, self.image_size, self.image_size):
-            raise SettingError(f"images of shape {tuple(images.shape[1:])} do not match `PixelTokenizer.channels`={self.channels} "
-                             f"and data.image_size={self.image_size}")
+            raise SettingError(f"images of shape {tuple(images.shape[1:])} do not match "
+                               f"`PixelTokenizer.channels`={self.channels} and `PixelTokenizer.image_size`={self.image_size}")
         ids = (images.astype(np.int64) * self.levels) // (max_value + 1)
         return ids.reshape(len(images), -1)
 

@@ -169,11 +169,12 @@ def check_inception(given=None) -> Path:
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
-        raise SettingError("`score_image_samples.features`=inception needs torch-fidelity (pip install torch-fidelity), the "
-                         "Inception-v3 the papers' FID uses; or use `score_image_samples.features`=classifier") from None
+        raise SettingError("`score_image_samples.features`=inception needs torch-fidelity (pip install torch-fidelity), "
+                           "the Inception-v3 the papers' FID uses; or use `score_image_samples.features`=classifier") from None
     if not path.is_file():
-        raise SettingError(f"`score_image_samples.features`=inception: no Inception-v3 weights at {path}; download {INCEPTION_URL} "
-                         f"there (or set eval.inception_weights), or use `score_image_samples.features`=classifier")
+        raise SettingError(f"`score_image_samples.features`=inception: no Inception-v3 weights at {path}; download "
+                           f"{INCEPTION_URL} there (or set `check_inception.given`), or use "
+                           f"`score_image_samples.features`=classifier")
     return path
 
 
