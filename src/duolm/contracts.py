@@ -116,8 +116,9 @@ class Capabilities:
         if unknown:
             raise ValueError(f"Capabilities.attention: {unknown[0]!r} is not one of {list(ATTENTION_PATTERNS)}")
 
-    def narrowed(self, **changes) -> "Capabilities":
-        """These capabilities with some turned off (a config that uses less of its class)."""
+    def changed(self, **changes) -> "Capabilities":
+        """These capabilities with some fields set otherwise (a table row built on a shared set, or a
+        wrapper that uses less of its network)."""
         return replace(self, **changes)
 
     def within(self, declared: "Capabilities") -> list[str]:

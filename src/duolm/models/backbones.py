@@ -50,14 +50,14 @@ TRANSFORMER = Capabilities(attention=("bidirectional", "causal", "block_causal")
 
 BACKBONES: dict[str, BackboneRow] = {
     "dit": BackboneRow(DiT, DiTConfig, data=("text", "image"), image_shaped=False, causal_option=True,
-                       capabilities=TRANSFORMER.narrowed(class_conditioning=True),
+                       capabilities=TRANSFORMER.changed(class_conditioning=True),
                        describe=lambda m: f"DiT, {m['n_blocks']} blocks x {m['hidden_size']}"),
     "unet": BackboneRow(UNet, UNetConfig, data=("image",), image_shaped=True, causal_option=False,
                         capabilities=Capabilities(attention=("bidirectional",), class_conditioning=True,
                                                   time_conditioning=True),
                         describe=lambda m: "unet"),
     "hf": BackboneRow(HFLM, HFConfig, data=("text",), image_shaped=False, causal_option=True,
-                      capabilities=TRANSFORMER.narrowed(training_step=True, adapters=True),
+                      capabilities=TRANSFORMER.changed(training_step=True, adapters=True),
                    describe=lambda m: f"{m['pretrained']} ({m['hf_config'].get('model_type')}, pretrained)",
                    complete=lambda m: {**m, "hf_config": m.get("hf_config") or base_config(m.get("pretrained", "smollm2"))},
                    initialise=lambda net: net.load_base_weights() if net.config.init == "pretrained" else None),

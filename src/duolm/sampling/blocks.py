@@ -25,32 +25,34 @@ from duolm.sampling.registry import SAMPLERS, SamplingModel
 from duolm.sampling.semi_ar import held_positions
 
 
-class CachedBlock:
+class BlockCall:
+    """A call of the backbone for one block: its logits (no head to fuse), no cache of its own."""
+
+    backbone: object
+
+    @property
+    def capabilities(self):
+        return self.backbone.capabilities.changed(head=False, kv_cache=False)
+
+
+class CachedBlock(BlockCall):
     """backbone(x_block, sigma) for the block at `offset`: attends to the cache and to itself; the
     cache is not extended (a noisy block changes between steps)."""
 
     def __init__(self, backbone, cache, offset: int):
         self.backbone, self.cache, self.offset = backbone, cache, offset
 
-    @property
-    def capabilities(self):  # logits of one block: no head to fuse, no cache of its own
-        return self.backbone.capabilities.narrowed(head=False, kv_cache=False)
-
     def __call__(self, x, sigma, weights=None, class_cond=None):
         return self.backbone(x, sigma, weights=weights, cache=self.cache, position_offset=self.offset,
                              class_cond=class_cond, store_kv=False)
 
 
-class UncachedBlock:
+class UncachedBlock(BlockCall):
     """The same call without a cache: the clean prefix and the noisy block in one block-causal pass
     (the prefix at noise level 0), the block's rows returned. The reference the cache must equal."""
 
     def __init__(self, backbone, prefix: torch.Tensor, block_size: int):
         self.backbone, self.prefix, self.block_size = backbone, prefix, block_size
-
-    @property
-    def capabilities(self):
-        return self.backbone.capabilities.narrowed(head=False, kv_cache=False)
 
     def __call__(self, x, sigma, weights=None, class_cond=None):
         P = self.prefix.shape[1]
