@@ -96,7 +96,12 @@ class Capabilities:
     class_conditioning: forward(class_cond=labels) (label num_classes is the null label).
     soft_inputs: forward reads float inputs (B, L, V) and ids (B, L, k) with ``weights`` (Duo's curriculum).
     time_conditioning: forward reads the noise level sigma (otherwise it is ignored).
-    encoder_prefix: a causal encoder reads a prompt into the cache the canvas attends to.
+    encoder_prefix: a causal encoder reads clean tokens into the cache (forward with ``store_kv=True``;
+        ``attn_mask`` (B, L) bool then marks which of them are tokens, the rest padding) and the
+        canvas is denoised by a separate pass that reads that cache (``store_kv=False``); it needs a
+        cache with at least one token (DiffusionGemma).
+    self_conditioning: forward(self_cond=logits) adds the previous step's prediction (B, L, V) to
+        the input (DiffusionGemma's self-conditioning block); None: the first step's zero signal.
     training_step: ``set_step(step)`` changes forward during training (annealed attention).
     adapters: it trains adapters (LoRA) over frozen weights; ``merged()`` folds them into a plain network.
     """
@@ -108,6 +113,7 @@ class Capabilities:
     soft_inputs: bool = False
     time_conditioning: bool = False
     encoder_prefix: bool = False
+    self_conditioning: bool = False
     training_step: bool = False
     adapters: bool = False
 
@@ -166,7 +172,8 @@ class Backbone(Protocol):
     """A network under duolm's one forward signature.
 
     forward(x, sigma=None, *, weights=None, class_cond=None, positions=None, position_offset=0,
-            attn_mask=None, cache=None, store_kv=True, head=None) -> logits (B, L, V) or head's result
+            attn_mask=None, cache=None, store_kv=True, head=None, self_cond=None)
+        -> logits (B, L, V) or head's result
 
     x: token ids (B, L); with soft_inputs, float logits (B, L, V) or ids (B, L, k) with weights (B, L, k).
     sigma: the noise level (B,) or per position (B, L); read with time_conditioning, else ignored.
@@ -174,6 +181,7 @@ class Backbone(Protocol):
     (True: may attend): block_causal attention. cache: a KVCache from new_cache(), with kv_cache;
     position_offset: where x starts after the cached positions; store_kv: keep x's keys and values.
     head: with head, f(features, weight, bias) in place of the output projection.
+    self_cond: with self_conditioning, the previous denoising step's logits (B, L, V).
     """
 
     config: object
@@ -183,7 +191,7 @@ class Backbone(Protocol):
         """What this network, as configured, can do (within its BACKBONES row)."""
 
     def forward(self, x, sigma=None, *, weights=None, class_cond=None, positions=None, position_offset: int = 0,
-                attn_mask=None, cache=None, store_kv: bool = True, head=None):
+                attn_mask=None, cache=None, store_kv: bool = True, head=None, self_cond=None):
         ...
 
     def new_cache(self) -> KVCache:

@@ -5,13 +5,14 @@
 ``load_pretrained`` takes a built-in name (``builtin:<name>``), a duolm model directory, a `duolm train`
 run checkpoint (``.ckpt``, EMA weights by default), the papers' Lightning checkpoints and their
 Hugging Face layouts (duolm.checkpoints.papers), or a Hugging Face Hub id where the network
-allows. duolm's own format (a folder with model.safetensors and config.json) is duolm.checkpoints.duolm_format.
+allows; a transformers DiffusionGemma folder (duolm.checkpoints.diffusion_gemma). duolm's own format (a folder with model.safetensors and config.json) is duolm.checkpoints.duolm_format.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from duolm.checkpoints import papers
+from duolm.checkpoints.diffusion_gemma import from_diffusion_gemma_folder
 from duolm.checkpoints.duolm_format import (
     FORMAT,
     Pretrained,
@@ -24,6 +25,7 @@ from duolm.checkpoints.duolm_format import (
     training_of,
 )
 from duolm.io.hub_access import HubUnreachable, from_hub
+from duolm.models.diffusion_gemma import is_diffusion_gemma_folder
 
 __all__ = ["BUILTIN_PREFIX", "FORMAT", "Pretrained", "builtin_models", "from_pretrained", "load_pretrained",
            "looks_like_hub_id", "method_from_config", "pretrained_from_run", "read_config_json", "resolve_builtin",
@@ -66,6 +68,8 @@ def load_pretrained(path_or_name, *, algo: str | None = None, use_ema: bool = Tr
         config = read_config_json(path)
         if config.get("format") == FORMAT:
             return from_pretrained(path, config=config)
+        if is_diffusion_gemma_folder(config):
+            return from_diffusion_gemma_folder(path)
         return papers.from_hub_directory(path, config, algo=algo, tokenizer=tokenizer, n_heads=n_heads, length=length)
     ckpt = papers.load_lightning_checkpoint(path)
     if "duolm" in ckpt:  # a `duolm train` checkpoint

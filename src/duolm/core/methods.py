@@ -116,9 +116,12 @@ class Method:
 
     def check_backbone(self, capabilities) -> None:
         """What this method needs of a backbone (duolm.contracts.Capabilities), refused in one sentence:
-        AR reads a causal network; block diffusion runs block-causal masks over x_t + x_0."""
+        AR reads a causal network; block diffusion runs block-causal masks over x_t + x_0, or reads
+        the clean blocks from an encoder's cache (encoder_prefix: DiffusionGemma)."""
         if self.is_autoregressive:
             capabilities.require_attention("causal", "`Method.name`=ar")
+        elif self.block_size is not None and capabilities.encoder_prefix:
+            capabilities.require_attention("bidirectional", "`Method.block_size`")
         elif self.block_size is not None:
             capabilities.require_attention("block_causal", "`Method.block_size`")
         else:

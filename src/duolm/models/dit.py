@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from duolm.contracts import Capabilities
+from duolm.contracts import Capabilities, CapabilityError
 from duolm.errors import SettingError
 
 
@@ -255,10 +255,12 @@ class DiT(nn.Module):
         """The DiT's forward does not depend on the training step."""
 
     def forward(self, x, sigma=None, *, weights=None, class_cond=None, positions=None, position_offset: int = 0,
-                attn_mask=None, cache=None, store_kv: bool = True, head=None):
+                attn_mask=None, cache=None, store_kv: bool = True, head=None, self_cond=None):
         """attn_mask (S, S_keys) bool and positions (S,) rotary positions: block diffusion's passes
         (duolm.core.block_attention); cache (a DiTCache) with store_kv=False: attend to the cache and
         this call's tokens without keeping them (a noisy block between denoising steps)."""
+        if self_cond is not None:
+            raise CapabilityError("the DiT has no self-conditioning input (`self_cond`)")
         if class_cond is not None and not self.config.num_classes:
             raise SettingError("this DiT is unconditional (`DiTConfig.num_classes` = 0); it takes no labels")
         h = self.vocab_embed(x, weights)  # (B, L, H)

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from duolm.contracts import Capabilities
+from duolm.contracts import Capabilities, CapabilityError
 from duolm.errors import SettingError
 from duolm.models.dit import TimestepEmbedder
 
@@ -240,9 +240,11 @@ class HFLM(nn.Module):
         return h
 
     def forward(self, x, sigma=None, *, weights=None, class_cond=None, positions=None, position_offset: int = 0,
-                attn_mask=None, cache=None, store_kv: bool = True, head=None):
+                attn_mask=None, cache=None, store_kv: bool = True, head=None, self_cond=None):
         if class_cond is not None:
             raise ValueError("this backbone is unconditional (model=hf takes no labels)")
+        if self_cond is not None:
+            raise CapabilityError("a pretrained causal LM (model=hf) has no self-conditioning input (`self_cond`)")
         h = self.embed(x, weights, sigma)
         B, L = h.shape[:2]
         pos = torch.arange(L, device=h.device) + position_offset if positions is None else positions.to(h.device)

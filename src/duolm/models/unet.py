@@ -237,12 +237,13 @@ class UNet(nn.Module):
         """The UNet's forward does not depend on the training step."""
 
     def forward(self, x, sigma=None, *, weights=None, class_cond=None, positions=None, position_offset: int = 0,
-                attn_mask=None, cache=None, store_kv: bool = True, head=None):
+                attn_mask=None, cache=None, store_kv: bool = True, head=None, self_cond=None):
         if weights is not None or x.dim() != 2:
             raise CapabilityError("the UNet reads pixel ids (B, C*H*W); relaxed (weighted) inputs are not supported")
-        if positions is not None or attn_mask is not None or cache is not None or position_offset or head is not None:
+        if positions is not None or attn_mask is not None or cache is not None or position_offset or head is not None \
+                or self_cond is not None:
             raise CapabilityError("the UNet denoises a whole image in one pass: it takes no attention mask, "
-                                  "positions, cache or head")
+                                  "positions, cache, head or self-conditioning")
         if class_cond is not None and not self.config.num_classes:
             raise SettingError("this UNet is unconditional (`UNetConfig.num_classes` = 0); it takes no labels")
         c = self.config

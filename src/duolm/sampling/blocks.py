@@ -37,14 +37,25 @@ class BlockCall:
 
 class CachedBlock(BlockCall):
     """backbone(x_block, sigma) for the block at `offset`: attends to the cache and to itself; the
-    cache is not extended (a noisy block changes between steps)."""
+    cache is not extended (a noisy block changes between steps). A self-conditioned backbone
+    (DiffusionGemma) is fed the previous call's logits, or what a sampler feeds in their place
+    (the EB-sampler's tempered logits); the first call of a block has none."""
 
     def __init__(self, backbone, cache, offset: int):
         self.backbone, self.cache, self.offset = backbone, cache, offset
+        self.previous = None
+
+    def feed(self, logits: torch.Tensor) -> None:
+        """What the next call is self-conditioned on (its samplers' say over the default)."""
+        self.previous = logits
 
     def __call__(self, x, sigma, weights=None, class_cond=None):
-        return self.backbone(x, sigma, weights=weights, cache=self.cache, position_offset=self.offset,
-                             class_cond=class_cond, store_kv=False)
+        conditioned = self.backbone.capabilities.self_conditioning
+        out = self.backbone(x, sigma, weights=weights, cache=self.cache, position_offset=self.offset,
+                            class_cond=class_cond, store_kv=False, **({"self_cond": self.previous} if conditioned else {}))
+        if conditioned:  # samplers normalise the logits in place: keep a copy
+            self.previous = out.detach().clone()
+        return out
 
 
 class UncachedBlock(BlockCall):
@@ -98,6 +109,9 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
     if "blocks" not in entry.strategies:
         raise SettingError(f"block diffusion samples with an x_0 sampler (ancestral, psi), not "
                          f"`SamplerSpec.predictor`={spec.predictor}")
+    if backbone.capabilities.encoder_prefix:
+        return canvas_sample(method, backbone, spec, batch, total_length, prefix=prefix, generator=generator,
+                             device=device, progress=progress, observer=observer, eos_id=eos_id)
     cache = cache and backbone.capabilities.kv_cache  # a backbone without one: the cache-free pass
     one_block = replace(spec, total_length=None, prefix=None)
     device = device or next(backbone.parameters()).device
@@ -148,4 +162,60 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
         after = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=out.device), seen[:, :-1]], 1)
         out = torch.where(after, torch.full_like(out, eos_id), out)
     observer.report(**calls, blocks=-(-out.shape[1] // bs))
+    return out
+
+
+
+@torch.no_grad()
+def canvas_sample(method, backbone, spec, batch: int, total_length: int, *, prefix, prefix_mask=None,
+                  generator=None, device=None, progress: bool = False, observer: Observer = NOTHING,
+                  eos_id: int | None = None) -> torch.Tensor:
+    """Block generation for a backbone whose encoder reads the prompt (encoder_prefix: DiffusionGemma).
+
+    The whole prompt goes through the encoder once, at any length; then canvases of block_size
+    tokens follow it, each denoised by the chosen x_0 sampler through the decoder (self-conditioned
+    where the backbone is) and committed through the encoder, until `total_length` tokens (the
+    prompt included, whole canvases) or, with spec.stop_at_eos, until every row holds an EOS in what
+    it generated (after which its tokens are EOS). prefix: ids (P,) for every row, or (B, P) with
+    prefix_mask (B, P) bool (False: left padding, which no position attends to, as transformers'
+    attention_mask). Returns (B, P + generated) ids, the prompt included. The observer gets the
+    counts of every canvas summed (denoiser_calls, commit_calls, blocks)."""
+    bs = method.block_size
+    entry = SAMPLERS[spec.predictor]
+    if "blocks" not in entry.strategies:
+        raise SettingError(f"a canvas is sampled with an x_0 sampler (ancestral, psi, entropy_bound), not "
+                           f"`SamplerSpec.predictor`={spec.predictor}")
+    device = device or next(backbone.parameters()).device
+    prefix = torch.as_tensor(list(prefix) if isinstance(prefix, (list, tuple)) else prefix, dtype=torch.long)
+    prefix = (prefix[None].expand(batch, -1) if prefix.dim() == 1 else prefix).to(device)
+    if prefix.shape[1] == 0:
+        raise SettingError("this model's encoder reads a prompt before the first canvas: give "
+                           "`SamplerSpec.prefix` at least one token (the BOS)")
+    one_block = replace(spec, total_length=None, prefix=None)
+    cache = backbone.new_cache()
+    backbone(prefix, None, cache=cache, store_kv=True, attn_mask=prefix_mask)
+    out, P = prefix, prefix.shape[1]
+    calls = {"denoiser_calls": 0, "commit_calls": 1}
+    canvases = max(1, -(-(total_length - P) // bs))
+    bar = progress_bar(total=canvases, disable=not progress, desc="sampling", unit="canvas")
+    for i in range(canvases):
+        if i:  # the finished canvas joins the prompt in the encoder's cache
+            backbone(out[:, -bs:], None, cache=cache, store_kv=True, position_offset=out.shape[1] - bs)
+            calls["commit_calls"] += 1
+        net = CachedBlock(backbone, cache, out.shape[1])
+        model = SamplingModel.from_method(method, net)
+        st = Recorder()
+        block = entry.run(model, one_block, (batch, bs), bos_id=None, fixed=None, generator=generator, device=device,
+                          disable_progress=True, observer=st)
+        calls["denoiser_calls"] += st.counts.get("denoiser_calls", 0)
+        out = torch.cat([out, block], dim=1)
+        bar.update(1)
+        if spec.stop_at_eos and eos_id is not None and (out[:, P:] == eos_id).any(-1).all():
+            break
+    bar.close()
+    if spec.stop_at_eos and eos_id is not None:  # after a row's first generated EOS, EOS
+        seen = torch.cumsum(out[:, P:] == eos_id, 1) > 0
+        after = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=out.device), seen[:, :-1]], 1)
+        out[:, P:] = torch.where(after, torch.full_like(out[:, P:], eos_id), out[:, P:])
+    observer.report(**calls, blocks=-(-(out.shape[1] - P) // bs))
     return out

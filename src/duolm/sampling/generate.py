@@ -38,8 +38,10 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
         if fixed is not None or observer.wants_states or predictions is not None:
             raise SettingError("block diffusion generates block by block: `GenerationRequest.template` and `GenerationRequest.trajectory` "
                              "need a whole-sequence model")
+        # an encoder-prefix model (DiffusionGemma) reads at least the BOS before its first canvas
+        prefix = spec.prefix or ([bos_id] if backbone.capabilities.encoder_prefix else None)
         return block_sample(method, backbone, spec, batch, spec.total_length or length, generator=generator,
-                            device=device, progress=progress, observer=observer, eos_id=eos_id, prefix=spec.prefix,
+                            device=device, progress=progress, observer=observer, eos_id=eos_id, prefix=prefix,
                             labels=labels, guidance=guidance)
     if strategy == "windows":
         one_window = replace(spec, total_length=None)

@@ -16,7 +16,7 @@ import torch
 
 from duolm.core.conditioning import null_labels, with_labels
 from duolm.errors import SettingError
-from duolm.sampling import analytic, ancestral, ar, confidence, psi
+from duolm.sampling import analytic, ancestral, ar, confidence, entropy_bound, psi
 from duolm.sampling.guidance import check_guidance, guided_denoiser
 from duolm.sampling.spec import AUTO, NOISE_REMOVAL, SamplerSpec, default_predictor, output_of
 
@@ -79,6 +79,8 @@ SAMPLERS: dict[str, Sampler] = {
     "ancestral_cache": Sampler(ancestral.from_spec, needs="x0", reuses_output=True),
     "psi": Sampler(psi.from_spec, needs="x0", check=psi.check_spec, options=psi.PsiOptions),
     "confidence": Sampler(confidence.from_spec, needs="x0", options=confidence.ConfidenceOptions, exact=False),
+    "entropy_bound": Sampler(entropy_bound.from_spec, needs="x0", options=entropy_bound.EntropyBoundOptions,
+                             exact=False),
     "analytic": Sampler(analytic.from_spec, needs="score", noise_removal=("ancestral", "none"), holds_positions=False,
                         strategies=("window",)),
     "ar": Sampler(ar.from_spec, needs="ar", noise_removal=NOISE_REMOVAL, strategies=("autoregressive",)),
