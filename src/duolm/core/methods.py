@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from duolm.core import losses, parameterizations
 from duolm.core.block_attention import block_diffusion_mask, training_positions
+from duolm.core.canvas_loss import canvas_token_loss
 from duolm.core.chunked_loss import PLAIN_MAX_LOGITS, Head, chunked_loss
 from duolm.core.processes import AbsorbingProcess, UniformProcess
 from duolm.core.schedules import LogLinear
@@ -112,6 +113,10 @@ class Method:
         """
         sigma = self.sigma(alpha)
         logits = backbone(x_t if model_input is None else model_input, sigma, weights=weights)
+        return self.read_logits(logits, x_t, alpha)
+
+    def read_logits(self, logits, x_t, alpha) -> torch.Tensor:
+        """What the loss and samplers read of a network's raw logits at x_t (its parameterization)."""
         return PARAMETERIZATIONS[self.parameterization].read(self, logits.to(self.loss_dtype), x_t, alpha)
 
     def check_backbone(self, capabilities) -> None:
@@ -164,6 +169,8 @@ class Method:
         valid = valid.float()
         if self.is_autoregressive:
             return self._ar_loss(backbone, x0, valid)
+        if backbone.capabilities.encoder_prefix:  # the prompt in an encoder's cache, canvases after it
+            return canvas_token_loss(self, backbone, x0, valid, t, generator=generator, clean=clean)
         blocks = self.num_blocks(x0.shape[1])
         if t is None:
             t = self.sample_times(x0.shape[0], generator=generator, device=x0.device, blocks=blocks)

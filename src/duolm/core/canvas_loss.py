@@ -1,0 +1,76 @@
+"""The per-token loss of a backbone whose encoder reads the clean prefix (encoder_prefix: DiffusionGemma).
+
+Block diffusion for a DiT or model=hf scores every block in one pass over x_t ⊕ x_0 with the
+block-causal mask (duolm.core.methods.BlockTrainingPass). An encoder-prefix network cannot run that
+pass: its clean tokens go through a causal encoder into a cache and each noisy canvas through a
+decoder that reads it. So here the prompt (a row's leading `clean` positions; without any, its
+first token, which is then not scored: the decoder needs at least one token to read) goes through
+the encoder; the rest is cut into canvases of block_size tokens from there, as generation lays
+them out (the last one completed with the row's own padding, not scored); each canvas is noised at
+its own time t, scored by the decoder against the cache (self-conditioning's zero signal: the
+first step's input), and then committed clean through the encoder, teacher-forced, before the
+next. The per-token loss is the method's, so the bound is the method's NELBO with whatever
+schedule the method states (for DiffusionGemma: the one assumed at load,
+duolm.checkpoints.diffusion_gemma.ASSUMED_NOISE). Rows are scored in groups of equal prompt length.
+"""
+from __future__ import annotations
+
+import torch
+
+from duolm.contracts import CapabilityError
+
+
+def canvas_token_loss(method, backbone, x0: torch.Tensor, valid: torch.Tensor, t: torch.Tensor | None = None, *,
+                      generator=None, clean: torch.Tensor | None = None):
+    """TokenLoss (B, L) of x0 under an encoder-prefix backbone (module docstring); t (B, canvases)
+    fixes each canvas's time (drawn when None, one per canvas, stratified as block times are)."""
+    from duolm.core.methods import TokenLoss
+
+    B, L = x0.shape
+    C = method.block_size
+    if C is None:
+        raise CapabilityError("an encoder-prefix backbone scores canvases: `Method.block_size` must be its canvas length")
+    lead = _leading_clean(clean, B, L, x0.device)  # (B,) the prompt lengths
+    nll = torch.zeros(B, L, dtype=method.loss_dtype, device=x0.device)
+    weight = valid.float().clone()
+    weight[torch.arange(L, device=x0.device)[None] < lead[:, None]] = 0.0
+    for P in sorted(set(lead.tolist())):
+        rows = (lead == P).nonzero()[:, 0]
+        n = max(1, -(-(L - P) // C))
+        times = t[rows] if t is not None else method.sample_times(len(rows), generator=generator, device=x0.device,
+                                                                  blocks=n).reshape(len(rows), n)
+        nll[rows] = _rows_loss(method, backbone, x0[rows], P, n, times.reshape(len(rows), n), generator)
+    return TokenLoss(nll, weight)
+
+
+def _leading_clean(clean, B: int, L: int, device) -> torch.Tensor:
+    if clean is None:
+        return torch.ones(B, dtype=torch.long, device=device)
+    leading = torch.cumprod(clean.long(), dim=1).sum(1)
+    return leading.clamp_min(1)
+
+
+def _rows_loss(method, backbone, x0, P: int, n: int, times, generator) -> torch.Tensor:
+    B, L = x0.shape
+    C = method.block_size
+    pad = x0[:, -1:].expand(B, P + n * C - L) if P + n * C > L else x0[:, :0]
+    full = torch.cat([x0, pad], 1)
+    cache = backbone.new_cache()
+    backbone(full[:, :P], None, cache=cache, store_kv=True)
+    out = torch.zeros(B, P + n * C, dtype=method.loss_dtype, device=x0.device)
+    for k in range(n):
+        a = P + k * C
+        canvas = full[:, a:a + C]
+        tk = times[:, k:k + 1]
+        sched = method.schedule(tk.to(torch.float64) if method.loss_dtype == torch.float64 else tk)
+        alpha, dalpha = sched.alpha.to(method.loss_dtype), sched.dalpha.to(method.loss_dtype)
+        x_t = method.process.sample_xt(canvas, alpha, generator=generator)
+        logits = backbone(x_t, method.sigma(alpha), cache=cache, store_kv=False, position_offset=a)
+        read = method.read_logits(logits.to(method.loss_dtype), x_t, alpha)
+        out[:, a:a + C] = method.loss_from_output(read, x_t, canvas, tk, alpha, dalpha)
+        if k + 1 < n:
+            backbone(canvas, None, cache=cache, store_kv=True, position_offset=a)
+    return out[:, :L]
+
+
+__all__ = ["canvas_token_loss"]

@@ -1,0 +1,243 @@
+"""DiffusionGemma (transformers' DiffusionGemmaForBlockDiffusion) under duolm, on tiny random configs
+saved with save_pretrained (tests/diffusion_gemma_tiny.py; nothing is downloaded):
+
+- the backbone's logits are transformers' (encoder + canvas, with and without self-conditioning,
+  a second canvas through the cache);
+- duolm's EB-sampler row and canvas loop reproduce `model.generate()` token for token (several
+  settings, batch 3, left padding, EOS inside a canvas, rows stopping early);
+- duolm.load reads the folder (its tokenizer), its own samplers run canvas by canvas;
+- the canvas NELBO (Duo's uniform-state bound with the linear schedule the loader assumes) equals
+  a brute-force discrete-time bound: every x_t of a 2-token canvas over 6 tokens enumerated, the
+  posterior KLs summed over 2000 steps.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusion_gemma_tiny import EOS, tiny_folder, tiny_model
+
+from duolm.contracts import Backbone, CapabilityError
+from duolm.core.methods import build_method
+from duolm.core.schedules import make_schedule
+from duolm.models.diffusion_gemma import DiffusionGemma, DiffusionGemmaSettings
+from duolm.sampling.blocks import canvas_sample
+from duolm.sampling.entropy_bound import EntropyBoundOptions, entropy_bounded
+from duolm.sampling.spec import SamplerSpec
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _wrap(model):
+    settings = DiffusionGemmaSettings(vocab_size=model.config.text_config.vocab_size,
+                                      hf_config=model.config.to_dict(), init="random")
+    return DiffusionGemma(settings, network=model)
+
+
+def _method(vocab, canvas):
+    return build_method("duo", vocab, schedule=make_schedule("log-linear", 0.0), block_size=canvas,
+                        time_conditioning=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(0)
+
+
+def test_the_backbone_is_transformers_forward(model):
+    net = _wrap(model)
+    assert isinstance(net, Backbone) and net.capabilities.encoder_prefix and net.capabilities.self_conditioning
+    g = torch.Generator().manual_seed(0)
+    prompt, canvas = torch.randint(3, 300, (2, 5), generator=g), torch.randint(0, 300, (2, 8), generator=g)
+    sc = torch.randn(2, 8, 300, generator=g)
+    for self_cond in (None, sc):
+        ref = model(input_ids=prompt, decoder_input_ids=canvas, self_conditioning_logits=self_cond).logits
+        cache = net.new_cache()
+        net(prompt, cache=cache, store_kv=True)
+        ours = net(canvas, cache=cache, store_kv=False, position_offset=5, self_cond=self_cond)
+        assert (ours - ref).abs().max() < 1e-5
+        assert len(cache) == 5  # the decoder read the cache, did not extend it
+    # a second canvas through the cache: transformers' encoder over prompt + canvas, then the decoder
+    second = torch.randint(0, 300, (2, 8), generator=g)
+    ref = model(input_ids=torch.cat([prompt, canvas], 1), decoder_input_ids=second).logits
+    cache = net.new_cache()
+    net(prompt, cache=cache, store_kv=True)
+    net(canvas, cache=cache, store_kv=True, position_offset=5)
+    assert (net(second, cache=cache, store_kv=False, position_offset=13) - ref).abs().max() < 1e-5
+
+
+def test_what_it_cannot_do_is_refused_in_one_sentence(model):
+    net = _wrap(model)
+    x = torch.zeros(1, 8, dtype=torch.long)
+    with pytest.raises(CapabilityError, match="reads the prompt from its encoder's cache"):
+        net(x)
+    with pytest.raises(CapabilityError, match="soft or weighted"):
+        net(torch.zeros(1, 8, 300))
+    with pytest.raises(CapabilityError, match="at least one token"):
+        net(x, cache=net.new_cache(), store_kv=False)
+
+
+def test_the_entropy_bound_keeps_the_lowest_entropies_within_the_bound():
+    e = torch.tensor([[0.5, 0.01, 0.2, 0.02, 3.0]])
+    # ascending 0.01, 0.02, 0.2, 0.5, 3.0; cumulative minus the last: 0, 0.01, 0.03, 0.23, 0.73
+    assert entropy_bounded(e, 0.1).tolist() == [[False, True, True, True, False]]
+    assert entropy_bounded(e, 0.3).tolist() == [[True, True, True, True, False]]
+    assert entropy_bounded(e, 1e-9).tolist() == [[False, True, False, False, False]]  # always the lowest
+
+
+SETTINGS = [  # (steps, bound, t_min, t_max, stability, confidence, eos, scale)
+    (8, 0.1, 0.4, 0.8, 1, 0.005, EOS, 1.0),
+    (16, 2.0, 0.4, 0.8, 1, 0.005, EOS, 1.0),
+    (4, 0.5, 0.1, 1.5, 2, 0.005, EOS, 1.0),
+    (12, 0.3, 0.4, 0.8, 0, 1.0, EOS, 30.0),   # a peaky model: rows stop early, at different steps
+    (12, 0.3, 0.4, 0.8, 0, 3.0, EOS, 10.0),
+    (6, 1.0, 0.4, 0.8, 0, 6.0, 200, 1.0),      # every row stops at once; an EOS id held mid-canvas
+]
+_MODELS = {}
+
+
+def _model(scale):
+    if scale not in _MODELS:
+        _MODELS[scale] = tiny_model(0, scale=scale)
+    return _MODELS[scale]
+
+
+def _until_eos(row, start, eos):
+    row = row.tolist()
+    for i in range(start, len(row)):
+        if row[i] == eos:
+            return row[:i + 1]
+    return row
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_the_eb_sampler_reproduces_generate_token_for_token(setting, padded):
+    from transformers import EntropyBoundSamplerConfig
+
+    steps, bound, t_min, t_max, stability, confidence, eos, scale = setting
+    model = _model(scale)
+    net, method = _wrap(model), _method(300, 8)
+    ids = torch.randint(3, 300, (3, 5), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    if padded:  # left padding, as transformers pads a batch of prompts
+        mask[0, :2] = False
+        mask[2, :1] = False
+        ids = torch.where(mask, ids, torch.zeros_like(ids))
+    kw = {"attention_mask": mask} if padded else {}
+    torch.manual_seed(1)
+    ref = model.generate(ids, max_new_tokens=24, max_denoising_steps=steps, t_min=t_min, t_max=t_max,
+                         stability_threshold=stability, confidence_threshold=confidence, eos_token_id=eos,
+                         sampler_config=EntropyBoundSamplerConfig(entropy_bound=bound), **kw).sequences
+    torch.manual_seed(1)
+    spec = SamplerSpec(predictor="entropy_bound", steps=steps, stop_at_eos=True,
+                       options=EntropyBoundOptions(bound=bound, t_min=t_min, t_max=t_max,
+                                                   stability_threshold=stability, confidence_threshold=confidence))
+    ours = canvas_sample(method, net, spec, 3, 5 + 24, prefix=ids, prefix_mask=mask if padded else None, eos_id=eos)
+    for r in range(3):  # generate() keeps drawing after a row's EOS; duolm writes EOS there
+        assert _until_eos(ours[r], 5, eos) == _until_eos(ref[r], 5, eos)
+    assert ours.shape[1] <= ref.shape[1]
+
+
+def test_the_eb_sampler_stops_rows_early_and_says_so():
+    from duolm.sampling.blocks import CachedBlock
+    from duolm.sampling.entropy_bound import entropy_bound_sample
+    from duolm.sampling.observers import Recorder
+    from duolm.sampling.registry import SamplingModel
+
+    net, method = _wrap(_model(30.0)), _method(300, 8)
+    cache = net.new_cache()
+    net(torch.randint(3, 300, (3, 5), generator=torch.Generator().manual_seed(5)), cache=cache, store_kv=True)
+    block = CachedBlock(net, cache, 5)
+    rec = Recorder()
+    torch.manual_seed(0)
+    entropy_bound_sample(SamplingModel.from_method(method, block).denoiser, method.process, method.schedule, (3, 8),
+                         steps=12, options=EntropyBoundOptions(stability_threshold=0, confidence_threshold=1.0),
+                         conditioning=block, observer=rec)
+    counts = rec.counts  # the batch ran until its last row stopped; the rows stopped before that, unevenly
+    assert counts["stopped_early"] == 3 and counts["calls_per_row"] < counts["denoiser_calls"] < 12
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tiny_folder(tmp_path_factory.mktemp("dg") / "tiny")
+
+
+def test_duolm_loads_the_folder_and_samples_it_with_every_x0_sampler(folder):
+    import duolm
+
+    m = duolm.load(str(folder))
+    assert m.pretrained.config["noise"] == {"type": "log-linear", "eps": 0.0}  # the assumed schedule, stated
+    assert m.pretrained.method.block_size == 8 and m.tokenizer.encode("w5 w6") == [5, 6]
+    for sampler in ("entropy_bound", "ancestral", "psi", "confidence"):
+        g = m.generate(2, steps=6, sampler=sampler, prompt="w5 w6 w7", length=19, seed=3)
+        assert all(ids[:4] == [2, 5, 6, 7] for ids in g.ids) and all(len(ids) == 4 + 16 for ids in g.ids)
+        again = m.generate(2, steps=6, sampler=sampler, prompt="w5 w6 w7", length=19, seed=3)
+        assert again.ids == g.ids
+
+
+def test_self_conditioning_is_carried_between_steps(folder):
+    """The ancestral sampler feeds each call the previous call's logits: turning the block off
+    (a backbone that declares no self-conditioning) changes the draws."""
+    import duolm
+
+    m = duolm.load(str(folder))
+    with_sc = m.generate(2, steps=6, sampler="ancestral", seed=1).ids
+    net = m.pretrained.backbone
+    caps = net.capabilities
+    type(net).capabilities = property(lambda self: caps.changed(self_conditioning=False))
+    try:
+        without = m.generate(2, steps=6, sampler="ancestral", seed=1).ids
+    finally:
+        del type(net).capabilities
+        type(net).capabilities = DiffusionGemma.__dict__.get("capabilities") or property(lambda self: caps)
+    assert with_sc != without
+
+
+def _posterior(x0, x_t, alpha_s, alpha_t, K):
+    """q(x_s | x_t, x_0) of the uniform process, (K,), written out: q(x_t | x_s) q(x_s | x_0),
+    normalised. x0: a token, or a distribution over tokens (K,) plugged in for the one-hot: the
+    model's reverse step in Duo (and UDLM), q(x_t | x_s) (alpha_s p + (1 - alpha_s) / K) normalised,
+    which is not the mixture sum_y p(y) q(x_s | x_t, y) (the normalisers q(x_t | y) differ by y;
+    both are valid reverse models, with different bounds; duolm's losses are the papers')."""
+    a_ts = alpha_t / alpha_s
+    xs = torch.arange(K, dtype=torch.float64)
+    forward = a_ts * (xs == x_t) + (1 - a_ts) / K
+    one_hot = (xs == x0).double() if isinstance(x0, int) else x0
+    p = forward * (alpha_s * one_hot + (1 - alpha_s) / K)
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("t", [0.1, 0.5, 0.9])
+def test_the_canvas_nelbo_is_the_limit_of_the_brute_force_discrete_kl(t):
+    """Vocabulary 6, canvas 2, prompt [BOS]: at time t of alpha = 1 - t (the schedule the loader
+    assumes), duolm's canvas loss (the decoder over every x_t, read by Duo's method) averaged
+    exactly over the 36 canvases x_t ~ q(x_t | x_0) equals T * E[KL(q(x_s | x_t, x_0) || p(x_s | x_t))]
+    at s = t - 1/T, T = 10^4, with the uniform posterior written out here and the model's reverse
+    step the papers' (_posterior): the integrand of the NELBO, brute force."""
+    K, C, T = 6, 2, 10_000
+    net = _wrap(tiny_model(3, vocab_size=K, canvas_length=C, scale=8.0))  # float32: the experts run no float64
+    method = _method(K, C)
+    method.loss_dtype = torch.float64
+    x0 = torch.tensor([4, 1])  # the canvas after the prompt [BOS]
+    states = torch.cartesian_prod(torch.arange(K), torch.arange(K))  # (36, 2): every x_t
+    cache = net.new_cache()
+    net(torch.full((36, 1), 2), cache=cache, store_kv=True)
+    with torch.no_grad():
+        logits = net(states, cache=cache, store_kv=False, position_offset=1).double()
+    log_p = logits.log_softmax(-1)
+    a_t, a_s = 1 - t, 1 - (t - 1 / T)
+    w = (a_t * (states == x0).double() + (1 - a_t) / K).prod(-1)  # q(x_t | x_0), (36,)
+    assert abs(float(w.sum()) - 1) < 1e-12
+    brute = 0.0
+    for j in range(36):
+        for i in range(C):
+            q = _posterior(int(x0[i]), int(states[j, i]), a_s, a_t, K)
+            model = _posterior(log_p[j, i].exp(), int(states[j, i]), a_s, a_t, K)
+            brute += float(w[j]) * T * float((q * (q.clamp_min(1e-300).log() - model.log())).sum())
+    tt = torch.tensor([[t]], dtype=torch.float64)
+    sched = method.schedule(tt)
+    out = method.read_logits(logits.clone(), states, sched.alpha)
+    loss = method.loss_from_output(out, states, x0.expand(36, -1), tt.expand(36, 1), sched.alpha.expand(36, 1),
+                                   sched.dalpha.expand(36, 1))
+    ours = float((w[:, None] * loss).sum())
+    assert ours > 0 and abs(ours - brute) < 2e-3 * brute, (ours, brute)
