@@ -26,6 +26,7 @@ from duolm.sampling import (
     race_categorical,
 )
 from duolm.sampling.confidence import ConfidenceOptions
+from duolm.sampling.entropy_bound import EntropyBoundOptions
 from duolm.sampling.observers import Recorder
 
 K = 3
@@ -75,10 +76,12 @@ def variants():
     Psi runs with several kappa schedules. Confidence decoding proposes by drawing (its greedy
     default is deterministic, so no distribution to test); it is a heuristic, exact only where one
     position is free (one token, one blank), so the pair test below takes the exact rows only and
-    tests/test_confidence_sampler.py measures what it does to a pair."""
+    tests/test_confidence_sampler.py measures what it does to a pair. The EB-sampler returns the
+    argmax of its last prediction (DiffusionGemma's rule: mode-seeking by design, no distribution
+    to test): test_the_eb_sampler_finds_the_mode_on_an_oracle below and tests/test_diffusion_gemma.py."""
     out = []
     for name, entry in SAMPLER_TABLE.items():
-        if entry.needs == "ar":
+        if entry.needs == "ar" or name == "entropy_bound":
             continue  # a causal network, not a denoiser: tests/test_dit.py and the CLI tests
         if name == "psi":
             out += [(f"psi-{k}", name, PsiOptions(kappa=kappa)) for k, kappa in KAPPAS.items()]
@@ -112,8 +115,32 @@ EXACT = [(label, kind) for label, kind in SAMPLERS if SAMPLER_TABLE[label.split(
 
 
 def test_the_suite_covers_every_sampler_in_the_table():
-    covered = {table_name for _, table_name, _ in variants()}
+    covered = {table_name for _, table_name, _ in variants()} | {"entropy_bound"}
     assert covered == {n for n, e in SAMPLER_TABLE.items() if e.needs != "ar"} and len(SAMPLERS) >= 10
+
+
+@pytest.mark.parametrize("kind", ["absorbing", "uniform"])
+def test_the_eb_sampler_finds_the_mode_on_an_oracle(kind):
+    """A data distribution with one dominant sequence (90%): the EB-sampler, masked or uniform-state,
+    over the whole window, returns it for most rows (a kept draw can be one of the other 10%, and
+    what follows is then that sequence's most likely completion); with a tight bound it keeps
+    fewer tokens a step, so it takes at least as many calls to stop."""
+    L = 3
+    joint = torch.full((K ** L,), 0.1 / (K ** L - 1), dtype=torch.float64)
+    joint[17] = 0.9  # (1, 2, 2)
+    process = make(kind)
+    model = SamplingModel(oracle(process, joint, L), process, SCHED, "x0")
+    calls = {}
+    for bound in (0.01, 5.0):
+        options = EntropyBoundOptions(bound=bound, t_min=0.5, t_max=1.0, stability_threshold=1,
+                                      confidence_threshold=0.5)
+        rec = Recorder()
+        x = SAMPLER_TABLE["entropy_bound"].run(model, SamplerSpec(predictor="entropy_bound", steps=16, options=options),
+                                               (64, L), generator=torch.Generator().manual_seed(0), observer=rec)
+        share = float((x == torch.tensor([1, 2, 2])).all(-1).double().mean())
+        assert share >= 0.6, (kind, bound, share)
+        calls[bound] = rec.counts["denoiser_calls"]
+    assert calls[0.01] >= calls[5.0]
 
 
 def make(kind):
