@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from duolm.app.fields import config_message
+from duolm.contracts import Capabilities
 from duolm.core.methods import build_method
 from duolm.data.instructions import chat_prompt, prompt_ids, reply_ids
 from duolm.data.pipeline import build_splits
@@ -137,6 +138,8 @@ def test_bad_instruction_data_is_one_sentence(tmp_path, rows, fmt, match):
 
 class Recorder(torch.nn.Module):
     """A backbone that records its input and returns logits with a gradient (B, L, K)."""
+
+    capabilities = Capabilities(soft_inputs=True)
 
     def __init__(self, vocab: int):
         super().__init__()

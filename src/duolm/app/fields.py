@@ -75,6 +75,8 @@ LISTED = {
     "score_samples_file.mauve_texts": "eval.mauve_texts",
     "check_resumable.run_dir": "run.dir",
     "load_pretrained.algo": "algo",
+    "load_pretrained.path": "eval.checkpoint_path",
+    "DiffusionGemmaSettings.pretrained": "eval.checkpoint_path",
 }
 
 

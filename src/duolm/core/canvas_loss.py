@@ -22,10 +22,9 @@ from duolm.contracts import CapabilityError
 
 def canvas_token_loss(method, backbone, x0: torch.Tensor, valid: torch.Tensor, t: torch.Tensor | None = None, *,
                       generator=None, clean: torch.Tensor | None = None):
-    """TokenLoss (B, L) of x0 under an encoder-prefix backbone (module docstring); t (B, canvases)
-    fixes each canvas's time (drawn when None, one per canvas, stratified as block times are)."""
-    from duolm.core.methods import TokenLoss
-
+    """(loss, weight), both (B, L), of x0 under an encoder-prefix backbone (module docstring); t
+    (B, canvases) fixes each canvas's time (drawn when None, one per canvas, stratified as block
+    times are)."""
     B, L = x0.shape
     C = method.block_size
     if C is None:
@@ -40,7 +39,7 @@ def canvas_token_loss(method, backbone, x0: torch.Tensor, valid: torch.Tensor, t
         times = t[rows] if t is not None else method.sample_times(len(rows), generator=generator, device=x0.device,
                                                                   blocks=n).reshape(len(rows), n)
         nll[rows] = _rows_loss(method, backbone, x0[rows], P, n, times.reshape(len(rows), n), generator)
-    return TokenLoss(nll, weight)
+    return nll, weight
 
 
 def _leading_clean(clean, B: int, L: int, device) -> torch.Tensor:

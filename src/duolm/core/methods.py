@@ -170,7 +170,7 @@ class Method:
         if self.is_autoregressive:
             return self._ar_loss(backbone, x0, valid)
         if backbone.capabilities.encoder_prefix:  # the prompt in an encoder's cache, canvases after it
-            return canvas_token_loss(self, backbone, x0, valid, t, generator=generator, clean=clean)
+            return TokenLoss(*canvas_token_loss(self, backbone, x0, valid, t, generator=generator, clean=clean))
         blocks = self.num_blocks(x0.shape[1])
         if t is None:
             t = self.sample_times(x0.shape[0], generator=generator, device=x0.device, blocks=blocks)
