@@ -53,8 +53,8 @@ class CachedBlock(BlockCall):
         conditioned = self.backbone.capabilities.self_conditioning
         out = self.backbone(x, sigma, weights=weights, cache=self.cache, position_offset=self.offset,
                             class_cond=class_cond, store_kv=False, **({"self_cond": self.previous} if conditioned else {}))
-        if conditioned:  # samplers normalise the logits in place: keep a copy
-            self.previous = out.detach().clone()
+        if conditioned:  # no copy: samplers normalise these logits in place, which leaves their softmax as it is
+            self.previous = out.detach()
         return out
 
 
