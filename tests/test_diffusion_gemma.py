@@ -241,3 +241,61 @@ def test_the_canvas_nelbo_is_the_limit_of_the_brute_force_discrete_kl(t):
                                    sched.dalpha.expand(36, 1))
     ours = float((w[:, None] * loss).sum())
     assert ours > 0 and abs(ours - brute) < 2e-3 * brute, (ours, brute)
+
+
+def test_the_row_declares_what_the_network_does(model):
+    import inspect
+
+    from duolm.models.backbones import BACKBONES, build_backbone, checked
+
+    net = _wrap(model)
+    assert checked(net, "diffusion_gemma") is net
+    assert net.capabilities.within(BACKBONES["diffusion_gemma"].capabilities) == []
+    protocol = list(inspect.signature(Backbone.forward).parameters.values())[1:]
+    assert list(inspect.signature(net.forward).parameters.values()) == protocol
+    # the table builds it from its config dict (random weights: init=random)
+    again = build_backbone({**net.config.to_dict(), "init": "random"})
+    assert isinstance(again, DiffusionGemma) and again.canvas_length == 8
+
+
+@pytest.mark.parametrize("algo,block_size,refused", [("duo", 8, None), ("mdlm", 8, None), ("duo", None, "canvas"),
+                                                     ("ar", None, "causal")])
+def test_a_method_asks_what_it_needs_of_it(model, algo, block_size, refused):
+    net = _wrap(model)
+    method = build_method(algo, 300, block_size=block_size)
+    if refused is None:
+        method.check_backbone(net.capabilities)
+    else:
+        with pytest.raises(CapabilityError, match=refused):
+            method.check_backbone(net.capabilities)
+
+
+def test_a_saved_model_is_read_back_by_transformers_and_by_duolm(model, tmp_path):
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    import duolm
+
+    net = _wrap(model)
+    net.save_transformers(tmp_path / "copy")
+    back = DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "copy")
+    for (k, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), k
+    from diffusion_gemma_tiny import tokenizer
+
+    tokenizer().save_pretrained(tmp_path / "copy")
+    loaded = duolm.load(str(tmp_path / "copy"))
+    x = torch.tensor([[2, 5, 6]])
+    cache = loaded.pretrained.backbone.new_cache()
+    loaded.pretrained.backbone(x, cache=cache, store_kv=True)
+    ref = model(input_ids=x, decoder_input_ids=torch.arange(10, 18)[None]).logits
+    ours = loaded.pretrained.backbone(torch.arange(10, 18)[None], cache=cache, store_kv=False, position_offset=3)
+    assert (ours - ref).abs().max() < 1e-5
+
+
+def test_a_folder_without_a_tokenizer_is_one_sentence(model, tmp_path):
+    import duolm
+
+    model.save_pretrained(tmp_path / "bare")
+    with pytest.raises(Exception) as err:
+        duolm.load(str(tmp_path / "bare"))
+    assert "needs its tokenizer" in str(err.value) and "\n" not in str(err.value)

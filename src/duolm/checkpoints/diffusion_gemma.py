@@ -25,11 +25,15 @@ from duolm.models.diffusion_gemma import DiffusionGemma
 # the schedule a DiffusionGemma likelihood assumes unless told otherwise: alpha_t = 1 - t
 ASSUMED_NOISE = {"type": "log-linear", "eps": 0.0}
 FORMAT = "transformers/diffusion_gemma"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
 def folder_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        raise SettingError(f"`load_pretrained.path`={str(folder)!r}: a DiffusionGemma folder needs its tokenizer "
+                           f"files beside config.json (one of {', '.join(TOKENIZER_FILES)}); none is there")
     try:
         tok = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as err:

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from duolm.contracts import CapabilityError
 from duolm.core import losses, parameterizations
 from duolm.core.block_attention import block_diffusion_mask, training_positions
 from duolm.core.canvas_loss import canvas_token_loss
@@ -125,7 +126,11 @@ class Method:
         the clean blocks from an encoder's cache (encoder_prefix: DiffusionGemma)."""
         if self.is_autoregressive:
             capabilities.require_attention("causal", "`Method.name`=ar")
-        elif self.block_size is not None and capabilities.encoder_prefix:
+        elif capabilities.encoder_prefix:  # the prompt in an encoder's cache, canvases after it
+            if self.block_size is None:
+                raise CapabilityError(f"`Method.name`={self.name} over a whole sequence needs a backbone that reads one; "
+                                      f"this one reads a prompt through its encoder and denoises canvases after it: "
+                                      f"set `Method.block_size` to its canvas length")
             capabilities.require_attention("bidirectional", "`Method.block_size`")
         elif self.block_size is not None:
             capabilities.require_attention("block_causal", "`Method.block_size`")

@@ -19,6 +19,7 @@ from typing import Callable
 
 from duolm.contracts import Backbone, Capabilities
 from duolm.errors import SettingError
+from duolm.models.diffusion_gemma import DiffusionGemma, DiffusionGemmaSettings, complete_settings
 from duolm.models.dit import DiT, DiTConfig
 from duolm.models.hf_lm import HFLM, HFConfig, base_config
 from duolm.models.unet import UNet, UNetConfig
@@ -61,6 +62,15 @@ BACKBONES: dict[str, BackboneRow] = {
                    describe=lambda m: f"{m['pretrained']} ({m['hf_config'].get('model_type')}, pretrained)",
                    complete=lambda m: {**m, "hf_config": m.get("hf_config") or base_config(m.get("pretrained", "smollm2"))},
                    initialise=lambda net: net.load_base_weights() if net.config.init == "pretrained" else None),
+    # transformers' DiffusionGemma: an encoder reads the prompt into the cache, the decoder denoises canvases
+    "diffusion_gemma": BackboneRow(
+        DiffusionGemma, DiffusionGemmaSettings, data=("text",), image_shaped=False, causal_option=False,
+        capabilities=Capabilities(attention=("bidirectional",), kv_cache=True, encoder_prefix=True,
+                                  self_conditioning=True),
+        describe=lambda m: f"DiffusionGemma {m['pretrained'] or '(random)'}, canvas {m['hf_config'].get('canvas_length')}",
+        complete=complete_settings,
+        initialise=lambda net: net.load_base_weights() if net.config.init == "pretrained" and net.config.pretrained
+        else None),
 }
 
 

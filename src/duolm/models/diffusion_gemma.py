@@ -87,6 +87,15 @@ def settings_of_folder(folder, **overrides) -> DiffusionGemmaSettings:
                                   **overrides)
 
 
+def complete_settings(model: dict) -> dict:
+    """The user's model keys (pretrained: a folder or hub id) -> the full config: the folder's
+    transformers config and its vocabulary."""
+    if model.get("hf_config"):
+        return model
+    settings = settings_of_folder(base_folder(model.get("pretrained") or ""))
+    return {**model, "hf_config": settings.hf_config, "vocab_size": settings.vocab_size}
+
+
 class DiffusionGemma(nn.Module):
     """backbone(x, sigma=None, *, cache, store_kv, position_offset, attn_mask, self_cond) -> logits
     (B, L, V) (duolm.contracts.Backbone; module docstring)."""
@@ -239,5 +248,5 @@ def is_diffusion_gemma_folder(config: dict) -> bool:
     return config.get("model_type") == MODEL_TYPE
 
 
-__all__ = ["DiffusionGemma", "DiffusionGemmaCache", "DiffusionGemmaSettings", "base_folder",
+__all__ = ["DiffusionGemma", "DiffusionGemmaCache", "DiffusionGemmaSettings", "base_folder", "complete_settings",
            "is_diffusion_gemma_folder", "settings_of_folder"]
