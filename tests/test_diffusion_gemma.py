@@ -299,3 +299,26 @@ def test_a_folder_without_a_tokenizer_is_one_sentence(model, tmp_path):
     with pytest.raises(Exception) as err:
         duolm.load(str(tmp_path / "bare"))
     assert "needs its tokenizer" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_commands_sample_and_score_a_folder(folder, tmp_path, monkeypatch):
+    """`duolm sample` and `duolm eval` with eval.checkpoint_path=<DiffusionGemma folder>: samples with
+    the prompt held, and a NELBO that states the schedule it assumed; nothing written into the folder."""
+    import json
+
+    from duolm.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in folder.iterdir())
+    out = tmp_path / "s.json"
+    assert main(["sample", f"eval.checkpoint_path={folder}", "sampling.predictor=entropy_bound", "sampling.steps=6",
+                 "sampling.num_samples=2", 'sampling.prefix="w5 w6"', f"sampling.output={out}"]) == 0
+    samples = json.loads(out.read_text())["samples"]
+    assert len(samples) == 2 and all(s["ids"][:3] == [2, 5, 6] for s in samples)
+    (tmp_path / "t.txt").write_text("w5 w6 w7 w8 w9 w10 w11\nw12 w13 w14 w15 w16\n" * 10)
+    ev = tmp_path / "e.json"
+    assert main(["eval", f"eval.checkpoint_path={folder}", "data=local", f"data.path={tmp_path / 't.txt'}",
+                 "eval.max_batches=1", f"eval.output={ev}"]) == 0
+    result = json.loads(ev.read_text())
+    assert result["noise"] == {"type": "log-linear", "eps": 0.0} and result["nll"] > 0
+    assert sorted(p.name for p in folder.iterdir()) == before

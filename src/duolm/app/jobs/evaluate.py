@@ -32,8 +32,10 @@ def cmd_eval(cfg, parts):
     base = unigram_entropy_bits(splits["valid"], pre.tokenizer.vocab_size)
     print(perplexity_line(f"{pre.method.name} on {data_name}", ev, base, unit_of(pre)))
     out = Path(cfg.eval.output or results_dir(cfg) / "eval.json")
+    # the schedule the bound was computed with (for a model without a noise-level input, DiffusionGemma,
+    # an assumption the loader states)
     write_json({**ev, "checkpoint": model_path(cfg), "data": data_name, "algo": pre.method.name,
-                "unigram_bits_per_token": base}, out)
+                "noise": pre.config.get("noise"), "unigram_bits_per_token": base}, out)
     print(json.dumps(ev))
     print(f"-> {out}")
     return 0

@@ -47,7 +47,8 @@ def cmd_lm_eval(cfg, parts):
     seconds = time.perf_counter() - t0
     print(make_table(out))
     path = Path(c.output or results_dir(cfg) / "lm_eval.json")
-    write_json({"checkpoint": str(model_path(cfg)), "algo": pre.method.name, "tasks": tasks, "seconds": seconds,
+    write_json({"checkpoint": str(model_path(cfg)), "algo": pre.method.name, "noise": pre.config.get("noise"),
+                "tasks": tasks, "seconds": seconds,
                 "num_mc_samples": c.num_mc_samples, "results": out["results"]}, path)
     print(f"{len(tasks)} task(s) in {seconds:.1f} s -> {path}")
     return 0
