@@ -12,6 +12,8 @@ saved with save_pretrained (tests/diffusion_gemma_tiny.py; nothing is downloaded
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusion_gemma_tiny import EOS, tiny_folder, tiny_model
@@ -322,3 +324,57 @@ def test_the_commands_sample_and_score_a_folder(folder, tmp_path, monkeypatch):
     result = json.loads(ev.read_text())
     assert result["noise"] == {"type": "log-linear", "eps": 0.0} and result["nll"] > 0
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def _train_cfg(run, folder, corpus, *extra):
+    from duolm.app.config import compose
+
+    return compose(["model=diffusion_gemma", f"model.pretrained={folder}", "data=local", f"data.path={corpus}",
+                    f"data.tokenizer={folder}", f"data.cache_dir={run / 'cache'}", f"run.dir={run / 'run'}",
+                    "algo=duo", "algo.block_size=8", "algo.curriculum.mode=none", "model.length=16",
+                    "loader.global_batch_size=4", "optim.warmup_steps=0", "optim.lr=3e-3",
+                    "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false", "logging.csv=false",
+                    "trainer.limit_val_batches=1", "sampling.num_samples=2", "sampling.steps=4", "eval.max_batches=1",
+                    *extra])
+
+
+@pytest.fixture(scope="module")
+def dg_corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dgc") / "words.txt"
+    path.write_text("".join(" ".join(f"w{3 + (i * 7 + j) % 20}" for j in range(40)) + "\n" for i in range(30)))
+    return path
+
+
+def test_fine_tuning_lowers_the_loss_resumes_exactly_and_reads_back(folder, dg_corpus, tmp_path):
+    """model=diffusion_gemma model.pretrained=<folder>: Duo's uniform-state objective over canvases
+    (self-conditioning trained half the time) lowers the canvas NELBO of a 20-word language from
+    the random start; a run stopped at 3 steps and resumed to 6 ends where an uninterrupted run
+    ends; the trained model loads with duolm.load, starts from the folder's weights, and its
+    network saves in transformers' format and reads back with from_pretrained."""
+    from safetensors.torch import load_file
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    import duolm
+    from duolm.app.training_run import train
+
+    quiet = {"log": lambda *_: None}
+    straight = train(_train_cfg(tmp_path / "a", folder, dg_corpus, "trainer.max_steps=6"), **quiet)
+    train(_train_cfg(tmp_path / "b", folder, dg_corpus, "trainer.max_steps=3"), **quiet)
+    resumed = train(_train_cfg(tmp_path / "b", folder, dg_corpus, "trainer.max_steps=6"), **quiet)
+    a = load_file(Path(straight["model_dir"]) / "model.safetensors")
+    b = load_file(Path(resumed["model_dir"]) / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    long = train(_train_cfg(tmp_path / "c", folder, dg_corpus, "trainer.max_steps=40"), **quiet)
+    trained = duolm.load(long["model_dir"])
+    start = duolm.load(str(folder))
+    text = [" ".join(f"w{3 + (5 * 7 + j) % 20}" for j in range(15))]
+    before = start.nelbo(text, num_mc_samples=16)[0].nelbo
+    after = trained.nelbo(text, num_mc_samples=16)[0].nelbo
+    assert after < before - 5, (before, after)
+    trained.pretrained.backbone.save_transformers(tmp_path / "hf")
+    back = DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "hf")
+    ours = dict(trained.pretrained.backbone.network.state_dict())
+    for k, v in back.state_dict().items():
+        assert torch.equal(v, ours[k]), k

@@ -9,8 +9,14 @@ the encoder; the rest is cut into canvases of block_size tokens from there, as g
 them out (the last one completed with the row's own padding, not scored); each canvas is noised at
 its own time t, scored by the decoder against the cache (self-conditioning's zero signal: the
 first step's input), and then committed clean through the encoder, teacher-forced, before the
-next. The per-token loss is the method's, so the bound is the method's NELBO with whatever
-schedule the method states (for DiffusionGemma: the one assumed at load,
+next. In training (gradients on, the network in train mode) a self-conditioned backbone is
+trained as self-conditioning is (Chen et al. 2022, "Analog Bits"): for each canvas, with
+probability SELF_CONDITIONING (one draw per canvas, from the run's generator), a first pass
+without gradients predicts, and its logits are fed to the scored pass; otherwise the zero signal.
+(NeMo AutoModel's DiffusionGemma recipe could not be read here, offline: whether it draws per row,
+with transformers' self_conditioning_mask, or per batch is not checked; this draws per canvas.)
+Evaluation always scores with the zero signal, the first sampling step's input. The per-token
+loss is the method's, so the bound is the method's NELBO with whatever schedule the method states (for DiffusionGemma: the one assumed at load,
 duolm.checkpoints.diffusion_gemma.ASSUMED_NOISE). Rows are scored in groups of equal prompt length.
 """
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import torch
 
 from duolm.contracts import CapabilityError
+
+SELF_CONDITIONING = 0.5  # the share of training canvases scored after a first, gradient-free prediction
 
 
 def canvas_token_loss(method, backbone, x0: torch.Tensor, valid: torch.Tensor, t: torch.Tensor | None = None, *,
@@ -54,6 +62,7 @@ def _rows_loss(method, backbone, x0, P: int, n: int, times, generator) -> torch.
     C = method.block_size
     pad = x0[:, -1:].expand(B, P + n * C - L) if P + n * C > L else x0[:, :0]
     full = torch.cat([x0, pad], 1)
+    training = backbone.capabilities.self_conditioning and backbone.training and torch.is_grad_enabled()
     cache = backbone.new_cache()
     backbone(full[:, :P], None, cache=cache, store_kv=True)
     out = torch.zeros(B, P + n * C, dtype=method.loss_dtype, device=x0.device)
@@ -64,7 +73,13 @@ def _rows_loss(method, backbone, x0, P: int, n: int, times, generator) -> torch.
         sched = method.schedule(tk.to(torch.float64) if method.loss_dtype == torch.float64 else tk)
         alpha, dalpha = sched.alpha.to(method.loss_dtype), sched.dalpha.to(method.loss_dtype)
         x_t = method.process.sample_xt(canvas, alpha, generator=generator)
-        logits = backbone(x_t, method.sigma(alpha), cache=cache, store_kv=False, position_offset=a)
+        sigma = method.sigma(alpha)
+        extra = {}
+        if training and torch.rand((), generator=generator, device=generator.device if generator else None) \
+                < SELF_CONDITIONING:
+            with torch.no_grad():
+                extra["self_cond"] = backbone(x_t, sigma, cache=cache, store_kv=False, position_offset=a).detach()
+        logits = backbone(x_t, sigma, cache=cache, store_kv=False, position_offset=a, **extra)
         read = method.read_logits(logits.to(method.loss_dtype), x_t, alpha)
         out[:, a:a + C] = method.loss_from_output(read, x_t, canvas, tk, alpha, dalpha)
         if k + 1 < n:

@@ -41,14 +41,17 @@ MODEL_TYPE = "diffusion_gemma"
 class DiffusionGemmaSettings:
     """The network's config: the transformers config it is built from and where its weights came from."""
 
-    vocab_size: int = 2                     # the text config's vocabulary (every state of the uniform process)
+    vocab_size: int = 2                     # the method's states: the text config's vocabulary (2: not known yet)
     pretrained: str = ""                    # the folder or hub id of the weights ("" : random, a tiny test model)
     hf_config: dict = field(default_factory=dict)  # transformers' DiffusionGemmaConfig, as a dict
     attn_implementation: str = "sdpa"       # transformers' attention kernel (sdpa | eager)
     init: str = "pretrained"                # "random": the architecture from random weights
+    num_classes: int = 0                    # unconditional (no class labels)
     type: str = MODEL_TYPE
 
     def __post_init__(self):
+        if self.num_classes:
+            raise SettingError("`DiffusionGemmaSettings.num_classes`: DiffusionGemma is unconditional (no class labels)")
         if self.hf_config.get("model_type") != MODEL_TYPE:
             raise SettingError(f"`DiffusionGemmaSettings.pretrained`={self.pretrained!r}: its config.json is not a "
                                f"DiffusionGemma config (model_type {self.hf_config.get('model_type')!r})")
@@ -57,6 +60,10 @@ class DiffusionGemmaSettings:
                                f"got {self.attn_implementation!r}")
         if self.init not in ("pretrained", "random"):
             raise SettingError(f"`DiffusionGemmaSettings.init` must be one of ['pretrained', 'random'], got {self.init!r}")
+        own = (self.hf_config.get("text_config") or {}).get("vocab_size")
+        if self.vocab_size != 2 and own is not None and self.vocab_size != own:
+            raise SettingError(f"`DiffusionGemmaSettings.vocab_size`: the tokenizer gives {self.vocab_size} tokens but "
+                               f"the network has {own}; train with the model's own tokenizer (its folder)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +114,17 @@ class DiffusionGemma(nn.Module):
         self.config = config
         self.network = network if network is not None else DiffusionGemmaForBlockDiffusion._from_config(
             transformers_config(config), attn_implementation=config.attn_implementation)
-        self.network.eval()
+        # the decoder shares the encoder's weights and the head the embedding: a state dict holds each
+        # tensor once (safetensors refuses shared ones) and loading fills the shared names back in
+        first, self._tied = {}, {}
+        for name, tensor in self.network.state_dict(keep_vars=True).items():
+            key = (tensor.data_ptr(), tuple(tensor.shape), str(tensor.dtype))
+            if tensor.numel() and key in first:
+                self._tied["network." + name] = "network." + first[key]
+            else:
+                first.setdefault(key, name)
+        self._register_state_dict_hook(_drop_tied)
+        self._register_load_state_dict_pre_hook(_restore_tied, with_module=True)
 
     @classmethod
     def from_folder(cls, folder, dtype=torch.float32, attn_implementation: str = "sdpa") -> "DiffusionGemma":
@@ -199,6 +216,18 @@ class DiffusionGemma(nn.Module):
         cap = self.network.final_logit_softcapping
         logits = self.network.lm_head(hidden).float()
         return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _drop_tied(module, state, prefix, local_metadata):
+    for name in module._tied:
+        state.pop(prefix + name, None)
+    return state
+
+
+def _restore_tied(module, state, prefix, local_metadata, strict, missing, unexpected, errors):
+    for name, source in module._tied.items():
+        if prefix + name not in state and prefix + source in state:
+            state[prefix + name] = state[prefix + source]
 
 
 class DiffusionGemmaCache:
