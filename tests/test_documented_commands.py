@@ -50,6 +50,7 @@ FAST = {  # command -> overrides appended (the image variant when the arguments 
     "train-hf": QUICK_RUN + ["model.length=32", "loader.global_batch_size=2"],  # SmolLM2-135M: 2 steps of 2 x 32
     # instruction records: SmolLM2's chat template alone is 30-odd tokens of prompt
     "train-hf-sft": QUICK_RUN + ["model.length=64", "loader.global_batch_size=2"],
+    "train-diffusion_gemma": QUICK_RUN,  # the docs' own tiny random folder: its shape is the folder's
     "distill": TINY_DIT + QUICK_RUN + ["distill.T=8"],
     "sample": ["sampling.num_samples=2", "sampling.batch_size=2"],
     "eval": ["eval.max_batches=1"],  # and eval.judge=smollm2 becomes null (the judge loads a 135M model)
@@ -74,6 +75,8 @@ WRAPPER = textwrap.dedent('''\
         args = ["config", *args[1:]]
     elif command == "train" and ("data=mnist" in text or "data=digits" in text):
         args = [*args, *FAST["train-image"]]
+    elif command == "train" and "model=diffusion_gemma" in text:
+        args = [*args, *FAST["train-diffusion_gemma"]]
     elif command == "train" and "model=hf" in text:
         args = [*args, *FAST["train-hf-sft" if "data.blocks=pad" in text else "train-hf"]]
     elif command in FAST and "--help" not in args:
