@@ -378,3 +378,56 @@ def test_fine_tuning_lowers_the_loss_resumes_exactly_and_reads_back(folder, dg_c
     ours = dict(trained.pretrained.backbone.network.state_dict())
     for k, v in back.state_dict().items():
         assert torch.equal(v, ours[k]), k
+
+
+@pytest.fixture()
+def diffusers_pipeline_on_transformers(monkeypatch):
+    """diffusers 0.42.1's DiffusionGemmaPipeline passes `past_key_values=` to
+    create_diffusion_decoder_attention_mask, which transformers 5.25 renamed `cache` (no alias): the
+    pipeline fails as shipped. This passes it on under the new name, nothing else."""
+    from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaDecoderModel
+
+    original = DiffusionGemmaDecoderModel.create_diffusion_decoder_attention_mask
+
+    def renamed(config, inputs_embeds, cache=None, decoder_attention_mask=None, past_key_values=None):
+        return original(config=config, inputs_embeds=inputs_embeds,
+                         cache=cache if cache is not None else past_key_values,
+                         decoder_attention_mask=decoder_attention_mask)
+
+    monkeypatch.setattr(DiffusionGemmaDecoderModel, "create_diffusion_decoder_attention_mask", staticmethod(renamed))
+
+
+DDIM = [  # (steps, temperature, corrector_steps, corrector_k, confidence_threshold, scale)
+    (8, 0.0, 0, 1, 0.005, 1.0),
+    (8, 1.0, 0, 1, 0.005, 1.0),
+    (9, 0.7, 2, 2, 0.005, 1.0),      # the leave-one-out corrector: 3 predictor steps corrected twice each
+    (12, 1.0, 1, 3, 5.0, 30.0),      # a peaky model: rows stop early; an EOS mid-canvas
+    (6, 0.0, 0, 1, None, 1.0),       # never stop early
+]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("setting", DDIM)
+def test_the_ddim_row_reproduces_diffusers_pipeline_draw_for_draw(setting, diffusers_pipeline_on_transformers):
+    from diffusers import DiffusionGemmaPipeline, DiscreteDDIMScheduler
+    from diffusion_gemma_tiny import tokenizer
+
+    from duolm.sampling.ddim import DDIMOptions
+
+    steps, temperature, corrector_steps, k, confidence, scale = setting
+    model = _model(scale)
+    tok = tokenizer()
+    tok.chat_template = "{% for m in messages %}<bos>{{ m['content'] }}{% endfor %}"
+    scheduler = DiscreteDDIMScheduler(num_inference_steps=steps, corrector_steps=corrector_steps, corrector_k=k)
+    pipe = DiffusionGemmaPipeline(model=model, scheduler=scheduler, processor=tok)
+    pipe.set_progress_bar_config(disable=True)
+    messages = [[{"role": "user", "content": "w5 w6 w7"}], [{"role": "user", "content": "w9 w10 w11"}]]
+    ref = pipe(messages=messages, gen_length=16, num_inference_steps=steps, temperature=temperature, eos_token_id=EOS,
+               confidence_threshold=confidence, generator=torch.Generator().manual_seed(3), output_type="seq").sequences
+    spec = SamplerSpec(predictor="ddim", steps=steps, stop_at_eos=True,
+                       options=DDIMOptions(temperature=temperature, corrector_steps=corrector_steps, corrector_k=k,
+                                           confidence_threshold=confidence))
+    ours = canvas_sample(_method(300, 8), _wrap(model), spec, 2, 4 + 16, prefix=torch.tensor([[2, 5, 6, 7], [2, 9, 10, 11]]),
+                         generator=torch.Generator().manual_seed(3), eos_id=EOS)[:, 4:]
+    for r in range(2):  # the pipeline keeps a row's tokens after its EOS; duolm writes EOS there
+        assert _until_eos(ours[r], 0, EOS) == _until_eos(ref[r], 0, EOS)

@@ -26,6 +26,7 @@ from duolm.sampling import (
     race_categorical,
 )
 from duolm.sampling.confidence import ConfidenceOptions
+from duolm.sampling.ddim import DDIMOptions
 from duolm.sampling.entropy_bound import EntropyBoundOptions
 from duolm.sampling.observers import Recorder
 
@@ -87,6 +88,8 @@ def variants():
             out += [(f"psi-{k}", name, PsiOptions(kappa=kappa)) for k, kappa in KAPPAS.items()]
         elif name == "confidence":
             out.append((name, name, ConfidenceOptions(proposal="sample")))
+        elif name == "ddim":  # a draw of x_0 (temperature 1), every step run (no early stop)
+            out.append((name, name, DDIMOptions(temperature=1.0, confidence_threshold=None)))
         else:
             out.append((name, name, None))
     return out
@@ -95,7 +98,9 @@ def variants():
 def processes_for(entry):
     """The processes an entry can sample: a score sampler and an output-reusing one need an
     absorbing process (the score is SEDD's; only MDLM's denoiser ignores alpha_t)."""
-    return ["absorbing"] if entry.needs == "score" or entry.reuses_output else ["absorbing", "uniform"]
+    if entry.needs == "score" or entry.reuses_output:
+        return ["absorbing"]
+    return list(entry.processes)
 
 
 def run(name, process, joint, L, n, steps, seed):
@@ -481,3 +486,12 @@ def test_each_samplers_yaml_block_is_its_rows_settings():
         assert options_from_settings(name, block) == options()  # the YAML defaults are the type's defaults
         for key, s in options.SETTINGS.items():
             assert f"sampling.{name}.{key} ({s.default}): {s.help}" in help_text
+
+
+def test_a_sampler_refuses_a_process_its_row_does_not_declare():
+    from duolm.core.methods import build_method
+    from duolm.sampling.registry import check_sampler
+
+    check_sampler(SamplerSpec(predictor="ddim"), build_method("duo", 10))
+    with raises_said_as("sampling.predictor=ddim samples uniform-state models, not algo=mdlm"):
+        check_sampler(SamplerSpec(predictor="ddim"), build_method("mdlm", 10))

@@ -16,7 +16,7 @@ import torch
 
 from duolm.core.conditioning import null_labels, with_labels
 from duolm.errors import SettingError
-from duolm.sampling import analytic, ancestral, ar, confidence, entropy_bound, psi
+from duolm.sampling import analytic, ancestral, ar, confidence, ddim, entropy_bound, psi
 from duolm.sampling.guidance import check_guidance, guided_denoiser
 from duolm.sampling.spec import AUTO, NOISE_REMOVAL, SamplerSpec, default_predictor, output_of
 
@@ -72,6 +72,7 @@ class Sampler:
     options: type | None = None                  # its own settings (SamplerOptions), read from sampling.<name>
     exact: bool = True                           # draws the model's distribution as steps grow (False: a heuristic)
     strategies: tuple[str, ...] = ("window", "windows", "blocks")  # duolm.sampling.strategy.STRATEGIES
+    processes: tuple[str, ...] = ("absorbing", "uniform")  # the forward processes it samples (Process.kind)
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -81,6 +82,9 @@ SAMPLERS: dict[str, Sampler] = {
     "confidence": Sampler(confidence.from_spec, needs="x0", options=confidence.ConfidenceOptions, exact=False),
     "entropy_bound": Sampler(entropy_bound.from_spec, needs="x0", options=entropy_bound.EntropyBoundOptions,
                              exact=False),
+    # exact only with the full posterior p(x_0^i | x_t) as denoiser, which Duo's objective does not train
+    # (its optimum leaves x_t^i out): a heuristic for duolm's models, diffusers' sampler for DiffusionGemma
+    "ddim": Sampler(ddim.from_spec, needs="x0", options=ddim.DDIMOptions, processes=("uniform",), exact=False),
     "analytic": Sampler(analytic.from_spec, needs="score", noise_removal=("ancestral", "none"), holds_positions=False,
                         strategies=("window",)),
     "ar": Sampler(ar.from_spec, needs="ar", noise_removal=NOISE_REMOVAL, strategies=("autoregressive",)),
@@ -99,6 +103,9 @@ def check_sampler(spec: SamplerSpec, method=None) -> None:
     if entry.needs != output_of(method):
         raise SettingError(f"`SamplerSpec.predictor`={spec.predictor} needs {NEEDS[entry.needs]}, not `Method.name`={method.name}; "
                          f"`Method.name`={method.name} samples with `SamplerSpec.predictor`={default_predictor(method)}")
+    if method.process is not None and method.process.kind not in entry.processes:
+        raise SettingError(f"`SamplerSpec.predictor`={spec.predictor} samples {' or '.join(entry.processes)}-state "
+                           f"models, not `Method.name`={method.name} ({method.process.kind})")
     if spec.noise_removal not in entry.noise_removal:
         why = " (a score model (sedd) gives no x_0 probabilities for it)" if entry.needs == "score" else ""
         raise SettingError(f"`SamplerSpec.noise_removal`={spec.noise_removal} needs x_0 probabilities{why}; use one of "
