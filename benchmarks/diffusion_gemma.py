@@ -45,7 +45,7 @@ CONFIGS = {
 }
 
 
-def build(name: str):
+def build(name: str, device="cpu", dtype=torch.float32):
     from diffusion_gemma_tiny import tiny_model
 
     from duolm.core.methods import build_method
@@ -53,7 +53,7 @@ def build(name: str):
     from duolm.models.diffusion_gemma import DiffusionGemma, DiffusionGemmaSettings
 
     c = CONFIGS[name]
-    model = tiny_model(0, scale=4.0, canvas_length=c["canvas"], **c["text"])
+    model = tiny_model(0, scale=4.0, canvas_length=c["canvas"], **c["text"]).to(device=device, dtype=dtype)
     vocab = model.config.text_config.vocab_size
     net = DiffusionGemma(DiffusionGemmaSettings(vocab_size=vocab, hf_config=model.config.to_dict(), init="random"),
                          network=model)
@@ -88,15 +88,16 @@ def forward_share(net, fn) -> float:
     return spent[0] / total
 
 
-def speed(name: str, repeats: int, batch: int = 4, canvases: int = 2, steps: int = 16) -> dict:
+def speed(name: str, repeats: int, batch: int = 4, canvases: int = 2, steps: int = 16, device="cpu",
+          dtype=torch.float32) -> dict:
     from transformers import EntropyBoundSamplerConfig
 
     from duolm.sampling.blocks import canvas_sample
     from duolm.sampling.entropy_bound import EntropyBoundOptions
     from duolm.sampling.spec import SamplerSpec
 
-    model, net, method, vocab, C = build(name)
-    prompt = torch.randint(3, vocab, (batch, 6), generator=torch.Generator().manual_seed(0))
+    model, net, method, vocab, C = build(name, device, dtype)
+    prompt = torch.randint(3, vocab, (batch, 6), generator=torch.Generator().manual_seed(0)).to(device)
     new = canvases * C
     spec = SamplerSpec(predictor="entropy_bound", steps=steps, options=EntropyBoundOptions(bound=1.0))
 
@@ -116,7 +117,8 @@ def speed(name: str, repeats: int, batch: int = 4, canvases: int = 2, steps: int
         t_theirs = min(t_theirs, t)
         t, out = timed(ours, 1)
         t_ours = min(t_ours, t)
-    return {"config": name, "batch": batch, "new_tokens": new, "max_steps": steps, "identical": bool(torch.equal(ref, out)),
+    return {"config": name, "device": str(device), "dtype": str(dtype).replace("torch.", ""), "batch": batch,
+            "new_tokens": new, "max_steps": steps, "identical": bool(torch.equal(ref, out)),
             "transformers_tokens_per_s": batch * new / t_theirs, "duolm_tokens_per_s": batch * new / t_ours,
             "duolm_over_transformers": t_theirs / t_ours,
             "network_share_transformers": forward_share(net, theirs), "network_share_duolm": forward_share(net, ours)}

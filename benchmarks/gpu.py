@@ -16,7 +16,9 @@ classes) trains Duo for --steps steps on random labelled images at batch 128 und
 and samples 64 class-conditional images in 64 steps: images/s and peak memory. Then long generation
 (benchmarks/block_generation.py's rows at `model=small`): AR with its KV cache against windows,
 block diffusion with its exact cache and confidence decoding, tokens/s at batch 1. And SmolLM2-135M
-adapted to MDLM (`model=hf`): full fine-tuning against LoRA r = 16, tokens/s and peak memory.
+adapted to MDLM (`model=hf`): full fine-tuning against LoRA r = 16, tokens/s and peak memory. Last, a
+small random DiffusionGemma in bf16: duolm's EB-sampler against transformers' generate() at identical
+outputs, tokens/s (benchmarks/diffusion_gemma.py).
 """
 from __future__ import annotations
 
@@ -237,6 +239,20 @@ def long_generation(args) -> dict:
             by[f"MDLM, windows of {length}, 8 steps"]["tokens_per_second"]}
 
 
+def diffusion_gemma(args) -> dict:
+    """benchmarks/diffusion_gemma.py's speed row on this device: a small random DiffusionGemma (4 layers of
+    128, 8 experts, vocabulary 4096, canvas 32; the tiny one with --smoke) in bf16 on CUDA, duolm's
+    EB-sampler against transformers' generate() at identical outputs (checked), batch 16."""
+    try:
+        from benchmarks.diffusion_gemma import speed
+    except ImportError:
+        from diffusion_gemma import speed
+    cuda = torch.cuda.is_available()
+    return speed("tiny" if args.smoke else "small", 1 if args.smoke else 5, batch=4 if args.smoke else 16,
+                 canvases=1 if args.smoke else 4, device="cuda" if cuda else "cpu",
+                 dtype=torch.bfloat16 if cuda else torch.float32)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a toy size on the CPU, in seconds")
@@ -274,6 +290,7 @@ def main(argv=None) -> dict:
         result["adapted"] = [adapted_once(work, args, lora) for lora in (False, True)]
     result["unet"] = unet_once(args)
     result["long_generation"] = long_generation(args)
+    result["diffusion_gemma"] = diffusion_gemma(args)
     emit(result, args.out)
     return result
 

@@ -17,6 +17,8 @@ def test_gpu_benchmark_smoke_mode_runs_the_real_path_on_a_cpu(tmp_path):
     long = out["long_generation"]
     assert {r["name"] for r in long["rows"]} >= {"AR, KV cache", "mdlm, blocks of 16, 8 steps, cache"}
     assert all(r["tokens_per_second"] > 0 for r in long["rows"]) and long["blocks time per token over AR at 8 steps"] > 0
+    dg = out["diffusion_gemma"]  # duolm's EB-sampler and transformers' generate() draw the same tokens
+    assert dg["identical"] and dg["duolm_tokens_per_s"] > 0 and dg["transformers_tokens_per_s"] > 0
     assert (tmp_path / "gpu.json").exists()
 
 
