@@ -373,11 +373,26 @@ def test_fine_tuning_lowers_the_loss_resumes_exactly_and_reads_back(folder, dg_c
     before = start.nelbo(text, num_mc_samples=16)[0].nelbo
     after = trained.nelbo(text, num_mc_samples=16)[0].nelbo
     assert after < before - 5, (before, after)
-    trained.pretrained.backbone.save_transformers(tmp_path / "hf")
-    back = DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "hf")
+    # the run's model folder is transformers' own (config.json, model.safetensors), duolm's config beside it
+    back = DiffusionGemmaForBlockDiffusion.from_pretrained(long["model_dir"])
     ours = dict(trained.pretrained.backbone.network.state_dict())
     for k, v in back.state_dict().items():
         assert torch.equal(v, ours[k]), k
+    assert (Path(long["model_dir"]) / "duolm.json").exists()
+    assert trained.pretrained.config["model"]["pretrained"] == str(folder)
+
+
+def test_push_stages_a_transformers_folder_with_a_card_naming_the_base(folder, tmp_path):
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from duolm.app import hub
+
+    staged = hub.stage(str(folder), "me/dg-tiny", tmp_path)
+    card = (staged / "README.md").read_text()
+    assert "library_name: duolm" in card and "DiffusionGemma" in card
+    DiffusionGemmaForBlockDiffusion.from_pretrained(staged)  # what the repository holds loads in transformers
+    base = hub.base_model_of({"type": "diffusion_gemma", "pretrained": "google/diffusiongemma-26B-A4B-it"})
+    assert base == {"id": "google/diffusiongemma-26B-A4B-it", "license": "gemma"}
 
 
 @pytest.fixture()

@@ -27,15 +27,18 @@ from duolm.checkpoints.loading import (
 from duolm.models.backbones import backbone_row
 
 # bases whose hub id and licence are known offline (model.pretrained's short names)
-KNOWN_BASES = {"smollm2": {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"}}
+KNOWN_BASES = {"smollm2": {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"},
+               "google/diffusiongemma-26B-A4B-it": {"id": "google/diffusiongemma-26B-A4B-it", "license": "gemma"}}
 
 
 def base_model_of(model: dict) -> dict | None:
-    """The pretrained model a model=hf network started from: its hub id (or folder) and, where known, its licence."""
-    if model.get("type") != "hf":
+    """The pretrained model a network started from (its row's base_of: model=hf, DiffusionGemma): its hub id
+    (or folder) and, where known, its licence."""
+    row = backbone_row(model.get("type", "dit"))
+    p = row.base_of(model) if row.base_of is not None else None
+    if not p:
         return None
-    p = str(model.get("pretrained"))
-    return KNOWN_BASES.get(p, {"id": p})
+    return KNOWN_BASES.get(str(p), {"id": str(p)})
 
 
 def model_card(config: dict, metrics: dict | None, *, repo_id: str, parameters: int) -> str:

@@ -20,9 +20,11 @@ from duolm.core.methods import build_method
 from duolm.core.schedules import make_schedule
 from duolm.data.tokenizers import HFTokenizer, load_tokenizer
 from duolm.io.atomic import atomic_directory
-from duolm.models.backbones import backbone_config, build_backbone
+from duolm.models.backbones import backbone_config, backbone_row, build_backbone
 
 FORMAT = "duolm/1"
+# duolm's config beside a network saved in its own library's format (whose config.json that is)
+DUOLM_CONFIG = "duolm.json"
 METRICS_FILE = "metrics.json"  # written next to a trained model by `duolm train`: validation, training, sampler
 LOSS_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # what a model trained before config.json recorded "training" was trained with
@@ -58,11 +60,16 @@ def save_pretrained(directory, backbone: torch.nn.Module, *, algo: dict, noise: 
     config = {"format": FORMAT, "algo": algo, "model": backbone.config.to_dict(), "noise": noise,
               "tokenizer": tokenizer.to_dict(), "length": length, "training": training_settings(training),
               **(extra or {})}
-    state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
-             for k, v in backbone.state_dict().items()}
+    row = backbone_row(backbone.config.type)
     with atomic_directory(directory) as tmp:
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if row.native_save is not None:  # transformers' own folder (config.json, weights), duolm's beside it
+            row.native_save(backbone, tmp)
+            (tmp / DUOLM_CONFIG).write_text(json.dumps(config, indent=2))
+        else:
+            state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
+                     for k, v in backbone.state_dict().items()}
+            save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if bundles_tokenizer(tokenizer):  # a folder or hub tokenizer travels with the model
             tokenizer.tok.save_pretrained(tmp / TOKENIZER_DIR)
     return directory
@@ -117,7 +124,10 @@ def strip_prefix(state: dict, prefix: str) -> dict:
 
 
 def read_config_json(directory: Path) -> dict:
-    cfg_path = Path(directory) / "config.json"
+    """A model folder's duolm config: duolm.json beside a network in its own format, else config.json."""
+    cfg_path = Path(directory) / DUOLM_CONFIG
+    if not cfg_path.exists():
+        cfg_path = Path(directory) / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{directory}: no config.json")
     try:
@@ -130,6 +140,8 @@ def from_pretrained(directory, map_location="cpu", config: dict | None = None) -
     """A duolm model directory (config: its config.json, when already read)."""
     directory = Path(directory)
     cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+    if (directory / DUOLM_CONFIG).exists():
+        cfg_path = directory / DUOLM_CONFIG
     if not cfg_path.exists() or not weights.exists():
         raise FileNotFoundError(f"{directory} is not a duolm checkpoint: it needs config.json and model.safetensors")
     config = config if config is not None else read_config_json(directory)
@@ -145,6 +157,9 @@ def from_pretrained(directory, map_location="cpu", config: dict | None = None) -
     if net_cfg.vocab_size != method.model_vocab_size:
         raise ValueError(f"{directory}: the network has {net_cfg.vocab_size} outputs but algo "
                          f"{config['algo']['name']} with this tokenizer needs {method.model_vocab_size}")
+    row = backbone_row(net_cfg.type)
+    if row.native_load is not None and cfg_path.name == DUOLM_CONFIG:  # the network in its own format
+        return Pretrained(row.native_load(directory, net_cfg).eval(), method, tokenizer, config)
     backbone = build_backbone(net_cfg)
     try:
         state = load_file(weights, device=str(map_location))

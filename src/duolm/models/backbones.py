@@ -36,6 +36,11 @@ class BackboneRow:
     describe: Callable[[dict], str]  # a config dict -> its shape in words (model cards)
     complete: Callable[[dict], dict] | None = None     # the user's model keys -> the full config (a base's architecture)
     initialise: Callable[[object], None] | None = None  # a fresh run's network -> its starting weights (pretrained)
+    # a network with a format of its own (transformers'): save(net, folder) writes config.json and its weights
+    # there, load(folder, config) reads them back; duolm's config then goes to duolm.json beside them
+    native_save: Callable[[object, object], None] | None = None
+    native_load: Callable[[object, object], object] | None = None
+    base_of: Callable[[dict], str | None] | None = None  # where a pretrained network's weights came from
 
     @property
     def relaxed_inputs(self) -> bool:
@@ -61,7 +66,8 @@ BACKBONES: dict[str, BackboneRow] = {
                       capabilities=TRANSFORMER.changed(training_step=True, adapters=True),
                    describe=lambda m: f"{m['pretrained']} ({m['hf_config'].get('model_type')}, pretrained)",
                    complete=lambda m: {**m, "hf_config": m.get("hf_config") or base_config(m.get("pretrained", "smollm2"))},
-                   initialise=lambda net: net.load_base_weights() if net.config.init == "pretrained" else None),
+                   initialise=lambda net: net.load_base_weights() if net.config.init == "pretrained" else None,
+                   base_of=lambda m: m.get("pretrained")),
     # transformers' DiffusionGemma: an encoder reads the prompt into the cache, the decoder denoises canvases
     "diffusion_gemma": BackboneRow(
         DiffusionGemma, DiffusionGemmaSettings, data=("text",), image_shaped=False, causal_option=False,
@@ -70,7 +76,10 @@ BACKBONES: dict[str, BackboneRow] = {
         describe=lambda m: f"DiffusionGemma {m['pretrained'] or '(random)'}, canvas {m['hf_config'].get('canvas_length')}",
         complete=complete_settings,
         initialise=lambda net: net.load_base_weights() if net.config.init == "pretrained" and net.config.pretrained
-        else None),
+        else None,
+        native_save=lambda net, folder: net.save_transformers(folder),
+        native_load=lambda folder, config: DiffusionGemma.from_folder(folder, settings=config),
+        base_of=lambda m: m.get("pretrained") or None),
 }
 
 

@@ -127,15 +127,17 @@ class DiffusionGemma(nn.Module):
         self._register_load_state_dict_pre_hook(_restore_tied, with_module=True)
 
     @classmethod
-    def from_folder(cls, folder, dtype=torch.float32, attn_implementation: str = "sdpa") -> "DiffusionGemma":
-        """transformers' from_pretrained of a DiffusionGemma folder (its weights, tied as saved)."""
+    def from_folder(cls, folder, dtype=torch.float32, attn_implementation: str = "sdpa",
+                    settings: DiffusionGemmaSettings | None = None) -> "DiffusionGemma":
+        """transformers' from_pretrained of a DiffusionGemma folder (its weights, tied as saved);
+        settings: the network's recorded settings (a duolm folder's), else read from the folder."""
         from transformers import DiffusionGemmaForBlockDiffusion
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a quiet console
-        settings = settings_of_folder(folder, attn_implementation=attn_implementation)
+        settings = settings or settings_of_folder(folder, attn_implementation=attn_implementation)
         net = DiffusionGemmaForBlockDiffusion.from_pretrained(str(folder), dtype=dtype,
-                                                              attn_implementation=attn_implementation)
+                                                              attn_implementation=settings.attn_implementation)
         return cls(settings, network=net)
 
     def load_base_weights(self) -> None:
