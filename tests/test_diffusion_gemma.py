@@ -177,21 +177,16 @@ def test_duolm_loads_the_folder_and_samples_it_with_every_x0_sampler(folder):
         assert again.ids == g.ids
 
 
-def test_self_conditioning_is_carried_between_steps(folder):
+def test_self_conditioning_is_carried_between_steps(folder, monkeypatch):
     """The ancestral sampler feeds each call the previous call's logits: turning the block off
-    (a backbone that declares no self-conditioning) changes the draws."""
+    (the backbone declaring no self-conditioning) changes the draws."""
     import duolm
 
     m = duolm.load(str(folder))
     with_sc = m.generate(2, steps=6, sampler="ancestral", seed=1).ids
-    net = m.pretrained.backbone
-    caps = net.capabilities
-    type(net).capabilities = property(lambda self: caps.changed(self_conditioning=False))
-    try:
-        without = m.generate(2, steps=6, sampler="ancestral", seed=1).ids
-    finally:
-        del type(net).capabilities
-        type(net).capabilities = DiffusionGemma.__dict__.get("capabilities") or property(lambda self: caps)
+    caps = m.pretrained.backbone.capabilities
+    monkeypatch.setattr(DiffusionGemma, "capabilities", property(lambda self: caps.changed(self_conditioning=False)))
+    without = m.generate(2, steps=6, sampler="ancestral", seed=1).ids
     assert with_sc != without
 
 
@@ -446,3 +441,46 @@ def test_the_ddim_row_reproduces_diffusers_pipeline_draw_for_draw(setting, diffu
                          generator=torch.Generator().manual_seed(3), eos_id=EOS)[:, 4:]
     for r in range(2):  # the pipeline keeps a row's tokens after its EOS; duolm writes EOS there
         assert _until_eos(ours[r], 0, EOS) == _until_eos(ref[r], 0, EOS)
+
+
+def test_lora_adapters_are_one_set_for_encoder_and_decoder_and_merge_to_the_same_logits():
+    from peft.tuners.lora import LoraLayer
+
+    model = tiny_model(0)
+    settings = DiffusionGemmaSettings(vocab_size=300, hf_config=model.config.to_dict(), init="random", lora={"r": 4})
+    net = DiffusionGemma(settings, network=model)
+    assert net.capabilities.adapters
+    modules = dict(net.network.named_modules())
+    q_enc = modules["model.encoder.language_model.layers.0.self_attn.q_proj"]
+    q_dec = modules["model.decoder.layers.0.self_attn.q_proj"]
+    assert isinstance(q_dec, LoraLayer) and q_dec.lora_A is q_enc.lora_A
+    assert any("experts" in n and "lora_" in n for n, _ in net.named_parameters())  # the experts are adapted too
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    g = torch.Generator().manual_seed(0)
+    prompt, canvas = torch.randint(3, 300, (2, 5), generator=g), torch.randint(0, 300, (2, 8), generator=g)
+
+    def logits(n):
+        cache = n.new_cache()
+        n(prompt, cache=cache, store_kv=True)
+        return n(canvas, cache=cache, store_kv=False, position_offset=5)
+
+    adapted, plain = logits(net), logits(net.merged())
+    assert (adapted - logits(_wrap(tiny_model(0)))).abs().max() > 1e-2  # the adapters move the output
+    assert (adapted - plain).abs().max() < 1e-4
+
+
+def test_a_lora_run_trains_adapters_and_saves_the_merged_model(folder, dg_corpus, tmp_path):
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from duolm.app.training_run import train
+
+    out = train(_train_cfg(tmp_path, folder, dg_corpus, "trainer.max_steps=4", "model.lora.r=4"), log=lambda *_: None)
+    tuned = DiffusionGemmaForBlockDiffusion.from_pretrained(out["model_dir"]).state_dict()
+    base = DiffusionGemmaForBlockDiffusion.from_pretrained(folder).state_dict()
+    moved = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert moved and all("self_attn" in k or "experts" in k for k in moved)

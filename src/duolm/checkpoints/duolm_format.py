@@ -57,10 +57,12 @@ def save_pretrained(directory, backbone: torch.nn.Module, *, algo: dict, noise: 
     loaded model samples and evaluates as it was trained."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    row = backbone_row(backbone.config.type)
+    if row.native_save is not None and backbone.capabilities.adapters:  # its own format holds plain weights
+        backbone = backbone.merged()
     config = {"format": FORMAT, "algo": algo, "model": backbone.config.to_dict(), "noise": noise,
               "tokenizer": tokenizer.to_dict(), "length": length, "training": training_settings(training),
               **(extra or {})}
-    row = backbone_row(backbone.config.type)
     with atomic_directory(directory) as tmp:
         if row.native_save is not None:  # transformers' own folder (config.json, weights), duolm's beside it
             row.native_save(backbone, tmp)

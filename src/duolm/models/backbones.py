@@ -72,7 +72,7 @@ BACKBONES: dict[str, BackboneRow] = {
     "diffusion_gemma": BackboneRow(
         DiffusionGemma, DiffusionGemmaSettings, data=("text",), image_shaped=False, causal_option=False,
         capabilities=Capabilities(attention=("bidirectional",), kv_cache=True, encoder_prefix=True,
-                                  self_conditioning=True),
+                                  self_conditioning=True, adapters=True),
         describe=lambda m: f"DiffusionGemma {m['pretrained'] or '(random)'}, canvas {m['hf_config'].get('canvas_length')}",
         complete=complete_settings,
         initialise=lambda net: net.load_base_weights() if net.config.init == "pretrained" and net.config.pretrained

@@ -33,6 +33,12 @@ from torch import nn
 
 from duolm.contracts import Capabilities, CapabilityError
 from duolm.errors import SettingError
+from duolm.models.hf_lm import check_lora
+
+# LoRA's default targets: the text layers' attention projections and their experts' weights (encoder
+# and decoder alike: they share their weights, and their adapters too); the vision tower is left alone
+ATTENTION = r".*(language_model|decoder)\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"
+EXPERTS = ["experts.gate_up_proj", "experts.down_proj"]
 
 MODEL_TYPE = "diffusion_gemma"
 
@@ -46,10 +52,12 @@ class DiffusionGemmaSettings:
     hf_config: dict = field(default_factory=dict)  # transformers' DiffusionGemmaConfig, as a dict
     attn_implementation: str = "sdpa"       # transformers' attention kernel (sdpa | eager)
     init: str = "pretrained"                # "random": the architecture from random weights
+    lora: dict | None = None                # {r, alpha, dropout, target_modules}: adapters only (None: full)
     num_classes: int = 0                    # unconditional (no class labels)
     type: str = MODEL_TYPE
 
     def __post_init__(self):
+        self.lora = check_lora(self.lora, field="DiffusionGemmaSettings.lora")
         if self.num_classes:
             raise SettingError("`DiffusionGemmaSettings.num_classes`: DiffusionGemma is unconditional (no class labels)")
         if self.hf_config.get("model_type") != MODEL_TYPE:
@@ -125,6 +133,60 @@ class DiffusionGemma(nn.Module):
                 first.setdefault(key, name)
         self._register_state_dict_hook(_drop_tied)
         self._register_load_state_dict_pre_hook(_restore_tied, with_module=True)
+        if config.lora is not None:
+            self._add_adapters(config.lora)
+
+    def _add_adapters(self, lc: dict) -> None:
+        """peft's LoRA injected in place: on the attention projections (as a regex over the text layers)
+        and on the experts' weights by default, or on `target_modules`; the decoder's adapters are the
+        encoder's (one set, as the weights they adapt are one set); only adapters train."""
+        from peft import LoraConfig, inject_adapter_in_model
+        from peft.tuners.lora import LoraLayer
+
+        default = lc["target_modules"] == "all-linear"
+        cfg = LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"], bias="none",
+                         target_modules=ATTENTION if default else lc["target_modules"],
+                         target_parameters=EXPERTS if default else None)
+        inject_adapter_in_model(cfg, self.network)
+        modules = dict(self.network.named_modules())
+        for name, module in modules.items():
+            if name.startswith("model.decoder.layers.") and isinstance(module, LoraLayer):
+                twin = modules.get(name.replace("model.decoder.layers.", "model.encoder.language_model.layers.", 1))
+                if isinstance(twin, LoraLayer):
+                    module.lora_A, module.lora_B = twin.lora_A, twin.lora_B
+        for n, p in self.network.named_parameters():
+            p.requires_grad_("lora_" in n)
+
+    def merged(self) -> "DiffusionGemma":
+        """The same function without adapters: each adapted weight plus its B A (times alpha / r), once
+        for the shared encoder/decoder weight; a plain DiffusionGemma (what its folder saves)."""
+        if self.config.lora is None:
+            return self
+        from dataclasses import replace
+
+        from peft.tuners.lora import LoraLayer
+
+        plain = DiffusionGemma(replace(self.config, lora=None, init="random"))
+        deltas = {}
+        with torch.no_grad():
+            for name, module in self.network.named_modules():
+                if isinstance(module, LoraLayer) and not name.startswith("model.decoder."):
+                    for param_name, delta in _lora_deltas(name, module):
+                        deltas[param_name] = deltas.get(param_name, 0) + delta
+            state = {}
+            for k, v in self.network.state_dict().items():
+                if "lora_" in k:
+                    continue
+                k2 = k.replace(".base_layer", "")
+                state[k2] = v
+            for k, delta in deltas.items():
+                state[k] = state[k] + delta.to(state[k].dtype)
+            for k in list(state):  # the decoder's copy of each shared weight is the merged encoder's
+                src = k.replace("model.decoder.layers.", "model.encoder.language_model.layers.", 1)
+                if k != src and src in state:
+                    state[k] = state[src]
+            plain.network.load_state_dict(state, strict=False)
+        return plain.train(self.training)
 
     @classmethod
     def from_folder(cls, folder, dtype=torch.float32, attn_implementation: str = "sdpa",
@@ -142,8 +204,14 @@ class DiffusionGemma(nn.Module):
 
     def load_base_weights(self) -> None:
         """A fresh run's starting weights: those of config.pretrained (a folder or hub id)."""
-        base = DiffusionGemma.from_folder(base_folder(self.config.pretrained))
-        self.network.load_state_dict(base.network.state_dict())
+        base = DiffusionGemma.from_folder(base_folder(self.config.pretrained)).network.state_dict()
+        own = self.network.state_dict()  # with adapters, a wrapped weight lives at <name>.base_layer.<param>
+        state = {k: base[k.replace(".base_layer", "")] for k in own if "lora_" not in k}
+        missing = [k for k in own if "lora_" not in k and k.replace(".base_layer", "") not in base]
+        if missing:
+            raise SettingError(f"`DiffusionGemmaSettings.pretrained`={self.config.pretrained!r}: its weights lack "
+                               f"{missing[0]}")
+        self.network.load_state_dict(state, strict=False)
 
     def save_transformers(self, folder) -> Path:
         """transformers' save_pretrained, so DiffusionGemmaForBlockDiffusion.from_pretrained reads it back."""
@@ -153,7 +221,8 @@ class DiffusionGemma(nn.Module):
     # --- the contract ----------------------------------------------------------------------------
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(attention=("bidirectional",), kv_cache=True, encoder_prefix=True, self_conditioning=True)
+        return Capabilities(attention=("bidirectional",), kv_cache=True, encoder_prefix=True, self_conditioning=True,
+                            adapters=self.config.lora is not None)
 
     @property
     def canvas_length(self) -> int:
@@ -218,6 +287,20 @@ class DiffusionGemma(nn.Module):
         cap = self.network.final_logit_softcapping
         logits = self.network.lm_head(hidden).float()
         return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _lora_deltas(name: str, module):
+    """(parameter name, B A scaled) of one peft LoRA layer: a Linear's weight, or an experts parameter."""
+    delta = module.get_delta_weight("default")
+    base = module.get_base_layer()
+    target = getattr(module, "parameter_name", None)  # peft's ParamWrapper names the parameter it adapts
+    if target is not None:
+        stem = name
+        while stem.endswith(".base_layer"):
+            stem = stem[: -len(".base_layer")]
+        return [(f"{stem}.{target}", delta)]
+    del base
+    return [(f"{name}.weight", delta)]
 
 
 def _drop_tied(module, state, prefix, local_metadata):

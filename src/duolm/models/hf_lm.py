@@ -370,23 +370,23 @@ def _restore_tied_head(module, state, prefix, local_metadata, strict, missing, u
 LORA_DEFAULTS = {"r": 0, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 
 
-def check_lora(lora) -> dict | None:
+def check_lora(lora, field: str = "HFConfig.lora") -> dict | None:
     """model.lora as the network's setting: None without adapters (r = 0), else r, alpha, dropout
     and target_modules (a list of module names, or 'all-linear')."""
     if lora is None:
         return None
     unknown = sorted(set(lora) - set(LORA_DEFAULTS))
     if unknown:
-        raise SettingError(f"`HFConfig.lora`.{unknown[0]} is not a LoRA setting (its settings: r, alpha, dropout, "
+        raise SettingError(f"`{field}`.{unknown[0]} is not a LoRA setting (its settings: r, alpha, dropout, "
                          f"target_modules)")
     lc = {**LORA_DEFAULTS, **lora}
     if isinstance(lc["r"], bool) or not isinstance(lc["r"], int) or lc["r"] < 0:
-        raise SettingError(f"`HFConfig.lora.r` must be an integer >= 0 (0: no adapters), got {lc['r']!r}")
+        raise SettingError(f"`{field}.r` must be an integer >= 0 (0: no adapters), got {lc['r']!r}")
     if not isinstance(lc["dropout"], (int, float)) or not 0 <= lc["dropout"] < 1:
-        raise SettingError(f"`HFConfig.lora.dropout` must lie in [0, 1), got {lc['dropout']!r}")
+        raise SettingError(f"`{field}.dropout` must lie in [0, 1), got {lc['dropout']!r}")
     tm = lc["target_modules"]
     if not (tm == "all-linear" or (isinstance(tm, (list, tuple)) and tm and all(isinstance(t, str) for t in tm))):
-        raise SettingError(f"`HFConfig.lora.target_modules` must be 'all-linear' or a list of module names, got {tm!r}")
+        raise SettingError(f"`{field}.target_modules` must be 'all-linear' or a list of module names, got {tm!r}")
     lc["target_modules"] = tm if isinstance(tm, str) else list(tm)
     return lc if lc["r"] > 0 else None
 
