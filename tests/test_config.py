@@ -11,7 +11,7 @@ VOCAB = {"char": 28, "gpt2": 50257, "bert-base-uncased": 30522, "smollm2": 49152
 
 
 @pytest.mark.parametrize("group", ["algo", "model", "data", "noise", "sampling", "optim", "trainer", "loader"])
-def test_every_preset_instantiates(group):
+def test_every_preset_instantiates(group, tmp_path):
     for option in group_options(group):
         extra = ["data.path=/somewhere"] if (group, option) == ("data", "local") else []
         if group == "model" and option.startswith("unet"):
@@ -20,8 +20,17 @@ def test_every_preset_instantiates(group):
             extra = ["model=unet-cpu", "algo=duo_base"]
         if group == "model" and option == "hf":  # a pretrained LM reads its own tokenizer (SmolLM2's, offline)
             extra = ["data.tokenizer=smollm2"]
+        vocab = None
+        if group == "model" and option == "diffusion_gemma":  # a folder of its own (a tiny random one here)
+            from diffusion_gemma_tiny import VOCAB as DG_VOCAB
+            from diffusion_gemma_tiny import tiny_folder
+
+            dg = tiny_folder(tmp_path / "dg")
+            extra = [f"model.pretrained={dg}", f"data.tokenizer={dg}", "algo.curriculum.mode=none",
+                     "algo.block_size=8"]
+            vocab = DG_VOCAB
         cfg, parts = compose_components([f"{group}={option}", *extra])
-        method = parts.method(VOCAB.get(cfg.data.tokenizer, cfg.data.get("levels") or 100))
+        method = parts.method(vocab or VOCAB.get(cfg.data.tokenizer, cfg.data.get("levels") or 100))
         with torch.device("meta"):  # the papers' sizes, without allocating them
             net = build_backbone(parts.backbone_config(method))
         assert net.config.vocab_size == method.model_vocab_size

@@ -46,7 +46,7 @@ def _conditional_oracle(process, joint, L, held: dict[int, int]):
 
 
 HOLDING = [(label, kind) for label, name, _ in variants() if SAMPLERS[name].holds_positions
-           for kind in (["absorbing"] if SAMPLERS[name].reuses_output else ["absorbing", "uniform"])]
+           for kind in (["absorbing"] if SAMPLERS[name].reuses_output else list(SAMPLERS[name].processes))]
 
 
 @pytest.mark.parametrize("name,kind", HOLDING)
