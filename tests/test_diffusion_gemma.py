@@ -484,3 +484,35 @@ def test_a_lora_run_trains_adapters_and_saves_the_merged_model(folder, dg_corpus
     base = DiffusionGemmaForBlockDiffusion.from_pretrained(folder).state_dict()
     moved = [k for k in base if not torch.equal(base[k], tuned[k])]
     assert moved and all("self_attn" in k or "experts" in k for k in moved)
+
+
+def test_dcd_reads_canvases_and_its_loss_vanishes_when_teacher_and_student_agree():
+    """DCD over canvases: with delta = 0 and the teacher the student, x_s = x_t and the KL is 0; with a
+    step back it is positive; the prompt token carries no loss."""
+    from duolm.core.operator import DiffusionTransform
+    from duolm.training.distill import dcd_loss
+
+    net, method = _wrap(tiny_model(0)), _method(300, 8)
+    x0 = torch.randint(3, 300, (3, 17), generator=torch.Generator().manual_seed(0))
+    t = torch.full((3,), 0.5)
+    op = DiffusionTransform(300)
+    same = dcd_loss(method, net, net, x0, t, 0.0, operator=op, generator=torch.Generator().manual_seed(1))
+    assert same.weight[:, 0].eq(0).all() and same.weight[:, 1:].eq(1).all()
+    assert (same.nll * same.weight).abs().max() < 1e-6
+    back = dcd_loss(method, net, net, x0, t, 0.25, operator=op, generator=torch.Generator().manual_seed(1))
+    assert (back.nll * back.weight).sum() > 1e-3
+
+
+def test_duolm_distill_runs_on_a_folder(folder, dg_corpus, tmp_path, monkeypatch):
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from duolm.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["distill", f"eval.checkpoint_path={folder}", "data=local", f"data.path={dg_corpus}",
+                 f"run.dir={tmp_path / 'dcd'}", "trainer.max_steps=3", "loader.global_batch_size=4",
+                 "trainer.val_check_interval=1000", "trainer.limit_val_batches=1", "eval.max_batches=1",
+                 "sampling.num_samples=2", "sampling.steps=4", "distill.T=8"]) == 0
+    student = DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "dcd" / "model").state_dict()
+    start = DiffusionGemmaForBlockDiffusion.from_pretrained(folder).state_dict()
+    assert any(not torch.equal(start[k], student[k]) for k in start)

@@ -87,4 +87,26 @@ def _rows_loss(method, backbone, x0, P: int, n: int, times, generator) -> torch.
     return out[:, :L]
 
 
-__all__ = ["canvas_token_loss"]
+def canvas_predictions(method, backbone, x0: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, prompt: int = 1):
+    """log p(x_0 | x_t) (B, L, K) at every position from `prompt` on, as the canvas loss reads it: the first
+    `prompt` tokens of x0 through the encoder, then each canvas of x_t (at alpha (B, 1)) through the decoder,
+    the clean canvas committed before the next (positions before `prompt`: zeros). DCD's student and
+    teacher read canvases this way (duolm.training.distill)."""
+    B, L = x0.shape
+    C = method.block_size
+    cache = backbone.new_cache()
+    backbone(x0[:, :prompt], None, cache=cache, store_kv=True)
+    out = None
+    for a in range(prompt, L, C):
+        b = min(a + C, L)
+        logits = backbone(x_t[:, a:b], method.sigma(alpha), cache=cache, store_kv=False, position_offset=a)
+        read = method.read_logits(logits, x_t[:, a:b], alpha)
+        if out is None:
+            out = read.new_zeros(B, L, read.shape[-1])
+        out[:, a:b] = read
+        if b < L:
+            backbone(x0[:, a:b], None, cache=cache, store_kv=True, position_offset=a)
+    return out
+
+
+__all__ = ["canvas_predictions", "canvas_token_loss"]

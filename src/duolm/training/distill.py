@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from duolm.core.canvas_loss import canvas_predictions
 from duolm.core.chunked_loss import Head
 from duolm.core.methods import PARAMETERIZATIONS, TokenLoss
 from duolm.core.operator import DiffusionTransform, gaussian_latents
@@ -124,6 +125,13 @@ def dcd_loss(method, student, teacher_net, x0: torch.Tensor, t: torch.Tensor, de
     if valid is None:
         valid = torch.ones_like(x0, dtype=torch.float32)
     valid = valid.float()
+    if student.capabilities.encoder_prefix:  # DiffusionGemma: the first token in the encoder, canvases after it
+        valid = valid.clone()
+        valid[:, :1] = 0.0
+        log_student = canvas_predictions(method, student, x0, x_t, a_t).to(dtype).log_softmax(-1)
+        with torch.no_grad():
+            log_teacher = canvas_predictions(method, teacher_net, x0, x_s, a_s).to(dtype).log_softmax(-1)
+        return TokenLoss(_kl(kind, log_student, log_teacher), valid)
     if not method.fused:
         # renormalised in `dtype`, so a float64 KL is a true KL (>= 0) of float32 network outputs
         log_student = method.denoise(student, x_t, a_t).to(dtype).log_softmax(-1)

@@ -156,8 +156,9 @@ class Distillation(Nelbo):
                  dtype=torch.float32, antithetic: bool = True):
         if not method.supports.distillation:
             raise ValueError(f"distillation needs a uniform-state (Duo) teacher, not {method.name}")
-        if method.block_size is not None:
-            raise SettingError("distillation of block diffusion models is not implemented (`Method.block_size` must be null)")
+        if method.block_size is not None and not student.capabilities.encoder_prefix:
+            raise SettingError("distillation of block diffusion models is not implemented (`Method.block_size` must be "
+                               "null); of an encoder-prefix model (DiffusionGemma) it is, canvas by canvas")
         check_settings(kind, teacher_from, gamma_min, gamma_max)
         super().__init__(method, antithetic=antithetic)
         self.schedule, self.kind, self.teacher_from, self.dtype = schedule, kind, teacher_from, dtype
