@@ -516,3 +516,20 @@ def test_duolm_distill_runs_on_a_folder(folder, dg_corpus, tmp_path, monkeypatch
     student = DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "dcd" / "model").state_dict()
     start = DiffusionGemmaForBlockDiffusion.from_pretrained(folder).state_dict()
     assert any(not torch.equal(start[k], student[k]) for k in start)
+
+
+def test_the_lm_eval_adapter_scores_a_folder(folder):
+    """lm-eval's loglikelihood requests on a DiffusionGemma folder: a NELBO per continuation and the greedy
+    check, through the canvases; generate_until continues a context."""
+    import duolm
+    from duolm.app.lm_eval_adapter import DuolmLM
+
+    class Request:
+        def __init__(self, *args):
+            self.args = args
+
+    lm = DuolmLM(duolm.load(str(folder), device="cpu"), num_mc_samples=4, steps=4)
+    out = lm.loglikelihood([Request("w5 w6 w7", " w8 w9"), Request("w5", " w6")])
+    assert len(out) == 2 and all(ll < 0 and isinstance(greedy, bool) for ll, greedy in out)
+    text = lm.generate_until([Request("w5 w6", {"max_gen_toks": 4, "until": []})])
+    assert isinstance(text[0], str)

@@ -28,6 +28,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from duolm.app.api import load
+from duolm.core.canvas_loss import canvas_predictions
 from duolm.data.tokenizers import encode_fragment
 from duolm.evaluation.likelihood import continuation_nelbo
 from duolm.sampling.generate import decode_text, sample_batch
@@ -98,8 +99,12 @@ class DuolmLM(LM):
                 x_t = x.clone()
                 prior = method.process.prior_sample((1, L), generator=g)
                 x_t[:, n_ctx:] = prior[:, n_ctx:]
-                alpha = method.schedule(torch.ones(1, 1)).alpha.float()
-                pred = method.denoise(net, x_t.to(m.device), alpha.to(m.device))[0, n_ctx:len(ids)].argmax(-1).cpu()
+                alpha = method.schedule(torch.ones(1, 1)).alpha.float().to(m.device)
+                if net.capabilities.encoder_prefix:  # the context in the encoder, the continuation's canvases after it
+                    log_p = canvas_predictions(method, net, x.to(m.device), x_t.to(m.device), alpha, prompt=n_ctx)
+                else:
+                    log_p = method.denoise(net, x_t.to(m.device), alpha)
+                pred = log_p[0, n_ctx:len(ids)].argmax(-1).cpu()
             out.append(bool((pred.cpu() == torch.tensor(cont)).all()))
         return out
 
