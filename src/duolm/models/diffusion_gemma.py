@@ -291,15 +291,14 @@ class DiffusionGemma(nn.Module):
 
 def _lora_deltas(name: str, module):
     """(parameter name, B A scaled) of one peft LoRA layer: a Linear's weight, or an experts parameter."""
+    from peft.tuners.lora.layer import ParamWrapper
+
     delta = module.get_delta_weight("default")
-    base = module.get_base_layer()
-    target = getattr(module, "parameter_name", None)  # peft's ParamWrapper names the parameter it adapts
-    if target is not None:
+    if isinstance(module, ParamWrapper):  # an adapted parameter (the experts'), named by the wrapper
         stem = name
         while stem.endswith(".base_layer"):
             stem = stem[: -len(".base_layer")]
-        return [(f"{stem}.{target}", delta)]
-    del base
+        return [(f"{stem}.{module.parameter_name}", delta)]
     return [(f"{name}.weight", delta)]
 
 
