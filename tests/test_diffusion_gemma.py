@@ -533,3 +533,25 @@ def test_the_lm_eval_adapter_scores_a_folder(folder):
     assert len(out) == 2 and all(ll < 0 and isinstance(greedy, bool) for ll, greedy in out)
     text = lm.generate_until([Request("w5 w6", {"max_gen_toks": 4, "until": []})])
     assert isinstance(text[0], str)
+
+
+def test_sft_on_instruction_records_puts_each_prompt_in_the_encoder(folder, tmp_path):
+    """Records {"prompt", "response"} with data.blocks=pad: each row's prompt (its leading clean
+    positions, of different lengths across the batch) goes through the encoder and the response with
+    its EOS padding is cut into canvases after it; the run trains and validates."""
+    import json
+
+    from duolm.app.training_run import train
+
+    recs = tmp_path / "recs.jsonl"
+    recs.write_text("".join(json.dumps({"prompt": " ".join(f"w{3 + (i + j) % 9}" for j in range(1 + i % 3)),
+                                        "response": f"w{20 + i % 5} w{30 + i % 4}"}) + "\n" for i in range(40)))
+    out = train(_train_cfg(tmp_path, folder, recs, "trainer.max_steps=3", "data.blocks=pad"), log=lambda *_: None)
+    assert out["steps"] == 3
+    import duolm
+    from duolm.evaluation.likelihood import continuation_nelbo
+
+    m = duolm.load(out["model_dir"])
+    scores = continuation_nelbo(m.method, m.pretrained.backbone, [([2, 5, 6], [25, 31, 1]), ([2, 7], [26, 32, 1])],
+                                length=16, pad_id=1, num_samples=2)
+    assert all(0 < s["nelbo"] < 1e3 and s["tokens"] == 3 for s in scores)
