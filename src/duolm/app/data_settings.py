@@ -17,7 +17,7 @@ def plain(value):
 
 
 def source_kwargs(data_cfg) -> dict:
-    keys = ("path", "format", "text_field", "valid_path", "valid_fraction", "data_files")
+    keys = ("path", "format", "text_field", "valid_path", "valid_fraction", "data_files", "task")
     return {k: plain(data_cfg[k]) for k in keys if k in data_cfg and data_cfg[k] is not None}
 
 

@@ -20,12 +20,13 @@ from duolm.data.instructions import encode_records
 from duolm.data.sources import STREAM_ONLY, STREAMS, TRAINING_SETS, ZERO_SHOT
 from duolm.data.store import STORE_VERSION, Split, SplitWriter, StoreError, file_lock, open_store
 from duolm.data.streaming import StreamingBlocks, stream_texts
+from duolm.data.tasks import TASKS, task_splits
 from duolm.data.zero_shot import load_zero_shot
 from duolm.errors import SettingError
 from duolm.io.atomic import atomic_directory
 
 EVAL_ONLY = tuple(ZERO_SHOT)  # the papers' zero-shot sets
-SOURCES = ("bigtxt", "local", *TRAINING_SETS, *STREAM_ONLY, *EVAL_ONLY)
+SOURCES = ("bigtxt", "local", *TASKS, *TRAINING_SETS, *STREAM_ONLY, *EVAL_ONLY)
 BLOCK_MODES = ("wrap", "pad", "pack")
 
 
@@ -59,11 +60,20 @@ def load_documents(source: str, vocab_size: int | None = None, **kwargs) -> tupl
                                  "records in both, or texts in both)")
             return {"train": docs, "valid": valid}, are_ids
         return corpora.split_local(docs, kwargs.get("valid_fraction", 0.05)), are_ids
+    if source in TASKS:  # generated here: train and held-out records from seeds
+        train, valid = task_splits(source, kwargs.get("task"))
+        return {"train": _records(source, train), "valid": _records(source, valid)}, False
     if source in EVAL_ONLY:
         return load_zero_shot(source, kwargs.get("data_files")), False
     if source in TRAINING_SETS:
         return corpora.hf_source(source, kwargs.get("data_files")), False
     raise SettingError(f"`build_splits.source` must be one of {list(SOURCES)}, got {source!r}")
+
+
+def _records(source: str, records: list[dict]) -> corpora.Instructions:
+    rows = [{"prompt": r["prompt"], "response": r["response"], "where": f"{source} record {i}"}
+            for i, r in enumerate(records)]
+    return corpora.Instructions(lambda: iter(rows), len(rows))
 
 
 def check_data(source: str, mode: str, streaming: bool = False) -> None:

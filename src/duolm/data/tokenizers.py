@@ -20,6 +20,10 @@ from duolm.io.hub_access import HubUnreachable, from_hub
 TEXT8_ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 
 
+# the generated tasks' characters (duolm.data.tasks: sudoku, countdown, arithmetic), spelt by one tokenizer
+PUZZLE_ALPHABET = " abcdefghijklmnopqrstuvwxyz0123456789.+-*/()=>:"
+
+
 class CharTokenizer:
     """Lower-cases, maps every non-letter to a space and collapses runs of spaces (as text8 does)."""
 
@@ -186,6 +190,8 @@ def load_tokenizer(spec) -> CharTokenizer | HFTokenizer | PixelTokenizer:
         spec = spec["name"]
     if spec in ("char", "text8"):
         return CharTokenizer()
+    if spec == "puzzle":  # letters, digits and the puzzles' signs (duolm.data.tasks)
+        return CharTokenizer(PUZZLE_ALPHABET)
     if spec == "gpt2":
         return load_gpt2()
     from transformers import AutoTokenizer
