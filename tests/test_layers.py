@@ -31,7 +31,7 @@ LAYERS = {
     "duolm.core": 2,                          # the math
     "duolm.models": 3, "duolm.data": 3,       # networks; corpora, tokenizers, the token store
     "duolm.checkpoints": 4, "duolm.sampling": 4,
-    "duolm.evaluation": 5, "duolm.training": 5,
+    "duolm.evaluation": 5, "duolm.training": 5, "duolm.rl": 5,
 }
 
 

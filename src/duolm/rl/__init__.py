@@ -1,0 +1,8 @@
+"""Reinforcement learning with verifiable rewards for every duolm method: the math (issue 35, in progress).
+
+- duolm.rl.logprob: a completion's log-probability given its prompt: exact for AR, the ELBO for
+  every method with a NELBO (uniform-state, blocks and DiffusionGemma included), diffu-GRPO's
+  one-pass estimate for masked methods;
+- duolm.rl.grpo: group-relative advantages and the clipped surrogate with a KL penalty.
+The `duolm rl` command that composes them is not built yet.
+"""
