@@ -18,6 +18,8 @@ completion (B, L) bool the tokens whose log-probability is wanted. Three estimat
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from duolm.errors import SettingError
@@ -45,6 +47,8 @@ def sequence_logprob(method, backbone, sequences: torch.Tensor, prompt: torch.Te
     """log p(completion | prompt) per sequence, (B,) float64, by `estimator` (module docstring);
     differentiable in the backbone's parameters when gradients are on."""
     check_estimator(method, estimator)
+    if method.fused and torch.is_grad_enabled():  # the fused loss writes the gradient of a mean, not of these sums
+        method = replace(method, fused=False)
     completion = completion.to(sequences.device)
     prompt = prompt.to(sequences.device)
     if estimator == "exact":
