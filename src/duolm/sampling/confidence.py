@@ -28,8 +28,8 @@ in sample quality is measured in benchmarks/block_quality.py).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import ClassVar, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -39,13 +39,13 @@ from duolm.sampling.categorical import categorical_draw, nucleus_log
 from duolm.sampling.grids import linear_grid
 from duolm.sampling.observers import NOTHING, Observer
 from duolm.sampling.prefix_cache import CACHE_MODES, ApproximateCache
-from duolm.sampling.spec import SamplerSpec, Setting, check_noise_removal
+from duolm.sampling.spec import SamplerSpec, Setting, SettingsBlock, check_noise_removal
 
 PROPOSALS = ("greedy", "sample")
 
 
 @dataclass(frozen=True)
-class ConfidenceOptions:
+class ConfidenceOptions(SettingsBlock):
     """The `sampling.confidence` block."""
 
     threshold: float = 0.9
@@ -79,13 +79,6 @@ class ConfidenceOptions:
         if self.cache != "none" and b is None:
             raise SettingError("`ConfidenceOptions.cache` reuses keys inside a generation block: set "
                              "`ConfidenceOptions.block_length` too")
-
-    @classmethod
-    def from_settings(cls, settings: Mapping) -> "ConfidenceOptions":
-        return cls(**{k: settings.get(k, v.default) for k, v in cls.SETTINGS.items()})
-
-    def describe(self) -> dict:
-        return asdict(self)
 
 
 def propose(log_p: torch.Tensor, open_: torch.Tensor, proposal: str, draw, generator=None,

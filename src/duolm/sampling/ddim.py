@@ -27,21 +27,21 @@ sampler table it runs on any of them, whole-sequence or in blocks.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import ClassVar, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from duolm.errors import SettingError
 from duolm.sampling.entropy_bound import token_entropy
 from duolm.sampling.observers import NOTHING, Observer
-from duolm.sampling.spec import SamplerSpec, Setting
+from duolm.sampling.spec import SamplerSpec, Setting, SettingsBlock
 
 SELECTIONS = ("lowest_log_margin", "lowest_maxprob", "lowest_current_prob", "random")
 
 
 @dataclass(frozen=True)
-class DDIMOptions:
+class DDIMOptions(SettingsBlock):
     """The `sampling.ddim` block (defaults: diffusers' DiscreteDDIMScheduler and pipeline defaults)."""
 
     temperature: float = 0.0
@@ -80,13 +80,6 @@ class DDIMOptions:
         c = self.confidence_threshold
         if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0):
             raise SettingError(f"`DDIMOptions.confidence_threshold` must be null or a number > 0, got {c!r}")
-
-    @classmethod
-    def from_settings(cls, settings: Mapping) -> "DDIMOptions":
-        return cls(**{k: settings.get(k, v.default) for k, v in cls.SETTINGS.items()})
-
-    def describe(self) -> dict:
-        return asdict(self)
 
 
 def step_counts(steps: int, corrector_steps: int) -> tuple[int, int]:
@@ -229,10 +222,8 @@ def options_of(spec: SamplerSpec) -> DDIMOptions:
 
 def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **common):
     """The registry's adapter: sampling.steps is the budget of denoiser calls (the pipeline's num_inference_steps)."""
-    net = model.backbone
-    conditioning = net if net is not None and net.capabilities.self_conditioning else None
     return ddim_sample(model.denoiser, model.process, model.schedule, shape, steps=spec.steps,
-                       options=options_of(spec), conditioning=conditioning, **common)
+                       options=options_of(spec), conditioning=model.conditioning, **common)
 
 
 __all__ = ["DDIMOptions", "corrector_sweep", "ddim_sample", "from_spec", "leave_one_out_conditional",

@@ -22,19 +22,19 @@ heuristic, not a sampler of the model's distribution (its row says exact=False).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import ClassVar, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from duolm.errors import SettingError
 from duolm.io.progress import progress_bar
 from duolm.sampling.observers import NOTHING, Observer
-from duolm.sampling.spec import SamplerSpec, Setting
+from duolm.sampling.spec import SamplerSpec, Setting, SettingsBlock
 
 
 @dataclass(frozen=True)
-class EntropyBoundOptions:
+class EntropyBoundOptions(SettingsBlock):
     """The `sampling.entropy_bound` block (defaults: transformers' DiffusionGemma defaults)."""
 
     bound: float = 0.1
@@ -69,13 +69,6 @@ class EntropyBoundOptions:
         s = self.stability_threshold
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise SettingError(f"`EntropyBoundOptions.stability_threshold` must be an integer >= 0, got {s!r}")
-
-    @classmethod
-    def from_settings(cls, settings: Mapping) -> "EntropyBoundOptions":
-        return cls(**{k: settings.get(k, v.default) for k, v in cls.SETTINGS.items()})
-
-    def describe(self) -> dict:
-        return asdict(self)
 
 
 def linear_temperature(remaining: int, steps: int, t_min: float, t_max: float) -> float:
@@ -179,10 +172,8 @@ def options_of(spec: SamplerSpec) -> EntropyBoundOptions:
 
 def from_spec(model, spec: SamplerSpec, shape, *, bos_id: int | None = None, **common):
     """The registry's adapter: sampling.steps is the most denoiser calls (generate()'s max_denoising_steps)."""
-    net = model.backbone  # a self-conditioned network call is fed each step's tempered logits
-    conditioning = net if net is not None and net.capabilities.self_conditioning else None
     return entropy_bound_sample(model.denoiser, model.process, model.schedule, shape, steps=spec.steps,
-                                options=options_of(spec), eps=spec.eps, conditioning=conditioning, **common)
+                                options=options_of(spec), eps=spec.eps, conditioning=model.conditioning, **common)
 
 
 __all__ = ["EntropyBoundOptions", "StableAndConfident", "entropy_bound_sample", "entropy_bounded", "from_spec",

@@ -40,6 +40,13 @@ class SamplingModel:
     labels: torch.Tensor | None = None   # themselves, as the approximate cache does, rebuild it)
     guided: bool = False
 
+    @property
+    def conditioning(self):
+        """The network call a sampler feeds its chosen self-conditioning (duolm.sampling.blocks.CachedBlock.feed),
+        when the backbone declares self-conditioning; None otherwise."""
+        net = self.backbone
+        return net if net is not None and net.capabilities.self_conditioning else None
+
     @classmethod
     def from_method(cls, method, backbone=None, *, labels: torch.Tensor | None = None,
                     guidance: float | None = None) -> "SamplingModel":

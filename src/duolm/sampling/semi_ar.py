@@ -45,7 +45,14 @@ def semi_ar_sample(sample_window, batch: int, length: int, total_length: int, st
         out = torch.cat([out, window[:, keep:]], 1)
     out = out[:, :total_length]
     if stop_at_eos and eos_id is not None:
-        seen = torch.cumsum((out == eos_id) & (torch.arange(out.shape[1]) > 0), 1) > 0
-        after = torch.cat([torch.zeros(batch, 1, dtype=torch.bool), seen[:, :-1]], 1)
-        out = torch.where(after, torch.full_like(out, eos_id), out)
+        out = eos_after_first(out, eos_id)
     return out
+
+
+def eos_after_first(ids: torch.Tensor, eos_id: int, start: int = 1) -> torch.Tensor:
+    """ids (B, L) with every position after a row's first EOS at or past `start` set to EOS (start 1:
+    an EOS in the first position is a document marker, not an end)."""
+    position = torch.arange(ids.shape[1], device=ids.device)
+    seen = torch.cumsum((ids == eos_id) & (position >= start), 1) > 0
+    after = torch.cat([torch.zeros(ids.shape[0], 1, dtype=torch.bool, device=ids.device), seen[:, :-1]], 1)
+    return torch.where(after, torch.full_like(ids, eos_id), ids)

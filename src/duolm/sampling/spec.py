@@ -64,6 +64,20 @@ class SamplerOptions(Protocol):
     def describe(self) -> dict: ...  # what a samples file records of them
 
 
+class SettingsBlock:
+    """The plain reading of a SamplerOptions dataclass: its SETTINGS' keys from the config block (their
+    defaults where absent), and all its fields recorded as they are."""
+
+    SETTINGS: ClassVar[dict[str, Setting]]
+
+    @classmethod
+    def from_settings(cls, settings: Mapping):
+        return cls(**{k: settings.get(k, v.default) for k, v in cls.SETTINGS.items()})
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     predictor: str = "ancestral"          # a name in duolm.sampling.SAMPLERS, or auto (resolve)
