@@ -23,7 +23,7 @@ from duolm.io.hub_access import HubUnreachable
 from duolm.sampling.registry import options_help
 from duolm.training import NonFiniteLossError, StoppedAtOnce  # not training.module: that loads Lightning (seconds)
 
-USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,push,lm-eval,data,config} [key=value ...]
+USAGE = """usage: duolm {train,sample,eval,distill,rl,convert,plot,view,push,lm-eval,data,config} [key=value ...]
 
   train    train a model (default: a small Duo model on the built-in corpus, on the CPU),
            then report its validation NELBO and print samples
@@ -33,6 +33,8 @@ USAGE = """usage: duolm {train,sample,eval,distill,convert,plot,view,push,lm-eva
            with eval.samples=<samples.json>: generative perplexity (eval.judge), entropy, MAUVE;
            for image samples FID, IS and class accuracy (eval.image_features)
   distill  Discrete Consistency Distillation of the Duo model at eval.checkpoint_path (distill.*)
+  rl       reinforcement learning with verifiable rewards (GRPO) of eval.checkpoint_path, any method:
+           data=sudoku|countdown|arithmetic or rl.prompts=<jsonl> rl.reward=<module:function> (rl.*)
   convert  write eval.checkpoint_path (duolm, a run's .ckpt, the papers' .ckpt or Hugging Face
            layouts) as a duolm directory: convert.output=<dir>
   plot     draw quality against sampling steps from results files: duolm plot a.json b.json
@@ -84,6 +86,16 @@ COMMAND_HELP = {
                 ["eval.checkpoint_path", "distill.T", "distill.update_teacher_every", "distill.loss_type",
                  "trainer.max_steps", "run.dir"],
                 ["duolm distill eval.checkpoint_path=outputs/bigtxt-duo-demo/model distill.T=512"]),
+    "rl": ("group-relative policy optimisation (GRPO) of the model at eval.checkpoint_path on prompts with verifiable "
+           "rewards: a task's records and verifier (data=sudoku|countdown|arithmetic) or a JSONL of prompts with reward "
+           "functions module:function; G completions per prompt with sampling.*, sequence log-probabilities exact (AR) "
+           "or by the ELBO (every diffusion method) or d1's one-pass estimate (masked); a new run (default: the "
+           "model's run with -rl) with checkpoints, metrics.jsonl, rl.png and the policy in model/; rerunning resumes",
+           ["eval.checkpoint_path", "data", "rl.prompts", "rl.reward", "rl.steps", "rl.prompts_per_step", "rl.group",
+            "rl.estimator", "rl.iterations", "rl.beta", "rl.lr", "rl.eval_every", "sampling.steps", "run.dir"],
+           ["duolm rl eval.checkpoint_path=outputs/sudoku-duo/model data=sudoku rl.steps=50",
+            "duolm rl eval.checkpoint_path=my-model rl.prompts=prompts.jsonl rl.reward=my_rewards:exact_match "
+            "rl.estimator=elbo rl.elbo_samples=2 rl.iterations=2"]),
     "convert": ("write any checkpoint duolm reads as a duolm model folder",
                 ["eval.checkpoint_path", "convert.output", "convert.dtype", "convert.merge_lora"],
                 ["duolm convert eval.checkpoint_path=outputs/bigtxt-duo-demo/checkpoints/last.ckpt convert.output=my-model convert.dtype=float16"]),
@@ -126,10 +138,10 @@ def command_help(command: str) -> str:
 # command -> the job module (duolm.app.jobs.<module>) holding cmd_<command>. A job module is imported
 # when its command runs: `train` brings Lightning (about 9 s to import), `lm-eval` the harness, `eval`
 # the judge and image metrics, and no other command pays for them.
-JOBS = {"train": "train", "distill": "train", "sample": "sample", "eval": "evaluate", "data": "data",
+JOBS = {"train": "train", "distill": "train", "rl": "rl", "sample": "sample", "eval": "evaluate", "data": "data",
         "convert": "export", "push": "export", "lm-eval": "lm_eval", "plot": "view", "view": "view"}
 # the commands that read a trained model: the sampler is checked against it once loaded
-READS_A_MODEL = ("sample", "eval", "convert", "push", "lm-eval")
+READS_A_MODEL = ("sample", "eval", "rl", "convert", "push", "lm-eval")
 
 
 def job(command: str):

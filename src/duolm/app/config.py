@@ -264,6 +264,7 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     _check_trainer(cfg)
     _check_loader(cfg)
     _check_eval(cfg)
+    _check_rl(cfg)
     parts.delta = _delta_schedule(cfg)
     parts.batch = batch_plan(cfg)
     return parts
@@ -384,6 +385,33 @@ def _check_eval(cfg) -> None:
         _positive(cfg, key)
     _positive(cfg, "eval.judge_context", allow_none=True, minimum=2)
     _choice(cfg, "hub.private", (True, False))
+
+
+def _check_rl(cfg) -> None:
+    """rl: duolm rl's settings (which estimator fits the model is checked once the model is loaded)."""
+    if cfg.get("rl") is None:
+        return
+    for key in ("rl.steps", "rl.prompts_per_step", "rl.group", "rl.elbo_samples", "rl.iterations", "rl.eval_every"):
+        _positive(cfg, key)
+    if cfg.rl.group < 2:
+        raise ConfigError(f"rl.group must be >= 2 (advantages are relative to the group), got {cfg.rl.group}")
+    _positive(cfg, "rl.valid_size", allow_none=True)
+    for key in ("rl.warmup_steps", "rl.reference_sync"):
+        _positive(cfg, key, minimum=0)
+    for key in ("rl.clip", "rl.beta", "rl.weight_decay", "rl.gradient_clip", "rl.lr"):
+        _positive(cfg, key, integer=False, minimum=0)
+    if cfg.rl.lr <= 0 or cfg.rl.clip <= 0:
+        raise ConfigError(f"rl.lr and rl.clip must be > 0, got {cfg.rl.lr} and {cfg.rl.clip}")
+    p = cfg.rl.diffu_grpo_prompt_mask
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ConfigError(f"rl.diffu_grpo_prompt_mask must be a number in [0, 1), got {p!r}")
+    _positive(cfg, "rl.accuracy_threshold", integer=False, minimum=float("-inf"))
+    _choice(cfg, "rl.estimator", ("auto", "exact", "elbo", "diffu_grpo"))
+    _choice(cfg, "rl.advantage_scale", ("std", "none"))
+    ranks = cfg.trainer.devices * cfg.trainer.num_nodes
+    if cfg.rl.prompts_per_step % ranks:
+        raise ConfigError(f"rl.prompts_per_step ({cfg.rl.prompts_per_step}) must be a multiple of the number of "
+                          f"devices ({ranks}: trainer.devices x trainer.num_nodes)")
 
 
 def _delta_schedule(cfg):

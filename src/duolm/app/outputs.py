@@ -63,20 +63,26 @@ def results_dir(cfg) -> Path:
     return run if run is not None else _named_after(cfg, str(path), "-outputs")
 
 
-def distill_run_dir(cfg) -> Path:
-    """The run folder of `duolm distill` (teacher: eval.checkpoint_path): run.dir when given, else
-    the teacher's run (or name) with `-dcd`. Refused, in one sentence, when it is the teacher's own."""
-    teacher = str(cfg.eval.checkpoint_path)
-    p = _local(teacher)
-    teacher_run = run_of(p) if p is not None else None
+def new_run_dir(cfg, suffix: str, command: str, role: str) -> Path:
+    """The run folder of a command that makes a new model from eval.checkpoint_path (`duolm distill`:
+    suffix -dcd, role teacher; `duolm rl`: -rl, policy): run.dir when given, else the model's run
+    (or name) with the suffix. Refused, in one sentence, when it is the model's own run."""
+    source = str(cfg.eval.checkpoint_path)
+    p = _local(source)
+    source_run = run_of(p) if p is not None else None
     if _given(cfg, "run.dir"):
         run = Path(str(cfg.run.dir)).expanduser()
-    elif teacher_run is not None:
-        run = teacher_run.parent / f"{teacher_run.name}-dcd"
+    elif source_run is not None:
+        run = source_run.parent / f"{source_run.name}{suffix}"
     else:
-        run = _named_after(cfg, teacher, "-dcd")
+        run = _named_after(cfg, source, suffix)
     resolved = run.resolve()
-    if p is not None and (resolved == teacher_run or resolved / "model" == p or resolved == p):
-        raise ValueError(f"run.dir={run} is the teacher's own run; duolm distill writes a new model, so give it "
-                         f"another run.dir (the default is {(teacher_run or p).name}-dcd next to the teacher)")
+    if p is not None and (resolved == source_run or resolved / "model" == p or resolved == p):
+        raise ValueError(f"run.dir={run} is the {role}'s own run; {command} writes a new model, so give it "
+                         f"another run.dir (the default is {(source_run or p).name}{suffix} next to the {role})")
     return run
+
+
+def distill_run_dir(cfg) -> Path:
+    """The run folder of `duolm distill` (teacher: eval.checkpoint_path): `<teacher's run>-dcd`."""
+    return new_run_dir(cfg, "-dcd", "duolm distill", "teacher")

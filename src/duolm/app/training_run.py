@@ -92,17 +92,23 @@ def _loggers(cfg, run_dir: Path):
     return out or False
 
 
-def build_trainer(cfg, run_dir: Path, accumulate: int, callbacks=()):
+def build_trainer(cfg, run_dir: Path, accumulate: int, callbacks=(), *, steps_per_batch: int = 1,
+                  max_steps: int | None = None, val_every: int | None = None, manual: bool = False,
+                  limit_val_batches=None):
+    """The Lightning trainer of a run (trainer.*, run.checkpoint_every). A run that optimises by hand
+    (`manual`: RL, `steps_per_batch` optimizer steps per batch) clips its own gradients; max_steps and
+    val_every (in batches) and limit_val_batches replace trainer.max_steps, trainer.val_check_interval
+    and trainer.limit_val_batches."""
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", every_n_train_steps=
-                           cfg.run.checkpoint_every, save_last=True, save_top_k=1, monitor=None,
+                           cfg.run.checkpoint_every * steps_per_batch, save_last=True, save_top_k=1, monitor=None,
                            auto_insert_metric_name=False)
     t = cfg.trainer
     max_time = {"minutes": t.max_minutes} if t.max_minutes else None
     return pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=_precision(cfg), max_steps=t.max_steps, max_time=max_time,
-        val_check_interval=t.val_check_interval * accumulate, check_val_every_n_epoch=None,
-        limit_val_batches=t.limit_val_batches, gradient_clip_val=t.gradient_clip_val,
+        precision=_precision(cfg), max_steps=max_steps or t.max_steps, max_time=max_time,
+        val_check_interval=val_every or t.val_check_interval * accumulate, check_val_every_n_epoch=None,
+        limit_val_batches=limit_val_batches or t.limit_val_batches, gradient_clip_val=None if manual else t.gradient_clip_val,
         accumulate_grad_batches=accumulate, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=False, num_sanity_val_steps=0, use_distributed_sampler=False,
         logger=_loggers(cfg, run_dir), callbacks=[ckpt, *callbacks], plugins=[AtomicCheckpointIO()],

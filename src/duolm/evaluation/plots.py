@@ -76,3 +76,41 @@ def plot_quality_vs_steps(results: list[dict], output, metrics=("gen_ppl", "entr
     fig.savefig(output, dpi=110)
     plt.close(fig)
     return output
+
+
+RL_PANELS = (("reward", "mean reward of the groups"), ("accuracy", "accuracy: groups (dots) and held-out (line)"),
+             ("kl", "KL to the reference (k3)"), ("completion_length", "completion length (tokens)"))
+
+
+def plot_rl_history(rows: list[dict], output) -> Path:
+    """Reward, accuracy (the groups' and the held-out prompts'), KL and completion length against the
+    RL step, from the rows of a `duolm rl` run's metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(k, t) for k, t in RL_PANELS if any(k in r for r in rows)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.4 * max(1, len(panels)), 3.4), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*pts), ".", alpha=0.5, color="tab:blue")
+        if len(pts) >= 8:  # a running mean over a tenth of the run
+            w = max(2, len(pts) // 10)
+            ys = [sum(y for _, y in pts[max(0, i - w + 1):i + 1]) / len(pts[max(0, i - w + 1):i + 1])
+                  for i in range(len(pts))]
+            ax.plot([x for x, _ in pts], ys, color="tab:blue")
+        if key == "accuracy":
+            held = [(r["step"], r["valid_accuracy"]) for r in rows if "valid_accuracy" in r]
+            if held:
+                ax.plot(*zip(*held), "o-", color="tab:orange", label="held-out")
+                ax.legend(fontsize=8)
+        ax.set_xlabel("RL step")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output

@@ -14,6 +14,7 @@ import torch
 
 from duolm.sampling.generate import sample_batch
 from duolm.sampling.registry import checked_spec
+from duolm.sampling.strategy import strategy_for
 
 
 @dataclass
@@ -27,8 +28,9 @@ class Groups:
         return [row[mask].tolist() for row, mask in zip(self.sequences, self.completion)]
 
 
-def completion_mask(sequences: torch.Tensor, prompt_length: int, eos_id: int | None) -> torch.Tensor:
-    """(N, L) bool: positions from prompt_length on, up to and including the first EOS there."""
+def completion_mask(sequences: torch.Tensor, prompt_length, eos_id: int | None) -> torch.Tensor:
+    """(N, L) bool: positions from prompt_length (an int, or (N, 1) per row) on, up to and including
+    the first EOS there."""
     N, L = sequences.shape
     after = torch.arange(L, device=sequences.device)[None].expand(N, L) >= prompt_length
     if eos_id is None:
@@ -38,24 +40,47 @@ def completion_mask(sequences: torch.Tensor, prompt_length: int, eos_id: int | N
     return after & before_first
 
 
+def _held(prompts: list[list[int]], group: int, length: int):
+    """Every row's prompt as the samplers' `fixed` (mask, values): prompt p in rows p * G .. p * G + G - 1."""
+    mask = torch.zeros(len(prompts) * group, length, dtype=torch.bool)
+    values = torch.zeros(len(prompts) * group, length, dtype=torch.long)
+    for p, ids in enumerate(prompts):
+        mask[p * group:(p + 1) * group, :len(ids)] = True
+        values[p * group:(p + 1) * group, :len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+    return mask, values
+
+
 @torch.no_grad()
 def sample_groups(method, backbone, prompts: list[list[int]], group: int, length: int, spec, *, bos_id: int,
                   eos_id: int | None = None, generator=None, device=None) -> Groups:
-    """G completions of each prompt (a list of ids), sequences of `length` tokens (prompt included)."""
+    """G completions of each prompt (a list of ids), sequences of `length` tokens (prompt included).
+
+    A whole-window model samples every prompt's group in one batch (each row holds its own prompt);
+    AR and block models, whose samplers hold one prefix per call, one prompt's group per call."""
     was_training = backbone.training
     backbone.eval()
-    rows, prompt_masks, completion_masks = [], [], []
-    for ids in prompts:
-        s = checked_spec(replace(spec, prefix=tuple(ids)), method, length)
-        out = sample_batch(method, backbone, s, group, length, bos_id=bos_id, eos_id=eos_id, generator=generator,
-                           device=device)[:, :length]
-        held = torch.zeros_like(out, dtype=torch.bool)
-        held[:, :len(ids)] = True
-        rows.append(out)
-        prompt_masks.append(held)
-        completion_masks.append(completion_mask(out, len(ids), eos_id))
+    longest = max(len(ids) for ids in prompts)
+    if strategy_for(method, length, None) == "window":
+        s = checked_spec(replace(spec, prefix=tuple(range(longest))), method, length)  # the longest prompt fits
+        mask, values = _held(prompts, group, length)
+        where = device or "cpu"
+        out = sample_batch(method, backbone, replace(s, prefix=None), len(prompts) * group, length, bos_id=bos_id,
+                           eos_id=eos_id, generator=generator, device=device,
+                           fixed=(mask.to(where), values.to(where)))[:, :length]
+        starts = [len(ids) for ids in prompts for _ in range(group)]
+    else:
+        rows = []
+        for ids in prompts:
+            s = checked_spec(replace(spec, prefix=tuple(ids)), method, length)
+            rows.append(sample_batch(method, backbone, s, group, length, bos_id=bos_id, eos_id=eos_id,
+                                     generator=generator, device=device)[:, :length])
+        out = torch.cat(rows)
+        starts = [len(ids) for ids in prompts for _ in range(group)]
     backbone.train(was_training)
-    return Groups(torch.cat(rows), torch.cat(prompt_masks), torch.cat(completion_masks), group)
+    start = torch.as_tensor(starts, device=out.device)[:, None]
+    position = torch.arange(out.shape[1], device=out.device)[None]
+    prompt = position < start
+    return Groups(out, prompt, completion_mask(out, start, eos_id), group)
 
 
 __all__ = ["Groups", "completion_mask", "sample_groups"]

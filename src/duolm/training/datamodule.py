@@ -76,3 +76,28 @@ class BlockDataModule(pl.LightningDataModule):
         idx = list(range(rank, len(self.valid), world))
         sub = torch.utils.data.Subset(BlockDataset(self.valid), idx)
         return DataLoader(sub, batch_size=self.eval_batch_size, shuffle=False, num_workers=0, pin_memory=self.pin_memory)
+
+
+class PromptDataModule(pl.LightningDataModule):
+    """Batches of prompt indices for reinforcement learning (duolm.training.grpo_module): each rank
+    `per_device` training prompts per RL step from a resumable shuffle (a resumed run continues
+    after the last prompt of its last step), and every held-out prompt once per validation."""
+
+    def __init__(self, num_train: int, num_valid: int, *, per_device: int, iterations: int = 1, seed: int = 0,
+                 eval_batch_size: int = 32):
+        super().__init__()
+        self.num_train, self.num_valid, self.per_device = num_train, num_valid, per_device
+        self.iterations, self.seed, self.eval_batch_size = iterations, seed, eval_batch_size
+
+    def train_dataloader(self):
+        tr = self.trainer
+        rank, world = (tr.global_rank, tr.world_size) if tr is not None else (0, 1)
+        sampler = ResumableSampler(self.num_train, seed=self.seed, rank=rank, world_size=world)
+        rl_step = (tr.global_step if tr is not None else 0) // self.iterations
+        sampler.start = rl_step * self.per_device * world
+        return DataLoader(range(self.num_train), batch_size=self.per_device, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self):
+        tr = self.trainer
+        rank, world = (tr.global_rank, tr.world_size) if tr is not None else (0, 1)
+        return DataLoader(list(range(rank, self.num_valid, world)), batch_size=self.eval_batch_size, shuffle=False)

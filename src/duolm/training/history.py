@@ -3,10 +3,12 @@ metrics history (appended, never replaced)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from duolm.errors import SettingError
@@ -83,3 +85,44 @@ class AppendingCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def drop_jsonl_after(path: Path, step: int) -> int:
+    """Remove the rows of a metrics JSONL whose `step` is after `step` (a resumed run logs them again;
+    -1: every row), atomically; returns how many were removed."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+class JsonlHistory(Callback):
+    """Appends a module's `last_metrics` (a dict with `step`) to a JSONL file after every training
+    batch and every validation (rank 0 only): one line per RL step, one per held-out check."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def _append(self, trainer, row: dict) -> None:
+        if trainer.global_rank != 0 or not row:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        row = {k: v for k, v in pl_module.last_metrics.items() if not k.startswith("valid_")}
+        self._append(trainer, row)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        valid = {k: v for k, v in pl_module.last_metrics.items() if k.startswith("valid_")}
+        self._append(trainer, {"step": pl_module.rl_step, **valid} if valid else {})
