@@ -1,4 +1,6 @@
 """The GPU readiness script's CPU smoke mode: the real training layer, the store and sampling, at toy size."""
+import json
+
 import pytest
 
 
@@ -88,3 +90,24 @@ def test_adaptation_benchmark_smoke_mode_runs_adaptation_baseline_and_sft(tmp_pa
     sft = out["sft"]
     assert sft["response_nelbo_before"] > 0 and sft["response_nelbo_after"] > 0 and len(sft["replies"]) == 3
     assert "| MDLM, random init |" in out["markdown"]
+
+
+@pytest.mark.slow
+def test_reasoning_benchmark_quick_mode_is_resumable(tmp_path):
+    """The planning experiment's quick mode: SFT, accuracies and RL for each method; a rerun finds every
+    stage in its JSON and redoes none."""
+    from benchmarks.reasoning import main
+
+    out, work = tmp_path / "r.json", tmp_path / "work"
+    assert main(["--quick", "--tasks", "sudoku4", "--out", str(out), "--work", str(work)]) == 0
+    first = json.loads(out.read_text())
+    assert set(first["rows"]) == {"sudoku4/ar", "sudoku4/mdlm", "sudoku4/duo"}
+    for row in first["rows"].values():
+        for stage in ("sft", "rl"):
+            accs = row[stage]["accuracy"]
+            assert accs and all(0 <= a["accuracy"] <= 1 and a["n"] == 16 for a in accs)
+        assert len(row["rl"]["reward_curve"]) == 2
+    assert {a["predictor"] for a in first["rows"]["sudoku4/duo"]["sft"]["accuracy"]} == {"ancestral", "confidence"}
+    assert main(["--quick", "--tasks", "sudoku4", "--out", str(out), "--work", str(work)]) == 0
+    again = json.loads(out.read_text())
+    assert again["rows"] == first["rows"] and again["minutes"] < 0.5

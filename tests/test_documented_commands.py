@@ -52,6 +52,8 @@ FAST = {  # command -> overrides appended (the image variant when the arguments 
     "train-hf-sft": QUICK_RUN + ["model.length=64", "loader.global_batch_size=2"],
     "train-diffusion_gemma": QUICK_RUN,  # the docs' own tiny random folder: its shape is the folder's
     "distill": TINY_DIT + QUICK_RUN + ["distill.T=8"],
+    "rl": ["rl.steps=2", "rl.prompts_per_step=2", "rl.group=2", "rl.valid_size=4", "rl.eval_every=1",
+           "sampling.steps=4"],
     "sample": ["sampling.num_samples=2", "sampling.batch_size=2"],
     "eval": ["eval.max_batches=1"],  # and eval.judge=smollm2 becomes null (the judge loads a 135M model)
     "lm-eval": ["lm_eval.limit=2", "lm_eval.num_mc_samples=2"],

@@ -31,7 +31,8 @@ LAYERS = {
     "duolm.core": 2,                          # the math
     "duolm.models": 3, "duolm.data": 3,       # networks; corpora, tokenizers, the token store
     "duolm.checkpoints": 4, "duolm.sampling": 4,
-    "duolm.evaluation": 5, "duolm.training": 5, "duolm.rl": 5,
+    "duolm.rl": 5,                            # policy gradients: log-probabilities, groups, GRPO updates
+    "duolm.evaluation": 6, "duolm.training": 6,  # (RL's accuracy check and its Lightning module read duolm.rl)
 }
 
 

@@ -181,5 +181,9 @@ def _build_store(store: Path, source: str, tokenizer, length: int, mode: str, ke
             if writer.n_docs == 0:
                 raise ValueError(f"data ({source}): the {split} split is empty")
             meta["splits"][split] = writer.close()
+            if writer.n_cut:  # said once, when the store is built: training on cut answers teaches cut answers
+                print(f"duolm: data ({source}, {split}): {writer.n_cut} of {writer.n_seqs} records do not fit a block of "
+                      f"{length} tokens with BOS and EOS and lose the end of their response; a longer model.length "
+                      f"keeps them whole", file=sys.stderr)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 

@@ -86,6 +86,7 @@ class SplitWriter:
             self._rows.write(np.zeros(1, dtype=np.int64).tobytes())
         self._prompts = open(directory / "prompts.bin", "wb") if prompts else None
         self.n_docs = self.n_seqs = self.n_tokens = self.n_dropped = self.n_prompt_tokens = 0
+        self.n_cut = 0  # instruction records whose response ends past the block (cut)
         self._row_len = 0
 
     def add(self, docs) -> None:
@@ -117,6 +118,8 @@ class SplitWriter:
                 prompt_lengths = prompt_lengths[keep]
             keep_starts, lengths = doc_starts[keep], lengths[keep]
             kept = np.minimum(lengths, self.length - 2)  # ([BOS] doc)[: L - 1] [EOS]
+            if prompt_lengths is not None:
+                self.n_cut += int((lengths > self.length - 2).sum())
         # the kept tokens of every document, gathered with index arithmetic
         first = np.repeat(keep_starts, kept)
         within = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
@@ -164,7 +167,8 @@ class SplitWriter:
         meta = {"n_docs": self.n_docs, "n_seqs": self.n_seqs, "n_tokens": self.n_tokens, "n_rows": n_rows,
                 "dtype": np.dtype(self.dtype).name}
         if self._prompts is not None:
-            meta.update(prompts=True, n_dropped=self.n_dropped, n_prompt_tokens=self.n_prompt_tokens)
+            meta.update(prompts=True, n_dropped=self.n_dropped, n_prompt_tokens=self.n_prompt_tokens,
+                        n_cut=self.n_cut)
         n_blocks = _num_blocks(self.mode, self.length, meta)
         if n_blocks == 0:
             if self.mode == "wrap":

@@ -27,3 +27,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     # RL keeps a frozen reference model (in eval mode) beside the policy, on purpose
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    # RL optimises by hand; its checkpoints hold the state after the step, which is what a resume needs
+    warnings.filterwarnings("ignore", message=r".*ModelCheckpoint with manual optimization.*")
+    # an RL run without held-out prompts has no validation batches, on purpose
+    warnings.filterwarnings("ignore", message=r".*Total length of `DataLoader` across ranks is zero.*")
