@@ -20,14 +20,16 @@ TASK = ["data=sudoku", "data.task.train_size=40", "data.task.valid_size=8"]
 
 @pytest.fixture(scope="module")
 def sft(tmp_path_factory):
-    """A few SFT steps of Duo, MDLM and AR on 4 x 4 sudoku (not a solver: RL's plumbing is what is tested)."""
+    """A few SFT steps of Duo, MDLM, AR and MDLM in blocks of 8 (BD3-LM) on 4 x 4 sudoku (not a solver:
+    RL's plumbing is what is tested)."""
     root = tmp_path_factory.mktemp("sft")
     out = {}
-    for algo in ("duo_cpu", "mdlm", "ar"):
-        assert main(["train", "data=sudoku", f"algo={algo}", "model=tiny", *SMALL, "trainer.max_steps=3",
-                     "loader.global_batch_size=8", f"run.dir={root / algo}", "run.final_validation=false",
+    for name, algo in (("duo_cpu", ["algo=duo_cpu"]), ("mdlm", ["algo=mdlm"]), ("ar", ["algo=ar"]),
+                       ("mdlm_blocks", ["algo=mdlm", "algo.block_size=8"])):
+        assert main(["train", "data=sudoku", *algo, "model=tiny", *SMALL, "trainer.max_steps=3",
+                     "loader.global_batch_size=8", f"run.dir={root / name}", "run.final_validation=false",
                      "run.final_samples=false", "logging.csv=false"]) == 0
-        out[algo] = root / algo / "model"
+        out[name] = root / name / "model"
     return out
 
 
@@ -35,7 +37,8 @@ def rows(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("algo,estimator", [("duo_cpu", "elbo"), ("mdlm", "diffu_grpo"), ("ar", "auto")])
+@pytest.mark.parametrize("algo,estimator", [("duo_cpu", "elbo"), ("mdlm", "diffu_grpo"), ("ar", "auto"),
+                                           ("mdlm_blocks", "auto")])
 def test_rl_writes_its_run(sft, tmp_path, capsys, algo, estimator):
     run = tmp_path / "rl"
     assert main(["rl", f"eval.checkpoint_path={sft[algo]}", *TASK, *RL, f"rl.estimator={estimator}",
@@ -115,6 +118,7 @@ def test_a_reward_function_scores_every_completion():
 
 @pytest.mark.parametrize("extra,needle", [
     (["rl.group=1"], "rl.group must be >= 2"),
+    (["rl.estimator=diffu_grpo", "+blocks"], "a block model (algo.block_size=8) scores its completions by elbo"),
     (["rl.estimator=exact"], "rl.estimator=exact needs an exact likelihood"),
     (["rl.estimator=diffu_grpo"], "rl.estimator=diffu_grpo masks the completion"),
     (["rl.reward=nowhere_module:f"], "rl.reward: cannot import 'nowhere_module'"),
@@ -123,8 +127,9 @@ def test_a_reward_function_scores_every_completion():
     (["rl.prompts_per_step=3", "trainer.devices=2"], "must be a multiple of the number of devices"),
 ])
 def test_rl_refusals_are_one_sentence(sft, tmp_path, capsys, extra, needle):
-    code = main(["rl", f"eval.checkpoint_path={sft['duo_cpu']}", *TASK, *RL, f"run.dir={tmp_path / 'r'}",
-                 *extra])
+    model = sft["mdlm_blocks" if "+blocks" in extra else "duo_cpu"]
+    code = main(["rl", f"eval.checkpoint_path={model}", *TASK, *RL, f"run.dir={tmp_path / 'r'}",
+                 *[e for e in extra if e != "+blocks"]])
     err = capsys.readouterr().err.strip()
     assert code in (1, 2) and needle in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r" / "checkpoints").exists()
@@ -172,3 +177,27 @@ def test_verified_accuracy_counts_right_answers():
         verified.sample_groups = original
     assert right["accuracy"] == 1.0 and right["n"] == len(valid) and right["se"] == 0.0
     assert wrong["accuracy"] == 0.0
+
+
+def test_rl_on_a_diffusion_gemma_folder(tmp_path, monkeypatch):
+    """A transformers DiffusionGemma folder as the policy: groups drawn canvas by canvas with the
+    EB-sampler, log-probabilities by the canvas ELBO; the policy is written in transformers' format,
+    and nothing is written into the folder it started from."""
+    from diffusion_gemma_tiny import tiny_folder
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    folder = tiny_folder(tmp_path / "dg")
+    before = sorted(p.name for p in folder.iterdir())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w7.py").write_text("def count_w7(prompts, completions, **kw):\n"
+                                    "    return [c.split().count('w7') / 4 for c in completions]\n")
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"w{5 + i} w{6 + i}"}) + "\n" for i in range(4)))
+    run = tmp_path / "run"
+    assert main(["rl", f"eval.checkpoint_path={folder}", "rl.prompts=p.jsonl", "rl.reward=w7:count_w7",
+                 "rl.steps=2", "rl.prompts_per_step=2", "rl.group=2", "rl.beta=0.1", "rl.lr=1e-3",
+                 "sampling.predictor=entropy_bound", "sampling.steps=4", "trainer.enable_progress_bar=false",
+                 f"run.dir={run}"]) == 0
+    trained = [r for r in rows(run) if "reward" in r]
+    assert [r["step"] for r in trained] == [1, 2] and all(r["completion_length"] >= 1 for r in trained)
+    assert DiffusionGemmaForBlockDiffusion.from_pretrained(run / "model") is not None
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -39,6 +39,9 @@ def check_estimator(method, estimator: str) -> None:
     if estimator == "diffu_grpo" and (method.process is None or method.process.mask_id is None):
         raise SettingError(f"`sequence_logprob.estimator`=diffu_grpo masks the completion, which needs a masked method "
                            f"(mdlm), not `Method.name`={method.name}; use elbo")
+    if estimator == "diffu_grpo" and method.block_size is not None:
+        raise SettingError(f"`sequence_logprob.estimator`=diffu_grpo is one pass of a whole-sequence masked model; a "
+                           f"block model (`Method.block_size`={method.block_size}) scores its completions by elbo")
 
 
 def sequence_logprob(method, backbone, sequences: torch.Tensor, prompt: torch.Tensor, completion: torch.Tensor, *,
