@@ -1,5 +1,6 @@
 """The planning experiment of issue 35: AR against MDLM and Duo on 4x4 sudoku and countdown, at equal
-network size and equal training compute, after SFT and after RL, at several sampling budgets.
+network size and equal training compute, after SFT and after RL, at several sampling budgets (9x9 sudoku
+too: `--tasks sudoku9`, 20 blanks, length 200).
 
     python benchmarks/reasoning.py [--out benchmarks/results/reasoning/cpu.json] [--work outputs/reasoning]
                                    [--tasks sudoku4,countdown3] [--methods ar,mdlm,duo] [--sft-steps 800]
@@ -16,8 +17,10 @@ For each task and method, with the same network (a DiT of `--width` x `--blocks`
 3. RL from that SFT model: `duolm rl ... data=<task>` (GRPO; AR exact log-probabilities, MDLM and Duo
    the ELBO), then the same accuracies.
 
-Resumable: each finished stage is written to --out at once and skipped by a rerun; a killed SFT or RL
-run resumes from its checkpoint (both commands resume from their run folder). The training minutes
+Resumable: each finished stage is written to --out at once and skipped by a rerun with the same
+settings (a row made with other settings is made again; rows of other tasks are kept, so tasks can
+be run in separate invocations with their own step counts); a killed SFT or RL run resumes from its
+checkpoint (both commands resume from their run folder). The training minutes
 of each stage are recorded. A result either way: it reports what it measured.
 """
 from __future__ import annotations
@@ -44,12 +47,12 @@ from duolm.evaluation.verified import verified_accuracy
 from duolm.sampling.registry import checked_spec
 from duolm.sampling.spec import SamplerSpec
 
-TASK_SETTINGS = {  # name -> (data preset, data.task overrides)
-    "sudoku4": ("sudoku", {"size": 4}),
-    "countdown3": ("countdown", {"numbers": 3, "max_number": 25}),
-    "arithmetic3": ("arithmetic", {"digits": 3, "operation": "+"}),
+TASK_SETTINGS = {  # name -> (data preset, data.task overrides, model.length: [BOS] prompt answer [EOS] fits)
+    "sudoku4": ("sudoku", {"size": 4}, 64),
+    "sudoku9": ("sudoku", {"size": 9, "blanks": 20}, 200),
+    "countdown3": ("countdown", {"numbers": 3, "max_number": 25}, 64),
+    "arithmetic3": ("arithmetic", {"digits": 3, "operation": "+"}, 64),
 }
-LENGTH = 64
 
 
 def duolm(*args: str, log: Path) -> float:
@@ -72,14 +75,15 @@ def budgets(method: str, steps: list[int]) -> list[dict]:
     return out
 
 
-def accuracies(model_dir: Path, records: list[dict], verify, method: str, steps: list[int], seed: int) -> list[dict]:
+def accuracies(model_dir: Path, records: list[dict], verify, method: str, steps: list[int], seed: int,
+               length: int) -> list[dict]:
     pre = load_pretrained(str(model_dir))
     rows = []
     for b in budgets(method, steps):
         spec = checked_spec(SamplerSpec(**b, eps=pre.method.sampling_eps) if "steps" in b
-                            else SamplerSpec(predictor="ar"), pre.method, LENGTH)
+                            else SamplerSpec(predictor="ar"), pre.method, length)
         res = verified_accuracy(pre.method, pre.backbone, pre.tokenizer, records, verify, replace(spec, prefix=None),
-                                length=LENGTH, seed=seed)
+                                length=length, seed=seed)
         rows.append({**b, **{k: res[k] for k in ("accuracy", "se", "n", "seconds")}, "examples": res["examples"][:2]})
         print(f"  {model_dir.parent.name} {b}: {res['accuracy']:.3f} +- {res['se']:.3f}", flush=True)
     return rows
@@ -91,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="outputs/reasoning")
     ap.add_argument("--tasks", default="sudoku4,countdown3")
     ap.add_argument("--methods", default="ar,mdlm,duo")
-    ap.add_argument("--sft-steps", type=int, default=800)
+    ap.add_argument("--sft-steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--blocks", type=int, default=4)
@@ -110,26 +114,26 @@ def main(argv=None) -> int:
     steps = [int(s) for s in args.sampling_steps.split(",")]
     out, work = Path(args.out), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    result = json.loads(out.read_text()) if out.is_file() else {}
+    result = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
     settings = {k: getattr(args, k) for k in ("sft_steps", "batch", "width", "blocks", "train_size", "valid_size",
                                               "rl_steps", "rl_prompts", "rl_group", "rl_lr", "sampling_steps")}
-    if result.get("settings") != settings:
-        result = {"settings": settings, "rows": {}}  # another experiment: start over
-    result.update(provenance(), length=LENGTH)
+    result.update(provenance())
     t_all = time.perf_counter()
     for task in args.tasks.split(","):
-        preset, knobs = TASK_SETTINGS[task]
+        preset, knobs, length = TASK_SETTINGS[task]
         task_keys = [f"data.task.{k}={v}" for k, v in {**knobs, "train_size": args.train_size,
                                                         "valid_size": args.valid_size}.items()]
         _, valid = task_splits(preset, {**knobs, "train_size": args.train_size, "valid_size": args.valid_size})
         verify = TASKS[preset].verify
         for method in args.methods.split(","):
             key = f"{task}/{method}"
-            row = result["rows"].setdefault(key, {"task": task, "method": method})
+            row = result["rows"].get(key, {})
+            if row.get("settings") != {**settings, "length": length}:  # not this experiment's: made again
+                row = result["rows"][key] = {"task": task, "method": method, "settings": {**settings, "length": length}}
             run = work / f"{task}-{method}"
             log = work / f"{task}-{method}.log"
             net = [f"model.hidden_size={args.width}", f"model.cond_dim={args.width // 2}", f"model.n_blocks={args.blocks}",
-                   "model.n_heads=4", f"model.length={LENGTH}", "model.dropout=0.0"]
+                   "model.n_heads=4", f"model.length={length}", "model.dropout=0.0"]
             if "sft" not in row:
                 print(f"{key}: SFT ({args.sft_steps} steps)", flush=True)
                 minutes = duolm("train", f"data={preset}", f"algo={'duo_cpu' if method == 'duo' else method}",
@@ -138,7 +142,8 @@ def main(argv=None) -> int:
                                 "trainer.val_check_interval=100000", f"run.dir={run}", "run.final_validation=false",
                                 "run.final_samples=false", "trainer.enable_progress_bar=false", log=log)
                 row["sft"] = {"minutes": minutes, "steps": args.sft_steps,
-                              "accuracy": accuracies(run / "model", valid, verify, method, steps, seed=0)}
+                              "accuracy": accuracies(run / "model", valid, verify, method, steps, seed=0,
+                                                         length=length)}
                 emit(result, out)
             if "rl" not in row and args.rl_steps:
                 print(f"{key}: RL ({args.rl_steps} steps)", flush=True)
@@ -153,9 +158,9 @@ def main(argv=None) -> int:
                 row["rl"] = {"minutes": minutes, "steps": args.rl_steps,
                              "reward_curve": [[h["step"], round(h["reward"], 4)] for h in history if "reward" in h],
                              "accuracy": accuracies(Path(f"{run}-rl") / "model", valid, verify, method, steps,
-                                                    seed=0)}
+                                                    seed=0, length=length)}
                 emit(result, out)
-    result["minutes"] = (time.perf_counter() - t_all) / 60
+    result["minutes_this_run"] = (time.perf_counter() - t_all) / 60
     emit(result, out)
     return 0
 
