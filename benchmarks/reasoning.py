@@ -89,6 +89,34 @@ def accuracies(model_dir: Path, records: list[dict], verify, method: str, steps:
     return rows
 
 
+def plot_rewards(result: dict, output: Path) -> Path | None:
+    """The RL reward curves of every row (a running mean over 5 steps), one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in result["rows"].values() if "rl" in r})
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for row in result["rows"].values():
+            if row["task"] != task or "rl" not in row:
+                continue
+            steps, rewards = zip(*row["rl"]["reward_curve"])
+            smooth = [sum(rewards[max(0, i - 4):i + 1]) / len(rewards[max(0, i - 4):i + 1]) for i in range(len(rewards))]
+            ax.plot(steps, smooth, label=row["method"])
+        ax.set_title(f"{task}: mean reward of the groups", fontsize=9)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results/reasoning/cpu.json")
@@ -162,6 +190,7 @@ def main(argv=None) -> int:
                 emit(result, out)
     result["minutes_this_run"] = (time.perf_counter() - t_all) / 60
     emit(result, out)
+    plot_rewards(result, out.with_name(out.stem + "-rewards.png"))
     return 0
 
 

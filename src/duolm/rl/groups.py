@@ -14,7 +14,6 @@ import torch
 
 from duolm.sampling.generate import sample_batch
 from duolm.sampling.registry import checked_spec
-from duolm.sampling.strategy import strategy_for
 
 
 @dataclass
@@ -55,27 +54,26 @@ def sample_groups(method, backbone, prompts: list[list[int]], group: int, length
                   eos_id: int | None = None, generator=None, device=None) -> Groups:
     """G completions of each prompt (a list of ids), sequences of `length` tokens (prompt included).
 
-    A whole-window model samples every prompt's group in one batch (each row holds its own prompt);
-    AR and block models, whose samplers hold one prefix per call, one prompt's group per call."""
+    Every prompt's group is sampled in one batch, each row holding its own prompt (whole window, AR,
+    blocks); a model whose encoder reads the prompt (DiffusionGemma) one prompt's group per call."""
     was_training = backbone.training
     backbone.eval()
     longest = max(len(ids) for ids in prompts)
-    if strategy_for(method, length, None) == "window":
+    if not backbone.capabilities.encoder_prefix:
         s = checked_spec(replace(spec, prefix=tuple(range(longest))), method, length)  # the longest prompt fits
         mask, values = _held(prompts, group, length)
         where = device or "cpu"
         out = sample_batch(method, backbone, replace(s, prefix=None), len(prompts) * group, length, bos_id=bos_id,
                            eos_id=eos_id, generator=generator, device=device,
                            fixed=(mask.to(where), values.to(where)))[:, :length]
-        starts = [len(ids) for ids in prompts for _ in range(group)]
-    else:
+    else:  # an encoder's prompt (DiffusionGemma's canvases): one prompt's group per call
         rows = []
         for ids in prompts:
             s = checked_spec(replace(spec, prefix=tuple(ids)), method, length)
             rows.append(sample_batch(method, backbone, s, group, length, bos_id=bos_id, eos_id=eos_id,
                                      generator=generator, device=device)[:, :length])
         out = torch.cat(rows)
-        starts = [len(ids) for ids in prompts for _ in range(group)]
+    starts = [len(ids) for ids in prompts for _ in range(group)]
     backbone.train(was_training)
     start = torch.as_tensor(starts, device=out.device)[:, None]
     position = torch.arange(out.shape[1], device=out.device)[None]

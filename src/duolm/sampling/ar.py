@@ -7,15 +7,32 @@ from duolm.io.progress import progress_bar
 from duolm.sampling.observers import NOTHING, Observer
 
 
+def _held_start(fixed, batch: int, bos_id: int, device) -> torch.Tensor:
+    """The tokens every row holds from position 0 on (at least the BOS): what the first call reads."""
+    mask, values = (f.to(device) for f in fixed)
+    common = mask.all(0)
+    start = int(common.long().cumprod(0).sum()) if mask.shape[1] else 0
+    if start == 0:
+        return torch.full((batch, 1), bos_id, dtype=torch.long, device=device)
+    return values[:, :start].clone()
+
+
 @torch.no_grad()
 def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None, device=None,
               use_cache: bool = True, disable_progress: bool = True, vocab_size: int | None = None,
-              prompt=None) -> torch.Tensor:
+              prompt=None, fixed=None) -> torch.Tensor:
     """Sample (batch, length) tokens starting from BOS (or from `prompt`, token ids that start
     with BOS); with the cache each step costs one position (the backbone's new_cache()).
 
-    vocab_size drops extra output rows (the papers' AR has one for its mask token)."""
-    if prompt is None:
+    fixed: (mask, values), each (batch, <= length): tokens each row holds (its own prompt, of any
+    length; any held position): the positions every row holds from the start are read in the first
+    call, and past them a held token replaces the row's draw (the draw is still made, so a row's
+    draws do not depend on what other rows hold). vocab_size drops extra output rows (the papers'
+    AR has one for its mask token)."""
+    if fixed is not None:
+        x = _held_start(fixed, batch, bos_id, device)
+        mask, values = (f.to(x.device) for f in fixed)
+    elif prompt is None:
         x = torch.full((batch, 1), bos_id, dtype=torch.long, device=device)
     else:
         x = torch.as_tensor(prompt, dtype=torch.long, device=device).reshape(1, -1).expand(batch, -1).clone()
@@ -29,13 +46,16 @@ def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None,
             logits = backbone(x)
         probs = logits[:, -1, :vocab_size].double().softmax(-1)
         nxt = torch.multinomial(probs, 1, generator=generator)
+        at = x.shape[1]
+        if fixed is not None and at < mask.shape[1]:
+            nxt = torch.where(mask[:, at:at + 1], values[:, at:at + 1], nxt)
         x = torch.cat([x, nxt], dim=1)
     return x
 
 
 def from_spec(model, spec, shape, *, bos_id: int, fixed=None, generator=None, device=None,
               disable_progress: bool = True, observer: Observer = NOTHING):
-    """The registry's adapter: sampling.prefix (BOS first) is the prompt."""
+    """The registry's adapter: sampling.prefix (BOS first) is the prompt; `fixed`, each row's held tokens."""
     return ar_sample(model.backbone, shape[0], shape[1], bos_id, use_cache=model.backbone.capabilities.kv_cache,
                      generator=generator, device=device, disable_progress=disable_progress,
-                     vocab_size=model.vocab_size, prompt=spec.prefix)
+                     vocab_size=model.vocab_size, prompt=spec.prefix if fixed is None else None, fixed=fixed)

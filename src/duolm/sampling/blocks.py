@@ -93,9 +93,11 @@ def _no_logits(features, weight, bias):
 def block_sample(method, backbone, spec, batch: int, total_length: int, *, generator=None, device=None,
                  progress: bool = False, observer: Observer = NOTHING, eos_id: int | None = None, prefix=None,
                  labels: torch.Tensor | None = None, guidance: float | None = None,
-                 cache: bool = True) -> torch.Tensor:
+                 cache: bool = True, fixed=None) -> torch.Tensor:
     """(batch, total_length) token ids, generated block by block; prefix: token ids held at the start
     (whole blocks go straight into the cache, a partial one is held inside the first sampled block);
+    fixed: (mask, values), each (batch, <= total_length), in place of prefix: each row's own held
+    tokens (prompts of different lengths), a block held by every row going straight into the cache;
     spec.stop_at_eos stops once every sequence holds an EOS after its first token. cache=False runs
     every call over the whole clean prefix instead (the same draws; the baseline it is measured
     against). The observer gets the counts of every block summed (denoiser_calls, cached_calls,
@@ -120,15 +122,19 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
     if guided:  # the unconditional model (the null label) keeps its own cache of the same blocks
         null = null_labels(len(labels), backbone.config.num_classes, labels.device)
         null_caches = backbone.new_cache() if cache else None
+    if fixed is None:
+        fixed = held_positions(batch, total_length, prefix)
+    held_mask, held_values = (f.to(device) for f in fixed)
+    prompt_end = int(held_mask.any(0).nonzero().max()) + 1 if held_mask.any() else 0
     out = torch.empty(batch, 0, dtype=torch.long, device=device)
     calls = {"denoiser_calls": 0, "cached_calls": 0, "commit_calls": 0}
     # one bar for the whole generation, a block a tick (not one bar per block)
     bar = progress_bar(total=-(-total_length // bs), disable=not progress, desc="sampling", unit="block")
     while out.shape[1] < total_length:
         offset = out.shape[1]
-        held = prefix[offset:offset + bs]
-        if len(held) == bs:  # a whole block of the prompt: no sampling
-            block = held.to(device).expand(batch, bs)
+        m, v = _block_of(held_mask, offset, bs), _block_of(held_values, offset, bs)
+        if bool(m.all()):  # a whole block of the prompt in every row: no sampling
+            block = v
         else:
             net = CachedBlock(backbone, caches, offset) if cache else UncachedBlock(backbone, out, bs)
             model = SamplingModel.from_method(method, net, labels=labels)
@@ -137,10 +143,8 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
                 model = replace(model, guided=True, denoiser=guided_denoiser(
                     model.denoiser, denoiser_from(method, with_labels(net_u, null)), float(guidance)))
             st = Recorder()
-            fixed = held_positions(batch, bs, held) if len(held) else None
-            if fixed is not None:
-                fixed = tuple(f.to(device) for f in fixed)
-            block = entry.run(model, one_block, (batch, bs), bos_id=None, fixed=fixed, generator=generator,
+            block = entry.run(model, one_block, (batch, bs), bos_id=None, fixed=(m, v) if bool(m.any()) else None,
+                              generator=generator,
                               device=device, disable_progress=True, observer=st)
             for k in ("denoiser_calls", "cached_calls"):
                 calls[k] += st.counts.get(k, 0)
@@ -152,7 +156,7 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
                 calls["commit_calls"] += 1
         out = torch.cat([out, block], dim=1)
         bar.update(1)
-        if spec.stop_at_eos and eos_id is not None and offset + bs >= len(prefix) and \
+        if spec.stop_at_eos and eos_id is not None and offset + bs >= prompt_end and \
                 ((out[:, 1:] == eos_id).any(-1)).all():
             break
     bar.close()
@@ -161,6 +165,14 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
         out = eos_after_first(out, eos_id)
     observer.report(**calls, blocks=-(-out.shape[1] // bs))
     return out
+
+
+def _block_of(held: torch.Tensor, offset: int, bs: int) -> torch.Tensor:
+    """Columns offset .. offset + bs of a (batch, n) held mask or values, padded with False / 0 past n."""
+    part = held[:, offset:offset + bs]
+    if part.shape[1] < bs:
+        part = torch.cat([part, part.new_zeros(part.shape[0], bs - part.shape[1])], 1)
+    return part
 
 
 @torch.no_grad()

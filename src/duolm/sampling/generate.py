@@ -35,14 +35,15 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
     per step)."""
     strategy = strategy_for(method, length, spec.total_length)
     if strategy == "blocks":  # block diffusion: block by block, with the cache
-        if fixed is not None or observer.wants_states or predictions is not None:
+        prompts_only = fixed is not None and is_prefix_hold(fixed[0]) and not backbone.capabilities.encoder_prefix
+        if (fixed is not None and not prompts_only) or observer.wants_states or predictions is not None:
             raise SettingError("block diffusion generates block by block: `GenerationRequest.template` and `GenerationRequest.trajectory` "
                              "need a whole-sequence model")
         # an encoder-prefix model (DiffusionGemma) reads at least the BOS before its first canvas
         prefix = spec.prefix or ([bos_id] if backbone.capabilities.encoder_prefix else None)
         return block_sample(method, backbone, spec, batch, spec.total_length or length, generator=generator,
                             device=device, progress=progress, observer=observer, eos_id=eos_id, prefix=prefix,
-                            labels=labels, guidance=guidance)
+                            labels=labels, guidance=guidance, fixed=fixed)
     if strategy == "windows":
         one_window = replace(spec, total_length=None)
 
@@ -67,6 +68,11 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
     return SAMPLERS[spec.predictor].run(model, spec, (batch, length), bos_id=bos_id, fixed=fixed,
                                         generator=generator, device=device, disable_progress=not progress,
                                         observer=observer)
+
+
+def is_prefix_hold(mask: torch.Tensor) -> bool:
+    """Whether every row of a (B, n) held mask holds a prompt: positions 0 .. k_row - 1, nothing after."""
+    return bool((mask.long().cumprod(-1).bool() == mask.bool()).all())
 
 
 DOCUMENT_BREAK = "\n\n"  # what an end-of-text token inside a sample reads as in its text
