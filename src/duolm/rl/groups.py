@@ -8,12 +8,11 @@ scored).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
-from duolm.sampling.generate import sample_batch
-from duolm.sampling.registry import checked_spec
+from duolm.sampling.generate import sample_prompted
 
 
 @dataclass
@@ -39,16 +38,6 @@ def completion_mask(sequences: torch.Tensor, prompt_length, eos_id: int | None) 
     return after & before_first
 
 
-def _held(prompts: list[list[int]], group: int, length: int):
-    """Every row's prompt as the samplers' `fixed` (mask, values): prompt p in rows p * G .. p * G + G - 1."""
-    mask = torch.zeros(len(prompts) * group, length, dtype=torch.bool)
-    values = torch.zeros(len(prompts) * group, length, dtype=torch.long)
-    for p, ids in enumerate(prompts):
-        mask[p * group:(p + 1) * group, :len(ids)] = True
-        values[p * group:(p + 1) * group, :len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-    return mask, values
-
-
 @torch.no_grad()
 def sample_groups(method, backbone, prompts: list[list[int]], group: int, length: int, spec, *, bos_id: int,
                   eos_id: int | None = None, generator=None, device=None) -> Groups:
@@ -58,21 +47,8 @@ def sample_groups(method, backbone, prompts: list[list[int]], group: int, length
     blocks); a model whose encoder reads the prompt (DiffusionGemma) one prompt's group per call."""
     was_training = backbone.training
     backbone.eval()
-    longest = max(len(ids) for ids in prompts)
-    if not backbone.capabilities.encoder_prefix:
-        s = checked_spec(replace(spec, prefix=tuple(range(longest))), method, length)  # the longest prompt fits
-        mask, values = _held(prompts, group, length)
-        where = device or "cpu"
-        out = sample_batch(method, backbone, replace(s, prefix=None), len(prompts) * group, length, bos_id=bos_id,
-                           eos_id=eos_id, generator=generator, device=device,
-                           fixed=(mask.to(where), values.to(where)))[:, :length]
-    else:  # an encoder's prompt (DiffusionGemma's canvases): one prompt's group per call
-        rows = []
-        for ids in prompts:
-            s = checked_spec(replace(spec, prefix=tuple(ids)), method, length)
-            rows.append(sample_batch(method, backbone, s, group, length, bos_id=bos_id, eos_id=eos_id,
-                                     generator=generator, device=device)[:, :length])
-        out = torch.cat(rows)
+    out = sample_prompted(method, backbone, prompts, [group] * len(prompts), length, spec, bos_id=bos_id,
+                          eos_id=eos_id, generator=generator, device=device)
     starts = [len(ids) for ids in prompts for _ in range(group)]
     backbone.train(was_training)
     start = torch.as_tensor(starts, device=out.device)[:, None]

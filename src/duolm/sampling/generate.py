@@ -17,7 +17,7 @@ from duolm.data.tokenizers import is_image
 from duolm.errors import SettingError
 from duolm.sampling.blocks import block_sample
 from duolm.sampling.observers import NOTHING, CountsOnly, Observer, Recorder
-from duolm.sampling.registry import SAMPLERS, SamplingModel
+from duolm.sampling.registry import SAMPLERS, SamplingModel, checked_spec
 from duolm.sampling.semi_ar import held_positions, semi_ar_sample
 from duolm.sampling.spec import SamplerSpec
 from duolm.sampling.strategy import strategy_for
@@ -68,6 +68,33 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
     return SAMPLERS[spec.predictor].run(model, spec, (batch, length), bos_id=bos_id, fixed=fixed,
                                         generator=generator, device=device, disable_progress=not progress,
                                         observer=observer)
+
+
+@torch.no_grad()
+def sample_prompted(method, backbone, prompts: list[list[int]], repeats: list[int], length: int, spec: SamplerSpec, *,
+                    bos_id: int, eos_id: int | None = None, generator=None, device=None) -> torch.Tensor:
+    """repeats[p] samples of each prompt (token ids, BOS first), (sum(repeats), length): prompt p's rows
+    follow prompt p - 1's. One batch in which each row holds its own prompt (whole window, AR, blocks);
+    a model whose encoder reads the prompt (DiffusionGemma's canvases) one prompt per call. The spec's
+    own prefix is ignored; every prompt is checked against the model's length."""
+    longest = max(len(ids) for ids in prompts)
+    spec = checked_spec(replace(spec, prefix=tuple(range(longest))), method, length)  # the longest prompt fits
+    if backbone.capabilities.encoder_prefix:
+        rows = [sample_batch(method, backbone, replace(spec, prefix=tuple(ids)), n, length, bos_id=bos_id,
+                             eos_id=eos_id, generator=generator, device=device)[:, :length]
+                for ids, n in zip(prompts, repeats) if n]
+        return torch.cat(rows)
+    total = sum(repeats)
+    mask = torch.zeros(total, length, dtype=torch.bool)
+    values = torch.zeros(total, length, dtype=torch.long)
+    row = 0
+    for ids, n in zip(prompts, repeats):
+        mask[row:row + n, :len(ids)] = True
+        values[row:row + n, :len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        row += n
+    where = device or "cpu"
+    return sample_batch(method, backbone, replace(spec, prefix=None), total, length, bos_id=bos_id, eos_id=eos_id,
+                        generator=generator, device=device, fixed=(mask.to(where), values.to(where)))[:, :length]
 
 
 def is_prefix_hold(mask: torch.Tensor) -> bool:
