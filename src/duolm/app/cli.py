@@ -23,7 +23,7 @@ from duolm.io.hub_access import HubUnreachable
 from duolm.sampling.registry import options_help
 from duolm.training import NonFiniteLossError, StoppedAtOnce  # not training.module: that loads Lightning (seconds)
 
-USAGE = """usage: duolm {train,sample,eval,distill,rl,convert,plot,view,push,lm-eval,data,config} [key=value ...]
+USAGE = """usage: duolm {train,sample,eval,distill,rl,serve,convert,plot,view,push,lm-eval,data,config} [key=value ...]
 
   train    train a model (default: a small Duo model on the built-in corpus, on the CPU),
            then report its validation NELBO and print samples
@@ -35,6 +35,8 @@ USAGE = """usage: duolm {train,sample,eval,distill,rl,convert,plot,view,push,lm-
   distill  Discrete Consistency Distillation of the Duo model at eval.checkpoint_path (distill.*)
   rl       reinforcement learning with verifiable rewards (GRPO) of eval.checkpoint_path, any method:
            data=sudoku|countdown|arithmetic or rl.prompts=<jsonl> rl.reward=<module:function> (rl.*)
+  serve    an OpenAI-compatible HTTP server (completions, chat, streaming, batching) over
+           eval.checkpoint_path: serve.port=8000 (serve.*)
   convert  write eval.checkpoint_path (duolm, a run's .ckpt, the papers' .ckpt or Hugging Face
            layouts) as a duolm directory: convert.output=<dir>
   plot     draw quality against sampling steps from results files: duolm plot a.json b.json
@@ -96,6 +98,13 @@ COMMAND_HELP = {
            ["duolm rl eval.checkpoint_path=outputs/sudoku-duo/model data=sudoku rl.steps=50",
             "duolm rl eval.checkpoint_path=my-model rl.prompts=prompts.jsonl rl.reward=my_rewards:exact_match "
             "rl.estimator=elbo rl.elbo_samples=2 rl.iterations=2"]),
+    "serve": ("an OpenAI-compatible server over the model at eval.checkpoint_path: /v1/completions, "
+              "/v1/chat/completions (models with a chat template), /v1/models, /health, /metrics; concurrent requests "
+              "with the same sampler settings are sampled in one batch; sampling.* is the default sampler, and a "
+              "request may set steps, predictor, noise_removal, top_p, confidence_threshold, n, seed, stop, max_tokens",
+              ["eval.checkpoint_path", "serve.host", "serve.port", "serve.max_batch_rows", "serve.max_queue",
+               "serve.request_timeout", "sampling.steps", "sampling.predictor"],
+              ["duolm serve eval.checkpoint_path=builtin:duo-bigtxt-dcd serve.port=8000 sampling.steps=16"]),
     "convert": ("write any checkpoint duolm reads as a duolm model folder",
                 ["eval.checkpoint_path", "convert.output", "convert.dtype", "convert.merge_lora"],
                 ["duolm convert eval.checkpoint_path=outputs/bigtxt-duo-demo/checkpoints/last.ckpt convert.output=my-model convert.dtype=float16"]),
@@ -138,10 +147,10 @@ def command_help(command: str) -> str:
 # command -> the job module (duolm.app.jobs.<module>) holding cmd_<command>. A job module is imported
 # when its command runs: `train` brings Lightning (about 9 s to import), `lm-eval` the harness, `eval`
 # the judge and image metrics, and no other command pays for them.
-JOBS = {"train": "train", "distill": "train", "rl": "rl", "sample": "sample", "eval": "evaluate", "data": "data",
+JOBS = {"train": "train", "distill": "train", "rl": "rl", "serve": "serve", "sample": "sample", "eval": "evaluate", "data": "data",
         "convert": "export", "push": "export", "lm-eval": "lm_eval", "plot": "view", "view": "view"}
 # the commands that read a trained model: the sampler is checked against it once loaded
-READS_A_MODEL = ("sample", "eval", "rl", "convert", "push", "lm-eval")
+READS_A_MODEL = ("sample", "eval", "rl", "serve", "convert", "push", "lm-eval")
 
 
 def job(command: str):

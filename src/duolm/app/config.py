@@ -265,6 +265,7 @@ def validate(cfg: DictConfig, *, model_from_checkpoint: bool = False) -> Compone
     _check_loader(cfg)
     _check_eval(cfg)
     _check_rl(cfg)
+    _check_serve(cfg)
     parts.delta = _delta_schedule(cfg)
     parts.batch = batch_plan(cfg)
     return parts
@@ -412,6 +413,24 @@ def _check_rl(cfg) -> None:
     if cfg.rl.prompts_per_step % ranks:
         raise ConfigError(f"rl.prompts_per_step ({cfg.rl.prompts_per_step}) must be a multiple of the number of "
                           f"devices ({ranks}: trainer.devices x trainer.num_nodes)")
+
+
+def _check_serve(cfg) -> None:
+    """serve: duolm serve's settings."""
+    if cfg.get("serve") is None:
+        return
+    for key in ("serve.max_batch_rows", "serve.max_queue", "serve.max_n"):
+        _positive(cfg, key)
+    _positive(cfg, "serve.port", minimum=0)
+    if cfg.serve.port > 65535:
+        raise ConfigError(f"serve.port must be a port number from 0 to 65535, got {cfg.serve.port}")
+    _positive(cfg, "serve.batch_wait_ms", integer=False, minimum=0)
+    _positive(cfg, "serve.request_timeout", integer=False, minimum=0)
+    if cfg.serve.request_timeout <= 0:
+        raise ConfigError(f"serve.request_timeout must be > 0 seconds, got {cfg.serve.request_timeout}")
+    if cfg.serve.max_n > cfg.serve.max_batch_rows:
+        raise ConfigError(f"serve.max_n ({cfg.serve.max_n}) must be at most serve.max_batch_rows "
+                          f"({cfg.serve.max_batch_rows}): a request's rows share one batch")
 
 
 def _delta_schedule(cfg):
