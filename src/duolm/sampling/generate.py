@@ -76,17 +76,18 @@ def sample_prompted(method, backbone, prompts: list[list[int]], repeats: list[in
     """repeats[p] samples of each prompt (token ids, BOS first), (sum(repeats), length): prompt p's rows
     follow prompt p - 1's. One batch in which each row holds its own prompt (whole window, AR, blocks);
     a model whose encoder reads the prompt (DiffusionGemma's canvases) one prompt per call. The spec's
-    own prefix is ignored; every prompt is checked against the model's length."""
+    own prefix is ignored; every prompt is checked against the model's length. A block model samples
+    spec.total_length positions when it is set (past the model's length, block by block)."""
     longest = max(len(ids) for ids in prompts)
     spec = checked_spec(replace(spec, prefix=tuple(range(longest))), method, length)  # the longest prompt fits
     if backbone.capabilities.encoder_prefix:
         rows = [sample_batch(method, backbone, replace(spec, prefix=tuple(ids)), n, length, bos_id=bos_id,
                              eos_id=eos_id, generator=generator, device=device)[:, :length]
                 for ids, n in zip(prompts, repeats) if n]
-        return torch.cat(rows)
-    total = sum(repeats)
-    mask = torch.zeros(total, length, dtype=torch.bool)
-    values = torch.zeros(total, length, dtype=torch.long)
+        return torch.cat(rows)[:, :spec.total_length or length]
+    total, width = sum(repeats), spec.total_length or length  # blocks may run past the model's length
+    mask = torch.zeros(total, width, dtype=torch.bool)
+    values = torch.zeros(total, width, dtype=torch.long)
     row = 0
     for ids, n in zip(prompts, repeats):
         mask[row:row + n, :len(ids)] = True
@@ -94,7 +95,7 @@ def sample_prompted(method, backbone, prompts: list[list[int]], repeats: list[in
         row += n
     where = device or "cpu"
     return sample_batch(method, backbone, replace(spec, prefix=None), total, length, bos_id=bos_id, eos_id=eos_id,
-                        generator=generator, device=device, fixed=(mask.to(where), values.to(where)))[:, :length]
+                        generator=generator, device=device, fixed=(mask.to(where), values.to(where)))[:, :width]
 
 
 def is_prefix_hold(mask: torch.Tensor) -> bool:

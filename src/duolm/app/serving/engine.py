@@ -17,7 +17,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -132,12 +132,13 @@ class Engine:
 
     def sampled_length(self, batch: list[Job]) -> int:
         """How many positions a batch samples: a whole-window model its window; AR and block models
-        only as far as the batch's longest prompt + max_tokens (whole blocks)."""
+        only as far as the batch's longest prompt + max_tokens (block models in whole blocks, past the
+        model's length if asked)."""
         if strategy_for(self.method, self.length, None) == "window":
             return self.length
         need = max(len(j.prompt) + j.max_tokens for j in batch)
         if self.method.block_size:
-            need = -(-need // self.method.block_size) * self.method.block_size
+            return -(-need // self.method.block_size) * self.method.block_size
         return min(self.length, need)
 
     def _sample(self, batch: list[Job]) -> None:
@@ -149,8 +150,12 @@ class Engine:
         g.manual_seed(seed if seed is not None else int(torch.randint(0, 2 ** 62, (1,))))
         try:
             with torch.inference_mode():
+                width = self.sampled_length(batch)
+                spec = batch[0].spec
+                if self.method.block_size:  # block by block to the batch's longest need (stopping at EOS)
+                    spec = replace(spec, total_length=width, stop_at_eos=True)
                 ids = sample_prompted(self.method, self.backbone, [j.prompt for j in batch], [j.n for j in batch],
-                                      self.sampled_length(batch), batch[0].spec, bos_id=self.tokenizer.bos_id,
+                                      width if not self.method.block_size else self.length, spec, bos_id=self.tokenizer.bos_id,
                                       eos_id=self.tokenizer.eos_id, generator=g, device=self.device).cpu()
         except Exception as err:  # noqa: BLE001 - every waiting request learns of it
             for j in batch:

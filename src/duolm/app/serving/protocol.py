@@ -95,15 +95,15 @@ def parse(body, kind: str, model) -> Settings:
             raise BadRequest("messages must be a non-empty list of {role, content} objects with string content",
                              "messages")
         ids = prompt_ids(tok, messages=messages)
-    length = model.config["length"]
+    length = model.max_length
     room = length - len(ids)
     if room < 1:
         raise BadRequest(f"{text_key} is {len(ids)} tokens; this model reads at most {length - 1} and writes the rest",
                          text_key)
     max_tokens = _int(body, "max_tokens", min(16, room), 1)
     if max_tokens > room:
-        raise BadRequest(f"max_tokens must be at most {room} (the model's length {length} less the prompt's "
-                         f"{len(ids)} tokens), got {max_tokens}", "max_tokens")
+        raise BadRequest(f"max_tokens must be at most {room} (the {length} tokens this model writes, less the "
+                         f"prompt's {len(ids)}), got {max_tokens}", "max_tokens")
     n = _int(body, "n", 1, 1, model.max_n)
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):

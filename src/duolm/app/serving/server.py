@@ -39,6 +39,10 @@ class ServedModel:
     config: dict
     spec: object            # the default SamplerSpec (sampling.* of the command line)
     max_n: int = 16
+    max_length: int = 0     # prompt + completion at most (0: the model's length)
+
+    def __post_init__(self):
+        self.max_length = self.max_length or self.config["length"]
 
 
 class Metrics:

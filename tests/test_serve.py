@@ -1,0 +1,279 @@
+"""`duolm serve` as a user runs it: the real server (uvicorn, a subprocess) on a loopback port, talked
+to with the official `openai` client and with raw HTTP for the error cases."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+from duolm.app.cli import main  # noqa: E402
+
+TINY = ["model.hidden_size=32", "model.cond_dim=16", "model.n_blocks=1", "model.n_heads=2", "model.length=64",
+        "model.dropout=0.0", "trainer.enable_progress_bar=false", "logging.csv=false"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args: str, cwd=None):
+        self.port = free_port()
+        self.log = open(Path(cwd or ".") / f"serve-{self.port}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "duolm", "serve", f"serve.port={self.port}", *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.url = f"http://127.0.0.1:{self.port}"
+        for _ in range(600):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {Path(self.log.name).read_text()}")
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0)
+
+    def post(self, route: str, body) -> tuple[int, dict, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + route, data=data, headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, json.loads(r.read()), dict(r.headers)
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read()), dict(err.headers)
+
+    def metric(self, name: str) -> float:
+        text = urllib.request.urlopen(self.url + "/metrics").read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(60)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def mdlm(tmp_path_factory):
+    """A few steps of a tiny MDLM on the built-in corpus: confidence decoding with the greedy proposal
+    is deterministic (the prior is all mask), so a batched answer can be compared with one alone."""
+    root = tmp_path_factory.mktemp("serve")
+    assert main(["train", "algo=mdlm", *TINY, "trainer.max_steps=3", "loader.global_batch_size=8",
+                 f"run.dir={root / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
+    server = Server(f"eval.checkpoint_path={root / 'run' / 'model'}", "sampling.steps=8", "serve.batch_wait_ms=200",
+                    cwd=root)
+    yield server
+    server.close()
+
+
+def test_completions_through_the_openai_client(mdlm):
+    c = mdlm.client
+    assert [m.id for m in c.models.list().data] == ["model"]
+    r = c.completions.create(model="model", prompt="the old man", max_tokens=12, n=3)
+    assert len(r.choices) == 3 and all(len(ch.text) <= 12 for ch in r.choices)
+    assert r.usage.prompt_tokens == len("the old man") + 1 and r.usage.completion_tokens <= 36
+    assert {ch.finish_reason for ch in r.choices} <= {"stop", "length"}
+
+
+def test_a_seed_reproduces_and_streaming_sends_the_same_text(mdlm):
+    c = mdlm.client
+    a = c.completions.create(model="model", prompt="once", max_tokens=20, seed=7)
+    b = c.completions.create(model="model", prompt="once", max_tokens=20, seed=7)
+    assert a.choices[0].text == b.choices[0].text
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(model="model", prompt="once", max_tokens=20,
+                                                                         seed=7, stream=True))
+    assert streamed == a.choices[0].text
+    other = [c.completions.create(model="model", prompt="once", max_tokens=20, seed=s).choices[0].text
+             for s in (8, 9, 10)]
+    assert any(t != a.choices[0].text for t in other)
+
+
+def test_a_stop_sequence_ends_the_completion_before_it(mdlm):
+    c = mdlm.client
+    full = c.completions.create(model="model", prompt="a", max_tokens=30, seed=3).choices[0].text
+    cut = full[5:8]
+    assert cut
+    r = c.completions.create(model="model", prompt="a", max_tokens=30, seed=3, stop=[cut])
+    assert r.choices[0].text == full[:full.index(cut)] and r.choices[0].finish_reason == "stop"
+
+
+def test_batched_requests_equal_the_same_requests_alone(mdlm):
+    """Four requests sent together are sampled in one batch (the batch-size histogram sees 4 rows) and
+    each answer equals the same request sent alone, draw for draw (deterministic decoding)."""
+    c = mdlm.client
+    prompts = ["the", "old man", "and the sea said", "x"]
+    extra = {"predictor": "confidence", "steps": 8}
+    alone = [c.completions.create(model="model", prompt=p, max_tokens=16, extra_body=extra).choices[0].text
+             for p in prompts]
+    before = mdlm.metric('duolm_batch_rows_bucket{le="2.0"}'), mdlm.metric("duolm_batch_rows_count")
+    together = [None] * 4
+
+    def ask(i):
+        together[i] = c.completions.create(model="model", prompt=prompts[i], max_tokens=16,
+                                           extra_body=extra).choices[0].text
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+    small = mdlm.metric('duolm_batch_rows_bucket{le="2.0"}') - before[0]
+    batches = mdlm.metric("duolm_batch_rows_count") - before[1]
+    assert batches < 4 and small < batches + 1e-9 or batches == 1  # at least one batch held several requests
+
+
+@pytest.mark.parametrize("body,param,needle", [
+    (b"{not json", None, "not JSON"),
+    ({"prompt": "a", "max_tokens": 1000}, "max_tokens", "max_tokens must be at most 62"),
+    ({"prompt": "a" * 80}, "prompt", "prompt is 81 tokens; this model reads at most 63"),
+    ({"prompt": "a", "bogus": 1}, "bogus", "bogus is not a field duolm reads"),
+    ({"prompt": "a", "temperature": 0.5}, "temperature", "temperature must be 1"),
+    ({"prompt": "a", "n": 0}, "n", "n must be an integer from 1 to 16"),
+    ({"prompt": "a", "predictor": "nope"}, "predictor", "predictor must be one of"),
+    ({"prompt": "a", "steps": 0}, "steps", "steps must be an integer from 1 to 4096"),
+    ({"prompt": "a", "top_p": 2}, "top_p", "top_p"),
+    ({"prompt": "a", "logprobs": 3}, "logprobs", "logprobs=3 is not supported"),
+    ({"prompt": 5}, "prompt", "prompt must be a string"),
+    ({"prompt": "a", "confidence_threshold": 0.5}, "confidence_threshold", "is for predictor=confidence"),
+])
+def test_bad_requests_get_400_with_one_sentence_naming_the_field(mdlm, body, param, needle):
+    status, answer, _ = mdlm.post("/v1/completions", body)
+    assert status == 400 and needle in answer["error"]["message"] and answer["error"]["param"] == param
+    assert "\n" not in answer["error"]["message"]
+
+
+def test_chat_needs_a_chat_template(mdlm):
+    status, answer, _ = mdlm.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+    assert status == 400 and "no chat template" in answer["error"]["message"]
+
+
+def test_health_and_metrics(mdlm):
+    health = json.loads(urllib.request.urlopen(mdlm.url + "/health").read())
+    assert health["status"] == "ok" and health["model"] == "model"
+    assert mdlm.metric("duolm_requests_total") >= 1 and mdlm.metric("duolm_generated_tokens_total") > 0
+
+
+def _slow_server(tmp_path, *extra):
+    root = tmp_path
+    assert main(["train", "algo=mdlm", *TINY, "trainer.max_steps=1", "loader.global_batch_size=8",
+                 f"run.dir={root / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
+    return Server(f"eval.checkpoint_path={root / 'run' / 'model'}", "sampling.steps=1000", *extra, cwd=root)
+
+
+def test_a_full_queue_answers_429_and_a_client_gone_frees_its_place(tmp_path):
+    server = _slow_server(tmp_path, "serve.max_queue=1", "serve.batch_wait_ms=0")
+    try:
+        first = threading.Thread(target=server.post, args=("/v1/completions", {"prompt": "a", "max_tokens": 4}))
+        first.start()
+        time.sleep(1.0)  # the first is sampling now (1000 steps)
+        # a second waits in the queue; its client goes away before its batch forms
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        body = json.dumps({"prompt": "b", "max_tokens": 4, "seed": 1}).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.5)
+        status, answer, headers = server.post("/v1/completions", {"prompt": "c", "max_tokens": 4})
+        assert status == 429 and headers.get("retry-after") == "1" and "busy" in answer["error"]["message"]
+        sock.close()
+        for _ in range(40):
+            if server.metric('duolm_requests_total{route="/v1/completions",status="499"}') >= 1:
+                break
+            time.sleep(0.25)
+        assert server.metric('duolm_requests_total{route="/v1/completions",status="499"}') == 1
+        first.join()
+    finally:
+        server.close()
+
+
+def test_sigterm_drains_what_it_holds_then_exits(tmp_path):
+    server = _slow_server(tmp_path)
+    answers = []
+    t = threading.Thread(target=lambda: answers.append(server.post("/v1/completions", {"prompt": "a",
+                                                                                        "max_tokens": 4})))
+    t.start()
+    time.sleep(1.0)
+    server.proc.send_signal(signal.SIGTERM)
+    t.join(120)
+    assert answers and answers[0][0] == 200 and len(answers[0][1]["choices"]) == 1
+    assert server.proc.wait(60) == 0
+    server.close()
+
+
+def test_chat_on_a_diffusion_gemma_folder(tmp_path):
+    """A transformers folder with a chat template: chat completions through the openai client, the
+    prompt framed by the template; nothing written into the folder."""
+    from diffusion_gemma_tiny import tiny_model, tokenizer
+
+    folder = tmp_path / "dg"
+    tiny_model().save_pretrained(folder)
+    tok = tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    tok.save_pretrained(folder)
+    before = sorted(p.name for p in folder.iterdir())
+    server = Server(f"eval.checkpoint_path={folder}", "sampling.predictor=entropy_bound", "sampling.steps=4",
+                    cwd=tmp_path)
+    try:
+        r = server.client.chat.completions.create(model="dg", messages=[{"role": "user", "content": "w5 w6"}],
+                                                  max_tokens=8, n=2)
+        assert len(r.choices) == 2 and all(ch.message.role == "assistant" for ch in r.choices)
+        assert r.usage.prompt_tokens >= 3
+        chunks = list(server.client.chat.completions.create(
+            model="dg", messages=[{"role": "user", "content": "w5"}], max_tokens=8, stream=True))
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    finally:
+        server.close()
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.parametrize("algo", [["algo=ar"], ["algo=mdlm", "algo.block_size=8"]])
+def test_ar_and_block_models_serve_batches_of_different_prompts(tmp_path, algo):
+    """AR (its KV cache) and block diffusion (BD3-LM: block by block with the cache, here past the
+    model's 64 tokens) answer concurrent requests of different prompt lengths in one batch; for the
+    block model with deterministic decoding each answer equals the same request alone."""
+    assert main(["train", *algo, *TINY, "trainer.max_steps=2", "loader.global_batch_size=8",
+                 f"run.dir={tmp_path / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
+    server = Server(f"eval.checkpoint_path={tmp_path / 'run' / 'model'}", "sampling.steps=4",
+                    "serve.batch_wait_ms=300", cwd=tmp_path)
+    try:
+        c = server.client
+        blocks = len(algo) > 1
+        max_tokens = 90 if blocks else 20
+        extra = {"predictor": "confidence"} if blocks else {}
+        prompts = ["a", "the old man", "and"]
+        alone = [c.completions.create(model="model", prompt=p, max_tokens=max_tokens, extra_body=extra)
+                 for p in prompts]
+        assert all(r.usage.completion_tokens <= max_tokens for r in alone)
+        together = [None] * 3
+
+        def ask(i):
+            together[i] = c.completions.create(model="model", prompt=prompts[i], max_tokens=max_tokens,
+                                               extra_body=extra)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(r is not None and len(r.choices) == 1 for r in together)
+        if blocks:
+            assert [r.choices[0].text for r in together] == [r.choices[0].text for r in alone]
+        assert server.metric('duolm_batch_rows_bucket{le="1.0"}') < server.metric("duolm_batch_rows_count")
+    finally:
+        server.close()
