@@ -87,7 +87,9 @@ WRAPPER = textwrap.dedent('''\
         args.append("data.cache_dir=" + os.environ["DUOLM_DOC_CACHE"])
     with open(os.environ["DUOLM_DOC_LOG"], "a") as log:
         log.write(json.dumps({{"given": sys.argv[1:], "ran": args, "lacks": lacks}}) + "\\n")
-    sys.exit(subprocess.call([sys.executable, "-m", "duolm", *args]))
+    # exec, not a child: a command the docs start in the background (duolm serve ... &) is this process,
+    # so the docs' `kill $SERVER; wait $SERVER` reach it
+    os.execv(sys.executable, [sys.executable, "-m", "duolm", *args])
 ''')
 
 PREAMBLE = textwrap.dedent('''\

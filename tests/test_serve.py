@@ -260,6 +260,8 @@ def test_ar_and_block_models_serve_batches_of_different_prompts(tmp_path, algo):
         alone = [c.completions.create(model="model", prompt=p, max_tokens=max_tokens, extra_body=extra)
                  for p in prompts]
         assert all(r.usage.completion_tokens <= max_tokens for r in alone)
+        short = c.completions.create(model="model", prompt="a", max_tokens=5)  # fewer blocks than the model's length
+        assert short.usage.completion_tokens <= 5
         together = [None] * 3
 
         def ask(i):

@@ -152,10 +152,10 @@ class Engine:
             with torch.inference_mode():
                 width = self.sampled_length(batch)
                 spec = batch[0].spec
-                if self.method.block_size:  # block by block to the batch's longest need (stopping at EOS)
-                    spec = replace(spec, total_length=width, stop_at_eos=True)
+                if self.method.block_size:  # block by block to the batch's longest need, stopping at EOS
+                    spec = replace(spec, total_length=width if width > self.length else None, stop_at_eos=True)
                 ids = sample_prompted(self.method, self.backbone, [j.prompt for j in batch], [j.n for j in batch],
-                                      width if not self.method.block_size else self.length, spec, bos_id=self.tokenizer.bos_id,
+                                      min(width, self.length), spec, bos_id=self.tokenizer.bos_id,
                                       eos_id=self.tokenizer.eos_id, generator=g, device=self.device).cpu()
         except Exception as err:  # noqa: BLE001 - every waiting request learns of it
             for j in batch:
