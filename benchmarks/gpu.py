@@ -253,6 +253,18 @@ def diffusion_gemma(args) -> dict:
                  dtype=torch.bfloat16 if cuda else torch.float32)
 
 
+def serving(model_dir: Path, work: Path, args) -> dict:
+    """benchmarks/serving.py's rows on this device: `duolm serve` over the model this run trained
+    (whole window), 32 requests of 64 tokens (4 of 8 with --smoke) from 1, 8 and 32 clients."""
+    try:
+        from benchmarks.serving import measure
+    except ImportError:
+        from serving import measure
+    requests, tokens = (4, 8) if args.smoke else (32, 64)
+    return {"requests": requests, "max_tokens": tokens,
+            "models": measure({"the trained model (whole window)": str(model_dir)}, requests, tokens, 8, work)}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="a toy size on the CPU, in seconds")
@@ -288,6 +300,7 @@ def main(argv=None) -> dict:
         result["sample"] = sample_once(model_dir, args)
         # the adapted pretrained model (issue 24): full fine-tuning and LoRA, same steps and batch
         result["adapted"] = [adapted_once(work, args, lora) for lora in (False, True)]
+        result["serving"] = serving(model_dir, work, args)
     result["unet"] = unet_once(args)
     result["long_generation"] = long_generation(args)
     result["diffusion_gemma"] = diffusion_gemma(args)

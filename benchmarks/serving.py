@@ -129,6 +129,33 @@ def run_setting(url: str, prompts: list[str], clients: int, max_tokens: int, str
             "first_chunk_p50": statistics.median(first), "batch_rows_cumulative": hist}
 
 
+def measure(models: dict, requests: int, max_tokens: int, steps: int, work: Path) -> dict:
+    """For each model (name -> eval.checkpoint_path), a server and the settings: one client (the
+    baseline), 8 and 32 clients, 32 clients streaming."""
+    words = "the old man and the sea said that it was a long way home".split()
+    prompts = [" ".join(words[i % len(words):][:1 + i % 5]) for i in range(requests)]
+    out = {}
+    for name, path in models.items():
+        proc, url = start(path, steps, work)
+        try:
+            ask(url, "warm up", max_tokens, False)
+            rows = [run_setting(url, prompts, 1, max_tokens, False)]  # one at a time: the baseline
+            for clients in (8, 32):
+                rows.append(run_setting(url, prompts, clients, max_tokens, False))
+            rows.append(run_setting(url, prompts, 32, max_tokens, True))
+            base = rows[0]["tokens_per_second"]
+            for r in rows:
+                r["speedup_vs_one_at_a_time"] = r["tokens_per_second"] / base
+            out[name] = rows
+            print(f"{name}: " + ", ".join(f"{r['clients']} clients{' (stream)' if r['stream'] else ''} "
+                                          f"{r['tokens_per_second']:.0f} tok/s x{r['speedup_vs_one_at_a_time']:.1f}"
+                                          for r in rows), file=sys.stderr, flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(120)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results/serving/cpu.json")
@@ -147,29 +174,9 @@ def main(argv=None) -> int:
     models = {"builtin:duo-bigtxt-dcd (whole window)": "builtin:duo-bigtxt-dcd",
               "model=tiny AR (KV cache)": str(work / "ar" / "model"),
               "model=tiny MDLM blocks of 16 (BD3-LM cache)": str(work / "blocks" / "model")}
-    words = "the old man and the sea said that it was a long way home".split()
-    prompts = [" ".join(words[i % len(words):][:1 + i % 5]) for i in range(args.requests)]
-    load = os.getloadavg()[0]
-    result = {**provenance(load_average_at_start=load), "requests": args.requests, "max_tokens": args.max_tokens, "steps": args.steps,
-              "models": {}}
-    for name, path in models.items():
-        proc, url = start(path, args.steps, work)
-        try:
-            ask(url, "warm up", args.max_tokens, False)
-            rows = [run_setting(url, prompts, 1, args.max_tokens, False)]  # one at a time: the baseline
-            for clients in (8, 32):
-                rows.append(run_setting(url, prompts, clients, args.max_tokens, False))
-            rows.append(run_setting(url, prompts, 32, args.max_tokens, True))
-            base = rows[0]["tokens_per_second"]
-            for r in rows:
-                r["speedup_vs_one_at_a_time"] = r["tokens_per_second"] / base
-            result["models"][name] = rows
-            print(f"{name}: " + ", ".join(f"{r['clients']} clients{' (stream)' if r['stream'] else ''} "
-                                          f"{r['tokens_per_second']:.0f} tok/s x{r['speedup_vs_one_at_a_time']:.1f}"
-                                          for r in rows), file=sys.stderr, flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(120)
+    result = {**provenance(load_average_at_start=os.getloadavg()[0]), "requests": args.requests,
+              "max_tokens": args.max_tokens, "steps": args.steps,
+              "models": measure(models, args.requests, args.max_tokens, args.steps, work)}
     emit(result, args.out)
     return 0
 
