@@ -177,6 +177,7 @@ def _slow_server(tmp_path, *extra):
     return Server(f"eval.checkpoint_path={root / 'run' / 'model'}", "sampling.steps=1000", *extra, cwd=root)
 
 
+@pytest.mark.slow
 def test_a_full_queue_answers_429_and_a_client_gone_frees_its_place(tmp_path):
     server = _slow_server(tmp_path, "serve.max_queue=1", "serve.batch_wait_ms=0")
     try:
@@ -202,6 +203,7 @@ def test_a_full_queue_answers_429_and_a_client_gone_frees_its_place(tmp_path):
         server.close()
 
 
+@pytest.mark.slow
 def test_sigterm_drains_what_it_holds_then_exits(tmp_path):
     server = _slow_server(tmp_path)
     answers = []
