@@ -114,6 +114,9 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
         except BadRequest as err:
             metrics.requests.labels(route, "400").inc()
             return error(400, str(err), err.param)
+        except ValueError as err:  # the tokenizer's or the template's own refusal of this input
+            metrics.requests.labels(route, "400").inc()
+            return error(400, (str(err).splitlines() or ["the request cannot be read"])[0])
         job = Job(s.prompt, s.n, s.max_tokens, s.spec, s.seed)
         try:
             future = engine.submit(job)
