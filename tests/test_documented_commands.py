@@ -62,6 +62,8 @@ ELSEWHERE = {  # a pattern in the arguments -> what this machine lacks
     "trainer=gpu": "a GPU", "openwebtext": "the Hub (OpenWebText)", "data=wikitext2": "the Hub (WikiText-2)",
     "arc_easy": "the Hub (an lm-eval task's data)", "data=cifar10": "the Hub (CIFAR-10)",
     "me/duo-": "the Hub (a model repository)", "kuleshov-group/bd3lm-": "the Hub (BD3-LM's models)",
+    # the help's example serves until stopped; the Serving page's block starts, queries and stops one
+    "serve.port=8000": "a shell that stops the server (the Serving page's block does)",
 }
 ELSEWHERE_COMMANDS = {"push": "the Hub"}
 

@@ -96,7 +96,7 @@ COMMAND_HELP = {
            ["eval.checkpoint_path", "data", "rl.prompts", "rl.reward", "rl.steps", "rl.prompts_per_step", "rl.group",
             "rl.estimator", "rl.iterations", "rl.beta", "rl.lr", "rl.eval_every", "sampling.steps", "run.dir"],
            ["duolm rl eval.checkpoint_path=outputs/sudoku-duo/model data=sudoku rl.steps=50",
-            "duolm rl eval.checkpoint_path=my-model rl.prompts=prompts.jsonl rl.reward=my_rewards:exact_match "
+            "duolm rl eval.checkpoint_path=outputs/sums-mdlm/model rl.prompts=sums.jsonl rl.reward=my_rewards:exact_answer "
             "rl.estimator=elbo rl.elbo_samples=2 rl.iterations=2"]),
     "serve": ("an OpenAI-compatible server over the model at eval.checkpoint_path: /v1/completions, "
               "/v1/chat/completions (models with a chat template), /v1/models, /health, /metrics; concurrent requests "
