@@ -86,6 +86,10 @@ def cmd_rl(cfg, parts):
     if not cfg.eval.checkpoint_path:
         raise ValueError("duolm rl needs eval.checkpoint_path=<a trained model> (the policy to start from; an SFT "
                          "model of the task, e.g. duolm train data=sudoku)")
+    ranks = cfg.trainer.devices * cfg.trainer.num_nodes
+    if cfg.rl.prompts_per_step % ranks:
+        raise ConfigError(f"rl.prompts_per_step ({cfg.rl.prompts_per_step}) must be a multiple of the number of "
+                          f"devices ({ranks}: trainer.devices x trainer.num_nodes)")
     quiet_libraries()
     train_records, valid_records, rewards = prompts_and_rewards(cfg)  # before the model: a bad reward fails first
     run_dir = new_run_dir(cfg, "-rl", "duolm rl", "policy")
