@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from duolm.data.instructions import prompt_ids
 from duolm.data.tasks import TASKS, task_splits
+from duolm.io.jsonl import jsonl_rows
 
 
 def load_reward(name: str) -> Callable:
@@ -50,18 +51,14 @@ def read_prompt_records(path) -> list[dict]:
     if not p.is_file():
         raise FileNotFoundError(f"rl.prompts: {p} does not exist")
     out = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"rl.prompts: {p}:{n} is not JSON ({err.msg})") from None
-            if not isinstance(row, dict) or not (isinstance(row.get("prompt"), str) or isinstance(row.get("messages"),
-                                                                                                   list)):
-                raise ValueError(f"rl.prompts: {p}:{n} needs a 'prompt' string or a 'messages' list")
+    try:
+        for where, row in jsonl_rows(p):
+            if not isinstance(row, dict) or not (isinstance(row.get("prompt"), str)
+                                                 or isinstance(row.get("messages"), list)):
+                raise ValueError(f"{where} needs a 'prompt' string or a 'messages' list")
             out.append(row)
+    except ValueError as err:
+        raise ValueError(f"rl.prompts: {err}") from None
     if not out:
         raise ValueError(f"rl.prompts: {p} holds no records")
     return out

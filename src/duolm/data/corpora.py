@@ -15,6 +15,7 @@ from duolm.data.instructions import is_instruction_file, iter_records
 from duolm.data.sources import LOCAL_FILES, TRAINING_SETS, TextSource
 from duolm.errors import SettingError
 from duolm.io.hub_access import from_hub
+from duolm.io.jsonl import jsonl_rows
 
 LOCAL_FORMATS = ("auto", "text_dir", "text_file", "jsonl", "token_ids", "instructions")
 
@@ -109,22 +110,14 @@ def _iter_token_ids(path: Path, vocab_size: int | None = None):
 
 
 def _iter_jsonl(path: Path, field: str):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object with a {field!r} field, got a "
-                                 f"{type(row).__name__}")
-            if field not in row:
-                raise SettingError(f"{path}:{n}: no {field!r} field (set `build_splits.text_field`)")
-            if not isinstance(row[field], str):
-                raise ValueError(f"{path}:{n}: the {field!r} field is {json.dumps(row[field])[:40]}, not text")
-            yield row[field]
+    for where, row in jsonl_rows(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object with a {field!r} field, got a {type(row).__name__}")
+        if field not in row:
+            raise SettingError(f"{where}: no {field!r} field (set `build_splits.text_field`)")
+        if not isinstance(row[field], str):
+            raise ValueError(f"{where}: the {field!r} field is {json.dumps(row[field])[:40]}, not text")
+        yield row[field]
 
 
 def _iter_text_file(path: Path):

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from duolm.errors import SettingError
+from duolm.io.jsonl import jsonl_rows
 
 
 def is_instruction_file(path: Path, text_field: str = "text") -> bool:
@@ -52,26 +53,18 @@ def _check_messages(messages, where: str) -> None:
 
 def iter_records(path: Path):
     """The records of an instruction JSONL file, each checked, with its line named in any error."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object with 'prompt' and 'response' or 'messages'")
-            if "messages" in row:
-                _check_messages(row["messages"], where)
-                yield {"messages": row["messages"], "where": where}
-            elif "prompt" in row and "response" in row:
-                if not (isinstance(row["prompt"], str) and isinstance(row["response"], str)):
-                    raise ValueError(f"{where}: 'prompt' and 'response' must be strings")
-                yield {"prompt": row["prompt"], "response": row["response"], "where": where}
-            else:
-                raise ValueError(f"{where}: an instruction record needs 'prompt' and 'response', or 'messages'")
+    for where, row in jsonl_rows(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object with 'prompt' and 'response' or 'messages'")
+        if "messages" in row:
+            _check_messages(row["messages"], where)
+            yield {"messages": row["messages"], "where": where}
+        elif "prompt" in row and "response" in row:
+            if not (isinstance(row["prompt"], str) and isinstance(row["response"], str)):
+                raise ValueError(f"{where}: 'prompt' and 'response' must be strings")
+            yield {"prompt": row["prompt"], "response": row["response"], "where": where}
+        else:
+            raise ValueError(f"{where}: an instruction record needs 'prompt' and 'response', or 'messages'")
 
 
 def has_chat_template(tokenizer) -> bool:

@@ -27,6 +27,18 @@ def series_label(result: dict) -> str:
     return f"{text} ({tail} tail)" if tail and predictor != "ar" else text
 
 
+def _save(fig, output) -> Path:
+    """Write a figure as a PNG (its folder made) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output
+
+
 def load_results(paths) -> list[dict]:
     out = []
     for p in paths:
@@ -70,12 +82,7 @@ def plot_quality_vs_steps(results: list[dict], output, metrics=("gen_ppl", "entr
         ax.set_title(LABELS.get(metric, metric))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return _save(fig, output)
 
 
 RL_PANELS = (("reward", "mean reward of the groups"), ("accuracy", "accuracy: groups (dots) and held-out (line)"),
@@ -108,9 +115,4 @@ def plot_rl_history(rows: list[dict], output) -> Path:
         ax.set_xlabel("RL step")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return _save(fig, output)

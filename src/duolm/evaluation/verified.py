@@ -33,8 +33,7 @@ def verified_accuracy(method, backbone, tokenizer, records: list[dict], verify: 
         prompts = [prompt_ids(tokenizer, prompt=r["prompt"]) for r in chunk]
         groups = sample_groups(method, backbone, prompts, 1, length, spec, bos_id=tokenizer.bos_id,
                                eos_id=tokenizer.eos_id, generator=g, device=device)
-        for record, ids in zip(chunk, groups.completions()):
-            text = tokenizer.decode([t for t in ids if t != tokenizer.eos_id])
+        for record, text in zip(chunk, groups.texts(tokenizer)):
             correct.append(float(verify(record, text)) >= 1.0)
             if len(examples) < 3:
                 examples.append({"prompt": record["prompt"], "completion": text, "correct": correct[-1]})

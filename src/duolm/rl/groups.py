@@ -25,6 +25,10 @@ class Groups:
     def completions(self) -> list[list[int]]:
         return [row[mask].tolist() for row, mask in zip(self.sequences, self.completion)]
 
+    def texts(self, tokenizer) -> list[str]:
+        """Each completion decoded, without its closing EOS."""
+        return [tokenizer.decode([t for t in ids if t != tokenizer.eos_id]) for ids in self.completions()]
+
 
 def completion_mask(sequences: torch.Tensor, prompt_length, eos_id: int | None) -> torch.Tensor:
     """(N, L) bool: positions from prompt_length (an int, or (N, 1) per row) on, up to and including

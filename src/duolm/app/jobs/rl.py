@@ -8,7 +8,6 @@ model folder (`model/`), which every command reads like any duolm model.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from duolm.app.training_run import build_trainer, resume_point
 from duolm.checkpoints.loading import save_pretrained, training_of
 from duolm.evaluation.plots import plot_rl_history
 from duolm.io.atomic import write_json
+from duolm.io.jsonl import jsonl_rows
 from duolm.models.backbones import build_backbone
 from duolm.rl.logprob import check_estimator
 from duolm.sampling.request import request_from_settings
@@ -63,10 +63,8 @@ def _encoded(tokenizer, records: list[dict], length: int, what: str) -> list[lis
 def scorer(tokenizer, records: list[dict], rewards):
     """score(prompt indices, groups) for LitGRPO: each completion decoded (up to its EOS), scored
     against its prompt's record."""
-    eos = tokenizer.eos_id
-
     def score(indices, groups):
-        texts = [tokenizer.decode([t for t in c if t != eos]) for c in groups.completions()]
+        texts = groups.texts(tokenizer)
         rows = [records[i] for i in indices for _ in range(groups.group)]
         reward, correct = rewards(rows, texts)
         P = len(indices)
@@ -77,9 +75,7 @@ def scorer(tokenizer, records: list[dict], rewards):
 
 
 def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for _, row in jsonl_rows(path)] if path.is_file() else []
 
 
 def cmd_rl(cfg, parts):

@@ -17,7 +17,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -41,8 +41,6 @@ class Job:
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future | None = None
     cancelled: bool = False
-    queued_at: float = field(default_factory=time.perf_counter)
-    started_at: float | None = None
 
     @property
     def key(self):
@@ -143,8 +141,6 @@ class Engine:
 
     def _sample(self, batch: list[Job]) -> None:
         t0 = time.perf_counter()
-        for j in batch:
-            j.started_at = t0
         seed = batch[0].seed
         g = torch.Generator(device=self.device or "cpu")
         g.manual_seed(seed if seed is not None else int(torch.randint(0, 2 ** 62, (1,))))
