@@ -65,7 +65,11 @@ class Server:
     def close(self):
         if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(60)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:  # a failed test left a batch running: do not hang on it
+                self.proc.kill()
+                raise
         self.log.close()
 
 
@@ -171,46 +175,72 @@ def test_health_and_metrics(mdlm):
 
 
 def _slow_server(tmp_path, *extra):
+    """A tiny whole-window MDLM sampling with a million steps: its batches never end by themselves."""
     root = tmp_path
     assert main(["train", "algo=mdlm", *TINY, "trainer.max_steps=1", "loader.global_batch_size=8",
                  f"run.dir={root / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
-    return Server(f"eval.checkpoint_path={root / 'run' / 'model'}", "sampling.steps=1000", *extra, cwd=root)
+    return Server(f"eval.checkpoint_path={root / 'run' / 'model'}", "sampling.steps=1000000", *extra, cwd=root)
+
+
+def _raw_post(server, body: dict) -> socket.socket:
+    """A request sent by hand; closing the socket is its client going away."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    data = json.dumps(body).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def _until(condition, what: str, seconds: float = 60):
+    for _ in range(int(seconds / 0.1)):
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"waited {seconds} s for {what}")
+
+
+def _health(server) -> dict:
+    return json.loads(urllib.request.urlopen(server.url + "/health").read())
+
+
+GONE = 'duolm_requests_total{route="/v1/completions",status="499"}'
 
 
 @pytest.mark.slow
 def test_a_full_queue_answers_429_and_a_client_gone_frees_its_place(tmp_path):
+    """The first request samples (forever), the second waits, the third finds the queue full; the
+    second's client goes away (499, its place freed), then the first's: its batch stops at its next
+    denoising step and the worker is free again."""
     server = _slow_server(tmp_path, "serve.max_queue=1", "serve.batch_wait_ms=0")
     try:
-        first = threading.Thread(target=server.post, args=("/v1/completions", {"prompt": "a", "max_tokens": 4}))
-        first.start()
-        time.sleep(1.0)  # the first is sampling now (1000 steps)
-        # a second waits in the queue; its client goes away before its batch forms
-        sock = socket.create_connection(("127.0.0.1", server.port))
-        body = json.dumps({"prompt": "b", "max_tokens": 4, "seed": 1}).encode()
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        time.sleep(0.5)
+        first = _raw_post(server, {"prompt": "a", "max_tokens": 4})
+        _until(lambda: _health(server)["busy"], "the first request to be sampled")
+        second = _raw_post(server, {"prompt": "b", "max_tokens": 4, "seed": 1})
+        _until(lambda: _health(server)["queue"] == 1, "the second request to wait")
         status, answer, headers = server.post("/v1/completions", {"prompt": "c", "max_tokens": 4})
         assert status == 429 and headers.get("retry-after") == "1" and "busy" in answer["error"]["message"]
-        sock.close()
-        for _ in range(40):
-            if server.metric('duolm_requests_total{route="/v1/completions",status="499"}') >= 1:
-                break
-            time.sleep(0.25)
-        assert server.metric('duolm_requests_total{route="/v1/completions",status="499"}') == 1
-        first.join()
+        second.close()
+        _until(lambda: server.metric(GONE) == 1, "the second client's 499")
+        assert _health(server)["queue"] == 0 and _health(server)["busy"]
+        first.close()
+        _until(lambda: server.metric(GONE) == 2, "the first client's 499")
+        _until(lambda: not _health(server)["busy"], "the abandoned batch to stop")
     finally:
         server.close()
 
 
 @pytest.mark.slow
 def test_sigterm_drains_what_it_holds_then_exits(tmp_path):
-    server = _slow_server(tmp_path)
+    root = tmp_path
+    assert main(["train", "algo=mdlm", *TINY, "trainer.max_steps=1", "loader.global_batch_size=8",
+                 f"run.dir={root / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
+    server = Server(f"eval.checkpoint_path={root / 'run' / 'model'}", "sampling.steps=1000", cwd=root)
     answers = []
     t = threading.Thread(target=lambda: answers.append(server.post("/v1/completions", {"prompt": "a",
-                                                                                        "max_tokens": 4})))
+                                                                                        "max_tokens": 4,
+                                                                                        "steps": 4096})))
     t.start()
-    time.sleep(1.0)
+    _until(lambda: _health(server)["busy"], "the request to be sampled")
     server.proc.send_signal(signal.SIGTERM)
     t.join(120)
     assert answers and answers[0][0] == 200 and len(answers[0][1]["choices"]) == 1

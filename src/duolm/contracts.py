@@ -104,6 +104,10 @@ class Capabilities:
         the input (DiffusionGemma's self-conditioning block); None: the first step's zero signal.
     training_step: ``set_step(step)`` changes forward during training (annealed attention).
     adapters: it trains adapters (LoRA) over frozen weights; ``merged()`` folds them into a plain network.
+    ragged_rows: its cache holds rows of different lengths (``cache.starts``, ``joined``,
+        ``trim_padding``, as duolm.models.dit.DiTCache): forward numbers each row's positions from its
+        own start and never reads the padding before it, so rows join and leave a running batch
+        (continuous batching, duolm.sampling.continuous).
     """
 
     attention: tuple[str, ...] = ("bidirectional",)
@@ -116,6 +120,7 @@ class Capabilities:
     self_conditioning: bool = False
     training_step: bool = False
     adapters: bool = False
+    ragged_rows: bool = False
 
     def __post_init__(self):
         unknown = sorted(set(self.attention) - set(ATTENTION_PATTERNS))

@@ -56,7 +56,7 @@ TRANSFORMER = Capabilities(attention=("bidirectional", "causal", "block_causal")
 
 BACKBONES: dict[str, BackboneRow] = {
     "dit": BackboneRow(DiT, DiTConfig, data=("text", "image"), image_shaped=False, causal_option=True,
-                       capabilities=TRANSFORMER.changed(class_conditioning=True),
+                       capabilities=TRANSFORMER.changed(class_conditioning=True, ragged_rows=True),
                        describe=lambda m: f"DiT, {m['n_blocks']} blocks x {m['hidden_size']}"),
     "unet": BackboneRow(UNet, UNetConfig, data=("image",), image_shaped=True, causal_option=False,
                         capabilities=Capabilities(attention=("bidirectional",), class_conditioning=True,

@@ -90,11 +90,12 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x, cos, sin):
-    """Rotate the two halves of the head dim: x (B, S, nh, D), cos / sin (S, D/2)."""
+    """Rotate the two halves of the head dim: x (B, S, nh, D), cos / sin (S, D/2), or (B, S, D/2) with
+    positions of each row's own (rows that start at different cache slots)."""
     d = x.shape[-1] // 2
     x1, x2 = x[..., :d], x[..., d:]
-    cos = cos[None, :, None, :].to(x.dtype)
-    sin = sin[None, :, None, :].to(x.dtype)
+    cos = (cos[None] if cos.dim() == 2 else cos)[:, :, None, :].to(x.dtype)
+    sin = (sin[None] if sin.dim() == 2 else sin)[:, :, None, :].to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
@@ -130,7 +131,8 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.adaLN_modulation.bias)
 
     def forward(self, x, rotary, c=None, cache=None, layer: int = 0, attn_mask=None, store: bool = True):
-        """attn_mask: (S, S_keys) bool, True = may attend (block diffusion's masks); cache: a KVCache
+        """attn_mask: (S, S_keys) or (B, 1, S, S_keys) bool, True = may attend (block diffusion's masks,
+        rows with their own starts); cache: a KVCache
         whose entry `layer` holds the keys and values of earlier calls, extended by this call's (kept
         only when store)."""
         B, S, H = x.shape
@@ -249,7 +251,7 @@ class DiT(nn.Module):
         c = self.config
         return Capabilities(attention=("causal",) if c.causal else ("bidirectional", "block_causal"), kv_cache=True,
                             head=True, class_conditioning=c.num_classes > 0, soft_inputs=True,
-                            time_conditioning=not c.causal)
+                            time_conditioning=not c.causal, ragged_rows=True)
 
     def set_step(self, step: int | None) -> None:
         """The DiT's forward does not depend on the training step."""
@@ -272,7 +274,16 @@ class DiT(nn.Module):
                 c = c + (label[:, None] if c.dim() == 3 else label)
             c = F.silu(c)
         L = h.shape[1]
-        if positions is None:
+        starts = cache.starts if cache is not None else None
+        if starts is not None:  # rows that start at their own slot: own positions, their padding unread
+            if positions is not None or attn_mask is not None:
+                raise CapabilityError("a cache of rows with their own starts takes no `positions` or `attn_mask`")
+            slots = position_offset + torch.arange(L, device=h.device)
+            pos = (slots[None] - starts.to(h.device)[:, None]).clamp(min=0)  # (B, L); padding at 0
+            cos, sin = self.rotary_emb(int(pos.max()) + 1, h.device)
+            rotary = (cos[pos], sin[pos])
+            attn_mask = ragged_mask(starts.to(h.device), len(cache), slots, causal=self.config.causal)
+        elif positions is None:
             cos, sin = self.rotary_emb(position_offset + L, h.device)
             rotary = (cos[position_offset:], sin[position_offset:])
         else:
@@ -307,6 +318,20 @@ class DiT(nn.Module):
         return n
 
 
+def ragged_mask(starts: torch.Tensor, cached: int, slots: torch.Tensor, *, causal: bool) -> torch.Tensor:
+    """(B, 1, S, cached + S) bool: who the S new positions (at cache slots `slots`) of each row may read:
+    the cache from the row's start on and the new positions (causal: only those up to itself). A
+    padding position (before its row's start: a prompt shorter than the others read in one call)
+    reads itself only, which keeps its output finite; nobody reads it."""
+    keys = torch.arange(cached + len(slots), device=starts.device)
+    mask = (keys[None, None, :] >= starts[:, None, None])  # (B, 1, K)
+    if causal:
+        mask = mask & (keys[None, :] <= slots[:, None])[None]  # (B, S, K)
+    else:
+        mask = mask.expand(-1, len(slots), -1)
+    return (mask | (keys[None, :] == slots[:, None])[None])[:, None]
+
+
 class LayerKV:
     """Keys and values (after rotary) of one transformer block, (B, heads, S, head_dim) each."""
 
@@ -326,10 +351,54 @@ class LayerKV:
 
 
 class DiTCache:
-    """The DiT's key-value cache (duolm.contracts.KVCache): one LayerKV per transformer block."""
+    """The DiT's key-value cache (duolm.contracts.KVCache): one LayerKV per transformer block.
 
-    def __init__(self, n_layers: int = 0, layers: list[LayerKV] | None = None):
+    Rows of different lengths (continuous batching, duolm.sampling.continuous): `starts` (B,) is the
+    slot where each row's first token is, the slots before it padding no call reads; forward then
+    numbers each row's positions from its start (position_offset counts slots). None: every row
+    starts at slot 0."""
+
+    def __init__(self, n_layers: int = 0, layers: list[LayerKV] | None = None, starts: torch.Tensor | None = None):
         self.layers = layers if layers is not None else [LayerKV() for _ in range(n_layers)]
+        self.starts = starts
+
+    def joined(self, other: "DiTCache", rows: int, other_rows: int) -> "DiTCache":
+        """A cache of this one's `rows` rows followed by `other`'s `other_rows`, the shorter left-padded
+        so both end at the same slot (an empty cache counts its rows too)."""
+        width = max(len(self), len(other))
+        like = next((c.k for cache in (self, other) for c in cache.layers if c.k is not None), None)
+
+        def padded(t, count, have):
+            if like is None:
+                return None
+            if t is None:
+                return like.new_zeros(count, like.shape[1], width, like.shape[3])
+            return t if have == width else torch.cat([t.new_zeros(count, t.shape[1], width - have, t.shape[3]), t], 2)
+
+        layers = []
+        for a, b in zip(self.layers, other.layers):
+            k = [padded(a.k, rows, len(self)), padded(b.k, other_rows, len(other))]
+            v = [padded(a.v, rows, len(self)), padded(b.v, other_rows, len(other))]
+            layers.append(LayerKV() if like is None else LayerKV(torch.cat(k), torch.cat(v)))
+        device = like.device if like is not None else None
+
+        def starts_of(cache, count):
+            s = cache.starts if cache.starts is not None else torch.zeros(count, dtype=torch.long)
+            return s.to(device) + (width - len(cache))
+
+        return DiTCache(layers=layers, starts=torch.cat([starts_of(self, rows), starts_of(other, other_rows)]))
+
+    def trim_padding(self) -> int:
+        """Drop the padding slots every row has (after rows leave); returns how many were dropped."""
+        if self.starts is None or not len(self.starts):
+            return 0
+        k = int(self.starts.min())
+        if k:
+            for c in self.layers:
+                if c.k is not None:
+                    c.k, c.v = c.k[:, :, k:], c.v[:, :, k:]
+            self.starts = self.starts - k
+        return k
 
     def __len__(self) -> int:
         return len(self.layers[0]) if self.layers else 0
@@ -346,6 +415,8 @@ class DiTCache:
         for c in self.layers:
             if c.k is not None:
                 c.k, c.v = c.k[rows], c.v[rows]
+        if self.starts is not None:
+            self.starts = self.starts[rows.to(self.starts.device)]
 
     def keep_positions(self, index: torch.Tensor) -> "DiTCache":
         return DiTCache(layers=[LayerKV(c.k[:, :, index], c.v[:, :, index]) for c in self.layers])

@@ -72,17 +72,19 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
 
 @torch.no_grad()
 def sample_prompted(method, backbone, prompts: list[list[int]], repeats: list[int], length: int, spec: SamplerSpec, *,
-                    bos_id: int, eos_id: int | None = None, generator=None, device=None) -> torch.Tensor:
+                    bos_id: int, eos_id: int | None = None, generator=None, device=None,
+                    observer: Observer = NOTHING) -> torch.Tensor:
     """repeats[p] samples of each prompt (token ids, BOS first), (sum(repeats), length): prompt p's rows
     follow prompt p - 1's. One batch in which each row holds its own prompt (whole window, AR, blocks);
     a model whose encoder reads the prompt (DiffusionGemma's canvases) one prompt per call. The spec's
     own prefix is ignored; every prompt is checked against the model's length. A block model samples
-    spec.total_length positions when it is set (past the model's length, block by block)."""
+    spec.total_length positions when it is set (past the model's length, block by block). The observer
+    sees every step of a whole-window sampler (and may stop it by raising)."""
     longest = max(len(ids) for ids in prompts)
     spec = checked_spec(replace(spec, prefix=tuple(range(longest))), method, length)  # the longest prompt fits
     if backbone.capabilities.encoder_prefix:
         rows = [sample_batch(method, backbone, replace(spec, prefix=tuple(ids)), n, length, bos_id=bos_id,
-                             eos_id=eos_id, generator=generator, device=device)[:, :length]
+                             eos_id=eos_id, generator=generator, device=device, observer=observer)[:, :length]
                 for ids, n in zip(prompts, repeats) if n]
         return torch.cat(rows)[:, :spec.total_length or length]
     total, width = sum(repeats), spec.total_length or length  # blocks may run past the model's length
@@ -95,7 +97,8 @@ def sample_prompted(method, backbone, prompts: list[list[int]], repeats: list[in
         row += n
     where = device or "cpu"
     return sample_batch(method, backbone, replace(spec, prefix=None), total, length, bos_id=bos_id, eos_id=eos_id,
-                        generator=generator, device=device, fixed=(mask.to(where), values.to(where)))[:, :width]
+                        generator=generator, device=device, fixed=(mask.to(where), values.to(where)),
+                        observer=observer)[:, :width]
 
 
 def is_prefix_hold(mask: torch.Tensor) -> bool:

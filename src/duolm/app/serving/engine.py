@@ -1,15 +1,22 @@
-"""The batching engine behind `duolm serve`: requests wait in a bounded queue; one worker thread takes
-the oldest, gathers every waiting request that can share its network calls, and samples them as one
-batch in which each row holds its own prompt (duolm.sampling.generate.sample_prompted).
+"""The batching engine behind `duolm serve`: requests wait in a bounded queue; one worker thread runs
+them in batches in which each row holds its own prompt.
 
-Requests share a batch when their sampler settings are equal (predictor, steps, last step, top_p, the
-predictor's own options) and neither asks for a seed: a seeded request runs in a batch of its own
-(its n rows), so the same seed gives the same completions whatever else is being served. A batch
-holds at most `max_batch_rows` rows (a request's n rows are never split). A request cancelled while
-waiting (its client gone, its time out) is dropped before its batch forms.
+Continuous batching (block diffusion and AR models on a backbone with `Capabilities.ragged_rows`,
+as the DiT): one running batch (duolm.sampling.continuous.ContinuousBatch) takes a block (AR: a
+token) per step for every row; a row leaves as soon as it is done (its EOS, max_tokens, a stop
+string, its client gone or its time out) and waiting requests join at the next step, so no row
+waits for the batch's slowest. Each step's new tokens go to a streaming request at once.
 
-Whole batches, not continuous batching: a batch runs to its end, so a row that finishes early waits
-for the batch's slowest row (block and AR models stop once every row has its EOS).
+Whole batches (whole-window models, DiffusionGemma, pretrained backbones without ragged rows, and
+every seeded request): the worker takes the oldest request and every waiting one that can share
+its calls, samples them to the end (duolm.sampling.generate.sample_prompted) and answers them
+together; a batch whose requests have all given up stops at its next denoising step.
+
+Which requests share calls: equal sampler settings (predictor, steps, last step, top_p, the
+predictor's own options) and no seed. A seeded request runs in a batch of its own (its n rows), so
+the same seed gives the same completions whatever else is being served. A batch holds at most
+`max_batch_rows` rows (a request's n rows are never split). Requests are served in arrival order:
+while the oldest waiting request cannot join the running batch, nothing else joins it either.
 """
 from __future__ import annotations
 
@@ -17,11 +24,13 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from duolm.sampling.continuous import ContinuousBatch
 from duolm.sampling.generate import sample_prompted
+from duolm.sampling.observers import Observer
 from duolm.sampling.strategy import strategy_for
 
 
@@ -29,15 +38,25 @@ class QueueFull(Exception):
     """The queue holds its maximum of waiting requests."""
 
 
+class Abandoned(Exception):
+    """Every request of a batch gave up while it was sampled."""
+
+
 @dataclass
 class Job:
-    """One request: its prompt (ids, BOS first), n completions of at most max_tokens tokens."""
+    """One request: its prompt (ids, BOS first), n completions of at most max_tokens tokens.
+
+    Its future gets a list of n rows of ids (each the prompt and what was generated). stream: a
+    function called on the server's event loop with (row, new token ids, done) as each step makes
+    them (continuous batching only). stop: strings that end a row (checked on its decoded text)."""
 
     prompt: list[int]
     n: int
     max_tokens: int
     spec: object                      # a checked SamplerSpec (its prefix unused)
     seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stream: object = None
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future | None = None
     cancelled: bool = False
@@ -47,6 +66,21 @@ class Job:
         """Jobs with equal keys share a batch; a seeded job's key is its own."""
         return ("seed", id(self)) if self.seed is not None else ("spec", repr(self.spec))
 
+    def tell(self, row: int, tokens: list[int], done: bool) -> None:
+        if self.stream is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.stream, row, tokens, done)
+
+
+class _Watch(Observer):
+    """Stops a whole batch at its next step once every one of its requests has given up."""
+
+    def __init__(self, jobs: list[Job]):
+        self.jobs = jobs
+
+    def step(self, i: int, x: torch.Tensor) -> None:
+        if all(j.cancelled for j in self.jobs):
+            raise Abandoned
+
 
 class Engine:
     def __init__(self, method, backbone, tokenizer, length: int, *, max_batch_rows: int = 32, max_queue: int = 64,
@@ -54,7 +88,10 @@ class Engine:
         self.method, self.backbone, self.tokenizer, self.length = method, backbone, tokenizer, length
         self.max_batch_rows, self.max_queue, self.batch_wait_s = max_batch_rows, max_queue, batch_wait_s
         self.device = device
-        self.on_batch = on_batch          # on_batch(rows, seconds, new_tokens): metrics
+        self.on_batch = on_batch          # on_batch(rows, seconds): metrics, per network step or whole batch
+        # block by block (token by token) with rows joining and leaving, where the backbone allows it
+        self.continuous = bool(backbone.capabilities.ragged_rows) and \
+            strategy_for(method, length, None) in ("blocks", "autoregressive")
         self._queue: deque[Job] = deque()
         self._lock = threading.Condition()
         self._stopping = False
@@ -73,15 +110,17 @@ class Engine:
         self._thread.join(timeout)
 
     def queue_length(self) -> int:
-        return len(self._queue)
+        """Requests waiting (one given up while waiting no longer counts)."""
+        return sum(not j.cancelled for j in list(self._queue))
 
     def submit(self, job: Job) -> asyncio.Future:
-        """Queue a job; its future gets (n, length) ids. Raises QueueFull when the queue is full."""
+        """Queue a job; its future gets its n rows of ids. Raises QueueFull when the queue is full."""
         job.loop = asyncio.get_running_loop()
         job.future = job.loop.create_future()
         with self._lock:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
+            self._queue = deque(j for j in self._queue if not j.cancelled)
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(f"{len(self._queue)} requests are waiting (serve.max_queue)")
             self._queue.append(job)
@@ -89,44 +128,122 @@ class Engine:
         return job.future
 
     # --- the worker -------------------------------------------------------------------------
-    def _take_batch(self) -> list[Job]:
+    def _wait_for_work(self) -> bool:
+        """Block until a request waits (True) or the server stops with none (False)."""
         with self._lock:
             while not self._queue and not self._stopping:
                 self._lock.wait()
+            return bool(self._queue)
+
+    def _take(self, key=None, room: int | None = None) -> list[Job]:
+        """The oldest live requests that share a batch: with `key`, only while the oldest has it (arrival
+        order), within `room` rows."""
+        room = self.max_batch_rows if room is None else room
+        with self._lock:
+            self._queue = deque(j for j in self._queue if not j.cancelled)
             if not self._queue:
                 return []
-        if self.batch_wait_s:  # let requests sent together arrive together
-            time.sleep(self.batch_wait_s)
-        with self._lock:
-            live = [j for j in self._queue if not j.cancelled]
-            self._queue = deque(live)
-            if not live:
-                return []
-            first = live[0]
-            batch, rows = [], 0
-            for j in live:
-                if j.key == first.key and (not batch or rows + j.n <= self.max_batch_rows):
-                    batch.append(j)
-                    rows += j.n
-                    if first.seed is not None:
-                        break
-            for j in batch:
+            first = key if key is not None else self._queue[0].key
+            taken, rows = [], 0
+            for j in self._queue:
+                if j.key != first or (taken and rows + j.n > room) or (not taken and key is not None and j.n > room):
+                    break
+                taken.append(j)
+                rows += j.n
+                if j.seed is not None:
+                    break
+            for j in taken:
                 self._queue.remove(j)
-            return batch
+            return taken
 
     def _run(self) -> None:
         while True:
-            batch = self._take_batch()
-            if not batch:
-                with self._lock:
-                    if self._stopping and not self._queue:
-                        return
+            if not self._wait_for_work():
+                return
+            if self.batch_wait_s:  # let requests sent together arrive together
+                time.sleep(self.batch_wait_s)
+            with self._lock:
+                self._queue = deque(j for j in self._queue if not j.cancelled)
+                head = self._queue[0] if self._queue else None
+            if head is None:
                 continue
             self.busy = True
             try:
-                self._sample(batch)
+                if self.continuous and head.seed is None:
+                    self._continuous(head.key)
+                else:
+                    batch = self._take()
+                    if batch:
+                        self._sample(batch)
             finally:
                 self.busy = False
+
+    def _limit(self, job: Job) -> int:
+        return len(job.prompt) + job.max_tokens
+
+    def _continuous(self, key) -> None:
+        """Run one continuous batch of requests with this key until no row is left and none can join."""
+        jobs = self._take(key)
+        if not jobs:
+            return
+        spec = jobs[0].spec
+        g = torch.Generator(device=self.device or "cpu").manual_seed(int(torch.randint(0, 2 ** 62, (1,))))
+        batch = ContinuousBatch(self.method, self.backbone, spec, bos_id=self.tokenizer.bos_id,
+                                eos_id=self.tokenizer.eos_id, generator=g, device=self.device)
+        rows: dict[tuple[int, int], list[int]] = {}  # (job id, row) -> generated so far
+        live: dict[int, Job] = {}
+        left: dict[int, int] = {}  # job id -> rows not done yet
+
+        def admit(new: list[Job]) -> None:
+            joining = []
+            for j in new:
+                live[id(j)], left[id(j)] = j, j.n
+                for r in range(j.n):
+                    rows[(id(j), r)] = []
+                    joining.append(((id(j), r), j.prompt, self._limit(j)))
+            batch.join(joining)
+
+        with torch.inference_mode():
+            try:
+                admit(jobs)
+                while len(batch):
+                    gone = [k for k in batch.keys if live[k[0]].cancelled]
+                    if gone:
+                        batch.drop(gone)
+                    if len(batch) < self.max_batch_rows:
+                        admit(self._take(key, self.max_batch_rows - len(batch)))
+                    if not len(batch):
+                        break
+                    t0 = time.perf_counter()
+                    updates = batch.step()
+                    if self.on_batch is not None:
+                        self.on_batch(rows=len(updates), seconds=time.perf_counter() - t0)
+                    ended = []
+                    for u in updates:
+                        j = live[u.key[0]]
+                        got = rows[u.key]
+                        got += u.tokens
+                        done = u.done or len(got) >= j.max_tokens or self._stopped(j, got)
+                        j.tell(u.key[1], u.tokens, done)
+                        if done:
+                            if not u.done:
+                                ended.append(u.key)
+                            left[id(j)] -= 1
+                            if left[id(j)] == 0:
+                                j.loop.call_soon_threadsafe(
+                                    _settle, j.future, [j.prompt + rows[(id(j), r)] for r in range(j.n)], None)
+                    if ended:
+                        batch.drop(ended)
+            except Exception as err:  # noqa: BLE001 - every request in the batch learns of it
+                for j in live.values():
+                    j.loop.call_soon_threadsafe(_settle, j.future, None, err)
+
+    def _stopped(self, job: Job, generated: list[int]) -> bool:
+        """Whether a row's text holds one of its request's stop strings."""
+        if not job.stop:
+            return False
+        text = self.tokenizer.decode([t for t in generated if t < self.tokenizer.vocab_size])
+        return any(s in text for s in job.stop)
 
     def sampled_length(self, batch: list[Job]) -> int:
         """How many positions a batch samples: a whole-window model its window; AR and block models
@@ -134,7 +251,7 @@ class Engine:
         model's length if asked)."""
         if strategy_for(self.method, self.length, None) == "window":
             return self.length
-        need = max(len(j.prompt) + j.max_tokens for j in batch)
+        need = max(self._limit(j) for j in batch)
         if self.method.block_size:
             return -(-need // self.method.block_size) * self.method.block_size
         return min(self.length, need)
@@ -152,14 +269,17 @@ class Engine:
                     spec = replace(spec, total_length=width if width > self.length else None, stop_at_eos=True)
                 ids = sample_prompted(self.method, self.backbone, [j.prompt for j in batch], [j.n for j in batch],
                                       min(width, self.length), spec, bos_id=self.tokenizer.bos_id,
-                                      eos_id=self.tokenizer.eos_id, generator=g, device=self.device).cpu()
+                                      eos_id=self.tokenizer.eos_id, generator=g, device=self.device,
+                                      observer=_Watch(batch)).cpu()
+        except Abandoned:
+            return
         except Exception as err:  # noqa: BLE001 - every waiting request learns of it
             for j in batch:
                 j.loop.call_soon_threadsafe(_settle, j.future, None, err)
             return
         row = 0
         for j in batch:
-            j.loop.call_soon_threadsafe(_settle, j.future, ids[row:row + j.n], None)
+            j.loop.call_soon_threadsafe(_settle, j.future, ids[row:row + j.n].tolist(), None)
             row += j.n
         if self.on_batch is not None:
             self.on_batch(rows=row, seconds=time.perf_counter() - t0)
@@ -174,4 +294,4 @@ def _settle(future: asyncio.Future, value, error) -> None:
         future.set_result(value)
 
 
-__all__ = ["Engine", "Job", "QueueFull"]
+__all__ = ["Abandoned", "Engine", "Job", "QueueFull"]

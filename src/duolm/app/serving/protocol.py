@@ -193,21 +193,35 @@ def response(kind: str, model_name: str, choices: list[tuple[str, str]], prompt_
                          "finish_reason": r} for i, (t, r) in enumerate(choices)], "usage": usage}
 
 
+class ChunkWriter:
+    """The chunks of one streamed request, in OpenAI's format (one id and time for all of them)."""
+
+    def __init__(self, kind: str, model_name: str):
+        self.kind, self.model_name = kind, model_name
+        self.id, self.created = uuid.uuid4().hex[:24], int(time.time())
+        self.started: set[int] = set()
+
+    def __call__(self, index: int, text: str, reason: str | None = None) -> dict:
+        if self.kind == "completion":
+            return {"id": f"cmpl-{self.id}", "object": "text_completion", "created": self.created,
+                    "model": self.model_name,
+                    "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": reason}]}
+        delta = {"content": text} if text else {}
+        if index not in self.started and reason is None:
+            delta = {"role": "assistant", **delta}
+            self.started.add(index)
+        return {"id": f"chatcmpl-{self.id}", "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model_name, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                                       "finish_reason": reason}]}
+
+
 def chunks(kind: str, model_name: str, choices: list[tuple[str, str]]) -> list[dict]:
     """The stream of a finished request, in OpenAI's chunk format: per choice its text, then its finish."""
-    rid, now = uuid.uuid4().hex[:24], int(time.time())
+    write = ChunkWriter(kind, model_name)
     out = []
     for i, (text, reason) in enumerate(choices):
-        if kind == "completion":
-            base = {"id": f"cmpl-{rid}", "object": "text_completion", "created": now, "model": model_name}
-            out.append({**base, "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": None}]})
-            out.append({**base, "choices": [{"index": i, "text": "", "logprobs": None, "finish_reason": reason}]})
-        else:
-            base = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": now, "model": model_name}
-            out.append({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": text},
-                                             "logprobs": None, "finish_reason": None}]})
-            out.append({**base, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}]})
+        out += [write(i, text), write(i, "", reason)]
     return out
 
 
-__all__ = ["BadRequest", "Settings", "chunks", "completion_text", "parse", "response"]
+__all__ = ["BadRequest", "ChunkWriter", "Settings", "chunks", "completion_text", "parse", "response"]

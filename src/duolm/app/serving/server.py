@@ -3,9 +3,13 @@
     /v1/completions, /v1/chat/completions   (stream=true: Server-Sent Events in OpenAI's chunk format)
     /v1/models, /health, /metrics           (Prometheus text)
 
+Streaming: a continuously batched model (blocks, AR) sends each row's text as its blocks (tokens)
+are committed; other models send the whole answer when their batch ends.
+
 A bad request is a 400 whose message is one sentence naming the field; a full queue a 429 with
 Retry-After; a request past serve.request_timeout a 504 (its place in the queue is freed). A client
-that goes away while its request waits frees its place before the batch forms.
+that goes away while its request waits frees its place; while it is sampled, its rows leave the
+batch at the next step (a whole batch stops once all of its requests are gone).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from duolm.app.serving.engine import Engine, Job, QueueFull
-from duolm.app.serving.protocol import BadRequest, chunks, completion_text, parse, response
+from duolm.app.serving.protocol import BadRequest, ChunkWriter, chunks, completion_text, parse, response
 
 
 class ClientGone(Exception):
@@ -117,7 +121,10 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
         except ValueError as err:  # the tokenizer's or the template's own refusal of this input
             metrics.requests.labels(route, "400").inc()
             return error(400, (str(err).splitlines() or ["the request cannot be read"])[0])
-        job = Job(s.prompt, s.n, s.max_tokens, s.spec, s.seed)
+        live = s.stream and engine.continuous and s.seed is None  # each block (token) sent as it is made
+        updates: asyncio.Queue = asyncio.Queue()
+        job = Job(s.prompt, s.n, s.max_tokens, s.spec, s.seed, stop=list(s.stop),
+                  stream=(lambda row, tokens, done: updates.put_nowait((row, tokens, done))) if live else None)
         try:
             future = engine.submit(job)
         except QueueFull as err:
@@ -149,6 +156,8 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
                 used += count
             return out, used
 
+        if live:
+            return StreamingResponse(streamed(request, job, s, kind, route, updates, t0), media_type="text/event-stream")
         if s.stream:
             async def events():
                 try:
@@ -188,6 +197,51 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
         metrics.requests.labels(route, "200").inc()
         metrics.latency.observe(time.perf_counter() - t0)
         return response(kind, model.name, picked, len(s.prompt), used)
+
+    async def streamed(request, job, s, kind, route, updates, t0):
+        """Server-Sent Events of a continuously batched request: each row's new text as its blocks
+        (tokens) are committed, its finish when it is done, then [DONE]."""
+        write = ChunkWriter(kind, model.name)
+        generated = {r: [] for r in range(s.n)}
+        sent = {r: "" for r in range(s.n)}
+        open_rows, used = set(range(s.n)), 0
+        deadline = t0 + request_timeout
+        try:
+            while open_rows:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    metrics.requests.labels(route, "504").inc()
+                    yield f"data: {json.dumps({'error': {'message': 'the request ran past serve.request_timeout'}})}\n\n"
+                    return
+                try:
+                    row, tokens, done = await asyncio.wait_for(updates.get(), timeout=min(0.25, left))
+                except asyncio.TimeoutError:
+                    if job.future.done() and job.future.exception() is not None:
+                        err = job.future.exception()
+                        metrics.requests.labels(route, "500").inc()
+                        yield f"data: {json.dumps({'error': {'message': f'{type(err).__name__}: {err}'}})}\n\n"
+                        return
+                    if await request.is_disconnected():
+                        metrics.requests.labels(route, "499").inc()
+                        return
+                    continue
+                generated[row] += tokens
+                text, reason, count = completion_text(model.tokenizer, s.prompt + generated[row], len(s.prompt),
+                                                      s.max_tokens, s.stop)
+                if text.startswith(sent[row]) and len(text) > len(sent[row]):
+                    yield f"data: {json.dumps(write(row, text[len(sent[row]):]))}\n\n"
+                    sent[row] = text
+                if done:
+                    used += count
+                    yield f"data: {json.dumps(write(row, '', reason))}\n\n"
+                    open_rows.discard(row)
+        finally:
+            job.cancelled = True  # its rows leave the batch at the next step (a client gone, a timeout)
+        yield "data: [DONE]\n\n"
+        metrics.tokens.inc(used)
+        metrics.prompt_tokens.inc(len(s.prompt) * s.n)
+        metrics.requests.labels(route, "200").inc()
+        metrics.latency.observe(time.perf_counter() - t0)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
