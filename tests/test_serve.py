@@ -311,3 +311,60 @@ def test_ar_and_block_models_serve_batches_of_different_prompts(tmp_path, algo):
         assert server.metric('duolm_batch_rows_bucket{le="1.0"}') < server.metric("duolm_batch_rows_count")
     finally:
         server.close()
+
+
+def test_block_model_rows_join_a_running_batch_leave_it_early_and_stream_each_block(tmp_path):
+    """Continuous batching on a BD3-LM model (blocks of 8, deterministic decoding): a short request
+    sent while a long one runs joins the running batch and is answered while the long one is still
+    being written (it neither waits for the batch to end nor holds it up); its text equals the same
+    request alone; a streamed request arrives block by block (several text chunks per choice)
+    whose concatenation is the non-streamed answer."""
+    assert main(["train", "algo=mdlm", "algo.block_size=8", *TINY, "trainer.max_steps=2",
+                 "loader.global_batch_size=8", f"run.dir={tmp_path / 'run'}", "run.final_validation=false",
+                 "run.final_samples=false"]) == 0
+    server = Server(f"eval.checkpoint_path={tmp_path / 'run' / 'model'}", "sampling.predictor=confidence",
+                    "sampling.steps=8", "serve.batch_wait_ms=0", cwd=tmp_path)
+    try:
+        c = server.client
+        short_alone = c.completions.create(model="model", prompt="the", max_tokens=8).choices[0].text
+        finished = []
+
+        def long_request():
+            c.completions.create(model="model", prompt="a", max_tokens=250)
+            finished.append("long")
+
+        t = threading.Thread(target=long_request)
+        t.start()
+        _until(lambda: _health(server)["busy"], "the long request to be sampled")
+        short = c.completions.create(model="model", prompt="the", max_tokens=8).choices[0].text
+        finished.append("short")
+        t.join()
+        assert finished == ["short", "long"] and short == short_alone
+        whole = c.completions.create(model="model", prompt="and so", max_tokens=60, n=2)
+        pieces = {0: [], 1: []}
+        reasons = {}
+        for chunk in c.completions.create(model="model", prompt="and so", max_tokens=60, n=2, stream=True):
+            ch = chunk.choices[0]
+            if ch.text:
+                pieces[ch.index].append(ch.text)
+            if ch.finish_reason:
+                reasons[ch.index] = ch.finish_reason
+        assert ["".join(pieces[i]) for i in (0, 1)] == [ch.text for ch in whole.choices]
+        assert set(reasons) == {0, 1} and max(len(p) for p in pieces.values()) >= 3  # block by block
+    finally:
+        server.close()
+
+
+def test_ar_streams_token_by_token(tmp_path):
+    assert main(["train", "algo=ar", *TINY, "trainer.max_steps=2", "loader.global_batch_size=8",
+                 f"run.dir={tmp_path / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
+    server = Server(f"eval.checkpoint_path={tmp_path / 'run' / 'model'}", "serve.batch_wait_ms=0", cwd=tmp_path)
+    try:
+        chunks = list(server.client.completions.create(model="model", prompt="a", max_tokens=20, stream=True,
+                                                       stop=["zzz"], n=4))
+        texts = [ch.choices[0].text for ch in chunks if ch.choices[0].text]
+        # a character tokenizer: one chunk per token, the four rows interleaved as they are written
+        assert len(texts) >= 3 and all(len(t) == 1 for t in texts)
+        assert sorted(ch.choices[0].index for ch in chunks if ch.choices[0].finish_reason) == [0, 1, 2, 3]
+    finally:
+        server.close()
