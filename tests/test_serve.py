@@ -148,7 +148,7 @@ def test_batched_requests_equal_the_same_requests_alone(mdlm):
     ({"prompt": "a", "max_tokens": 1000}, "max_tokens", "max_tokens must be at most 62"),
     ({"prompt": "a" * 80}, "prompt", "prompt is 81 tokens; this model reads at most 63"),
     ({"prompt": "a", "bogus": 1}, "bogus", "bogus is not a field duolm reads"),
-    ({"prompt": "a", "temperature": 0.5}, "temperature", "temperature must be 1"),
+    ({"prompt": "a", "temperature": 2.5}, "temperature", "temperature must be a number from 0 to 2"),
     ({"prompt": "a", "n": 0}, "n", "n must be an integer from 1 to 16"),
     ({"prompt": "a", "predictor": "nope"}, "predictor", "predictor must be one of"),
     ({"prompt": "a", "steps": 0}, "steps", "steps must be an integer from 1 to 4096"),
@@ -362,9 +362,40 @@ def test_ar_streams_token_by_token(tmp_path):
     try:
         chunks = list(server.client.completions.create(model="model", prompt="a", max_tokens=20, stream=True,
                                                        stop=["zzz"], n=4))
+        greedy = server.client.completions.create(model="model", prompt="the", max_tokens=12, temperature=0, n=3)
+        assert len({ch.text for ch in greedy.choices}) == 1  # the argmax: every row the same
         texts = [ch.choices[0].text for ch in chunks if ch.choices[0].text]
         # a character tokenizer: one chunk per token, the four rows interleaved as they are written
         assert len(texts) >= 3 and all(len(t) == 1 for t in texts)
         assert sorted(ch.choices[0].index for ch in chunks if ch.choices[0].finish_reason) == [0, 1, 2, 3]
     finally:
         server.close()
+
+
+def test_temperature_block_size_and_stream_drafts(mdlm):
+    """A whole-window model: temperature is read (0 to 2); block_size maps to confidence decoding in
+    blocks; stream_drafts sends each step's draft (masks as '_') before the answer."""
+    status, _, _ = mdlm.post("/v1/completions", {"prompt": "the", "max_tokens": 12, "temperature": 0.5})
+    assert status == 200
+    status, answer, _ = mdlm.post("/v1/completions", {"prompt": "the", "max_tokens": 12, "block_size": 8,
+                                                      "predictor": "confidence"})
+    assert status == 200
+    status, answer, _ = mdlm.post("/v1/completions", {"prompt": "the", "block_size": 8, "predictor": "ancestral"})
+    assert status == 400 and answer["error"]["param"] == "block_size"
+    status, answer, _ = mdlm.post("/v1/completions", {"prompt": "the", "temperature": 3})
+    assert status == 400 and answer["error"]["param"] == "temperature"
+    status, answer, _ = mdlm.post("/v1/completions", {"prompt": "the", "stream_drafts": True})
+    assert status == 400 and "stream=true" in answer["error"]["message"]
+    drafts, text, reason = [], "", None
+    for chunk in mdlm.client.completions.create(model="model", prompt="the", max_tokens=12, stream=True,
+                                                extra_body={"stream_drafts": True, "steps": 8}):
+        ch = chunk.choices[0]
+        extra = ch.model_extra or {}
+        if "draft" in extra:
+            drafts.append((extra["step"], extra["draft"]))
+        text += ch.text
+        reason = ch.finish_reason or reason
+    steps = [s for s, _ in drafts]
+    assert steps == sorted(steps) and steps[0] == 0 and len(drafts) >= 8
+    assert set(drafts[0][1]) == {"_"} and len(drafts[0][1]) == 12  # the prior: all masks
+    assert reason in ("stop", "length") and drafts[-1][1].startswith(text[:1])

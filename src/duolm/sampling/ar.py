@@ -17,10 +17,18 @@ def _held_start(fixed, batch: int, bos_id: int, device) -> torch.Tensor:
     return values[:, :start].clone()
 
 
+def next_token(logits: torch.Tensor, temperature: float = 1.0, generator=None) -> torch.Tensor:
+    """(B, 1) draws from logits (B, V) at `temperature` (0: the argmax, no draw), in float64."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    probs = (logits.double() / temperature).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
 @torch.no_grad()
 def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None, device=None,
               use_cache: bool = True, disable_progress: bool = True, vocab_size: int | None = None,
-              prompt=None, fixed=None) -> torch.Tensor:
+              prompt=None, fixed=None, temperature: float = 1.0) -> torch.Tensor:
     """Sample (batch, length) tokens starting from BOS (or from `prompt`, token ids that start
     with BOS); with the cache each step costs one position (the backbone's new_cache()).
 
@@ -28,7 +36,7 @@ def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None,
     length; any held position): the positions every row holds from the start are read in the first
     call, and past them a held token replaces the row's draw (the draw is still made, so a row's
     draws do not depend on what other rows hold). vocab_size drops extra output rows (the papers'
-    AR has one for its mask token)."""
+    AR has one for its mask token). temperature: the next token's logits / T (0: the argmax)."""
     if fixed is not None:
         x = _held_start(fixed, batch, bos_id, device)
         mask, values = (f.to(x.device) for f in fixed)
@@ -44,8 +52,7 @@ def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None,
             logits = backbone(x[:, -1:] if i else x, cache=cache, position_offset=pos if i else 0)
         else:
             logits = backbone(x)
-        probs = logits[:, -1, :vocab_size].double().softmax(-1)
-        nxt = torch.multinomial(probs, 1, generator=generator)
+        nxt = next_token(logits[:, -1, :vocab_size], temperature, generator)
         at = x.shape[1]
         if fixed is not None and at < mask.shape[1]:
             nxt = torch.where(mask[:, at:at + 1], values[:, at:at + 1], nxt)
@@ -58,4 +65,5 @@ def from_spec(model, spec, shape, *, bos_id: int, fixed=None, generator=None, de
     """The registry's adapter: sampling.prefix (BOS first) is the prompt; `fixed`, each row's held tokens."""
     return ar_sample(model.backbone, shape[0], shape[1], bos_id, use_cache=model.backbone.capabilities.kv_cache,
                      generator=generator, device=device, disable_progress=disable_progress,
-                     vocab_size=model.vocab_size, prompt=spec.prefix if fixed is None else None, fixed=fixed)
+                     vocab_size=model.vocab_size, prompt=spec.prefix if fixed is None else None, fixed=fixed,
+                     temperature=model.temperature)

@@ -21,7 +21,7 @@ from duolm.io.progress import progress_bar
 from duolm.sampling.ancestral import denoiser_from
 from duolm.sampling.guidance import guided_denoiser
 from duolm.sampling.observers import NOTHING, Observer, Recorder
-from duolm.sampling.registry import SAMPLERS, SamplingModel
+from duolm.sampling.registry import SAMPLERS, SamplingModel, tempered
 from duolm.sampling.semi_ar import eos_after_first, held_positions
 
 
@@ -142,6 +142,7 @@ def block_sample(method, backbone, spec, batch: int, total_length: int, *, gener
                 net_u = CachedBlock(backbone, null_caches, offset) if cache else UncachedBlock(backbone, out, bs)
                 model = replace(model, guided=True, denoiser=guided_denoiser(
                     model.denoiser, denoiser_from(method, with_labels(net_u, null)), float(guidance)))
+            model = tempered(model, spec.temperature)
             st = Recorder()
             block = entry.run(model, one_block, (batch, bs), bos_id=None, fixed=(m, v) if bool(m.any()) else None,
                               generator=generator,
@@ -212,7 +213,7 @@ def canvas_sample(method, backbone, spec, batch: int, total_length: int, *, pref
             backbone(out[:, -bs:], None, cache=cache, store_kv=True, position_offset=out.shape[1] - bs)
             calls["commit_calls"] += 1
         net = CachedBlock(backbone, cache, out.shape[1])
-        model = SamplingModel.from_method(method, net)
+        model = tempered(SamplingModel.from_method(method, net), spec.temperature)
         st = Recorder()
         block = entry.run(model, one_block, (batch, bs), bos_id=None, fixed=None, generator=generator, device=device,
                           disable_progress=True, observer=st)

@@ -31,9 +31,10 @@ import torch
 
 from duolm.contracts import CapabilityError
 from duolm.errors import SettingError
+from duolm.sampling.ar import next_token
 from duolm.sampling.blocks import CachedBlock, commit_block
 from duolm.sampling.observers import Recorder
-from duolm.sampling.registry import SAMPLERS, SamplingModel
+from duolm.sampling.registry import SAMPLERS, SamplingModel, tempered
 
 
 @dataclass
@@ -170,8 +171,7 @@ class ContinuousBatch:
         last = torch.as_tensor([[r.tokens[-1]] for r in self.rows], dtype=torch.long, device=self.device)
         logits = self.backbone(last, cache=self.cache, position_offset=len(self.cache), store_kv=True)
         self.calls += 1
-        probs = logits[:, -1, :self.vocab_size].double().softmax(-1)
-        return torch.multinomial(probs, 1, generator=self.generator)
+        return next_token(logits[:, -1, :self.vocab_size], self.spec.temperature, self.generator)
 
     def _block(self, slot: int) -> torch.Tensor:
         bs = self.method.block_size
@@ -185,7 +185,7 @@ class ContinuousBatch:
                 values[i, :len(tail)] = torch.as_tensor(tail)
         fixed = (held.to(self.device), values.to(self.device)) if bool(held.any()) else None
         net = CachedBlock(self.backbone, self.cache, slot)
-        model = SamplingModel.from_method(self.method, net)
+        model = tempered(SamplingModel.from_method(self.method, net), self.spec.temperature)
         seen = Recorder()
         block = SAMPLERS[self.spec.predictor].run(model, self.spec, (len(self.rows), bs), bos_id=None, fixed=fixed,
                                                   generator=self.generator, device=self.device,

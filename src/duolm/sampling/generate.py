@@ -17,7 +17,7 @@ from duolm.data.tokenizers import is_image
 from duolm.errors import SettingError
 from duolm.sampling.blocks import block_sample
 from duolm.sampling.observers import NOTHING, CountsOnly, Observer, Recorder
-from duolm.sampling.registry import SAMPLERS, SamplingModel, checked_spec
+from duolm.sampling.registry import SAMPLERS, SamplingModel, checked_spec, tempered
 from duolm.sampling.semi_ar import held_positions, semi_ar_sample
 from duolm.sampling.spec import SamplerSpec
 from duolm.sampling.strategy import strategy_for
@@ -56,7 +56,7 @@ def sample_batch(method, backbone, spec: SamplerSpec, batch: int, length: int, *
     spec.check_length(length)
     if fixed is None and spec.prefix and strategy == "window":
         fixed = held_positions(batch, length, list(spec.prefix))
-    model = SamplingModel.from_method(method, backbone, labels=labels, guidance=guidance)
+    model = tempered(SamplingModel.from_method(method, backbone, labels=labels, guidance=guidance), spec.temperature)
     if observer.wants_states and SAMPLERS[spec.predictor].needs != "x0":
         raise SettingError(f"`GenerationRequest.trajectory` records x_t of the x_0 samplers (ancestral, psi), not "
                          f"`SamplerSpec.predictor`={spec.predictor}")

@@ -9,7 +9,7 @@ method, so the config check, the CLI and the library agree.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -39,6 +39,7 @@ class SamplingModel:
     method: object | None = None         # what built the denoiser (samplers that call the backbone
     labels: torch.Tensor | None = None   # themselves, as the approximate cache does, rebuild it)
     guided: bool = False
+    temperature: float = 1.0             # AR: the next token's (x_0 samplers get a tempered denoiser)
 
     @property
     def conditioning(self):
@@ -63,6 +64,26 @@ class SamplingModel:
                                       float(guidance))
         return cls(den, method.process, method.schedule, output, backbone=backbone, vocab_size=method.vocab_size,
                    method=method, labels=labels, guided=guidance is not None and guidance != 1.0)
+
+
+def tempered(model: SamplingModel, temperature: float) -> SamplingModel:
+    """The model a sampler draws from at `temperature`: log p(x_0 | x_t) / T renormalised (T = 0: all
+    mass on the argmax), or for AR the next token's logits / T. T = 1: the model itself."""
+    if temperature == 1:
+        return model
+    if model.output == "ar":
+        return replace(model, temperature=float(temperature))
+    den = model.denoiser
+
+    def denoiser(x_t, alpha_t):
+        log_p = den(x_t, alpha_t)
+        if temperature == 0:  # -1e4, not -inf: samplers take p * log p of these rows
+            top = log_p.argmax(-1, keepdim=True)
+            return torch.full_like(log_p, -1e4).scatter(-1, top, 0.0)
+        wide = log_p.to(torch.promote_types(log_p.dtype, torch.float32))  # half precision read in float32
+        return torch.log_softmax(wide / temperature, dim=-1).to(log_p.dtype)
+
+    return replace(model, denoiser=denoiser)
 
 
 @dataclass(frozen=True)
@@ -126,6 +147,14 @@ def check_sampler(spec: SamplerSpec, method=None) -> None:
                          f"not {type(spec.options).__name__}")
     if entry.check is not None:
         entry.check(spec, method.schedule)
+    if spec.temperature != 1:
+        if entry.needs == "score":
+            raise SettingError(f"`SamplerSpec.temperature`={spec.temperature} tempers x_0 probabilities, which a score "
+                               f"model (`Method.name`={method.name}) does not give; use 1")
+        if isinstance(spec.options, confidence.ConfidenceOptions) and spec.options.cache != "none":
+            raise SettingError(f"`SamplerSpec.temperature`={spec.temperature}: the approximate cache "
+                               f"(`ConfidenceOptions.cache`={spec.options.cache}) calls the network itself; use cache "
+                               f"none or temperature 1")
     if spec.total_length is not None and entry.needs == "ar":
         raise SettingError("`SamplerSpec.total_length` is for diffusion models; AR samples up to `GenerationRequest.length` here")
     if not entry.holds_positions and (spec.prefix or spec.total_length is not None):

@@ -5,7 +5,7 @@
                                      length=128)
 
 The keys, each optional (the defaults are SamplerSpec's and GenerationRequest's):
-- predictor, steps, noise_removal, use_float64, p_nucleus, total_length, stride, stop_at_eos: the
+- predictor, steps, noise_removal, use_float64, p_nucleus, temperature, total_length, stride, stop_at_eos: the
   SamplerSpec's fields; `<predictor>`: a mapping of that sampler's own settings (its SAMPLERS row's
   options; the other samplers' blocks are not read);
 - prefix (text held at the start) or chat (a user's message, framed by the tokenizer's chat template
@@ -33,8 +33,8 @@ from duolm.sampling.infill import parse_template
 from duolm.sampling.registry import checked_spec, options_from_settings
 from duolm.sampling.spec import SamplerSpec
 
-SPEC_KEYS = ("predictor", "steps", "noise_removal", "use_float64", "p_nucleus", "total_length", "stride",
-             "stop_at_eos")
+SPEC_KEYS = ("predictor", "steps", "noise_removal", "use_float64", "p_nucleus", "temperature", "total_length",
+             "stride", "stop_at_eos")
 
 
 def check_one_start(settings: Mapping) -> None:

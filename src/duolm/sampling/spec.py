@@ -91,6 +91,7 @@ class SamplerSpec:
     total_length: int | None = None       # > model length: semi-autoregressive windows
     stride: int | None = None             # new tokens per window (default: half the window)
     stop_at_eos: bool = False
+    temperature: float = 1.0              # p(x_0 | x_t) (AR: the next token) ~ p^(1/T); 0: its argmax
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -98,6 +99,9 @@ class SamplerSpec:
         if self.noise_removal != AUTO:
             check_noise_removal(self.noise_removal)
         check_top_p(self.p_nucleus)
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 10:
+            raise SettingError(f"`SamplerSpec.temperature` must be a number from 0 (the argmax) to 10, got {t!r}")
         if self.prefix is not None:
             object.__setattr__(self, "prefix", tuple(int(i) for i in self.prefix))
 

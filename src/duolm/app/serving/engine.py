@@ -48,7 +48,9 @@ class Job:
 
     Its future gets a list of n rows of ids (each the prompt and what was generated). stream: a
     function called on the server's event loop with (row, new token ids, done) as each step makes
-    them (continuous batching only). stop: strings that end a row (checked on its decoded text)."""
+    them (continuous batching only). drafts: one called with (row, step, ids after the prompt) at
+    every denoising step of a whole batch (stream_drafts). stop: strings that end a row (checked on
+    its decoded text)."""
 
     prompt: list[int]
     n: int
@@ -57,6 +59,7 @@ class Job:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     stream: object = None
+    drafts: object = None
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future | None = None
     cancelled: bool = False
@@ -72,14 +75,21 @@ class Job:
 
 
 class _Watch(Observer):
-    """Stops a whole batch at its next step once every one of its requests has given up."""
+    """Sees every step of a whole batch: stops it once every one of its requests has given up, and
+    hands each step's draft to the requests that stream drafts."""
 
     def __init__(self, jobs: list[Job]):
         self.jobs = jobs
+        self.first_row = [sum(j.n for j in jobs[:k]) for k in range(len(jobs))]
 
     def step(self, i: int, x: torch.Tensor) -> None:
         if all(j.cancelled for j in self.jobs):
             raise Abandoned
+        for j, row in zip(self.jobs, self.first_row):
+            if j.drafts is not None and not j.cancelled:
+                part = x[row:row + j.n, len(j.prompt):len(j.prompt) + j.max_tokens].tolist()
+                for r, ids in enumerate(part):
+                    j.loop.call_soon_threadsafe(j.drafts, r, i, ids)
 
 
 class Engine:

@@ -8,9 +8,12 @@ chunks. The fields duolm reads:
   the assistant's turn opened, as SFT framed it);
 - `max_tokens` (default 16, at most what the model's length leaves after the prompt), `n`, `seed`,
   `stop` (up to 4 strings: the completion ends before the first), `stream`, `top_p`, `temperature`
-  (1 only: duolm's samplers draw from the model's distribution; 0 / greedy is `predictor=confidence`);
+  (0 to 2: p(x_0 | x_t), AR's next token, sharpened to p^(1/T); 0 the argmax);
 - duolm's own, at the top level (the openai client's `extra_body`): `steps`, `predictor`,
-  `noise_removal`, `confidence_threshold`.
+  `noise_removal`, `confidence_threshold`, `block_size` (a block model: its own block size only; a
+  whole-window model with predictor=confidence: decode left to right in blocks of this many
+  positions, Fast-dLLM's semi-AR) and `stream_drafts` (a whole-window model streamed: each
+  denoising step's draft, as `draft` chunks, before the answer).
 
 OpenAI fields duolm does not implement are accepted at their neutral values (`logprobs` null,
 `echo` false, penalties 0, `user`) and refused otherwise, in one sentence.
@@ -32,7 +35,7 @@ NEUTRAL = {"logprobs": (None, False, 0), "echo": (False, None), "presence_penalt
            "response_format": None, "parallel_tool_calls": None, "service_tier": None, "store": None,
            "metadata": None}
 COMMON = {"model", "max_tokens", "n", "seed", "stop", "stream", "top_p", "temperature", "steps", "predictor",
-          "noise_removal", "confidence_threshold"}
+          "noise_removal", "confidence_threshold", "block_size", "stream_drafts"}
 
 
 class BadRequest(ValueError):
@@ -52,6 +55,7 @@ class Settings:
     stop: list[str]
     stream: bool
     spec: object
+    drafts: bool = False
 
 
 def _int(body: dict, key: str, default, low: int, high: int | None = None) -> int:
@@ -115,11 +119,16 @@ def parse(body, kind: str, model) -> Settings:
     stream = body.get("stream", False)
     if stream not in (True, False, None):
         raise BadRequest(f"stream must be true or false, got {stream!r}", "stream")
-    temperature = body.get("temperature")
-    if temperature is not None and (isinstance(temperature, bool) or temperature != 1):
-        raise BadRequest(f"temperature must be 1 (duolm's samplers draw from the model's distribution; for greedy "
-                         f"decoding send predictor=confidence), got {temperature!r}", "temperature")
-    return Settings(ids, max_tokens, n, seed, list(stop), bool(stream), _spec(body, model))
+    drafts = body.get("stream_drafts", False)
+    if drafts not in (True, False, None):
+        raise BadRequest(f"stream_drafts must be true or false, got {drafts!r}", "stream_drafts")
+    if drafts and not stream:
+        raise BadRequest("stream_drafts sends the denoising drafts of a streamed request: set stream=true too",
+                         "stream_drafts")
+    if drafts and (model.method.block_size or model.method.is_autoregressive):
+        raise BadRequest("stream_drafts is for whole-window models; this model streams each block (token) as it is "
+                         "written", "stream_drafts")
+    return Settings(ids, max_tokens, n, seed, list(stop), bool(stream), _spec(body, model), bool(drafts))
 
 
 def _spec(body: dict, model):
@@ -136,18 +145,39 @@ def _spec(body: dict, model):
             changes[key] = body[key]
     if body.get("top_p") is not None:
         changes["p_nucleus"] = body["top_p"]
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+            raise BadRequest(f"temperature must be a number from 0 to 2, got {temperature!r}", "temperature")
+        changes["temperature"] = float(temperature)
     predictor = changes.get("predictor", spec.predictor)
     if predictor != spec.predictor:
         changes["options"] = None
     if body.get("confidence_threshold") is not None:
         if predictor != "confidence":
             raise BadRequest("confidence_threshold is for predictor=confidence", "confidence_threshold")
-        base = spec.options if isinstance(spec.options, ConfidenceOptions) else ConfidenceOptions()
+        base = spec.options if isinstance(spec.options, ConfidenceOptions) and "options" not in changes \
+            else ConfidenceOptions()
         changes["options"] = _checked("confidence_threshold", lambda: replace(base,
                                                                               threshold=body["confidence_threshold"]))
+    if body.get("block_size") is not None:
+        size = _int(body, "block_size", None, 1, model.config["length"])
+        own = model.method.block_size
+        if own:
+            if size != own:
+                raise BadRequest(f"block_size must be {own}: this model was trained with blocks of {own} (its cache "
+                                 f"and masks are built for them)", "block_size")
+        elif predictor != "confidence":
+            raise BadRequest("block_size is for block models, or for a whole-window model with predictor=confidence "
+                             "(semi-autoregressive decoding in blocks)", "block_size")
+        else:
+            base = changes.get("options") or (spec.options if isinstance(spec.options, ConfidenceOptions)
+                                              else ConfidenceOptions())
+            changes["options"] = _checked("block_size", lambda: replace(base, block_length=size))
     if not changes:
         return spec
-    field = {"steps": "steps", "predictor": "predictor", "noise_removal": "noise_removal", "p_nucleus": "top_p"}
+    field = {"steps": "steps", "predictor": "predictor", "noise_removal": "noise_removal", "p_nucleus": "top_p",
+             "temperature": "temperature"}
     return _checked(next(iter(field[k] for k in changes if k in field), "predictor"),
                     lambda: checked_spec(replace(spec, **changes), model.method, model.config["length"]))
 
@@ -201,18 +231,44 @@ class ChunkWriter:
         self.id, self.created = uuid.uuid4().hex[:24], int(time.time())
         self.started: set[int] = set()
 
-    def __call__(self, index: int, text: str, reason: str | None = None) -> dict:
+    def _chunk(self, choice: dict) -> dict:
         if self.kind == "completion":
             return {"id": f"cmpl-{self.id}", "object": "text_completion", "created": self.created,
-                    "model": self.model_name,
-                    "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": reason}]}
+                    "model": self.model_name, "choices": [{**choice, "logprobs": None}]}
+        return {"id": f"chatcmpl-{self.id}", "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model_name, "choices": [{**choice, "logprobs": None}]}
+
+    def __call__(self, index: int, text: str, reason: str | None = None) -> dict:
+        """Choice `index`'s next piece of text, or its finish (reason)."""
+        if self.kind == "completion":
+            return self._chunk({"index": index, "text": text, "finish_reason": reason})
         delta = {"content": text} if text else {}
         if index not in self.started and reason is None:
             delta = {"role": "assistant", **delta}
             self.started.add(index)
-        return {"id": f"chatcmpl-{self.id}", "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model_name, "choices": [{"index": index, "delta": delta, "logprobs": None,
-                                                       "finish_reason": reason}]}
+        return self._chunk({"index": index, "delta": delta, "finish_reason": reason})
+
+    def draft(self, index: int, step: int, text: str) -> dict:
+        """Choice `index`'s denoising draft after `step` steps (stream_drafts), beside an empty piece
+        of the answer."""
+        empty = {"text": ""} if self.kind == "completion" else {"delta": {}}
+        return self._chunk({"index": index, **empty, "finish_reason": None, "draft": text, "step": step})
+
+
+def draft_text(tokenizer, ids: list[int], hidden: str = "_") -> str:
+    """A draft's text: its tokens decoded, each position not yet a token (a mask) shown as `hidden`."""
+    out, run = [], []
+    for t in ids:
+        if t < tokenizer.vocab_size:
+            run.append(t)
+            continue
+        if run:
+            out.append(tokenizer.decode(run))
+            run = []
+        out.append(hidden)
+    if run:
+        out.append(tokenizer.decode(run))
+    return "".join(out)
 
 
 def chunks(kind: str, model_name: str, choices: list[tuple[str, str]]) -> list[dict]:
@@ -224,4 +280,4 @@ def chunks(kind: str, model_name: str, choices: list[tuple[str, str]]) -> list[d
     return out
 
 
-__all__ = ["BadRequest", "ChunkWriter", "Settings", "chunks", "completion_text", "parse", "response"]
+__all__ = ["BadRequest", "ChunkWriter", "Settings", "chunks", "completion_text", "draft_text", "parse", "response"]

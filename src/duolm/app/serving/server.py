@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from duolm.app.serving.engine import Engine, Job, QueueFull
-from duolm.app.serving.protocol import BadRequest, ChunkWriter, chunks, completion_text, parse, response
+from duolm.app.serving.protocol import BadRequest, ChunkWriter, chunks, completion_text, draft_text, parse, response
 
 
 class ClientGone(Exception):
@@ -124,7 +124,8 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
         live = s.stream and engine.continuous and s.seed is None  # each block (token) sent as it is made
         updates: asyncio.Queue = asyncio.Queue()
         job = Job(s.prompt, s.n, s.max_tokens, s.spec, s.seed, stop=list(s.stop),
-                  stream=(lambda row, tokens, done: updates.put_nowait((row, tokens, done))) if live else None)
+                  stream=(lambda row, tokens, done: updates.put_nowait((row, tokens, done))) if live else None,
+                  drafts=(lambda row, step, ids: updates.put_nowait((row, step, ids))) if s.drafts else None)
         try:
             future = engine.submit(job)
         except QueueFull as err:
@@ -160,6 +161,16 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
             return StreamingResponse(streamed(request, job, s, kind, route, updates, t0), media_type="text/event-stream")
         if s.stream:
             async def events():
+                if s.drafts:  # each denoising step's draft while the batch runs
+                    write = ChunkWriter(kind, model.name)
+                    while not future.done():
+                        try:
+                            row, step, ids = await asyncio.wait_for(updates.get(), timeout=0.25)
+                        except asyncio.TimeoutError:
+                            if time.perf_counter() > t0 + request_timeout or await request.is_disconnected():
+                                break  # finished() below says which
+                            continue
+                        yield f"data: {json.dumps(write.draft(row, step, draft_text(model.tokenizer, ids)))}\n\n"
                 try:
                     ids = await finished()
                 except ClientGone:
