@@ -419,6 +419,7 @@ def _check_serve(cfg) -> None:
     for key in ("serve.max_batch_rows", "serve.max_queue", "serve.max_n"):
         _positive(cfg, key)
     _positive(cfg, "serve.port", minimum=0)
+    _choice(cfg, "serve.continuous", (True, False))
     _positive(cfg, "serve.max_length", allow_none=True, minimum=2)
     if cfg.serve.port > 65535:
         raise ConfigError(f"serve.port must be a port number from 0 to 65535, got {cfg.serve.port}")

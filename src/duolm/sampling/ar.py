@@ -28,7 +28,7 @@ def next_token(logits: torch.Tensor, temperature: float = 1.0, generator=None) -
 @torch.no_grad()
 def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None, device=None,
               use_cache: bool = True, disable_progress: bool = True, vocab_size: int | None = None,
-              prompt=None, fixed=None, temperature: float = 1.0) -> torch.Tensor:
+              prompt=None, fixed=None, temperature: float = 1.0, observer: Observer = NOTHING) -> torch.Tensor:
     """Sample (batch, length) tokens starting from BOS (or from `prompt`, token ids that start
     with BOS); with the cache each step costs one position (the backbone's new_cache()).
 
@@ -36,7 +36,8 @@ def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None,
     length; any held position): the positions every row holds from the start are read in the first
     call, and past them a held token replaces the row's draw (the draw is still made, so a row's
     draws do not depend on what other rows hold). vocab_size drops extra output rows (the papers'
-    AR has one for its mask token). temperature: the next token's logits / T (0: the argmax)."""
+    AR has one for its mask token). temperature: the next token's logits / T (0: the argmax). The
+    observer gets the number of network calls (denoiser_calls)."""
     if fixed is not None:
         x = _held_start(fixed, batch, bos_id, device)
         mask, values = (f.to(x.device) for f in fixed)
@@ -57,6 +58,7 @@ def ar_sample(backbone, batch: int, length: int, bos_id: int, *, generator=None,
         if fixed is not None and at < mask.shape[1]:
             nxt = torch.where(mask[:, at:at + 1], values[:, at:at + 1], nxt)
         x = torch.cat([x, nxt], dim=1)
+    observer.report(denoiser_calls=max(length - start, 0), cached_calls=0)
     return x
 
 
@@ -66,4 +68,4 @@ def from_spec(model, spec, shape, *, bos_id: int, fixed=None, generator=None, de
     return ar_sample(model.backbone, shape[0], shape[1], bos_id, use_cache=model.backbone.capabilities.kv_cache,
                      generator=generator, device=device, disable_progress=disable_progress,
                      vocab_size=model.vocab_size, prompt=spec.prefix if fixed is None else None, fixed=fixed,
-                     temperature=model.temperature)
+                     temperature=model.temperature, observer=observer)

@@ -78,9 +78,10 @@ def cmd_serve(cfg, parts):
     model, device = served_model(cfg)
     s = cfg.serve
     app = build_app(model, max_batch_rows=s.max_batch_rows, max_queue=s.max_queue, request_timeout=s.request_timeout,
-                    batch_wait_s=s.batch_wait_ms / 1000, device=device)
+                    batch_wait_s=s.batch_wait_ms / 1000, device=device, continuous=s.continuous)
     print(f"duolm serve: {model.name} ({model.method.name}, length {model.config['length']}, sampler "
-          f"{model.spec.predictor} {model.spec.steps} steps) on http://{s.host}:{s.port}/v1 | batches of up to "
+          f"{model.spec.predictor} {model.spec.steps} steps) on http://{s.host}:{s.port}/v1 | "
+          f"{'continuous batching' if app.state.engine.continuous else 'whole batches'} of up to "
           f"{s.max_batch_rows} rows, queue {s.max_queue} | Ctrl-C or SIGTERM finishes what it holds, then exits",
           file=sys.stderr, flush=True)
     server = DrainingServer(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning",

@@ -81,6 +81,10 @@ class _Watch(Observer):
     def __init__(self, jobs: list[Job]):
         self.jobs = jobs
         self.first_row = [sum(j.n for j in jobs[:k]) for k in range(len(jobs))]
+        self.calls = 0
+
+    def report(self, **counts) -> None:
+        self.calls += counts.get("denoiser_calls", 0) + counts.get("commit_calls", 0)
 
     def step(self, i: int, x: torch.Tensor) -> None:
         if all(j.cancelled for j in self.jobs):
@@ -94,13 +98,13 @@ class _Watch(Observer):
 
 class Engine:
     def __init__(self, method, backbone, tokenizer, length: int, *, max_batch_rows: int = 32, max_queue: int = 64,
-                 batch_wait_s: float = 0.005, device=None, on_batch=None):
+                 batch_wait_s: float = 0.005, device=None, on_batch=None, continuous: bool = True):
         self.method, self.backbone, self.tokenizer, self.length = method, backbone, tokenizer, length
         self.max_batch_rows, self.max_queue, self.batch_wait_s = max_batch_rows, max_queue, batch_wait_s
         self.device = device
-        self.on_batch = on_batch          # on_batch(rows, seconds): metrics, per network step or whole batch
+        self.on_batch = on_batch          # on_batch(rows, seconds, calls): metrics, per step or whole batch
         # block by block (token by token) with rows joining and leaving, where the backbone allows it
-        self.continuous = bool(backbone.capabilities.ragged_rows) and \
+        self.continuous = continuous and bool(backbone.capabilities.ragged_rows) and \
             strategy_for(method, length, None) in ("blocks", "autoregressive")
         self._queue: deque[Job] = deque()
         self._lock = threading.Condition()
@@ -224,10 +228,10 @@ class Engine:
                         admit(self._take(key, self.max_batch_rows - len(batch)))
                     if not len(batch):
                         break
-                    t0 = time.perf_counter()
+                    t0, calls = time.perf_counter(), batch.calls
                     updates = batch.step()
                     if self.on_batch is not None:
-                        self.on_batch(rows=len(updates), seconds=time.perf_counter() - t0)
+                        self.on_batch(rows=len(updates), seconds=time.perf_counter() - t0, calls=batch.calls - calls)
                     ended = []
                     for u in updates:
                         j = live[u.key[0]]
@@ -277,10 +281,11 @@ class Engine:
                 spec = batch[0].spec
                 if self.method.block_size:  # block by block to the batch's longest need, stopping at EOS
                     spec = replace(spec, total_length=width if width > self.length else None, stop_at_eos=True)
+                watch = _Watch(batch)
                 ids = sample_prompted(self.method, self.backbone, [j.prompt for j in batch], [j.n for j in batch],
                                       min(width, self.length), spec, bos_id=self.tokenizer.bos_id,
                                       eos_id=self.tokenizer.eos_id, generator=g, device=self.device,
-                                      observer=_Watch(batch)).cpu()
+                                      observer=watch).cpu()
         except Abandoned:
             return
         except Exception as err:  # noqa: BLE001 - every waiting request learns of it
@@ -292,7 +297,7 @@ class Engine:
             j.loop.call_soon_threadsafe(_settle, j.future, ids[row:row + j.n].tolist(), None)
             row += j.n
         if self.on_batch is not None:
-            self.on_batch(rows=row, seconds=time.perf_counter() - t0)
+            self.on_batch(rows=row, seconds=time.perf_counter() - t0, calls=watch.calls)
 
 
 def _settle(future: asyncio.Future, value, error) -> None:

@@ -58,16 +58,20 @@ class Metrics:
         self.tokens = Counter("duolm_generated_tokens", "Completion tokens returned", registry=r)
         self.prompt_tokens = Counter("duolm_prompt_tokens", "Prompt tokens read", registry=r)
         self.queue = Gauge("duolm_queue_length", "Requests waiting for a batch", registry=r)
-        self.batch_rows = Histogram("duolm_batch_rows", "Rows (completions) per network batch", registry=r,
+        self.calls = Counter("duolm_network_calls", "Network calls (denoising steps, AR tokens, cache commits)",
+                             registry=r)
+        self.batch_rows = Histogram("duolm_batch_rows", "Rows (completions) per batch: per step under continuous "
+                                    "batching, per whole batch otherwise", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.batch_seconds = Histogram("duolm_batch_seconds", "Seconds per batch", registry=r,
                                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.latency = Histogram("duolm_request_seconds", "Seconds from arrival to answer", registry=r,
                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 
-    def on_batch(self, rows: int, seconds: float) -> None:
+    def on_batch(self, rows: int, seconds: float, calls: int = 0) -> None:
         self.batch_rows.observe(rows)
         self.batch_seconds.observe(seconds)
+        self.calls.inc(calls)
 
 
 def error(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -77,11 +81,11 @@ def error(status: int, message: str, param: str | None = None, headers: dict | N
 
 
 def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 64, request_timeout: float = 300.0,
-              batch_wait_s: float = 0.005, device=None) -> FastAPI:
+              batch_wait_s: float = 0.005, device=None, continuous: bool = True) -> FastAPI:
     metrics = Metrics()
     engine = Engine(model.method, model.backbone, model.tokenizer, model.config["length"],
                     max_batch_rows=max_batch_rows, max_queue=max_queue, batch_wait_s=batch_wait_s, device=device,
-                    on_batch=metrics.on_batch)
+                    on_batch=metrics.on_batch, continuous=continuous)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
