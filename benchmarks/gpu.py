@@ -255,14 +255,15 @@ def diffusion_gemma(args) -> dict:
 
 def serving(model_dir: Path, work: Path, args) -> dict:
     """benchmarks/serving.py's rows on this device: `duolm serve` over the model this run trained
-    (whole window), 32 requests of 64 tokens (4 of 8 with --smoke) from 1, 8 and 32 clients."""
+    (whole window) and the tiny AR and block models (continuous batching against whole batches), 32
+    requests of up to 64 tokens (4 of up to 8 with --smoke) from 1, 8 and 32 clients."""
     try:
-        from benchmarks.serving import measure
+        from benchmarks.serving import WHOLE_WINDOW, measure, tiny_models
     except ImportError:
-        from serving import measure
+        from serving import WHOLE_WINDOW, measure, tiny_models
     requests, tokens = (4, 8) if args.smoke else (32, 64)
-    return {"requests": requests, "max_tokens": tokens,
-            "models": measure({"the trained model (whole window)": str(model_dir)}, requests, tokens, 8, work)}
+    models = {"the trained model (whole window)": (str(model_dir), WHOLE_WINDOW, ()), **tiny_models(work)}
+    return {"requests": requests, "max_tokens": tokens, "models": measure(models, requests, tokens, 8, work)}
 
 
 def main(argv=None) -> dict:

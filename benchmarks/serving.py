@@ -182,6 +182,20 @@ def measure(models: dict, requests: int, max_tokens: int, steps: int, work: Path
     return out
 
 
+def tiny_models(work: Path) -> dict:
+    """`model=tiny` at length 128 trained for one step as AR and as MDLM in blocks of 16 (the server and
+    its batching are measured, not text quality), with their settings rows."""
+    tiny = ["model=tiny", "model.length=128", "model.dropout=0.0", "trainer.max_steps=1", "loader.global_batch_size=4",
+            "run.final_validation=false", "run.final_samples=false", "trainer.enable_progress_bar=false"]
+    duolm("train", "algo=ar", *tiny, f"run.dir={work / 'ar'}", cwd=work)
+    duolm("train", "algo=mdlm", "algo.block_size=16", *tiny, f"run.dir={work / 'blocks'}", cwd=work)
+    blocks = str(work / "blocks" / "model")
+    return {"model=tiny AR (KV cache)": (str(work / "ar" / "model"), CONTINUOUS, ()),
+            "model=tiny MDLM blocks of 16 (BD3-LM cache)": (blocks, CONTINUOUS, ()),
+            "model=tiny MDLM blocks of 16, confidence decoding": (blocks, CONTINUOUS,
+                                                                 ("sampling.predictor=confidence",))}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results/serving/cpu.json")
@@ -193,16 +207,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.requests, args.max_tokens, args.steps = 4, 8, 2
     work = Path(tempfile.mkdtemp(prefix="duolm-serving-"))
-    tiny = ["model=tiny", "model.length=128", "model.dropout=0.0", "trainer.max_steps=1", "loader.global_batch_size=4",
-            "run.final_validation=false", "run.final_samples=false", "trainer.enable_progress_bar=false"]
-    duolm("train", "algo=ar", *tiny, f"run.dir={work / 'ar'}", cwd=work)
-    duolm("train", "algo=mdlm", "algo.block_size=16", *tiny, f"run.dir={work / 'blocks'}", cwd=work)
-    blocks = str(work / "blocks" / "model")
     models = {"builtin:duo-bigtxt-dcd (whole window)": ("builtin:duo-bigtxt-dcd", WHOLE_WINDOW, ()),
-              "model=tiny AR (KV cache)": (str(work / "ar" / "model"), CONTINUOUS, ()),
-              "model=tiny MDLM blocks of 16 (BD3-LM cache)": (blocks, CONTINUOUS, ()),
-              "model=tiny MDLM blocks of 16, confidence decoding": (blocks, CONTINUOUS,
-                                                                   ("sampling.predictor=confidence",))}
+              **tiny_models(work)}
     result = {**provenance(load_average_at_start=os.getloadavg()[0]), "requests": args.requests,
               "max_tokens": args.max_tokens, "steps": args.steps,
               "models": measure(models, args.requests, args.max_tokens, args.steps, work)}

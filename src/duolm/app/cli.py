@@ -100,10 +100,12 @@ COMMAND_HELP = {
             "rl.estimator=elbo rl.elbo_samples=2 rl.iterations=2"]),
     "serve": ("an OpenAI-compatible server over the model at eval.checkpoint_path: /v1/completions, "
               "/v1/chat/completions (models with a chat template), /v1/models, /health, /metrics; concurrent requests "
-              "with the same sampler settings are sampled in one batch; sampling.* is the default sampler, and a "
-              "request may set steps, predictor, noise_removal, top_p, confidence_threshold, n, seed, stop, max_tokens",
-              ["eval.checkpoint_path", "serve.host", "serve.port", "serve.max_batch_rows", "serve.max_queue",
-               "serve.request_timeout", "sampling.steps", "sampling.predictor"],
+              "with the same sampler settings share network calls (block and AR models continuously: rows join and "
+              "leave at each block or token, each block streamed); sampling.* is the default sampler, and a request "
+              "may set steps, predictor, noise_removal, top_p, temperature, confidence_threshold, block_size, "
+              "stream_drafts, n, seed, stop, max_tokens",
+              ["eval.checkpoint_path", "serve.host", "serve.port", "serve.max_batch_rows", "serve.continuous",
+               "serve.max_queue", "serve.request_timeout", "sampling.steps", "sampling.predictor"],
               ["duolm serve eval.checkpoint_path=builtin:duo-bigtxt-dcd serve.port=8000 sampling.steps=16"]),
     "convert": ("write any checkpoint duolm reads as a duolm model folder",
                 ["eval.checkpoint_path", "convert.output", "convert.dtype", "convert.merge_lora"],
