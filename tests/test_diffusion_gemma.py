@@ -140,6 +140,38 @@ def test_the_eb_sampler_reproduces_generate_token_for_token(setting, padded):
     assert ours.shape[1] <= ref.shape[1]
 
 
+def test_prompts_of_different_lengths_batch_as_transformers_batched_generate():
+    """sample_prompted (RL groups, accuracy checks, the server's batches) left-pads different prompts
+    into one encoder batch: each row reproduces transformers' generate() of the padded batch token
+    for token, and comes back as its own prompt followed by its completion."""
+    from transformers import EntropyBoundSamplerConfig
+
+    from duolm.sampling.generate import sample_prompted
+
+    steps, bound, t_min, t_max, stability, confidence, eos, scale = SETTINGS[0]
+    model = _model(scale)
+    net, method = _wrap(model), _method(300, 8)
+    prompts = [[5, 17, 201, 9, 44], [12, 7, 99], [250, 3, 61, 8]]
+    mask = torch.tensor([[True] * 5, [False, False] + [True] * 3, [False] + [True] * 4])
+    ids = torch.tensor([prompts[0], [0, 0, *prompts[1]], [0, *prompts[2]]])
+    torch.manual_seed(1)
+    ref = model.generate(ids, attention_mask=mask, max_new_tokens=24, max_denoising_steps=steps, t_min=t_min,
+                         t_max=t_max, stability_threshold=stability, confidence_threshold=confidence,
+                         eos_token_id=eos, sampler_config=EntropyBoundSamplerConfig(entropy_bound=bound)).sequences
+    torch.manual_seed(1)
+    spec = SamplerSpec(predictor="entropy_bound", steps=steps, stop_at_eos=True,
+                       options=EntropyBoundOptions(bound=bound, t_min=t_min, t_max=t_max,
+                                                   stability_threshold=stability, confidence_threshold=confidence))
+    ours = sample_prompted(method, net, prompts, [1, 1, 1], 5 + 24, spec, bos_id=2, eos_id=eos)
+    assert ours.shape == (3, 29)
+    for r, p in enumerate(prompts):
+        assert ours[r, :len(p)].tolist() == p
+        mine = _until_eos(ours[r], len(p), eos)
+        theirs = _until_eos(ref[r, 5 - len(p):], len(p), eos)
+        n = min(len(mine), len(theirs), 29)
+        assert mine[:n] == theirs[:n] and n > len(p)
+
+
 def test_the_eb_sampler_stops_rows_early_and_says_so():
     from duolm.sampling.blocks import CachedBlock
     from duolm.sampling.entropy_bound import entropy_bound_sample

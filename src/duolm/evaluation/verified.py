@@ -6,8 +6,9 @@ scorer): one sampled completion per prompt, with its standard error.
     acc["accuracy"], acc["se"]
 
 The prompts are framed as supervised fine-tuning framed them ([BOS] prompt); a completion is the
-tokens after the prompt up to its first EOS, decoded. Whole-window models sample a batch of prompts
-in one call, AR and block models one prompt at a time (duolm.rl.groups).
+tokens after the prompt up to its first EOS, decoded. Every model samples a batch of prompts in one
+call, each row holding its own prompt (duolm.rl.groups; DiffusionGemma left-padded, as transformers
+pads a batch).
 """
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def sample_groups(method, backbone, prompts: list[list[int]], group: int, length
     """G completions of each prompt (a list of ids), sequences of `length` tokens (prompt included).
 
     Every prompt's group is sampled in one batch, each row holding its own prompt (whole window, AR,
-    blocks); a model whose encoder reads the prompt (DiffusionGemma) one prompt's group per call."""
+    blocks; a model whose encoder reads the prompt, DiffusionGemma, left-padded as transformers pads)."""
     was_training = backbone.training
     backbone.eval()
     out = sample_prompted(method, backbone, prompts, [group] * len(prompts), length, spec, bos_id=bos_id,

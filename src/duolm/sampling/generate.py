@@ -15,7 +15,7 @@ import torch
 from duolm.core.conditioning import num_classes_of
 from duolm.data.tokenizers import is_image
 from duolm.errors import SettingError
-from duolm.sampling.blocks import block_sample
+from duolm.sampling.blocks import block_sample, canvas_sample
 from duolm.sampling.observers import NOTHING, CountsOnly, Observer, Recorder
 from duolm.sampling.registry import SAMPLERS, SamplingModel, checked_spec, tempered
 from duolm.sampling.semi_ar import held_positions, semi_ar_sample
@@ -75,19 +75,17 @@ def sample_prompted(method, backbone, prompts: list[list[int]], repeats: list[in
                     bos_id: int, eos_id: int | None = None, generator=None, device=None,
                     observer: Observer = NOTHING) -> torch.Tensor:
     """repeats[p] samples of each prompt (token ids, BOS first), (sum(repeats), length): prompt p's rows
-    follow prompt p - 1's. One batch in which each row holds its own prompt (whole window, AR, blocks);
-    a model whose encoder reads the prompt (DiffusionGemma's canvases) one prompt per call. The spec's
+    follow prompt p - 1's. One batch in which each row holds its own prompt (whole window, AR, blocks;
+    a model whose encoder reads the prompt, DiffusionGemma, left-padded as transformers pads). The spec's
     own prefix is ignored; every prompt is checked against the model's length. A block model samples
     spec.total_length positions when it is set (past the model's length, block by block). The observer
     sees every step of a whole-window sampler (and may stop it by raising)."""
     longest = max(len(ids) for ids in prompts)
     spec = checked_spec(replace(spec, prefix=tuple(range(longest))), method, length)  # the longest prompt fits
-    if backbone.capabilities.encoder_prefix:
-        rows = [sample_batch(method, backbone, replace(spec, prefix=tuple(ids)), n, length, bos_id=bos_id,
-                             eos_id=eos_id, generator=generator, device=device, observer=observer)[:, :length]
-                for ids, n in zip(prompts, repeats) if n]
-        return torch.cat(rows)[:, :spec.total_length or length]
     total, width = sum(repeats), spec.total_length or length  # blocks may run past the model's length
+    if backbone.capabilities.encoder_prefix:
+        return _encoder_batch(method, backbone, prompts, repeats, width, spec, eos_id=eos_id, generator=generator,
+                              device=device, observer=observer)
     mask = torch.zeros(total, width, dtype=torch.bool)
     values = torch.zeros(total, width, dtype=torch.long)
     row = 0
@@ -99,6 +97,33 @@ def sample_prompted(method, backbone, prompts: list[list[int]], repeats: list[in
     return sample_batch(method, backbone, replace(spec, prefix=None), total, length, bos_id=bos_id, eos_id=eos_id,
                         generator=generator, device=device, fixed=(mask.to(where), values.to(where)),
                         observer=observer)[:, :width]
+
+
+def _encoder_batch(method, backbone, prompts, repeats, width: int, spec, *, eos_id, generator, device,
+                   observer) -> torch.Tensor:
+    """An encoder-prefix model's (DiffusionGemma's) batch of different prompts: left-padded into one
+    (B, P) prefix whose padding the encoder marks (transformers' batched generate), as many canvases as
+    the shortest prompt needs; each row returned as its prompt and what follows, `width` tokens."""
+    longest, shortest = max(len(p) for p in prompts), min(len(p) for p, n in zip(prompts, repeats) if n)
+    total = sum(repeats)
+    prefix = torch.zeros(total, longest, dtype=torch.long)
+    held = torch.zeros(total, longest, dtype=torch.bool)
+    pads, row = [], 0
+    for ids, n in zip(prompts, repeats):
+        prefix[row:row + n, longest - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
+        held[row:row + n, longest - len(ids):] = True
+        pads += [longest - len(ids)] * n
+        row += n
+    where = device or next(backbone.parameters()).device
+    out = canvas_sample(method, backbone, replace(spec, prefix=None), total, width + longest - shortest,
+                        prefix=prefix.to(where), prefix_mask=held.to(where), generator=generator, device=device,
+                        observer=observer, eos_id=eos_id)
+    filler = eos_id if eos_id is not None else 0  # past a row's end (it stopped at its EOS)
+    rows = torch.full((total, width), filler, dtype=torch.long, device=out.device)
+    for r, pad in enumerate(pads):
+        got = out[r, pad:pad + width]
+        rows[r, :len(got)] = got
+    return rows
 
 
 def is_prefix_hold(mask: torch.Tensor) -> bool:
