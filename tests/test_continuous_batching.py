@@ -189,3 +189,41 @@ def test_whole_window_models_and_backbones_without_ragged_rows_are_refused():
     net = Plain(DiTConfig(vocab_size=mb.model_vocab_size, hidden_size=16, cond_dim=8, n_blocks=1, n_heads=2))
     with pytest.raises(CapabilityError, match="ragged_rows"):
         ContinuousBatch(mb, net, _greedy(), bos_id=BOS, eos_id=EOS)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("algo", ["ar", "mdlm"])
+def test_a_pretrained_backbone_batches_continuously_too(kind, algo):
+    """model=hf (transformers' own networks, rotary or learned positions): a cache of left-padded rows
+    gives each row its logits alone (float64), so its AR and block models batch continuously."""
+    from test_hf_backbone import _wrapped
+
+    block = None if algo == "ar" else BS
+    m = build_method(algo, 40, block_size=block, loss_dtype=torch.float64)
+    net, _ = _wrapped(kind, m.model_vocab_size, **({"causal": True} if algo == "ar" else {}))
+    net = net.double()
+    assert net.capabilities.ragged_rows
+    spec = SamplerSpec("ar") if algo == "ar" else SamplerSpec("ancestral", steps=2)
+    prompts = [[3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13, 14], [15, 16, 17, 18, 19, 20, 21, 22, 23]]
+    batch = ContinuousBatch(m, net, spec, bos_id=0, eos_id=None)
+    batch.join([(i, p, 30) for i, p in enumerate(prompts)])
+    slot = len(batch.cache)
+    if algo == "ar":
+        x = torch.tensor([[p[-1]] for p in prompts])
+        together = net(x, cache=batch.cache, position_offset=slot, store_kv=False)
+    else:
+        x = torch.randint(0, 40, (3, BS), generator=torch.Generator().manual_seed(1))
+        together = net(x, torch.full((3,), 0.5, dtype=torch.float64), cache=batch.cache, position_offset=slot,
+                       store_kv=False)
+    for i, p in enumerate(prompts):
+        alone = net.new_cache()
+        if algo == "ar":
+            net(torch.tensor([p[:-1]]), cache=alone, store_kv=True)
+            want = net(x[i:i + 1], cache=alone, position_offset=len(p) - 1, store_kv=False)
+        else:
+            full = len(p) // BS * BS
+            for offset in range(0, full, BS):
+                commit_block(net, alone, torch.tensor([p[offset:offset + BS]]), offset)
+            want = net(x[i:i + 1], torch.full((1,), 0.5, dtype=torch.float64), cache=alone, position_offset=full,
+                       store_kv=False)
+        torch.testing.assert_close(together[i:i + 1], want, rtol=0, atol=1e-10)

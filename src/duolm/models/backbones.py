@@ -63,7 +63,7 @@ BACKBONES: dict[str, BackboneRow] = {
                                                   time_conditioning=True),
                         describe=lambda m: "unet"),
     "hf": BackboneRow(HFLM, HFConfig, data=("text",), image_shaped=False, causal_option=True,
-                      capabilities=TRANSFORMER.changed(training_step=True, adapters=True),
+                      capabilities=TRANSFORMER.changed(training_step=True, adapters=True, ragged_rows=True),
                    describe=lambda m: f"{m['pretrained']} ({m['hf_config'].get('model_type')}, pretrained)",
                    complete=lambda m: {**m, "hf_config": m.get("hf_config") or base_config(m.get("pretrained", "smollm2"))},
                    initialise=lambda net: net.load_base_weights() if net.config.init == "pretrained" else None,

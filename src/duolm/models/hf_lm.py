@@ -192,7 +192,14 @@ class HFLM(nn.Module):
         c = self.config
         return Capabilities(attention=("causal",) if c.causal else ("bidirectional", "block_causal"), kv_cache=True,
                             head=True, soft_inputs=True, time_conditioning=c.time_conditioning,
-                            training_step=c.anneal_steps > 0, adapters=c.lora is not None)
+                            training_step=c.anneal_steps > 0, adapters=c.lora is not None,
+                            ragged_rows=self._full_attention_only())
+
+    def _full_attention_only(self) -> bool:
+        """Whether every layer attends to the whole past (no sliding window): then the cache's rows
+        may be left-padded to a common end (ragged_rows)."""
+        types = self.lm.config.to_dict().get("layer_types") or []
+        return all(t == "full_attention" for t in types) and not self.lm.config.to_dict().get("use_sliding_window")
 
     def set_step(self, step: int | None) -> None:
         """The training step (the Lightning module sets it before each step; None outside training)."""
@@ -287,7 +294,14 @@ class HFLM(nn.Module):
         mask = torch.ones(B, 1, L, past + L, dtype=torch.bool, device=h.device)
         if self.config.causal:  # algo=ar: the new positions (a prompt's) see only those before them
             mask[..., past:] = torch.ones(L, L, dtype=torch.bool, device=h.device).tril()
-        out = self.lm.base_model(inputs_embeds=h, attention_mask=mask, position_ids=pos[None].expand(B, -1),
+        positions = pos[None].expand(B, -1)
+        if cache.starts is not None:  # rows with their own start: their own positions, their padding unread
+            starts = cache.starts.to(h.device)
+            keys = torch.arange(past + L, device=h.device)
+            mask = mask & ((keys[None, :] >= starts[:, None])[:, None, None, :]
+                           | (keys[None, :] == pos[:, None])[None, None])
+            positions = (pos[None] - starts[:, None]).clamp(min=0)
+        out = self.lm.base_model(inputs_embeds=h, attention_mask=mask, position_ids=positions,
                                  use_cache=True, **{self._cache_argument: cache.inner})
         if not store:
             cache.crop(past)  # a noisy block's keys and values are read, not kept
@@ -302,10 +316,55 @@ class HFLM(nn.Module):
 
 class HFCache:
     """transformers' key-value cache (a DynamicCache, which the base model extends itself) as duolm's
-    KVCache: its length, append, crop, rows and positions."""
+    KVCache: its length, append, crop, rows and positions. Rows of different lengths (continuous
+    batching): `starts` (B,), each row's first slot, the padding before it unread (as DiTCache)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, starts: torch.Tensor | None = None):
         self.inner = inner
+        self.starts = starts
+
+    def _tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(layer.keys, layer.values) for layer in self.inner.layers if layer.is_initialized]
+
+    def joined(self, other: "HFCache", rows: int, other_rows: int) -> "HFCache":
+        """This cache's `rows` rows followed by `other`'s, the shorter left-padded to a common end."""
+        from transformers import DynamicCache
+
+        width = max(len(self), len(other))
+        mine, theirs = self._tensors(), other._tensors()
+        like = (mine or theirs or [(None, None)])[0][0]
+        out = DynamicCache()
+        if like is not None:
+            for i in range(max(len(mine), len(theirs))):
+                parts_k, parts_v = [], []
+                for tensors, count, have in ((mine, rows, len(self)), (theirs, other_rows, len(other))):
+                    if i < len(tensors):
+                        k, v = tensors[i]
+                    else:
+                        k = v = like.new_zeros(count, like.shape[1], 0, like.shape[3])
+                    pad = k.new_zeros(count, k.shape[1], width - have, k.shape[3])
+                    parts_k.append(torch.cat([pad, k], 2))
+                    parts_v.append(torch.cat([pad, v], 2))
+                out.update(torch.cat(parts_k), torch.cat(parts_v), i)
+        device = like.device if like is not None else None
+
+        def starts_of(cache, count):
+            s = cache.starts if cache.starts is not None else torch.zeros(count, dtype=torch.long)
+            return s.to(device) + (width - len(cache))
+
+        return HFCache(out, torch.cat([starts_of(self, rows), starts_of(other, other_rows)]))
+
+    def trim_padding(self) -> int:
+        """Drop the padding slots every row has; returns how many were dropped."""
+        if self.starts is None or not len(self.starts):
+            return 0
+        k = int(self.starts.min())
+        if k:
+            for layer in self.inner.layers:
+                if layer.is_initialized:
+                    layer.keys, layer.values = layer.keys[:, :, k:], layer.values[:, :, k:]
+            self.starts = self.starts - k
+        return k
 
     def __len__(self) -> int:
         return int(self.inner.get_seq_length())
@@ -326,6 +385,8 @@ class HFCache:
 
     def select_rows(self, rows: torch.Tensor) -> None:
         self.inner.batch_select_indices(rows)
+        if self.starts is not None:
+            self.starts = self.starts[rows.to(self.starts.device)]
 
     def keep_positions(self, index: torch.Tensor) -> "HFCache":
         from transformers import DynamicCache

@@ -1,14 +1,14 @@
 """The batching engine behind `duolm serve`: requests wait in a bounded queue; one worker thread runs
 them in batches in which each row holds its own prompt.
 
-Continuous batching (block diffusion and AR models on a backbone with `Capabilities.ragged_rows`,
-as the DiT): one running batch (duolm.sampling.continuous.ContinuousBatch) takes a block (AR: a
+Continuous batching (block diffusion and AR models on a backbone with `Capabilities.ragged_rows`:
+the DiT, model=hf without sliding windows): one running batch (duolm.sampling.continuous.ContinuousBatch) takes a block (AR: a
 token) per step for every row; a row leaves as soon as it is done (its EOS, max_tokens, a stop
 string, its client gone or its time out) and waiting requests join at the next step, so no row
 waits for the batch's slowest. Each step's new tokens go to a streaming request at once.
 
-Whole batches (whole-window models, DiffusionGemma, pretrained backbones without ragged rows, and
-every seeded request): the worker takes the oldest request and every waiting one that can share
+Whole batches (whole-window models, DiffusionGemma, backbones without ragged rows, and every
+seeded request): the worker takes the oldest request and every waiting one that can share
 its calls, samples them to the end (duolm.sampling.generate.sample_prompted) and answers them
 together; a batch whose requests have all given up stops at its next denoising step.
 
