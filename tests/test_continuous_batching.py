@@ -227,3 +227,59 @@ def test_a_pretrained_backbone_batches_continuously_too(kind, algo):
             want = net(x[i:i + 1], torch.full((1,), 0.5, dtype=torch.float64), cache=alone, position_offset=full,
                        store_kv=False)
         torch.testing.assert_close(together[i:i + 1], want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("algo,predictor", [("mdlm", "ancestral"), ("mdlm", "ancestral_cache"),
+                                            ("duo_base", "ancestral"), ("duo_base", "psi")])
+def test_rows_with_their_own_streams_draw_what_they_draw_alone(algo, predictor):
+    """Random samplers, rows with their own generators (row_streams): rows joining at steps 0, 1 and 3,
+    prompts of 3 to 9 tokens, limits of 8 to 24; each row's tokens equal block_sample of its prompt
+    alone with a generator seeded the same, draw for draw, whoever shares its batch."""
+    from duolm.sampling import Kappa, KappaSchedule
+    from duolm.sampling.psi import PsiOptions
+
+    m = build_method(algo, VOCAB, block_size=BS, loss_dtype=torch.float64)
+    net = _dit(m)
+    half = Kappa("constant", 0.5)  # half posterior, half predictor-corrector: every draw site of a step
+    options = PsiOptions(kappa=KappaSchedule(half, half, half)) if predictor == "psi" else None
+    spec = SamplerSpec(predictor, steps=5, options=options)
+    arrivals = {0: [("a", [BOS, 1, 2], 12, 11), ("b", [BOS, 3, 4, 5, 6, 7], 20, 12)],
+                1: [("c", [BOS, 8, 1, 2, 3, 4, 5, 6, 7], 24, 13)], 3: [("d", [BOS, 2], 8, 14), ("e", [BOS, 2], 16, 15)]}
+    batch = ContinuousBatch(m, net, spec, bos_id=BOS, eos_id=None, row_streams=True,
+                            generator=torch.Generator().manual_seed(0))
+    got = {}
+    for step in range(12):
+        batch.join([(k, p, lim, torch.Generator().manual_seed(s)) for k, p, lim, s in arrivals.get(step, [])])
+        for u in batch.step():
+            got.setdefault(u.key, []).extend(u.tokens)
+    for rows in arrivals.values():
+        for key, prompt, limit, seed in rows:
+            total = -(-limit // BS) * BS
+            want = block_sample(m, net, replace_prefix(spec, prompt), 1, total, prefix=prompt,
+                                generator=torch.Generator().manual_seed(seed))
+            assert prompt + got[key] == want[0].tolist(), key
+
+
+def test_ar_rows_with_their_own_streams_draw_what_they_draw_alone():
+    from duolm.sampling.ar import ar_sample
+
+    m = build_method("ar", VOCAB)
+    net = _dit(m, causal=True)
+    arrivals = {0: [("a", [BOS, 1, 2], 12, 21)], 2: [("b", [BOS], 9, 22), ("c", [BOS, 4, 4, 4, 4], 14, 23)]}
+    batch = ContinuousBatch(m, net, SamplerSpec("ar"), bos_id=BOS, eos_id=None, row_streams=True)
+    got = {}
+    for step in range(16):
+        batch.join([(k, p, lim, torch.Generator().manual_seed(s)) for k, p, lim, s in arrivals.get(step, [])])
+        for u in batch.step():
+            got.setdefault(u.key, []).extend(u.tokens)
+    for rows in arrivals.values():
+        for key, prompt, limit, seed in rows:
+            want = ar_sample(net, 1, limit, BOS, prompt=prompt, vocab_size=m.vocab_size,
+                             generator=torch.Generator().manual_seed(seed))
+            assert prompt + got[key] == want[0].tolist(), key
+
+
+def test_row_streams_are_refused_for_samplers_that_draw_for_finished_rows():
+    m = build_method("mdlm", VOCAB, block_size=BS)
+    with pytest.raises(ValueError, match="cannot draw each row from its own generator"):
+        ContinuousBatch(m, _dit(m), _greedy(), bos_id=BOS, eos_id=EOS, row_streams=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from duolm.core.randomness import multinomial
 from duolm.io.progress import progress_bar
 from duolm.sampling.observers import NOTHING, Observer
 
@@ -22,7 +23,7 @@ def next_token(logits: torch.Tensor, temperature: float = 1.0, generator=None) -
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
     probs = (logits.double() / temperature).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    return multinomial(probs, 1, generator)
 
 
 @torch.no_grad()

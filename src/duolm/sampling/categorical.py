@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from duolm.core.randomness import rand
 from duolm.errors import SettingError
 
 
@@ -31,7 +32,7 @@ def draw_categorical(log_p: torch.Tensor, generator=None, *, exclude: int | None
         p[:, exclude] = 0.0
     cdf = p.cumsum_(-1)
     total = cdf[:, -1:]
-    u = torch.rand((m, 1), dtype=dtype, device=log_p.device, generator=generator) * total
+    u = rand((m, 1), generator, dtype=dtype, device=log_p.device) * total
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u < total even after rounding
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_max(K - 1)
 
@@ -41,7 +42,7 @@ def race_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
 
     Exact up to the precision of probs' dtype; in float32 it is the papers' inaccurate draw.
     """
-    u = torch.rand(probs.shape, dtype=probs.dtype, device=probs.device, generator=generator)
+    u = rand(probs.shape, generator, dtype=probs.dtype, device=probs.device)
     e = (-torch.log1p(-u)).clamp_min(torch.finfo(probs.dtype).tiny)  # Exp(1), never 0 (0/0 would be NaN)
     return (probs.clamp_min(0) / e).argmax(-1)
 

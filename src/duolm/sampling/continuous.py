@@ -16,8 +16,11 @@ models: at the end of the block that reaches it); it leaves the batch at once, s
 held back by its slowest row. What a row samples does not depend on who else is in the batch: its
 positions are numbered from its own start in a cache whose rows are left-padded to a common end
 (a backbone with `Capabilities.ragged_rows`), the padding unread. Under deterministic decoding
-(confidence with the greedy proposal) a row's tokens equal the same prompt sampled alone; random
-draws come from the batch's one generator.
+(confidence with the greedy proposal) a row's tokens equal the same prompt sampled alone. With
+`row_streams=True` (samplers whose row declares `row_streams`: ancestral, psi, ancestral_cache, ar)
+each row draws from its own generator (given when it joins, e.g. from a request's seed), so its
+tokens equal the same prompt sampled alone with that generator, draw for draw; otherwise the rows
+share the batch's one generator.
 
 Block models (BD3-LM) sample each block with the spec's x_0 sampler, a prompt's whole blocks read
 into the cache when it joins and a partial block held inside its first sampled block, as
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from duolm.contracts import CapabilityError
+from duolm.core.randomness import RowStreams
 from duolm.errors import SettingError
 from duolm.sampling.ar import next_token
 from duolm.sampling.blocks import CachedBlock, commit_block
@@ -53,10 +57,12 @@ class _Row:
     prompt: list[int]
     limit: int
     tokens: list[int] = field(default_factory=list)  # prompt and generated, as far as sampled
+    generator: torch.Generator | None = None          # its own random stream (row_streams)
 
 
 class ContinuousBatch:
-    def __init__(self, method, backbone, spec, *, bos_id: int, eos_id: int | None, generator=None, device=None):
+    def __init__(self, method, backbone, spec, *, bos_id: int, eos_id: int | None, generator=None, device=None,
+                 row_streams: bool = False):
         if not backbone.capabilities.ragged_rows:
             raise CapabilityError("continuous batching needs a backbone whose cache holds rows of different lengths "
                                   "(Capabilities.ragged_rows); batch whole requests instead")
@@ -68,6 +74,10 @@ class ContinuousBatch:
             if "blocks" not in SAMPLERS[spec.predictor].strategies:
                 raise SettingError(f"block diffusion samples with an x_0 sampler, not "
                                    f"`SamplerSpec.predictor`={spec.predictor}")
+        if row_streams and not SAMPLERS[spec.predictor].row_streams:
+            raise SettingError(f"`SamplerSpec.predictor`={spec.predictor} cannot draw each row from its own generator; "
+                               f"row streams are for {[k for k, s in SAMPLERS.items() if s.row_streams]}")
+        self.row_streams = row_streams
         self.method, self.backbone, self.bos_id, self.eos_id = method, backbone, bos_id, eos_id
         self.spec = replace(spec, total_length=None, prefix=None)
         self.generator = generator
@@ -85,12 +95,19 @@ class ContinuousBatch:
         return [r.key for r in self.rows]
 
     # --- rows in and out ---------------------------------------------------------------------
-    def join(self, rows: list[tuple[object, list[int], int]]) -> None:
-        """Add rows (key, prompt ids with BOS first, limit: positions in all): their prompts are read
-        into a cache of their own in one call per block (AR: one call), which then joins the batch's."""
+    def join(self, rows: list[tuple]) -> None:
+        """Add rows (key, prompt ids with BOS first, limit: positions in all[, generator]): their prompts
+        are read into a cache of their own in one call per block (AR: one call), which then joins the
+        batch's. With row_streams a row without a generator gets one seeded from the batch's."""
         if not rows:
             return
-        new = [_Row(key, list(prompt), int(limit), list(prompt)) for key, prompt, limit in rows]
+        new = []
+        for key, prompt, limit, *own in rows:
+            g = own[0] if own else None
+            if self.row_streams and g is None:
+                g = torch.Generator(device=self.device).manual_seed(
+                    int(torch.randint(0, 2 ** 62, (1,), generator=self.generator)))
+            new.append(_Row(key, list(prompt), int(limit), list(prompt), g))
         for r in new:
             if not r.prompt:
                 raise SettingError("a continuous-batch row needs a prompt of at least one token (the BOS)")
@@ -160,6 +177,10 @@ class ContinuousBatch:
             self._keep(keep)
         return updates
 
+    def _streams(self):
+        """What the sampler draws from: the rows' own generators, or the batch's."""
+        return RowStreams([r.generator for r in self.rows]) if self.row_streams else self.generator
+
     def _sampled(self, r: _Row) -> int:
         """Where the row's next step writes: after its tokens (AR), or after its whole blocks (a
         prompt's partial block is sampled again, its tokens held)."""
@@ -171,7 +192,7 @@ class ContinuousBatch:
         last = torch.as_tensor([[r.tokens[-1]] for r in self.rows], dtype=torch.long, device=self.device)
         logits = self.backbone(last, cache=self.cache, position_offset=len(self.cache), store_kv=True)
         self.calls += 1
-        return next_token(logits[:, -1, :self.vocab_size], self.spec.temperature, self.generator)
+        return next_token(logits[:, -1, :self.vocab_size], self.spec.temperature, self._streams())
 
     def _block(self, slot: int) -> torch.Tensor:
         bs = self.method.block_size
@@ -188,7 +209,7 @@ class ContinuousBatch:
         model = tempered(SamplingModel.from_method(self.method, net), self.spec.temperature)
         seen = Recorder()
         block = SAMPLERS[self.spec.predictor].run(model, self.spec, (len(self.rows), bs), bos_id=None, fixed=fixed,
-                                                  generator=self.generator, device=self.device,
+                                                  generator=self._streams(), device=self.device,
                                                   disable_progress=True, observer=seen)
         self.calls += seen.counts.get("denoiser_calls", 0)
         return block

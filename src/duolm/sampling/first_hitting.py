@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from duolm.core.randomness import at, rand
 from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus_log
 from duolm.sampling.observers import NOTHING, Observer
@@ -35,7 +36,7 @@ def first_hitting_sample(denoiser, process, schedule, shape, *, grid: torch.Tens
     alphas = schedule(grid.to(torch.float64)).alpha.to(torch.float64)
     alphas = torch.where(grid == 0, torch.ones_like(alphas), alphas).to(device)
     survival = (1 - alphas[1:]) / (1 - alphas[0])  # (n,): still masked after step i
-    v = torch.rand(x.shape, device=device, generator=generator, dtype=torch.float64)
+    v = rand(x.shape, generator, device=device, dtype=torch.float64)
     # the first step whose survival falls to V or below (n: never, when the grid stops at eps)
     hit = torch.searchsorted(-survival.contiguous(), -v.reshape(-1), right=False).reshape(x.shape)
     hit = torch.where(x == mask_id, hit, torch.full_like(hit, n))
@@ -51,7 +52,7 @@ def first_hitting_sample(denoiser, process, schedule, shape, *, grid: torch.Tens
         else:
             now = hit == i
             x = x.clone()
-            x[now] = draw(log_p[now], generator, exclude=mask_id)
+            x[now] = draw(log_p[now], at(generator, now), exclude=mask_id)
         if fixed is not None:
             x = torch.where(fmask, fvals, x)
         observer.step(i + 1, x)

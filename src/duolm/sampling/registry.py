@@ -101,12 +101,16 @@ class Sampler:
     exact: bool = True                           # draws the model's distribution as steps grow (False: a heuristic)
     strategies: tuple[str, ...] = ("window", "windows", "blocks")  # duolm.sampling.strategy.STRATEGIES
     processes: tuple[str, ...] = ("absorbing", "uniform")  # the forward processes it samples (Process.kind)
+    # draws through duolm.core.randomness and only for the rows that need them, so with a generator per
+    # row (RowStreams) a row draws what it would alone (a sampler that stops when all rows are done, or
+    # draws for finished rows, does not)
+    row_streams: bool = False
 
 
 SAMPLERS: dict[str, Sampler] = {
-    "ancestral": Sampler(ancestral.from_spec, needs="x0"),
-    "ancestral_cache": Sampler(ancestral.from_spec, needs="x0", reuses_output=True),
-    "psi": Sampler(psi.from_spec, needs="x0", check=psi.check_spec, options=psi.PsiOptions),
+    "ancestral": Sampler(ancestral.from_spec, needs="x0", row_streams=True),
+    "ancestral_cache": Sampler(ancestral.from_spec, needs="x0", reuses_output=True, row_streams=True),
+    "psi": Sampler(psi.from_spec, needs="x0", check=psi.check_spec, options=psi.PsiOptions, row_streams=True),
     "confidence": Sampler(confidence.from_spec, needs="x0", options=confidence.ConfidenceOptions, exact=False),
     "entropy_bound": Sampler(entropy_bound.from_spec, needs="x0", options=entropy_bound.EntropyBoundOptions,
                              exact=False),
@@ -115,7 +119,8 @@ SAMPLERS: dict[str, Sampler] = {
     "ddim": Sampler(ddim.from_spec, needs="x0", options=ddim.DDIMOptions, processes=("uniform",), exact=False),
     "analytic": Sampler(analytic.from_spec, needs="score", noise_removal=("ancestral", "none"), holds_positions=False,
                         strategies=("window",)),
-    "ar": Sampler(ar.from_spec, needs="ar", noise_removal=NOISE_REMOVAL, strategies=("autoregressive",)),
+    "ar": Sampler(ar.from_spec, needs="ar", noise_removal=NOISE_REMOVAL, strategies=("autoregressive",),
+                  row_streams=True),
 }
 
 

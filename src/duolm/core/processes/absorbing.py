@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from duolm.core.processes.steps import DRAW, NOISE, STAY, expand_level, posterior_or_pc, resolve
+from duolm.core.randomness import rand
 
 
 def _expand(alpha: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -65,14 +66,14 @@ class AbsorbingProcess:
         """
         a_s, a_t = expand_level(alpha_s, x_t), expand_level(alpha_t, x_t)
         masked = x_t == self.mask_id
-        u = torch.rand(x_t.shape, device=x_t.device, generator=generator, dtype=torch.float64)
+        u = rand(x_t.shape, generator, device=x_t.device, dtype=torch.float64)
         component = torch.where(masked & (u < (a_s - a_t) / (1 - a_t)), DRAW, STAY)
         posterior = posterior_or_pc(kappa, x_t, generator)
         if posterior is not None:
             pc = torch.where(masked, DRAW, STAY)
-            kept = torch.rand(x_t.shape, device=x_t.device, generator=generator, dtype=torch.float64) < a_s
+            kept = rand(x_t.shape, generator, device=x_t.device, dtype=torch.float64) < a_s
             component = torch.where(posterior, component, torch.where(kept, pc, NOISE))
-        return resolve(x_t, component, log_p, draw, lambda n: torch.full((n,), self.mask_id, device=x_t.device),
+        return resolve(x_t, component, log_p, draw, lambda n, g: torch.full((n,), self.mask_id, device=x_t.device),
                        generator, exclude=self.mask_id)
 
     def greedy(self, log_p, x_t):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from duolm.core.randomness import at, rand
+
 STAY, DRAW, NOISE = 0, 1, 2
 
 
@@ -23,18 +25,19 @@ def posterior_or_pc(kappa: float, x_t: torch.Tensor, generator=None) -> torch.Te
     """Which tokens take the posterior (True) and which the predictor-corrector step; None: all posterior."""
     if kappa >= 1.0:
         return None
-    return torch.rand(x_t.shape, device=x_t.device, generator=generator, dtype=torch.float64) < kappa
+    return rand(x_t.shape, generator, device=x_t.device, dtype=torch.float64) < kappa
 
 
 def resolve(x_t: torch.Tensor, component: torch.Tensor, log_p: torch.Tensor, draw, noise, generator=None, *,
             exclude: int | None = None) -> torch.Tensor:
-    """x_s from each token's component: x_t, a draw from exp(log_p) (only those rows), or noise(n) ids."""
+    """x_s from each token's component: x_t, a draw from exp(log_p) (only those rows), or noise(n,
+    generator) ids (row streams narrowed to those tokens: duolm.core.randomness.at)."""
     x_s = x_t.clone()
     drawn = component == DRAW
     if drawn.any():
-        x_s[drawn] = draw(log_p[drawn], generator, exclude=exclude)
+        x_s[drawn] = draw(log_p[drawn], at(generator, drawn), exclude=exclude)
     noisy = component == NOISE
     n = int(noisy.sum())
     if n:
-        x_s[noisy] = noise(n)
+        x_s[noisy] = noise(n, at(generator, noisy))
     return x_s

@@ -5,6 +5,7 @@ import torch
 
 from duolm.core.processes.absorbing import _expand
 from duolm.core.processes.steps import DRAW, NOISE, STAY, expand_level, posterior_or_pc, resolve
+from duolm.core.randomness import rand, randint
 
 
 class UniformProcess:
@@ -59,7 +60,7 @@ class UniformProcess:
         K = self.num_states
         a_s, a_t = expand_level(alpha_s, x_t), expand_level(alpha_t, x_t)
         p_xt = torch.gather(log_p, -1, x_t[..., None])[..., 0].to(torch.float64).exp()
-        u = torch.rand(x_t.shape, device=x_t.device, generator=generator, dtype=torch.float64)
+        u = rand(x_t.shape, generator, device=x_t.device, dtype=torch.float64)
         a_ts = a_t / a_s
         w_draw, w_noise = a_s * (1 - a_ts) / K, (1 - a_s) * (1 - a_ts) / K
         v = u * (w_draw + w_noise + a_ts * (a_s * p_xt + (1 - a_s) / K))
@@ -68,17 +69,17 @@ class UniformProcess:
         if posterior is not None:
             w0 = (1 - a_t) / K
             pc = torch.where(u * (w0 + a_t * p_xt) < w0, DRAW, STAY)  # each token uses u in one branch only
-            kept = torch.rand(x_t.shape, device=x_t.device, generator=generator, dtype=torch.float64) < a_s
+            kept = rand(x_t.shape, generator, device=x_t.device, dtype=torch.float64) < a_s
             component = torch.where(posterior, component, torch.where(kept, pc, NOISE))
         return resolve(x_t, component, log_p, draw,
-                       lambda n: torch.randint(0, K, (n,), device=x_t.device, generator=generator), generator)
+                       lambda n, g: randint(0, K, (n,), g, device=x_t.device), generator)
 
     def greedy(self, log_p, x_t):
         """The greedy tail: every token to its most likely x_0."""
         return log_p.argmax(-1)
 
     def prior_sample(self, shape, device=None, generator=None) -> torch.Tensor:
-        return torch.randint(0, self.num_states, shape, device=device, generator=generator)
+        return randint(0, self.num_states, shape, generator, device=device)
 
     def nelbo_prior(self, x0: torch.Tensor, alpha_1: torch.Tensor) -> torch.Tensor:
         """The prior term of the NELBO, per token: the exact KL (finite for the uniform prior)."""
