@@ -399,3 +399,34 @@ def test_temperature_block_size_and_stream_drafts(mdlm):
     assert steps == sorted(steps) and steps[0] == 0 and len(drafts) >= 8
     assert set(drafts[0][1]) == {"_"} and len(drafts[0][1]) == 12  # the prior: all masks
     assert reason in ("stop", "length") and drafts[-1][1].startswith(text[:1])
+
+
+@pytest.mark.parametrize("algo", [["algo=mdlm", "algo.block_size=8"], ["algo=ar"]])
+def test_a_seeded_request_in_a_busy_batch_draws_what_it_draws_alone(tmp_path, algo):
+    """An exact random sampler (ancestral; AR's draw) with each row's own stream: a seeded request sent
+    alone and the same request sent while others are being sampled get the same completions, draw
+    for draw, and a different seed gets others."""
+    assert main(["train", *algo, *TINY, "trainer.max_steps=2", "loader.global_batch_size=8",
+                 f"run.dir={tmp_path / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
+    server = Server(f"eval.checkpoint_path={tmp_path / 'run' / 'model'}", "sampling.steps=6", "serve.batch_wait_ms=0",
+                    cwd=tmp_path)
+    try:
+        c = server.client
+        ask = dict(model="model", prompt="the old", max_tokens=40, n=2, seed=7)
+        alone = [ch.text for ch in c.completions.create(**ask).choices]
+        others = []
+
+        def busy(i):
+            others.append(c.completions.create(model="model", prompt="a" * (i + 1), max_tokens=60, n=2))
+
+        threads = [threading.Thread(target=busy, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        _until(lambda: _health(server)["busy"], "the others to be sampled")
+        together = [ch.text for ch in c.completions.create(**ask).choices]
+        for t in threads:
+            t.join()
+        assert together == alone and len(others) == 3
+        assert [ch.text for ch in c.completions.create(**{**ask, "seed": 8}).choices] != alone
+    finally:
+        server.close()

@@ -7,14 +7,17 @@ token) per step for every row; a row leaves as soon as it is done (its EOS, max_
 string, its client gone or its time out) and waiting requests join at the next step, so no row
 waits for the batch's slowest. Each step's new tokens go to a streaming request at once.
 
-Whole batches (whole-window models, DiffusionGemma, backbones without ragged rows, and every
-seeded request): the worker takes the oldest request and every waiting one that can share
+Whole batches (whole-window models, DiffusionGemma, backbones without ragged rows, and seeded
+requests whose sampler cannot give each row its own stream): the worker takes the oldest request and every waiting one that can share
 its calls, samples them to the end (duolm.sampling.generate.sample_prompted) and answers them
 together; a batch whose requests have all given up stops at its next denoising step.
 
-Which requests share calls: equal sampler settings (predictor, steps, last step, top_p, the
-predictor's own options) and no seed. A seeded request runs in a batch of its own (its n rows), so
-the same seed gives the same completions whatever else is being served. A batch holds at most
+Which requests share calls: equal sampler settings (predictor, steps, last step, top_p, temperature,
+the predictor's own options). A seeded request shares a continuous batch when its sampler's rows
+draw from their own streams (SAMPLERS[...].row_streams: ancestral, ancestral_cache, psi, ar): row r
+of a request with seed s draws from row_generator(s, r), so the same seed gives the same completions
+whatever else is in the batch. Otherwise (whole batches, confidence and the other samplers) a
+seeded request runs in a batch of its own (its n rows). A batch holds at most
 `max_batch_rows` rows (a request's n rows are never split). Requests are served in arrival order:
 while the oldest waiting request cannot join the running batch, nothing else joins it either.
 """
@@ -31,6 +34,7 @@ import torch
 from duolm.sampling.continuous import ContinuousBatch
 from duolm.sampling.generate import sample_prompted
 from duolm.sampling.observers import Observer
+from duolm.sampling.registry import SAMPLERS
 from duolm.sampling.strategy import strategy_for
 
 
@@ -63,11 +67,6 @@ class Job:
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future | None = None
     cancelled: bool = False
-
-    @property
-    def key(self):
-        """Jobs with equal keys share a batch; a seeded job's key is its own."""
-        return ("seed", id(self)) if self.seed is not None else ("spec", repr(self.spec))
 
     def tell(self, row: int, tokens: list[int], done: bool) -> None:
         if self.stream is not None and self.loop is not None:
@@ -123,6 +122,21 @@ class Engine:
             self._lock.notify_all()
         self._thread.join(timeout)
 
+    def shares_rows(self, job: Job) -> bool:
+        """Whether a job runs continuously with each row drawing from its own stream (a seeded job too)."""
+        return self.continuous and SAMPLERS[job.spec.predictor].row_streams
+
+    def runs_continuously(self, job: Job) -> bool:
+        """Whether a job goes into the running batch (block by block, token by token) or a whole batch."""
+        return self.continuous and (job.seed is None or self.shares_rows(job))
+
+    def key(self, job: Job):
+        """Jobs with equal keys share a batch; a seeded job's key is its own unless its rows draw from
+        their own streams (continuous batching with a row_streams sampler)."""
+        if job.seed is not None and not self.shares_rows(job):
+            return ("seed", id(job))
+        return ("spec", repr(job.spec))
+
     def queue_length(self) -> int:
         """Requests waiting (one given up while waiting no longer counts)."""
         return sum(not j.cancelled for j in list(self._queue))
@@ -157,14 +171,15 @@ class Engine:
             self._queue = deque(j for j in self._queue if not j.cancelled)
             if not self._queue:
                 return []
-            first = key if key is not None else self._queue[0].key
+            first = key if key is not None else self.key(self._queue[0])
             taken, rows = [], 0
             for j in self._queue:
-                if j.key != first or (taken and rows + j.n > room) or (not taken and key is not None and j.n > room):
+                if self.key(j) != first or (taken and rows + j.n > room) or \
+                        (not taken and key is not None and j.n > room):
                     break
                 taken.append(j)
                 rows += j.n
-                if j.seed is not None:
+                if first[0] == "seed":  # a seeded job alone
                     break
             for j in taken:
                 self._queue.remove(j)
@@ -183,8 +198,8 @@ class Engine:
                 continue
             self.busy = True
             try:
-                if self.continuous and head.seed is None:
-                    self._continuous(head.key)
+                if self.runs_continuously(head):
+                    self._continuous(self.key(head))
                 else:
                     batch = self._take()
                     if batch:
@@ -202,8 +217,9 @@ class Engine:
             return
         spec = jobs[0].spec
         g = torch.Generator(device=self.device or "cpu").manual_seed(int(torch.randint(0, 2 ** 62, (1,))))
+        streams = SAMPLERS[spec.predictor].row_streams
         batch = ContinuousBatch(self.method, self.backbone, spec, bos_id=self.tokenizer.bos_id,
-                                eos_id=self.tokenizer.eos_id, generator=g, device=self.device)
+                                eos_id=self.tokenizer.eos_id, generator=g, device=self.device, row_streams=streams)
         rows: dict[tuple[int, int], list[int]] = {}  # (job id, row) -> generated so far
         live: dict[int, Job] = {}
         left: dict[int, int] = {}  # job id -> rows not done yet
@@ -214,7 +230,8 @@ class Engine:
                 live[id(j)], left[id(j)] = j, j.n
                 for r in range(j.n):
                     rows[(id(j), r)] = []
-                    joining.append(((id(j), r), j.prompt, self._limit(j)))
+                    own = (row_generator(j.seed, r, self.device),) if streams and j.seed is not None else ()
+                    joining.append(((id(j), r), j.prompt, self._limit(j), *own))
             batch.join(joining)
 
         with torch.inference_mode():
@@ -298,6 +315,13 @@ class Engine:
             row += j.n
         if self.on_batch is not None:
             self.on_batch(rows=row, seconds=time.perf_counter() - t0, calls=watch.calls)
+
+
+def row_generator(seed: int, row: int, device=None) -> torch.Generator:
+    """The random stream of row `row` of a request with `seed` (its rows' streams differ; row 0's is
+    torch.Generator().manual_seed(seed))."""
+    mixed = seed if row == 0 else (seed * 0x9E3779B97F4A7C15 + row) % (2 ** 63)
+    return torch.Generator(device=device or "cpu").manual_seed(mixed)
 
 
 def _settle(future: asyncio.Future, value, error) -> None:

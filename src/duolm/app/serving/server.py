@@ -125,11 +125,12 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
         except ValueError as err:  # the tokenizer's or the template's own refusal of this input
             metrics.requests.labels(route, "400").inc()
             return error(400, (str(err).splitlines() or ["the request cannot be read"])[0])
-        live = s.stream and engine.continuous and s.seed is None  # each block (token) sent as it is made
         updates: asyncio.Queue = asyncio.Queue()
         job = Job(s.prompt, s.n, s.max_tokens, s.spec, s.seed, stop=list(s.stop),
-                  stream=(lambda row, tokens, done: updates.put_nowait((row, tokens, done))) if live else None,
                   drafts=(lambda row, step, ids: updates.put_nowait((row, step, ids))) if s.drafts else None)
+        live = s.stream and engine.runs_continuously(job)  # each block (token) sent as it is made
+        if live:
+            job.stream = lambda row, tokens, done: updates.put_nowait((row, tokens, done))
         try:
             future = engine.submit(job)
         except QueueFull as err:
