@@ -220,19 +220,29 @@ class Engine:
         streams = SAMPLERS[spec.predictor].row_streams
         batch = ContinuousBatch(self.method, self.backbone, spec, bos_id=self.tokenizer.bos_id,
                                 eos_id=self.tokenizer.eos_id, generator=g, device=self.device, row_streams=streams)
-        rows: dict[tuple[int, int], list[int]] = {}  # (job id, row) -> generated so far
+        # what the batch holds, by a serial number per job; a job's entries go when it is answered or
+        # gone, so a batch that never empties (steady traffic) holds only its live requests
+        rows: dict[tuple[int, int], list[int]] = {}  # (job, row) -> generated so far
         live: dict[int, Job] = {}
-        left: dict[int, int] = {}  # job id -> rows not done yet
+        left: dict[int, int] = {}  # job -> rows not done yet
+        serial = iter(range(2 ** 62))
 
         def admit(new: list[Job]) -> None:
             joining = []
             for j in new:
-                live[id(j)], left[id(j)] = j, j.n
+                n = next(serial)
+                live[n], left[n] = j, j.n
                 for r in range(j.n):
-                    rows[(id(j), r)] = []
+                    rows[(n, r)] = []
                     own = (row_generator(j.seed, r, self.device),) if streams and j.seed is not None else ()
-                    joining.append(((id(j), r), j.prompt, self._limit(j), *own))
+                    joining.append(((n, r), j.prompt, self._limit(j), *own))
             batch.join(joining)
+
+        def forget(n: int) -> None:
+            job = live.pop(n)
+            del left[n]
+            for r in range(job.n):
+                rows.pop((n, r), None)
 
         with torch.inference_mode():
             try:
@@ -241,6 +251,8 @@ class Engine:
                     gone = [k for k in batch.keys if live[k[0]].cancelled]
                     if gone:
                         batch.drop(gone)
+                        for n in {k[0] for k in gone}:
+                            forget(n)
                     if len(batch) < self.max_batch_rows:
                         admit(self._take(key, self.max_batch_rows - len(batch)))
                     if not len(batch):
@@ -251,18 +263,20 @@ class Engine:
                         self.on_batch(rows=len(updates), seconds=time.perf_counter() - t0, calls=batch.calls - calls)
                     ended = []
                     for u in updates:
-                        j = live[u.key[0]]
+                        n, r = u.key
+                        j = live[n]
                         got = rows[u.key]
                         got += u.tokens
                         done = u.done or len(got) >= j.max_tokens or self._stopped(j, got)
-                        j.tell(u.key[1], u.tokens, done)
+                        j.tell(r, u.tokens, done)
                         if done:
                             if not u.done:
                                 ended.append(u.key)
-                            left[id(j)] -= 1
-                            if left[id(j)] == 0:
+                            left[n] -= 1
+                            if left[n] == 0:
                                 j.loop.call_soon_threadsafe(
-                                    _settle, j.future, [j.prompt + rows[(id(j), r)] for r in range(j.n)], None)
+                                    _settle, j.future, [j.prompt + rows[(n, i)] for i in range(j.n)], None)
+                                forget(n)
                     if ended:
                         batch.drop(ended)
             except Exception as err:  # noqa: BLE001 - every request in the batch learns of it
