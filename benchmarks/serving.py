@@ -13,6 +13,7 @@ completions (different prompts, `--max-tokens` tokens, no seed, the model's defa
 - tokens/s: completion tokens returned over the wall time of all requests;
 - latency p50 / p99 (seconds from sending to the whole answer) and, with stream=true, the time to the
   first chunk with text (block and AR models stream each block / token; whole-window models the answer);
+- the server's resident memory after each setting (it must not grow with the clients);
 - network calls per completion token and the batch-size histogram from /metrics (rows per step under
   continuous batching, per batch otherwise), the speed-up over one at a time, and, for block and AR
   models, continuous batching against whole batches (serve.continuous=false) at 32 clients.
@@ -107,6 +108,17 @@ def scrape(url: str) -> tuple[dict, float]:
     return buckets, calls
 
 
+def resident_mb(pid: int) -> float | None:
+    """The server process's resident memory (Linux /proc), MB; None elsewhere."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def run_setting(url: str, jobs: list[tuple[str, int]], clients: int, stream: bool) -> dict:
     """jobs: (prompt, max_tokens) sent by `clients` threads at a time."""
     results, lock, todo = [], threading.Lock(), list(jobs)
@@ -168,7 +180,8 @@ def measure(models: dict, requests: int, max_tokens: int, steps: int, work: Path
                 ask(url, "warm up", max_tokens, False)
                 for label, e, clients, stream in settings:
                     if e == extra:
-                        rows.append({"setting": label, **run_setting(url, jobs, clients, stream)})
+                        rows.append({"setting": label, **run_setting(url, jobs, clients, stream),
+                                     "server_resident_mb_after": resident_mb(proc.pid)})
             finally:
                 proc.terminate()
                 proc.wait(120)
