@@ -430,3 +430,26 @@ def test_a_seeded_request_in_a_busy_batch_draws_what_it_draws_alone(tmp_path, al
         assert [ch.text for ch in c.completions.create(**{**ask, "seed": 8}).choices] != alone
     finally:
         server.close()
+
+
+def test_a_stream_whose_client_goes_away_leaves_the_batch_at_the_next_block(tmp_path):
+    """A streamed request on a block model: after its first chunk the client closes the connection;
+    its rows leave the running batch at the next block, so the network calls spent stay far below what
+    the whole answer takes (31 blocks of 8 denoising steps)."""
+    assert main(["train", "algo=mdlm", "algo.block_size=8", *TINY, "trainer.max_steps=2",
+                 "loader.global_batch_size=8", f"run.dir={tmp_path / 'run'}", "run.final_validation=false",
+                 "run.final_samples=false"]) == 0
+    server = Server(f"eval.checkpoint_path={tmp_path / 'run' / 'model'}", "sampling.predictor=confidence",
+                    "sampling.steps=8", "serve.batch_wait_ms=0", cwd=tmp_path)
+    try:
+        sock = _raw_post(server, {"prompt": "the", "max_tokens": 250, "stream": True,
+                                  "confidence_threshold": 1.0})
+        seen = b""
+        while b"data: {" not in seen:
+            seen += sock.recv(4096)
+        sock.close()
+        _until(lambda: not _health(server)["busy"], "the batch to let the gone client's rows go")
+        spent = server.metric("duolm_network_calls_total")
+        assert 0 < spent < 8 * 31 / 2
+    finally:
+        server.close()
