@@ -230,7 +230,7 @@ def test_a_pretrained_backbone_batches_continuously_too(kind, algo):
 
 
 @pytest.mark.parametrize("algo,predictor", [("mdlm", "ancestral"), ("mdlm", "ancestral_cache"),
-                                            ("duo_base", "ancestral"), ("duo_base", "psi")])
+                                            ("duo_base", "ancestral"), ("duo_base", "psi"), ("mdlm", "confidence")])
 def test_rows_with_their_own_streams_draw_what_they_draw_alone(algo, predictor):
     """Random samplers, rows with their own generators (row_streams): rows joining at steps 0, 1 and 3,
     prompts of 3 to 9 tokens, limits of 8 to 24; each row's tokens equal block_sample of its prompt
@@ -241,7 +241,8 @@ def test_rows_with_their_own_streams_draw_what_they_draw_alone(algo, predictor):
     m = build_method(algo, VOCAB, block_size=BS, loss_dtype=torch.float64)
     net = _dit(m)
     half = Kappa("constant", 0.5)  # half posterior, half predictor-corrector: every draw site of a step
-    options = PsiOptions(kappa=KappaSchedule(half, half, half)) if predictor == "psi" else None
+    options = {"psi": PsiOptions(kappa=KappaSchedule(half, half, half)),
+               "confidence": ConfidenceOptions(threshold=0.3, proposal="sample")}.get(predictor)
     spec = SamplerSpec(predictor, steps=5, options=options)
     arrivals = {0: [("a", [BOS, 1, 2], 12, 11), ("b", [BOS, 3, 4, 5, 6, 7], 20, 12)],
                 1: [("c", [BOS, 8, 1, 2, 3, 4, 5, 6, 7], 24, 13)], 3: [("d", [BOS, 2], 8, 14), ("e", [BOS, 2], 16, 15)]}
@@ -280,6 +281,6 @@ def test_ar_rows_with_their_own_streams_draw_what_they_draw_alone():
 
 
 def test_row_streams_are_refused_for_samplers_that_draw_for_finished_rows():
-    m = build_method("mdlm", VOCAB, block_size=BS)
-    with pytest.raises(ValueError, match="cannot draw each row from its own generator"):
+    m = build_method("duo_base", VOCAB, block_size=BS)  # confidence's uniform-state steps draw for every row
+    with pytest.raises(ValueError, match="cannot draw each row of a duo_base model from its own generator"):
         ContinuousBatch(m, _dit(m), _greedy(), bos_id=BOS, eos_id=EOS, row_streams=True)

@@ -33,6 +33,7 @@ from typing import ClassVar
 
 import torch
 
+from duolm.core.randomness import at
 from duolm.errors import SettingError
 from duolm.io.progress import progress_bar
 from duolm.sampling.categorical import categorical_draw, nucleus_log
@@ -89,7 +90,7 @@ def propose(log_p: torch.Tensor, open_: torch.Tensor, proposal: str, draw, gener
     if exclude is not None:
         rows[:, exclude] = -torch.inf
     rows = rows - torch.logsumexp(rows, -1, keepdim=True)
-    ids = rows.argmax(-1) if proposal == "greedy" else draw(rows, generator, exclude=exclude)
+    ids = rows.argmax(-1) if proposal == "greedy" else draw(rows, at(generator, open_), exclude=exclude)
     tokens = torch.zeros(open_.shape, dtype=torch.long, device=log_p.device)
     conf = torch.full(open_.shape, -1.0, dtype=torch.float64, device=log_p.device)
     tokens[open_] = ids

@@ -17,7 +17,8 @@ held back by its slowest row. What a row samples does not depend on who else is 
 positions are numbered from its own start in a cache whose rows are left-padded to a common end
 (a backbone with `Capabilities.ragged_rows`), the padding unread. Under deterministic decoding
 (confidence with the greedy proposal) a row's tokens equal the same prompt sampled alone. With
-`row_streams=True` (samplers whose row declares `row_streams`: ancestral, psi, ancestral_cache, ar)
+`row_streams=True` (samplers whose row declares it for the model's process: ancestral, psi,
+ancestral_cache, confidence on masked models, ar)
 each row draws from its own generator (given when it joins, e.g. from a request's seed), so its
 tokens equal the same prompt sampled alone with that generator, draw for draw; otherwise the rows
 share the batch's one generator.
@@ -38,7 +39,7 @@ from duolm.errors import SettingError
 from duolm.sampling.ar import next_token
 from duolm.sampling.blocks import CachedBlock, commit_block
 from duolm.sampling.observers import Recorder
-from duolm.sampling.registry import SAMPLERS, SamplingModel, tempered
+from duolm.sampling.registry import SAMPLERS, SamplingModel, draws_by_row, tempered
 
 
 @dataclass
@@ -74,9 +75,10 @@ class ContinuousBatch:
             if "blocks" not in SAMPLERS[spec.predictor].strategies:
                 raise SettingError(f"block diffusion samples with an x_0 sampler, not "
                                    f"`SamplerSpec.predictor`={spec.predictor}")
-        if row_streams and not SAMPLERS[spec.predictor].row_streams:
-            raise SettingError(f"`SamplerSpec.predictor`={spec.predictor} cannot draw each row from its own generator; "
-                               f"row streams are for {[k for k, s in SAMPLERS.items() if s.row_streams]}")
+        if row_streams and not draws_by_row(spec.predictor, method):
+            raise SettingError(f"`SamplerSpec.predictor`={spec.predictor} cannot draw each row of a {method.name} model "
+                               f"from its own generator; row streams are for "
+                               f"{[k for k in SAMPLERS if draws_by_row(k, method)]}")
         self.row_streams = row_streams
         self.method, self.backbone, self.bos_id, self.eos_id = method, backbone, bos_id, eos_id
         self.spec = replace(spec, total_length=None, prefix=None)

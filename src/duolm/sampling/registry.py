@@ -101,17 +101,20 @@ class Sampler:
     exact: bool = True                           # draws the model's distribution as steps grow (False: a heuristic)
     strategies: tuple[str, ...] = ("window", "windows", "blocks")  # duolm.sampling.strategy.STRATEGIES
     processes: tuple[str, ...] = ("absorbing", "uniform")  # the forward processes it samples (Process.kind)
-    # draws through duolm.core.randomness and only for the rows that need them, so with a generator per
-    # row (RowStreams) a row draws what it would alone (a sampler that stops when all rows are done, or
-    # draws for finished rows, does not)
-    row_streams: bool = False
+    # the processes ("absorbing", "uniform"; "autoregressive" for AR) on which it draws through
+    # duolm.core.randomness and only for the rows that need a draw, so that with a generator per row
+    # (RowStreams) a row draws what it would alone (draws for rows already finished break that)
+    row_streams: tuple[str, ...] = ()
 
 
 SAMPLERS: dict[str, Sampler] = {
-    "ancestral": Sampler(ancestral.from_spec, needs="x0", row_streams=True),
-    "ancestral_cache": Sampler(ancestral.from_spec, needs="x0", reuses_output=True, row_streams=True),
-    "psi": Sampler(psi.from_spec, needs="x0", check=psi.check_spec, options=psi.PsiOptions, row_streams=True),
-    "confidence": Sampler(confidence.from_spec, needs="x0", options=confidence.ConfidenceOptions, exact=False),
+    "ancestral": Sampler(ancestral.from_spec, needs="x0", row_streams=("absorbing", "uniform")),
+    "ancestral_cache": Sampler(ancestral.from_spec, needs="x0", reuses_output=True, row_streams=("absorbing",)),
+    "psi": Sampler(psi.from_spec, needs="x0", check=psi.check_spec, options=psi.PsiOptions,
+                   row_streams=("absorbing", "uniform")),
+    # a uniform-state model's steps draw for rows already committed: masked models only
+    "confidence": Sampler(confidence.from_spec, needs="x0", options=confidence.ConfidenceOptions, exact=False,
+                          row_streams=("absorbing",)),
     "entropy_bound": Sampler(entropy_bound.from_spec, needs="x0", options=entropy_bound.EntropyBoundOptions,
                              exact=False),
     # exact only with the full posterior p(x_0^i | x_t) as denoiser, which Duo's objective does not train
@@ -120,8 +123,14 @@ SAMPLERS: dict[str, Sampler] = {
     "analytic": Sampler(analytic.from_spec, needs="score", noise_removal=("ancestral", "none"), holds_positions=False,
                         strategies=("window",)),
     "ar": Sampler(ar.from_spec, needs="ar", noise_removal=NOISE_REMOVAL, strategies=("autoregressive",),
-                  row_streams=True),
+                  row_streams=("autoregressive",)),
 }
+
+
+def draws_by_row(predictor: str, method) -> bool:
+    """Whether `predictor` on `method` can draw each row from its own generator (RowStreams)."""
+    kind = method.process.kind if method.process is not None else "autoregressive"
+    return kind in SAMPLERS[predictor].row_streams
 
 
 def check_sampler(spec: SamplerSpec, method=None) -> None:

@@ -14,10 +14,10 @@ together; a batch whose requests have all given up stops at its next denoising s
 
 Which requests share calls: equal sampler settings (predictor, steps, last step, top_p, temperature,
 the predictor's own options). A seeded request shares a continuous batch when its sampler's rows
-draw from their own streams (SAMPLERS[...].row_streams: ancestral, ancestral_cache, psi, ar): row r
-of a request with seed s draws from row_generator(s, r), so the same seed gives the same completions
-whatever else is in the batch. Otherwise (whole batches, confidence and the other samplers) a
-seeded request runs in a batch of its own (its n rows). A batch holds at most
+draw from their own streams (duolm.sampling.registry.draws_by_row: ancestral, ancestral_cache, psi,
+confidence on masked models, ar): row r of a request with seed s draws from row_generator(s, r), so
+the same seed gives the same completions whatever else is in the batch. Otherwise (whole batches,
+the other samplers) a seeded request runs in a batch of its own (its n rows). A batch holds at most
 `max_batch_rows` rows (a request's n rows are never split). Requests are served in arrival order:
 while the oldest waiting request cannot join the running batch, nothing else joins it either.
 """
@@ -34,7 +34,7 @@ import torch
 from duolm.sampling.continuous import ContinuousBatch
 from duolm.sampling.generate import sample_prompted
 from duolm.sampling.observers import Observer
-from duolm.sampling.registry import SAMPLERS
+from duolm.sampling.registry import draws_by_row
 from duolm.sampling.strategy import strategy_for
 
 
@@ -124,7 +124,7 @@ class Engine:
 
     def shares_rows(self, job: Job) -> bool:
         """Whether a job runs continuously with each row drawing from its own stream (a seeded job too)."""
-        return self.continuous and SAMPLERS[job.spec.predictor].row_streams
+        return self.continuous and draws_by_row(job.spec.predictor, self.method)
 
     def runs_continuously(self, job: Job) -> bool:
         """Whether a job goes into the running batch (block by block, token by token) or a whole batch."""
@@ -217,7 +217,7 @@ class Engine:
             return
         spec = jobs[0].spec
         g = torch.Generator(device=self.device or "cpu").manual_seed(int(torch.randint(0, 2 ** 62, (1,))))
-        streams = SAMPLERS[spec.predictor].row_streams
+        streams = draws_by_row(spec.predictor, self.method)
         batch = ContinuousBatch(self.method, self.backbone, spec, bos_id=self.tokenizer.bos_id,
                                 eos_id=self.tokenizer.eos_id, generator=g, device=self.device, row_streams=streams)
         # what the batch holds, by a serial number per job; a job's entries go when it is answered or
