@@ -64,6 +64,24 @@ def test_ar_rows_of_different_lengths_read_their_own_positions():
         torch.testing.assert_close(together[i:i + 1], want, rtol=0, atol=1e-10)
 
 
+def _run(batch, arrivals: dict, steps: int) -> tuple[dict, list[int]]:
+    """Step a batch `steps` times, rows joining at the steps `arrivals` names; (each key's new tokens,
+    the batch's size at each step after the joins)."""
+    got, sizes = {}, []
+    for step in range(steps):
+        batch.join(arrivals.get(step, []))
+        sizes.append(len(batch))
+        for u in batch.step():
+            got.setdefault(u.key, []).extend(u.tokens)
+    return got, sizes
+
+
+def _own_streams(arrivals: dict) -> dict:
+    """(key, prompt, limit, seed) arrivals as rows with their own generators, seeded."""
+    return {step: [(k, p, lim, torch.Generator().manual_seed(seed)) for k, p, lim, seed in rows]
+            for step, rows in arrivals.items()}
+
+
 def _greedy(steps=4):
     return SamplerSpec("confidence", steps=steps, options=ConfidenceOptions(threshold=1.0, min_per_step=1))
 
@@ -91,12 +109,7 @@ def test_rows_that_join_and_leave_get_what_they_would_alone():
     arrivals = {0: [("a", [BOS, 1, 2], 12), ("b", [BOS, 3, 4, 5, 6, 7], 20)],
                 1: [("c", [BOS, 8, 1, 2, 3, 4, 5, 6, 7], 24)], 3: [("d", [BOS, 2], 8), ("e", [BOS, 2], 16)]}
     batch = ContinuousBatch(m, net, spec, bos_id=BOS, eos_id=None)
-    got, sizes = {}, []
-    for step in range(12):
-        batch.join(arrivals.get(step, []))
-        sizes.append(len(batch))
-        for u in batch.step():
-            got.setdefault(u.key, []).extend(u.tokens)
+    got, sizes = _run(batch, arrivals, 12)
     assert len(batch) == 0 and sizes[:5] == [2, 3, 3, 4, 3] and sizes[-1] == 0  # rows left as they finished
     for rows in arrivals.values():
         for key, prompt, limit in rows:
@@ -152,12 +165,8 @@ def test_ar_rows_joining_at_different_steps_follow_the_models_distribution():
     prompts = {0: [bos], 1: [bos, 2], 2: [bos, 1, 0]}
     g = torch.Generator().manual_seed(3)
     batch = ContinuousBatch(m, net, SamplerSpec("ar"), bos_id=bos, eos_id=None, generator=g)
-    got = {}
-    for step in range(6):
-        if step in prompts:
-            batch.join([((step, r), prompts[step], len(prompts[step]) + 3) for r in range(1000)])
-        for u in batch.step():
-            got.setdefault(u.key, []).extend(u.tokens)
+    arrivals = {step: [((step, r), p, len(p) + 3) for r in range(1000)] for step, p in prompts.items()}
+    got, _ = _run(batch, arrivals, 6)
     assert len(batch) == 0
     for step, prompt in prompts.items():
         conts = list(itertools.product(range(m.vocab_size), repeat=3))
@@ -248,11 +257,7 @@ def test_rows_with_their_own_streams_draw_what_they_draw_alone(algo, predictor):
                 1: [("c", [BOS, 8, 1, 2, 3, 4, 5, 6, 7], 24, 13)], 3: [("d", [BOS, 2], 8, 14), ("e", [BOS, 2], 16, 15)]}
     batch = ContinuousBatch(m, net, spec, bos_id=BOS, eos_id=None, row_streams=True,
                             generator=torch.Generator().manual_seed(0))
-    got = {}
-    for step in range(12):
-        batch.join([(k, p, lim, torch.Generator().manual_seed(s)) for k, p, lim, s in arrivals.get(step, [])])
-        for u in batch.step():
-            got.setdefault(u.key, []).extend(u.tokens)
+    got, _ = _run(batch, _own_streams(arrivals), 12)
     for rows in arrivals.values():
         for key, prompt, limit, seed in rows:
             total = -(-limit // BS) * BS
@@ -268,11 +273,7 @@ def test_ar_rows_with_their_own_streams_draw_what_they_draw_alone():
     net = _dit(m, causal=True)
     arrivals = {0: [("a", [BOS, 1, 2], 12, 21)], 2: [("b", [BOS], 9, 22), ("c", [BOS, 4, 4, 4, 4], 14, 23)]}
     batch = ContinuousBatch(m, net, SamplerSpec("ar"), bos_id=BOS, eos_id=None, row_streams=True)
-    got = {}
-    for step in range(16):
-        batch.join([(k, p, lim, torch.Generator().manual_seed(s)) for k, p, lim, s in arrivals.get(step, [])])
-        for u in batch.step():
-            got.setdefault(u.key, []).extend(u.tokens)
+    got, _ = _run(batch, _own_streams(arrivals), 16)
     for rows in arrivals.values():
         for key, prompt, limit, seed in rows:
             want = ar_sample(net, 1, limit, BOS, prompt=prompt, vocab_size=m.vocab_size,

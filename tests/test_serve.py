@@ -73,14 +73,20 @@ class Server:
         self.log.close()
 
 
+def trained(root: Path, *algo: str, steps: int = 2) -> str:
+    """A tiny model trained for a few steps on the built-in corpus: the folder to serve."""
+    assert main(["train", *algo, *TINY, f"trainer.max_steps={steps}", "loader.global_batch_size=8",
+                 f"run.dir={root / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
+    return str(root / "run" / "model")
+
+
 @pytest.fixture(scope="module")
 def mdlm(tmp_path_factory):
     """A few steps of a tiny MDLM on the built-in corpus: confidence decoding with the greedy proposal
     is deterministic (the prior is all mask), so a batched answer can be compared with one alone."""
     root = tmp_path_factory.mktemp("serve")
-    assert main(["train", "algo=mdlm", *TINY, "trainer.max_steps=3", "loader.global_batch_size=8",
-                 f"run.dir={root / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
-    server = Server(f"eval.checkpoint_path={root / 'run' / 'model'}", "sampling.steps=8", "serve.batch_wait_ms=200",
+    model = trained(root, "algo=mdlm", steps=3)
+    server = Server(f"eval.checkpoint_path={model}", "sampling.steps=8", "serve.batch_wait_ms=200",
                     cwd=root)
     yield server
     server.close()
@@ -177,9 +183,8 @@ def test_health_and_metrics(mdlm):
 def _slow_server(tmp_path, *extra):
     """A tiny whole-window MDLM sampling with a million steps: its batches never end by themselves."""
     root = tmp_path
-    assert main(["train", "algo=mdlm", *TINY, "trainer.max_steps=1", "loader.global_batch_size=8",
-                 f"run.dir={root / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
-    return Server(f"eval.checkpoint_path={root / 'run' / 'model'}", "sampling.steps=1000000", *extra, cwd=root)
+    model = trained(root, "algo=mdlm", steps=1)
+    return Server(f"eval.checkpoint_path={model}", "sampling.steps=1000000", *extra, cwd=root)
 
 
 def _raw_post(server, body: dict) -> socket.socket:
@@ -232,9 +237,8 @@ def test_a_full_queue_answers_429_and_a_client_gone_frees_its_place(tmp_path):
 @pytest.mark.slow
 def test_sigterm_drains_what_it_holds_then_exits(tmp_path):
     root = tmp_path
-    assert main(["train", "algo=mdlm", *TINY, "trainer.max_steps=1", "loader.global_batch_size=8",
-                 f"run.dir={root / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
-    server = Server(f"eval.checkpoint_path={root / 'run' / 'model'}", "sampling.steps=1000", cwd=root)
+    model = trained(root, "algo=mdlm", steps=1)
+    server = Server(f"eval.checkpoint_path={model}", "sampling.steps=1000", cwd=root)
     answers = []
     t = threading.Thread(target=lambda: answers.append(server.post("/v1/completions", {"prompt": "a",
                                                                                         "max_tokens": 4,
@@ -279,9 +283,8 @@ def test_ar_and_block_models_serve_batches_of_different_prompts(tmp_path, algo):
     """AR (its KV cache) and block diffusion (BD3-LM: block by block with the cache, here past the
     model's 64 tokens) answer concurrent requests of different prompt lengths in one batch; for the
     block model with deterministic decoding each answer equals the same request alone."""
-    assert main(["train", *algo, *TINY, "trainer.max_steps=2", "loader.global_batch_size=8",
-                 f"run.dir={tmp_path / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
-    server = Server(f"eval.checkpoint_path={tmp_path / 'run' / 'model'}", "sampling.steps=4",
+    model = trained(tmp_path, *algo)
+    server = Server(f"eval.checkpoint_path={model}", "sampling.steps=4",
                     "serve.batch_wait_ms=300", cwd=tmp_path)
     try:
         c = server.client
@@ -319,10 +322,8 @@ def test_block_model_rows_join_a_running_batch_leave_it_early_and_stream_each_bl
     being written (it neither waits for the batch to end nor holds it up); its text equals the same
     request alone; a streamed request arrives block by block (several text chunks per choice)
     whose concatenation is the non-streamed answer."""
-    assert main(["train", "algo=mdlm", "algo.block_size=8", *TINY, "trainer.max_steps=2",
-                 "loader.global_batch_size=8", f"run.dir={tmp_path / 'run'}", "run.final_validation=false",
-                 "run.final_samples=false"]) == 0
-    server = Server(f"eval.checkpoint_path={tmp_path / 'run' / 'model'}", "sampling.predictor=confidence",
+    model = trained(tmp_path, "algo=mdlm", "algo.block_size=8")
+    server = Server(f"eval.checkpoint_path={model}", "sampling.predictor=confidence",
                     "sampling.steps=8", "serve.batch_wait_ms=0", cwd=tmp_path)
     try:
         c = server.client
@@ -356,9 +357,8 @@ def test_block_model_rows_join_a_running_batch_leave_it_early_and_stream_each_bl
 
 
 def test_ar_streams_token_by_token(tmp_path):
-    assert main(["train", "algo=ar", *TINY, "trainer.max_steps=2", "loader.global_batch_size=8",
-                 f"run.dir={tmp_path / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
-    server = Server(f"eval.checkpoint_path={tmp_path / 'run' / 'model'}", "serve.batch_wait_ms=0", cwd=tmp_path)
+    model = trained(tmp_path, "algo=ar")
+    server = Server(f"eval.checkpoint_path={model}", "serve.batch_wait_ms=0", cwd=tmp_path)
     try:
         chunks = list(server.client.completions.create(model="model", prompt="a", max_tokens=20, stream=True,
                                                        stop=["zzz"], n=4))
@@ -406,9 +406,8 @@ def test_a_seeded_request_in_a_busy_batch_draws_what_it_draws_alone(tmp_path, al
     """An exact random sampler (ancestral; AR's draw) with each row's own stream: a seeded request sent
     alone and the same request sent while others are being sampled get the same completions, draw
     for draw, and a different seed gets others."""
-    assert main(["train", *algo, *TINY, "trainer.max_steps=2", "loader.global_batch_size=8",
-                 f"run.dir={tmp_path / 'run'}", "run.final_validation=false", "run.final_samples=false"]) == 0
-    server = Server(f"eval.checkpoint_path={tmp_path / 'run' / 'model'}", "sampling.steps=6", "serve.batch_wait_ms=0",
+    model = trained(tmp_path, *algo)
+    server = Server(f"eval.checkpoint_path={model}", "sampling.steps=6", "serve.batch_wait_ms=0",
                     cwd=tmp_path)
     try:
         c = server.client
@@ -436,10 +435,8 @@ def test_a_stream_whose_client_goes_away_leaves_the_batch_at_the_next_block(tmp_
     """A streamed request on a block model: after its first chunk the client closes the connection;
     its rows leave the running batch at the next block, so the network calls spent stay far below what
     the whole answer takes (31 blocks of 8 denoising steps)."""
-    assert main(["train", "algo=mdlm", "algo.block_size=8", *TINY, "trainer.max_steps=2",
-                 "loader.global_batch_size=8", f"run.dir={tmp_path / 'run'}", "run.final_validation=false",
-                 "run.final_samples=false"]) == 0
-    server = Server(f"eval.checkpoint_path={tmp_path / 'run' / 'model'}", "sampling.predictor=confidence",
+    model = trained(tmp_path, "algo=mdlm", "algo.block_size=8")
+    server = Server(f"eval.checkpoint_path={model}", "sampling.predictor=confidence",
                     "sampling.steps=8", "serve.batch_wait_ms=0", cwd=tmp_path)
     try:
         sock = _raw_post(server, {"prompt": "the", "max_tokens": 250, "stream": True,

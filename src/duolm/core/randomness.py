@@ -28,9 +28,6 @@ class RowStreams:
         self.generators = list(generators)
         self.counts = counts
 
-    def __len__(self) -> int:
-        return len(self.generators)
-
     def split(self, n: int) -> list[int]:
         """Each row's share of a draw whose leading dimension is n."""
         if self.counts is not None:
@@ -40,9 +37,6 @@ class RowStreams:
         if n % len(self.generators):
             raise ValueError(f"a draw of {n} entries over {len(self.generators)} row streams")
         return [n // len(self.generators)] * len(self.generators)
-
-    def select(self, rows) -> "RowStreams":
-        return RowStreams([self.generators[int(i)] for i in rows])
 
 
 def at(generator, mask: torch.Tensor):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from duolm.contracts import Capabilities, CapabilityError
 from duolm.errors import SettingError
+from duolm.models.ragged import common_padding, join_rows
 
 
 @dataclass
@@ -341,6 +342,10 @@ class LayerKV:
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[2]
 
+    def pair(self):
+        """(keys, values), or None while nothing is cached."""
+        return None if self.k is None else (self.k, self.v)
+
     def extend(self, k, v, keep: bool = True):
         """The cached keys and values followed by k, v; kept for later calls when keep."""
         k_all = k if self.k is None else torch.cat([self.k, k], dim=2)
@@ -365,34 +370,13 @@ class DiTCache:
     def joined(self, other: "DiTCache", rows: int, other_rows: int) -> "DiTCache":
         """A cache of this one's `rows` rows followed by `other`'s `other_rows`, the shorter left-padded
         so both end at the same slot (an empty cache counts its rows too)."""
-        width = max(len(self), len(other))
-        like = next((c.k for cache in (self, other) for c in cache.layers if c.k is not None), None)
-
-        def padded(t, count, have):
-            if like is None:
-                return None
-            if t is None:
-                return like.new_zeros(count, like.shape[1], width, like.shape[3])
-            return t if have == width else torch.cat([t.new_zeros(count, t.shape[1], width - have, t.shape[3]), t], 2)
-
-        layers = []
-        for a, b in zip(self.layers, other.layers):
-            k = [padded(a.k, rows, len(self)), padded(b.k, other_rows, len(other))]
-            v = [padded(a.v, rows, len(self)), padded(b.v, other_rows, len(other))]
-            layers.append(LayerKV() if like is None else LayerKV(torch.cat(k), torch.cat(v)))
-        device = like.device if like is not None else None
-
-        def starts_of(cache, count):
-            s = cache.starts if cache.starts is not None else torch.zeros(count, dtype=torch.long)
-            return s.to(device) + (width - len(cache))
-
-        return DiTCache(layers=layers, starts=torch.cat([starts_of(self, rows), starts_of(other, other_rows)]))
+        layers, starts = join_rows([c.pair() for c in self.layers], rows, len(self), self.starts,
+                                   [c.pair() for c in other.layers], other_rows, len(other), other.starts)
+        return DiTCache(layers=[LayerKV(*kv) if kv is not None else LayerKV() for kv in layers], starts=starts)
 
     def trim_padding(self) -> int:
         """Drop the padding slots every row has (after rows leave); returns how many were dropped."""
-        if self.starts is None or not len(self.starts):
-            return 0
-        k = int(self.starts.min())
+        k = common_padding(self.starts)
         if k:
             for c in self.layers:
                 if c.k is not None:

@@ -38,6 +38,7 @@ from torch import nn
 from duolm.contracts import Capabilities, CapabilityError
 from duolm.errors import SettingError
 from duolm.models.dit import TimestepEmbedder
+from duolm.models.ragged import common_padding, join_rows
 
 
 @dataclass
@@ -323,42 +324,24 @@ class HFCache:
         self.inner = inner
         self.starts = starts
 
-    def _tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(layer.keys, layer.values) for layer in self.inner.layers if layer.is_initialized]
+    def _pairs(self) -> list:
+        return [(layer.keys, layer.values) if layer.is_initialized else None for layer in self.inner.layers]
 
     def joined(self, other: "HFCache", rows: int, other_rows: int) -> "HFCache":
         """This cache's `rows` rows followed by `other`'s, the shorter left-padded to a common end."""
         from transformers import DynamicCache
 
-        width = max(len(self), len(other))
-        mine, theirs = self._tensors(), other._tensors()
-        like = (mine or theirs or [(None, None)])[0][0]
+        layers, starts = join_rows(self._pairs(), rows, len(self), self.starts, other._pairs(), other_rows,
+                                   len(other), other.starts)
         out = DynamicCache()
-        if like is not None:
-            for i in range(max(len(mine), len(theirs))):
-                parts_k, parts_v = [], []
-                for tensors, count, have in ((mine, rows, len(self)), (theirs, other_rows, len(other))):
-                    if i < len(tensors):
-                        k, v = tensors[i]
-                    else:
-                        k = v = like.new_zeros(count, like.shape[1], 0, like.shape[3])
-                    pad = k.new_zeros(count, k.shape[1], width - have, k.shape[3])
-                    parts_k.append(torch.cat([pad, k], 2))
-                    parts_v.append(torch.cat([pad, v], 2))
-                out.update(torch.cat(parts_k), torch.cat(parts_v), i)
-        device = like.device if like is not None else None
-
-        def starts_of(cache, count):
-            s = cache.starts if cache.starts is not None else torch.zeros(count, dtype=torch.long)
-            return s.to(device) + (width - len(cache))
-
-        return HFCache(out, torch.cat([starts_of(self, rows), starts_of(other, other_rows)]))
+        for i, kv in enumerate(layers):
+            if kv is not None:
+                out.update(*kv, i)
+        return HFCache(out, starts)
 
     def trim_padding(self) -> int:
         """Drop the padding slots every row has; returns how many were dropped."""
-        if self.starts is None or not len(self.starts):
-            return 0
-        k = int(self.starts.min())
+        k = common_padding(self.starts)
         if k:
             for layer in self.inner.layers:
                 if layer.is_initialized:

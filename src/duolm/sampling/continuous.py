@@ -38,6 +38,7 @@ from duolm.core.randomness import RowStreams
 from duolm.errors import SettingError
 from duolm.sampling.ar import next_token
 from duolm.sampling.blocks import CachedBlock, commit_block
+from duolm.sampling.generate import prompt_rows
 from duolm.sampling.observers import Recorder
 from duolm.sampling.registry import SAMPLERS, SamplingModel, draws_by_row, tempered
 
@@ -105,26 +106,23 @@ class ContinuousBatch:
             return
         new = []
         for key, prompt, limit, *own in rows:
+            if not prompt:
+                raise SettingError("a continuous-batch row needs a prompt of at least one token (the BOS)")
             g = own[0] if own else None
             if self.row_streams and g is None:
                 g = torch.Generator(device=self.device).manual_seed(
                     int(torch.randint(0, 2 ** 62, (1,), generator=self.generator)))
             new.append(_Row(key, list(prompt), int(limit), list(prompt), g))
-        for r in new:
-            if not r.prompt:
-                raise SettingError("a continuous-batch row needs a prompt of at least one token (the BOS)")
         # what goes into the cache now: AR all but the last token (the first step reads it); blocks the
         # prompt's whole blocks (a partial one is held inside the row's first sampled block)
         bs = self.method.block_size
-        read = [len(r.prompt) - 1 if self.autoregressive else len(r.prompt) // bs * bs for r in new]
-        width = max(read)
+        read = [r.prompt[:len(r.prompt) - 1 if self.autoregressive else len(r.prompt) // bs * bs] for r in new]
+        held, x = prompt_rows(read, [1] * len(read), max(map(len, read)), left_padded=True)
+        width = x.shape[1]
         cache = self.backbone.new_cache()
-        cache.starts = torch.tensor([width - n for n in read], dtype=torch.long, device=self.device)
+        cache.starts = (~held).sum(1).to(self.device)
         if width:
-            x = torch.zeros(len(new), width, dtype=torch.long, device=self.device)
-            for i, (r, n) in enumerate(zip(new, read)):
-                if n:
-                    x[i, width - n:] = torch.as_tensor(r.prompt[:n], device=self.device)
+            x = x.to(self.device)
             if self.autoregressive:
                 self.backbone(x, cache=cache, store_kv=True)
                 self.calls += 1
@@ -166,17 +164,10 @@ class ContinuousBatch:
             updates.append(Update(r.key, fresh, done))
             if not done:
                 keep.append(i)
-        if not self.autoregressive and keep:  # the finished block joins the cache of the rows that go on
-            kept = torch.as_tensor(keep, dtype=torch.long, device=self.device)
-            if len(keep) < len(self.rows):
-                self.cache.select_rows(kept)
-                self.rows = [self.rows[i] for i in keep]
-                self.cache.trim_padding()
-                new = new[kept]
-            commit_block(self.backbone, self.cache, new, len(self.cache))
+        self._keep(keep)  # the finished rows leave
+        if not self.autoregressive and keep:  # the block joins the cache of the rows that go on
+            commit_block(self.backbone, self.cache, new[torch.as_tensor(keep, device=new.device)], len(self.cache))
             self.calls += 1
-        else:
-            self._keep(keep)
         return updates
 
     def _streams(self):

@@ -86,17 +86,26 @@ def sample_prompted(method, backbone, prompts: list[list[int]], repeats: list[in
     if backbone.capabilities.encoder_prefix:
         return _encoder_batch(method, backbone, prompts, repeats, width, spec, eos_id=eos_id, generator=generator,
                               device=device, observer=observer)
-    mask = torch.zeros(total, width, dtype=torch.bool)
-    values = torch.zeros(total, width, dtype=torch.long)
-    row = 0
-    for ids, n in zip(prompts, repeats):
-        mask[row:row + n, :len(ids)] = True
-        values[row:row + n, :len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-        row += n
+    mask, values = prompt_rows(prompts, repeats, width)
     where = device or "cpu"
     return sample_batch(method, backbone, replace(spec, prefix=None), total, length, bos_id=bos_id, eos_id=eos_id,
                         generator=generator, device=device, fixed=(mask.to(where), values.to(where)),
                         observer=observer)[:, :width]
+
+
+def prompt_rows(prompts: list[list[int]], repeats: list[int], width: int, *, left_padded: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held mask, values), each (sum(repeats), width): repeats[p] rows holding prompt p, from position 0
+    on, or ending at the last position when left_padded (the rest False / 0)."""
+    mask = torch.zeros(sum(repeats), width, dtype=torch.bool)
+    values = torch.zeros(sum(repeats), width, dtype=torch.long)
+    row = 0
+    for ids, n in zip(prompts, repeats):
+        where = slice(width - len(ids), width) if left_padded else slice(0, len(ids))
+        mask[row:row + n, where] = True
+        values[row:row + n, where] = torch.as_tensor(ids, dtype=torch.long)
+        row += n
+    return mask, values
 
 
 def _encoder_batch(method, backbone, prompts, repeats, width: int, spec, *, eos_id, generator, device,
@@ -106,14 +115,8 @@ def _encoder_batch(method, backbone, prompts, repeats, width: int, spec, *, eos_
     the shortest prompt needs; each row returned as its prompt and what follows, `width` tokens."""
     longest, shortest = max(len(p) for p in prompts), min(len(p) for p, n in zip(prompts, repeats) if n)
     total = sum(repeats)
-    prefix = torch.zeros(total, longest, dtype=torch.long)
-    held = torch.zeros(total, longest, dtype=torch.bool)
-    pads, row = [], 0
-    for ids, n in zip(prompts, repeats):
-        prefix[row:row + n, longest - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
-        held[row:row + n, longest - len(ids):] = True
-        pads += [longest - len(ids)] * n
-        row += n
+    held, prefix = prompt_rows(prompts, repeats, longest, left_padded=True)
+    pads = (~held).sum(1).tolist()
     where = device or next(backbone.parameters()).device
     out = canvas_sample(method, backbone, replace(spec, prefix=None), total, width + longest - shortest,
                         prefix=prefix.to(where), prefix_mask=held.to(where), generator=generator, device=device,

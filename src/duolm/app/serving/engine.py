@@ -24,6 +24,7 @@ while the oldest waiting request cannot join the running batch, nothing else joi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections import deque
@@ -207,6 +208,11 @@ class Engine:
             finally:
                 self.busy = False
 
+    def _generator(self, seed: int | None = None) -> torch.Generator:
+        """A batch's random stream: seeded, or from a fresh random seed."""
+        seed = seed if seed is not None else int(torch.randint(0, 2 ** 62, (1,)))
+        return torch.Generator(device=self.device or "cpu").manual_seed(seed)
+
     def _limit(self, job: Job) -> int:
         return len(job.prompt) + job.max_tokens
 
@@ -216,7 +222,7 @@ class Engine:
         if not jobs:
             return
         spec = jobs[0].spec
-        g = torch.Generator(device=self.device or "cpu").manual_seed(int(torch.randint(0, 2 ** 62, (1,))))
+        g = self._generator()
         streams = draws_by_row(spec.predictor, self.method)
         batch = ContinuousBatch(self.method, self.backbone, spec, bos_id=self.tokenizer.bos_id,
                                 eos_id=self.tokenizer.eos_id, generator=g, device=self.device, row_streams=streams)
@@ -225,7 +231,7 @@ class Engine:
         rows: dict[tuple[int, int], list[int]] = {}  # (job, row) -> generated so far
         live: dict[int, Job] = {}
         left: dict[int, int] = {}  # job -> rows not done yet
-        serial = iter(range(2 ** 62))
+        serial = itertools.count()
 
         def admit(new: list[Job]) -> None:
             joining = []
@@ -304,8 +310,7 @@ class Engine:
     def _sample(self, batch: list[Job]) -> None:
         t0 = time.perf_counter()
         seed = batch[0].seed
-        g = torch.Generator(device=self.device or "cpu")
-        g.manual_seed(seed if seed is not None else int(torch.randint(0, 2 ** 62, (1,))))
+        g = self._generator(seed)
         try:
             with torch.inference_mode():
                 width = self.sampled_length(batch)

@@ -68,10 +68,25 @@ class Metrics:
         self.latency = Histogram("duolm_request_seconds", "Seconds from arrival to answer", registry=r,
                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 
+    def answered(self, route: str, completion_tokens: int, prompt_tokens: int, started: float) -> None:
+        """A request answered whole (200): its tokens and latency."""
+        self.tokens.inc(completion_tokens)
+        self.prompt_tokens.inc(prompt_tokens)
+        self.requests.labels(route, "200").inc()
+        self.latency.observe(time.perf_counter() - started)
+
     def on_batch(self, rows: int, seconds: float, calls: int = 0) -> None:
         self.batch_rows.observe(rows)
         self.batch_seconds.observe(seconds)
         self.calls.inc(calls)
+
+
+def sse(payload) -> str:
+    """One Server-Sent Event carrying a JSON object."""
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+TIMED_OUT = {"error": {"message": "the request ran past serve.request_timeout"}}
 
 
 def error(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -175,14 +190,14 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
                             if time.perf_counter() > t0 + request_timeout or await request.is_disconnected():
                                 break  # finished() below says which
                             continue
-                        yield f"data: {json.dumps(write.draft(row, step, draft_text(model.tokenizer, ids)))}\n\n"
+                        yield sse(write.draft(row, step, draft_text(model.tokenizer, ids)))
                 try:
                     ids = await finished()
                 except ClientGone:
                     metrics.requests.labels(route, "499").inc()
                     return
                 except asyncio.TimeoutError:
-                    yield f"data: {json.dumps({'error': {'message': 'the request ran past serve.request_timeout'}})}\n\n"
+                    yield sse(TIMED_OUT)
                     return
                 picked, used = choices(ids)
                 metrics.tokens.inc(used)
@@ -190,7 +205,7 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
                 for chunk in chunks(kind, model.name, picked):
                     if await request.is_disconnected():
                         return
-                    yield f"data: {json.dumps(chunk)}\n\n"
+                    yield sse(chunk)
                 yield "data: [DONE]\n\n"
                 metrics.requests.labels(route, "200").inc()
                 metrics.latency.observe(time.perf_counter() - t0)
@@ -208,10 +223,7 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
             metrics.requests.labels(route, "500").inc()
             return error(500, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
         picked, used = choices(ids)
-        metrics.tokens.inc(used)
-        metrics.prompt_tokens.inc(len(s.prompt) * s.n)
-        metrics.requests.labels(route, "200").inc()
-        metrics.latency.observe(time.perf_counter() - t0)
+        metrics.answered(route, used, len(s.prompt) * s.n, t0)
         return response(kind, model.name, picked, len(s.prompt), used)
 
     async def streamed(request, job, s, kind, route, updates, t0):
@@ -227,7 +239,7 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     metrics.requests.labels(route, "504").inc()
-                    yield f"data: {json.dumps({'error': {'message': 'the request ran past serve.request_timeout'}})}\n\n"
+                    yield sse(TIMED_OUT)
                     return
                 try:
                     row, tokens, done = await asyncio.wait_for(updates.get(), timeout=min(0.25, left))
@@ -235,7 +247,7 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
                     if job.future.done() and job.future.exception() is not None:
                         err = job.future.exception()
                         metrics.requests.labels(route, "500").inc()
-                        yield f"data: {json.dumps({'error': {'message': f'{type(err).__name__}: {err}'}})}\n\n"
+                        yield sse({"error": {"message": f"{type(err).__name__}: {err}"}})
                         return
                     if await request.is_disconnected():
                         metrics.requests.labels(route, "499").inc()
@@ -245,19 +257,16 @@ def build_app(model: ServedModel, *, max_batch_rows: int = 32, max_queue: int = 
                 text, reason, count = completion_text(model.tokenizer, s.prompt + generated[row], len(s.prompt),
                                                       s.max_tokens, s.stop)
                 if text.startswith(sent[row]) and len(text) > len(sent[row]):
-                    yield f"data: {json.dumps(write(row, text[len(sent[row]):]))}\n\n"
+                    yield sse(write(row, text[len(sent[row]):]))
                     sent[row] = text
                 if done:
                     used += count
-                    yield f"data: {json.dumps(write(row, '', reason))}\n\n"
+                    yield sse(write(row, "", reason))
                     open_rows.discard(row)
         finally:
             job.cancelled = True  # its rows leave the batch at the next step (a client gone, a timeout)
         yield "data: [DONE]\n\n"
-        metrics.tokens.inc(used)
-        metrics.prompt_tokens.inc(len(s.prompt) * s.n)
-        metrics.requests.labels(route, "200").inc()
-        metrics.latency.observe(time.perf_counter() - t0)
+        metrics.answered(route, used, len(s.prompt) * s.n, t0)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
